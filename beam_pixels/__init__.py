@@ -1,0 +1,1 @@
+"""beam-pixels: Apache Beam IO for the Pixels sink server, Iceberg and Paimon."""

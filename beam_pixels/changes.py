@@ -1,0 +1,180 @@
+"""The change stream: batches of decoded CDC records, and how a batch becomes table state.
+
+A :class:`ChangeBatch` is what ``ReadFromPixels`` emits and what the sinks take:
+one poll response (minus records that failed to decode), decoded to Arrow.
+Moving whole batches keeps the per-element cost of Beam off the per-row path.
+"""
+
+from __future__ import annotations
+
+import enum
+import typing
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from beam_pixels.schema import SourceSchema
+
+
+class Op(enum.IntEnum):
+    """Operation of a change record; values are the wire's ``OperationType``."""
+
+    INSERT = 0
+    UPDATE = 1
+    DELETE = 2
+    SNAPSHOT = 3
+
+
+def records_schema(schema: SourceSchema) -> pa.Schema:
+    """Arrow schema of :attr:`ChangeBatch.records` for a source schema.
+
+    ``before`` / ``after`` are structs of the row image; a null struct means the
+    record carried no such image (INSERT and SNAPSHOT have no ``before``, DELETE
+    no ``after``).
+    """
+    image = pa.struct(list(schema.to_arrow()))
+    return pa.schema(
+        [
+            pa.field("op", pa.int8(), nullable=False),
+            pa.field("poll_group", pa.int32(), nullable=False),
+            pa.field("position", pa.int64(), nullable=False),
+            pa.field("before", image),
+            pa.field("after", image),
+        ]
+    )
+
+
+class ChangeRecord(typing.NamedTuple):
+    """One change, as plain Python values (see :meth:`ChangeBatch.to_records`)."""
+
+    op: Op
+    poll_group: int
+    position: int
+    before: dict | None
+    after: dict | None
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """Decoded change records of one poll of one poll group, in arrival order.
+
+    ``records`` follows :func:`records_schema`. ``position`` numbers records of a
+    poll group consecutively across polls (and runs); it is what exactly-once
+    commits remember. ``poll_time`` (seconds since the epoch) is the event time.
+    """
+
+    source_table: str
+    poll_group: int
+    poll_time: float
+    records: pa.RecordBatch
+
+    def __len__(self) -> int:
+        return self.records.num_rows
+
+    @property
+    def end_position(self) -> int:
+        """One past the last position in this batch (or -1 when empty)."""
+        if not len(self):
+            return -1
+        return int(self.records.column("position")[-1].as_py()) + 1
+
+    def to_records(self) -> list[ChangeRecord]:
+        """One :class:`ChangeRecord` per change, values as Python objects."""
+        cols = self.records.to_pydict()
+        return [
+            ChangeRecord(Op(op), group, pos, before, after)
+            for op, group, pos, before, after in zip(
+                cols["op"], cols["poll_group"], cols["position"], cols["before"], cols["after"]
+            )
+        ]
+
+
+def concat_records(batches: typing.Iterable[ChangeBatch], schema: SourceSchema) -> pa.Table:
+    """All records of ``batches`` in one table, ordered by (poll_group, position)."""
+    tables = [b.records for b in batches if len(b)]
+    if not tables:
+        return records_schema(schema).empty_table()
+    table = pa.Table.from_batches(tables)
+    return table.sort_by([("poll_group", "ascending"), ("position", "ascending")])
+
+
+@dataclass(frozen=True)
+class FinalState:
+    """What a window of changes does to a primary-key table.
+
+    ``touched_keys`` holds the key of every row the window touched (delete these),
+    ``upserts`` the surviving after-images (append these), one per live key.
+    """
+
+    touched_keys: pa.Table
+    upserts: pa.Table
+    inserts: int
+    updates: int
+    deletes: int
+
+
+def collapse_to_final_state(records: pa.Table, schema: SourceSchema) -> FinalState:
+    """Collapse ordered change records to the last operation per primary key.
+
+    Every ``before`` image retracts its key and every ``after`` image asserts its
+    key, the retraction first; the last event per key wins. So an UPDATE that
+    moves a key retracts the old key and asserts the new one.
+    """
+    key = list(schema.primary_key)
+    if not key:
+        raise ValueError("collapse_to_final_state needs a primary key")
+    n = records.num_rows
+    seq = np.arange(n, dtype=np.int64) * 2
+    before = records.column("before").combine_chunks()
+    after = records.column("after").combine_chunks()
+    retract = pa.table({**{k: before.field(k) for k in key}, "seq": seq}).filter(before.is_valid())
+    assert_ = pa.table({**{k: after.field(k) for k in key}, "seq": seq + 1}).filter(after.is_valid())
+    events = pa.concat_tables([retract, assert_])
+    last = events.group_by(key, use_threads=False).aggregate([("seq", "max")])
+    last_seq = last.column("seq_max").to_numpy()
+    live = last_seq % 2 == 1
+    rows = pa.array(last_seq[live] // 2)
+    upserts = pa.Table.from_struct_array(after.take(rows)) if len(rows) else schema.to_arrow().empty_table()
+
+    ops = records.column("op").to_numpy()
+    return FinalState(
+        touched_keys=last.select(key),
+        upserts=upserts.cast(schema.to_arrow()),
+        inserts=int(np.count_nonzero((ops == Op.INSERT) | (ops == Op.SNAPSHOT))),
+        updates=int(np.count_nonzero(ops == Op.UPDATE)),
+        deletes=int(np.count_nonzero(ops == Op.DELETE)),
+    )
+
+
+CHANGELOG_COLUMNS = ("_op", "_poll_group", "_position")
+
+
+def changelog_rows(records: pa.Table, schema: SourceSchema) -> pa.Table:
+    """An append-only changelog: one row per change, the after-image (the before-image
+    for DELETE) plus ``_op`` (INSERT/UPDATE/DELETE/SNAPSHOT), ``_poll_group``, ``_position``."""
+    if records.num_rows == 0:
+        return changelog_schema(schema).empty_table()
+    after = records.column("after").combine_chunks()
+    before = records.column("before").combine_chunks()
+    image = pa.Table.from_struct_array(pc.if_else(after.is_valid(), after, before))
+    names = pa.array([op.name for op in Op])
+    ops = names.take(records.column("op").combine_chunks())
+    table = image.append_column("_op", ops)
+    table = table.append_column("_poll_group", records.column("poll_group"))
+    table = table.append_column("_position", records.column("position"))
+    return table.cast(changelog_schema(schema))
+
+
+def changelog_schema(schema: SourceSchema) -> pa.Schema:
+    """Arrow schema of :func:`changelog_rows` output (no column is a key there)."""
+    base = [pa.field(f.name, f.type, nullable=True) for f in schema.to_arrow()]
+    return pa.schema(
+        base
+        + [
+            pa.field("_op", pa.string(), nullable=False),
+            pa.field("_poll_group", pa.int32(), nullable=False),
+            pa.field("_position", pa.int64(), nullable=False),
+        ]
+    )

@@ -1,0 +1,41 @@
+"""beam-pixels: stream Pixels sink change records into Iceberg and Paimon with Apache Beam."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="beam-pixels",
+    version="0.1.0",
+    description="Apache Beam connector: Pixels sink server (gRPC polling) to Apache Iceberg and Apache Paimon",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["beam_pixels", "beam_pixels.*"]),
+    include_package_data=True,
+    install_requires=[
+        "apache-beam==2.77.*",
+        "grpcio>=1.76",
+        "protobuf>=6.31,<7",
+        "pyarrow>=16,<20,!=19.0.0",
+        "numpy>=1.26",
+        "pyiceberg[glue,sql-sqlite,pyarrow]==0.12.*",
+        "pypaimon>=2.1",
+        "boto3>=1.34",
+        "fsspec<2026",
+        "s3fs<2026",
+        "mmh3>=4",
+        "jproperties>=2.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "moto[server,s3,glue]>=5",
+            "duckdb>=1.1",
+            "duckdb-extension-iceberg",
+            "duckdb-extension-avro",
+        ],
+        "dev": ["grpcio-tools==1.76.*"],
+    },
+    entry_points={"console_scripts": ["beam-pixels=beam_pixels.cli:main"]},
+)
