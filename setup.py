@@ -21,7 +21,6 @@ setup(
         "pypaimon>=2.1",
         "boto3>=1.34",
         "fsspec<2026",
-        "s3fs<2026",
         "mmh3>=4",
         "jproperties>=2.1",
     ],
