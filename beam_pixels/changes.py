@@ -80,6 +80,29 @@ class ChangeBatch:
             return -1
         return int(self.records.column("position")[-1].as_py()) + 1
 
+    @classmethod
+    def from_changes(
+        cls,
+        schema: SourceSchema,
+        changes: typing.Sequence[tuple[Op, dict | None, dict | None]],
+        *,
+        source_table: str = "public.orders",
+        poll_group: int = 0,
+        start_position: int = 0,
+        poll_time: float = 0.0,
+    ) -> "ChangeBatch":
+        """A batch from ``(op, before, after)`` triples of Python values (tests, tools)."""
+        rs = records_schema(schema)
+        n = len(changes)
+        arrays = [
+            pa.array([int(op) for op, _, _ in changes], pa.int8()),
+            pa.array(np.full(n, poll_group, dtype=np.int32)),
+            pa.array(np.arange(start_position, start_position + n, dtype=np.int64)),
+            pa.array([before for _, before, _ in changes], rs.field("before").type),
+            pa.array([after for _, _, after in changes], rs.field("after").type),
+        ]
+        return cls(source_table, poll_group, poll_time, pa.RecordBatch.from_arrays(arrays, schema=rs))
+
     def to_records(self) -> list[ChangeRecord]:
         """One :class:`ChangeRecord` per change, values as Python objects."""
         cols = self.records.to_pydict()
