@@ -1,12 +1,14 @@
-"""The generated protocol matches PROTOCOL.md exactly: names, method path, field numbers."""
+"""The wire protocol as PROTOCOL.md states it: names, method path, field numbers, bucket routing."""
 
 import subprocess
 import sys
 from pathlib import Path
 
+import mmh3
 import pytest
 from google.protobuf import descriptor_pb2
 
+from beam_pixels.buckets import bucket_of, key_bytes, partition_buckets
 from beam_pixels.protocol import POLL_EVENTS_METHOD, sink_pb2, sink_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,3 +131,65 @@ def test_generated_code_is_up_to_date(tmp_path):
         generated = (out / "beam_pixels" / "protocol" / name).read_text()
         committed = (REPO / "beam_pixels" / "protocol" / name).read_text()
         assert generated == committed, f"{name} is stale: run scripts/generate_proto.sh"
+
+
+# --- bucket routing (beam_pixels.buckets) -------------------------------------------
+
+@pytest.mark.parametrize(
+    "key, published_hash",
+    [(b"", 0), (b"hello", 0x248BFA47), (b"The quick brown fox jumps over the lazy dog", 0x2E4FF723)],
+)
+def test_bucket_of_uses_murmur3_x86_32_seed_0(key, published_hash):
+    """Published MurmurHash3_x86_32 vectors (positive as signed ints): bucket = hash % 128."""
+    assert bucket_of(key) == published_hash % 128
+    assert bucket_of(key, 1000) == published_hash % 1000
+
+
+def test_bucket_of_negative_hash_takes_abs_before_modulo():
+    key = (2).to_bytes(4, "big")  # an INT key of 2
+    signed = mmh3.hash(key, 0, signed=True)
+    assert signed == -798752049
+    assert bucket_of(key) == 798752049 % 128 == 49
+    assert bucket_of(key) != signed % 128  # Python's floor modulo of the negative hash would give 79
+
+
+def test_bucket_of_min_int_hash_is_bucket_0_for_power_of_two_counts(monkeypatch):
+    """abs(-2**31) overflows in Java; for 128 buckets both languages give bucket 0."""
+    monkeypatch.setattr(mmh3, "hash", lambda key, seed, signed: -(2**31))
+    assert bucket_of(b"any") == 0
+    assert 0 <= bucket_of(b"any", 100) < 100
+
+
+def test_bucket_of_stays_in_range_and_rejects_bad_counts():
+    assert {bucket_of(i.to_bytes(8, "big")) for i in range(5000)} == set(range(128))
+    with pytest.raises(ValueError, match="bucket_count"):
+        bucket_of(b"x", 0)
+
+
+def test_key_bytes_concatenates_key_columns_in_order():
+    assert key_bytes([b"\x00\x00\x00\x07", b"abc"]) == b"\x00\x00\x00\x07abc"
+    assert bucket_of(key_bytes([b"\x00\x00", b"\x00\x02"])) == bucket_of((2).to_bytes(4, "big")) == 49
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 7, 64, 128])
+def test_partition_buckets_covers_every_bucket_exactly_once(groups):
+    parts = partition_buckets(range(128), groups)
+    assert len(parts) == groups
+    assert all(parts)
+    assert sorted(b for part in parts for b in part) == list(range(128))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_partition_buckets_is_round_robin():
+    assert partition_buckets([5, 6, 7, 8, 9], 2) == [(5, 7, 9), (6, 8)]
+
+
+@pytest.mark.parametrize("buckets, groups", [([1, 2], 3), ([1, 2], 0), ([], 1)])
+def test_partition_buckets_rejects_impossible_splits(buckets, groups):
+    with pytest.raises(ValueError, match="poll group"):
+        partition_buckets(buckets, groups)
+
+
+def test_partition_buckets_rejects_duplicates():
+    with pytest.raises(ValueError, match="repeated: \\[3\\]"):
+        partition_buckets([1, 3, 3], 1)
