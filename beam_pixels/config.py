@@ -140,9 +140,14 @@ class _Name:
         return text
 
 
+def _absolute(path: str) -> str:
+    """``path`` made absolute against the current directory, so the value means the same on every worker."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
 @dataclass(frozen=True)
 class _Path:
-    """An optional path (empty = None); ``must_exist`` requires an existing file."""
+    """An optional path (empty = None), made absolute; ``must_exist`` requires an existing file."""
 
     must_exist: bool
 
@@ -153,7 +158,7 @@ class _Path:
     def __call__(self, text: str) -> Path | None:
         if not text:
             return None
-        path = Path(text).expanduser()
+        path = Path(_absolute(text))
         if self.must_exist and not path.is_file():
             raise _Rejected("no such file")
         return path
@@ -174,7 +179,7 @@ class _Warehouse:
             raise _Rejected("empty")
         if _URI_RE.match(text):
             return text
-        return "file://" + os.path.abspath(os.path.expanduser(text))
+        return "file://" + _absolute(text)
 
 
 @dataclass(frozen=True)
@@ -474,7 +479,7 @@ class PixelsConfig:
         props = {k.strip(): v.strip() for k, v in props.items()}
         warnings = tuple(_unknown_key_warnings(props))
         for w in warnings:
-            _log.warning(w)
+            _log.warning("%s", w)
         values: dict[str, Any] = {}
         for key in KEYS:
             raw = props.get(key.name, key.default)
