@@ -506,6 +506,21 @@ class PixelsConfig:
             out[name] = getattr(self, KEY_BY_NAME[prefix + name].field)
         return out
 
+    def tls_material(self) -> dict[str, bytes | None]:
+        """Contents of the TLS files for the Pixels client; all None when TLS is off."""
+        paths = {
+            "tls_root_cert": self.tls_root_cert,
+            "tls_client_cert": self.tls_client_cert,
+            "tls_client_key": self.tls_client_key,
+        }
+        if not self.tls_enabled:
+            return dict.fromkeys(paths)
+        return {name: path.read_bytes() if path else None for name, path in paths.items()}
+
+    def with_bounds(self, **bounds: int) -> PixelsConfig:
+        """This configuration with other run bounds (``max_records``, ``stop_after_idle_ms``)."""
+        return dataclasses.replace(self, **bounds)
+
     def redacted(self) -> dict[str, str]:
         """``properties`` with secret-looking values, and passwords inside URLs, replaced by ``***``."""
         return {
