@@ -15,7 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 # message -> {field name: (number, type or message/enum name, repeated)}, from PROTOCOL.md.
 EXPECTED_MESSAGES = {
-    "PollRequest": {"schema_name": (1, "string", False), "table_name": (2, "string", False), "buckets": (3, "int32", True)},
+    "PollRequest": {
+        "schema_name": (1, "string", False),
+        "table_name": (2, "string", False),
+        "buckets": (3, "int32", True),
+    },
     "PollResponse": {"records": (1, "RowRecord", True)},
     "RowRecord": {
         "before": (1, "RowValue", False),
@@ -27,7 +31,11 @@ EXPECTED_MESSAGES = {
     "RowValue": {"values": (1, "ColumnValue", True)},
     "ColumnValue": {"value": (1, "bytes", False), "is_null": (2, "bool", False)},
     "SourceInfo": {"db": (1, "string", False), "schema": (2, "string", False), "table": (3, "string", False)},
-    "TransactionInfo": {"id": (1, "string", False), "total_order": (2, "int64", False), "data_collection_order": (3, "int64", False)},
+    "TransactionInfo": {
+        "id": (1, "string", False),
+        "total_order": (2, "int64", False),
+        "data_collection_order": (3, "int64", False),
+    },
     "TransactionMetadata": {
         "status": (1, "TransactionStatus", False),
         "id": (2, "string", False),
@@ -102,7 +110,9 @@ def test_wire_bytes_of_a_request_are_what_a_real_server_parses():
 def test_wire_bytes_of_a_record():
     record = sink_pb2.RowRecord(
         op=sink_pb2.DELETE,
-        before=sink_pb2.RowValue(values=[sink_pb2.ColumnValue(value=b"\x00\x00\x00\x07"), sink_pb2.ColumnValue(is_null=True)]),
+        before=sink_pb2.RowValue(
+            values=[sink_pb2.ColumnValue(value=b"\x00\x00\x00\x07"), sink_pb2.ColumnValue(is_null=True)]
+        ),
     )
     column_7 = b"\x0a\x04\x00\x00\x00\x07"
     null_column = b"\x10\x01"
