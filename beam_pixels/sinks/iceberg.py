@@ -1,0 +1,355 @@
+"""The Apache Iceberg sink: commit the change stream into an Iceberg table through pyiceberg.
+
+A table with a primary key gets each window's final state per key: one snapshot
+drops the touched keys copy-on-write (data files holding any of them are
+rewritten without them, found by an Arrow anti-join) and adds the surviving
+after-images. A table without a key gets an append-only changelog. Every
+snapshot carries the :class:`~beam_pixels.checkpoint.Checkpoint` in its summary.
+
+pyiceberg 0.12 retries a commit that lost a race by itself
+(``commit.retry.num-retries``, default 4): it refreshes the table and re-applies
+the same data files on top of whatever the other writer committed. That other
+writer may have committed these very records (a replay, a second run), so the
+retry would apply them twice. This sink commits against the table state it read
+its checkpoint from, with pyiceberg's retries off, and lets :class:`WriteChanges`
+re-read the checkpoint and retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import typing
+from urllib.parse import urlparse
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.catalog import Catalog, CatalogType, load_catalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, In, LessThanOrEqual
+from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files, schema_to_pyarrow
+from pyiceberg.manifest import DataFile
+from pyiceberg.schema import Schema, promote
+from pyiceberg.table import Table, TableProperties
+from pyiceberg.types import IntegerType, LongType, NestedField, StringType
+
+from beam_pixels.changes import CHANGELOG_COLUMNS, Op, changelog_rows, collapse_to_final_state
+from beam_pixels.checkpoint import Checkpoint
+from beam_pixels.schema import SourceSchema
+from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, WriteOutcome
+
+_LOG = logging.getLogger(__name__)
+
+DEFAULT_DATABASE = "pixels"
+_CATALOG_TYPES = sorted(t.value for t in CatalogType)
+# Up to this many distinct values per key column, files are pruned with an IN
+# filter; beyond it pyiceberg's metrics evaluator gives up on IN anyway
+# (IN_PREDICATE_LIMIT), so a min/max range prunes as well and is O(1) to build.
+_IN_FILTER_LIMIT = 200
+
+
+class IcebergSchemaMismatch(ValueError):
+    """An existing Iceberg table cannot hold what ``source.schema`` describes."""
+
+
+class IcebergTableWriter(TableWriter):
+    """Commits change records to one Iceberg table (see the module docstring).
+
+    ``table_name`` may be ``database.table``; ``database`` (default: that prefix,
+    else ``pixels``) names the catalog namespace. ``catalog_properties`` go to
+    pyiceberg's ``load_catalog`` unchanged, except that a ``sql`` catalog without
+    ``uri`` gets a SQLite file inside its local ``warehouse`` directory.
+    """
+
+    def __init__(
+        self,
+        schema: SourceSchema,
+        table_name: str,
+        catalog_properties: typing.Mapping[str, str],
+        database: str | None = None,
+        catalog_name: str = "pixels",
+    ):
+        self.schema = schema
+        namespace, name = _split_table_name(table_name, database)
+        self.table_name = f"{namespace}.{name}"
+        self._namespace = namespace
+        self._identifier = (namespace, name)
+        self._catalog_name = catalog_name
+        self._properties, self._local_warehouse = _resolve_catalog_properties(dict(catalog_properties))
+        self._catalog: Catalog | None = None
+        self._table: Table | None = None
+
+    def open(self) -> None:
+        if self._local_warehouse is not None:
+            os.makedirs(self._local_warehouse, exist_ok=True)
+        self._catalog = load_catalog(self._catalog_name, **self._properties)
+        self._catalog.create_namespace_if_not_exists(self._namespace)
+        try:
+            table = self._catalog.load_table(self._identifier)
+            action = "using existing"
+        except NoSuchTableError:
+            table = self._catalog.create_table_if_not_exists(self._identifier, schema=self._expected_schema())
+            action = "created"
+        self._check_fits(table.schema())
+        self._table = _without_blind_retries(table)
+        _LOG.info(
+            "Iceberg catalog %r (type %s): %s table %s at %s",
+            self._catalog_name,
+            self._properties.get("type", "inferred from uri"),
+            action,
+            self.table_name,
+            table.location(),
+        )
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+        self._catalog = self._table = None
+
+    def last_checkpoint(self) -> Checkpoint:
+        """Reload the table and return the checkpoint of its newest snapshot that has one.
+
+        The next :meth:`commit` builds on exactly this table state: if another
+        writer commits in between, that commit fails with :class:`CommitConflict`.
+        """
+        table = self._table = _without_blind_retries(self._catalog.load_table(self._identifier))
+        snapshot = table.current_snapshot()
+        while snapshot is not None:
+            found = Checkpoint.from_properties(snapshot.summary.additional_properties if snapshot.summary else None)
+            if found is not None:
+                return found
+            parent = snapshot.parent_snapshot_id
+            snapshot = table.snapshot_by_id(parent) if parent is not None else None
+        return Checkpoint()
+
+    def commit(self, records: pa.Table, checkpoint: Checkpoint) -> WriteOutcome:
+        properties = checkpoint.to_properties()
+        try:
+            if self.schema.primary_key:
+                state = collapse_to_final_state(records, self.schema)
+                snapshot_id = self._replace_keys(state.touched_keys, state.upserts, properties)
+                return WriteOutcome(snapshot_id, state.inserts, state.updates, state.deletes)
+            rows = _conform(changelog_rows(records, self.schema), _arrow_schema(self._table))
+            snapshot_id = self._commit_files(rows, [], properties)
+            ops = records.column("op").to_numpy()
+            return WriteOutcome(
+                snapshot_id,
+                inserts=int(np.count_nonzero((ops == Op.INSERT) | (ops == Op.SNAPSHOT))),
+                updates=int(np.count_nonzero(ops == Op.UPDATE)),
+                deletes=int(np.count_nonzero(ops == Op.DELETE)),
+            )
+        except CommitFailedException as e:
+            raise CommitConflict(f"{self.table_name}: {e}") from e
+
+    def _replace_keys(self, touched_keys: pa.Table, upserts: pa.Table, properties: dict[str, str]) -> int:
+        """Drop every row whose key is in ``touched_keys``, add ``upserts``: one snapshot."""
+        table = self._table
+        target = _arrow_schema(table)
+        keys = pa.table({k: touched_keys.column(k).cast(target.field(k).type) for k in touched_keys.column_names})
+        survivors, rewritten = [], []
+        if keys.num_rows:
+            scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
+            for task in table.scan(row_filter=_key_filter(keys)).plan_files():
+                rows = _conform(scan.to_table([task]), target)
+                kept = _rows_without_keys(rows, keys)
+                if kept.num_rows < rows.num_rows:
+                    rewritten.append(task.file)
+                    survivors.append(kept)
+        return self._commit_files(pa.concat_tables([*survivors, _conform(upserts, target)]), rewritten, properties)
+
+    def _commit_files(self, rows: pa.Table, rewritten: list[DataFile], properties: dict[str, str]) -> int:
+        """Commit one snapshot that removes ``rewritten`` files and adds ``rows`` (in the
+        table's Arrow schema); returns its id. Only additions make an append snapshot."""
+        table = self._table
+        transaction = table.transaction()
+        update = transaction.update_snapshot(snapshot_properties=properties)
+        producer = update.overwrite() if rewritten else update.fast_append()
+        with producer as snapshot:
+            if rewritten:
+                snapshot.delete_by_predicate(AlwaysTrue())  # look for the rewritten files in every manifest
+                for data_file in rewritten:
+                    snapshot.delete_data_file(data_file)
+            if rows.num_rows:
+                for data_file in _dataframe_to_data_files(
+                    transaction.table_metadata, rows, table.io, write_uuid=snapshot.commit_uuid
+                ):
+                    snapshot.append_data_file(data_file)
+        transaction.commit_transaction()
+        return snapshot.snapshot_id
+
+    def _expected_schema(self) -> Schema:
+        """The Iceberg schema this sink creates: the source columns, or the changelog's."""
+        source = self.schema.to_iceberg()
+        if self.schema.primary_key:
+            return source
+        fields = [NestedField(f.field_id, f.name, f.field_type, required=False) for f in source.fields]
+        extra = zip(CHANGELOG_COLUMNS, (StringType(), IntegerType(), LongType()))
+        fields += [NestedField(len(fields) + i + 1, name, t, required=True) for i, (name, t) in enumerate(extra)]
+        return Schema(*fields)
+
+    def _check_fits(self, table_schema: Schema) -> None:
+        """Raise :class:`IcebergSchemaMismatch` unless the table can take this source's rows."""
+        expected = self._expected_schema()
+        problems = []
+        for field in expected.fields:
+            try:
+                actual = table_schema.find_field(field.name)
+            except ValueError:
+                problems.append(f"column {field.name!r} ({field.field_type}) is missing")
+                continue
+            if not _promotable(field.field_type, actual.field_type):
+                problems.append(f"column {field.name!r} is {actual.field_type}, the source sends {field.field_type}")
+            elif actual.required and not field.required:
+                problems.append(f"column {field.name!r} is required but the source may send NULL")
+        names = set(expected.column_names)
+        for actual in table_schema.fields:
+            if actual.required and actual.name not in names:
+                problems.append(f"required column {actual.name!r} is not in the source")
+        key = sorted(self.schema.primary_key)
+        identifiers = sorted(table_schema.identifier_field_names())
+        if identifiers != key:
+            problems.append(f"identifier fields are {identifiers}, the primary key is {key}")
+        if problems:
+            raise IcebergSchemaMismatch(
+                f"Iceberg table {self.table_name} does not fit source.schema ({self.schema}): "
+                + "; ".join(problems)
+                + ". Alter the table, or write to a new table name and let the sink create it."
+            )
+
+
+class WriteToIceberg(beam.PTransform):
+    """Commit a PCollection of ``ChangeBatch`` to an Iceberg table exactly once.
+
+    One commit per window of ``window_ms`` (or one at the end of a bounded input);
+    outputs a :class:`~beam_pixels.sinks.committing.CommitResult` per commit.
+    """
+
+    def __init__(
+        self,
+        schema: SourceSchema,
+        table_name: str,
+        catalog_properties: typing.Mapping[str, str],
+        *,
+        database: str | None = None,
+        window_ms: int | None = None,
+        commit_retries: int = 5,
+    ):
+        super().__init__()
+        self._writer = IcebergTableWriter(schema, table_name, catalog_properties, database)
+        self._window_ms = window_ms
+        self._commit_retries = commit_retries
+
+    @classmethod
+    def from_config(cls, config, window_ms: int | None = None) -> "WriteToIceberg":
+        """The transform a ``pixels-client.properties`` configuration describes."""
+        return cls(
+            config.schema,
+            config.iceberg_table_name,
+            config.catalog_properties("iceberg"),
+            database=config.iceberg_database_name,
+            window_ms=window_ms,
+            commit_retries=config.iceberg_commit_retries,
+        )
+
+    def expand(self, batches):
+        return batches | WriteChanges(self._writer, self._window_ms, self._commit_retries)
+
+
+def _split_table_name(table_name: str, database: str | None) -> tuple[str, str]:
+    """(namespace, table) from ``table`` or ``namespace.table`` and an optional database."""
+    prefix, _, name = table_name.rpartition(".")
+    if not name:
+        raise ValueError(f"iceberg.table.name {table_name!r} is empty; expected 'table' or 'database.table'")
+    if prefix and database and prefix != database:
+        raise ValueError(
+            f"iceberg.table.name {table_name!r} names database {prefix!r} but the database is set to {database!r}; "
+            f"set only one of them"
+        )
+    return prefix or database or DEFAULT_DATABASE, name
+
+
+def _resolve_catalog_properties(properties: dict[str, str]) -> tuple[dict[str, str], str | None]:
+    """Check the catalog type; default a sql catalog's uri. Returns the properties and the
+    local warehouse directory to create, if the uri was defaulted into it."""
+    kind = properties.get("type")
+    if kind is None:
+        return properties, None  # pyiceberg infers the type from the uri
+    kind = kind.strip().lower()
+    if kind == "hadoop":
+        raise ValueError(
+            "iceberg.catalog.type=hadoop: pyiceberg has no Hadoop catalog. Use type sql (with a SQLite or "
+            "PostgreSQL uri, or a local warehouse directory), glue or rest"
+        )
+    if kind not in _CATALOG_TYPES:
+        raise ValueError(f"iceberg.catalog.type={kind!r} is not a pyiceberg catalog type; accepted: {', '.join(_CATALOG_TYPES)}")
+    if kind != CatalogType.SQL.value or properties.get("uri"):
+        return properties, None
+    warehouse = properties.get("warehouse", "")
+    parsed = urlparse(warehouse)
+    if not warehouse or parsed.scheme not in ("", "file"):
+        raise ValueError(
+            f"iceberg.catalog.type=sql needs iceberg.catalog.uri (e.g. sqlite:////path/catalog.db) unless "
+            f"iceberg.catalog.warehouse is a local directory; warehouse is {warehouse!r}"
+        )
+    directory = os.path.abspath(parsed.path if parsed.scheme else warehouse)
+    return {**properties, "uri": f"sqlite:///{directory}/catalog.db"}, directory
+
+
+def _without_blind_retries(table: Table) -> Table:
+    """``table`` with pyiceberg's automatic commit retry off for commits made through it.
+
+    Only this in-memory copy's metadata changes: the table's stored properties,
+    which other engines read, stay as they are.
+    """
+    metadata = table.metadata.model_copy(
+        update={"properties": {**table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}}
+    )
+    return Table(table.name(), metadata, table.metadata_location, table.io, table.catalog, table.config)
+
+
+def _arrow_schema(table: Table) -> pa.Schema:
+    return schema_to_pyarrow(table.schema(), include_field_ids=False)
+
+
+def _conform(rows: pa.Table, target: pa.Schema) -> pa.Table:
+    """``rows`` in the table's column order and types; its columns missing from ``rows`` as NULLs."""
+    columns = [
+        rows.column(f.name).cast(f.type) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
+        for f in target
+    ]
+    return pa.Table.from_arrays(columns, schema=target)
+
+
+def _rows_without_keys(rows: pa.Table, keys: pa.Table) -> pa.Table:
+    """The rows of ``rows`` whose key (the columns of ``keys``) is not in ``keys``."""
+    probe = rows.select(keys.column_names).append_column("__row", pa.array(np.arange(rows.num_rows)))
+    kept = probe.join(keys, keys=keys.column_names, join_type="left anti", use_threads=False).column("__row")
+    return rows.take(np.sort(kept.to_numpy()))
+
+
+def _key_filter(keys: pa.Table) -> BooleanExpression:
+    """A filter matching every row with one of ``keys`` (and maybe others), to prune data files."""
+    terms: list[BooleanExpression] = []
+    for name in keys.column_names:
+        values = pc.unique(keys.column(name))
+        if len(values) <= _IN_FILTER_LIMIT:
+            terms.append(In(name, values.to_pylist()))
+        else:
+            bounds = pc.min_max(values)
+            terms.append(
+                And(GreaterThanOrEqual(name, bounds["min"].as_py()), LessThanOrEqual(name, bounds["max"].as_py()))
+            )
+    return And(*terms) if len(terms) > 1 else terms[0]
+
+
+def _promotable(source: typing.Any, table: typing.Any) -> bool:
+    """Whether values of Iceberg type ``source`` can be written to a column of type ``table``."""
+    if source == table:
+        return True
+    try:
+        promote(source, table)
+    except Exception:  # pyiceberg raises ResolveError, or TypeError for unrelated types
+        return False
+    return True
