@@ -1,0 +1,476 @@
+"""``ReadFromPixels``: poll a Pixels sink server without end and decode its change records.
+
+Shape::
+
+    Create(one PollGroup per group of buckets)
+      -> ParDo(_PollPixelsFn)   splittable, unbounded per element; emits each poll
+                                response as bytes, claiming its record positions
+      -> ParDo(_DecodeFn)       bytes -> ChangeBatch (Arrow), bad records to the
+                                ``dead_letters`` output
+
+The restriction of a poll group is an offset range ``[next position, end)`` over
+the group's record positions. After each response the DoFn claims the positions
+of its records and checkpoints (``defer_remainder``), so a runner can persist
+and resume it; an empty poll defers with the poll interval. Runner-initiated
+splits of the open-ended range are declined; on drain the restriction truncates
+to nothing. A poll group ends only in the bounded modes (idle time, record
+count, or duration), used for local runs and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import typing
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.coders import coders
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from beam_pixels.buckets import partition_buckets
+from beam_pixels.changes import ChangeBatch, Op, records_schema
+from beam_pixels.codec import BINARY, RowCodec
+from beam_pixels.protocol import sink_pb2
+from beam_pixels.schema import SourceSchema
+
+_LOG = logging.getLogger(__name__)
+METRICS_NAMESPACE = "beam_pixels.source"
+DEAD_LETTERS = "dead_letters"
+CHANGES = "changes"
+
+# The end of an open-ended restriction: no poll group ever reaches it.
+OPEN_END = 2**63 - 1
+
+# Set by request_local_stop(): pollers running in this process end at their next call.
+_LOCAL_STOP = threading.Event()
+
+
+def request_local_stop() -> None:
+    """Ask pollers running in this process (in-process runners) to stop after their current poll."""
+    _LOCAL_STOP.set()
+
+
+def clear_local_stop() -> None:
+    _LOCAL_STOP.clear()
+
+
+@dataclass(frozen=True)
+class PollGroup:
+    """The buckets one poller polls, and the position its next record gets."""
+
+    group_id: int
+    buckets: tuple[int, ...]
+    start_position: int = 0
+
+
+@dataclass(frozen=True)
+class RawPoll:
+    """One non-empty poll response, serialized, with the position of its first record."""
+
+    poll_group: int
+    start_position: int
+    poll_time: float
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that could not be decoded: its serialized ``RowRecord`` and why."""
+
+    source_table: str
+    poll_group: int
+    position: int
+    op: int
+    record: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How to reach the Pixels server (picklable; the client is built on the worker)."""
+
+    host: str = "localhost"
+    port: int = 50051
+    deadline_s: float = 10.0
+    max_receive_mb: int = 256
+    tls_root_cert: bytes | None = None
+    tls_client_cert: bytes | None = None
+    tls_client_key: bytes | None = None
+
+    def connect(self):
+        from beam_pixels.client import PixelsClient
+
+        return PixelsClient(
+            self.host,
+            self.port,
+            deadline_s=self.deadline_s,
+            max_receive_mb=self.max_receive_mb,
+            retry_attempts=None,
+            tls_root_cert=self.tls_root_cert,
+            tls_client_cert=self.tls_client_cert,
+            tls_client_key=self.tls_client_key,
+        )
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """When a poll group stops by itself (0 = no such bound). Unbounded when all are 0."""
+
+    stop_after_idle_ms: int = 0
+    max_records: int = 0
+    max_duration_ms: int = 0
+
+    @property
+    def unbounded(self) -> bool:
+        return not (self.stop_after_idle_ms or self.max_records or self.max_duration_ms)
+
+
+class _OffsetRangeCoder(coders.Coder):
+    """Encodes an :class:`OffsetRange` as two varints."""
+
+    _INT = coders.VarIntCoder()
+
+    def encode(self, value: OffsetRange) -> bytes:
+        return self._INT.encode(value.start) + self._INT.encode(value.stop)
+
+    def decode(self, encoded: bytes) -> OffsetRange:
+        stream = coders.coder_impl.create_InputStream(encoded)
+        impl = self._INT.get_impl()
+        return OffsetRange(impl.decode_from_stream(stream, True), impl.decode_from_stream(stream, True))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
+class _PollTracker(OffsetRestrictionTracker):
+    """Offset tracker that only accepts the self-checkpoint split (fraction 0).
+
+    Splitting an open-ended range at a fraction would hand positions that do not
+    exist yet to another poller; a poll group is one FIFO reader.
+    """
+
+    def try_split(self, fraction_of_remainder):
+        if fraction_of_remainder != 0:
+            return None
+        return super().try_split(0)
+
+    def is_bounded(self):
+        return False
+
+
+class _PollRestrictionProvider(RestrictionProvider):
+    def initial_restriction(self, group: PollGroup) -> OffsetRange:
+        return OffsetRange(group.start_position, OPEN_END)
+
+    def create_tracker(self, restriction: OffsetRange) -> _PollTracker:
+        return _PollTracker(restriction)
+
+    def split(self, group, restriction):
+        yield restriction
+
+    def restriction_size(self, group, restriction) -> int:
+        return 1
+
+    def restriction_coder(self) -> coders.Coder:
+        return _OffsetRangeCoder()
+
+    def truncate(self, group, restriction):
+        """On drain, stop polling at once: records not polled stay on the server."""
+        return None
+
+
+class _NowWatermarkProvider(WatermarkEstimatorProvider):
+    """Manual watermark seeded with the wall clock (a None state would pin it at MIN)."""
+
+    def initial_estimator_state(self, element, restriction):
+        return Timestamp.now()
+
+    def create_watermark_estimator(self, estimator_state):
+        return ManualWatermarkEstimator(estimator_state)
+
+    def estimator_state_coder(self):
+        return coders.TimestampCoder()
+
+
+_RESTRICTION = beam.DoFn.RestrictionParam(_PollRestrictionProvider())
+_WATERMARK = beam.DoFn.WatermarkEstimatorParam(_NowWatermarkProvider())
+
+
+class _PollPixelsFn(beam.DoFn):
+    """Polls one poll group per element, one response per call, checkpointing after each."""
+
+    def __init__(self, server: ServerOptions, schema_name: str, table_name: str, poll_interval_ms: int, bounds: Bounds):
+        self._server = server
+        self._schema_name = schema_name
+        self._table_name = table_name
+        self._poll_interval_s = poll_interval_ms / 1000.0
+        self._bounds = bounds
+        self._polls = Metrics.counter(METRICS_NAMESPACE, "polls")
+        self._empty_polls = Metrics.counter(METRICS_NAMESPACE, "empty_polls")
+        self._records = Metrics.counter(METRICS_NAMESPACE, "records")
+        self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes")
+        self._stopped_idle = Metrics.counter(METRICS_NAMESPACE, "groups_stopped_idle")
+        self._stopped_at_limit = Metrics.counter(METRICS_NAMESPACE, "groups_stopped_at_max_records")
+
+    def setup(self):
+        self._client = self._server.connect()
+        # Per poll group: when this worker first polled it, last saw records, last polled empty.
+        self._started: dict[int, float] = {}
+        self._last_records: dict[int, float] = {}
+        self._last_empty: dict[int, float] = {}
+
+    def teardown(self):
+        self._client.close()
+
+    def process(self, group: PollGroup, tracker=_RESTRICTION, watermark=_WATERMARK):
+        """Bounded polling: the group ends by itself, so the output is a bounded PCollection."""
+        yield from self._poll_once(group, tracker, watermark)
+
+    def _poll_once(self, group: PollGroup, tracker, watermark):
+        now = time.time()
+        self._started.setdefault(group.group_id, now)
+        self._last_records.setdefault(group.group_id, now)
+        position = tracker.current_restriction().start
+        if self._bounded_stop(group, position, now):
+            tracker.try_claim(tracker.current_restriction().stop)  # marks the restriction done
+            return
+        self._wait_after_empty_poll(group.group_id)
+
+        payload = self._client.poll_raw(self._schema_name, self._table_name, group.buckets)
+        poll_time = time.time()
+        self._polls.inc()
+        count = _count_records(payload)
+        watermark.set_watermark(Timestamp.of(poll_time))
+        if count == 0:
+            self._empty_polls.inc()
+            self._last_empty[group.group_id] = time.monotonic()
+            tracker.defer_remainder(Duration.of(self._poll_interval_s))
+            return
+        self._last_records[group.group_id] = poll_time
+        if self._bounds.max_records:
+            remaining = group.start_position + self._bounds.max_records - position
+            if count > remaining:
+                _LOG.warning(
+                    "poll group %d: response of %d records passes source.max.records; emitting all of them "
+                    "(the server has already forgotten them)",
+                    group.group_id,
+                    count,
+                )
+        if not tracker.try_claim(position + count - 1):
+            return
+        self._records.inc(count)
+        self._bytes.inc(len(payload))
+        yield TimestampedValue(RawPoll(group.group_id, position, poll_time, payload), poll_time)
+        tracker.defer_remainder()
+
+    def _bounded_stop(self, group: PollGroup, position: int, now: float) -> bool:
+        """Whether this poll group ends now; logs and counts why."""
+        b = self._bounds
+        gid = group.group_id
+        emitted = position - group.start_position
+        if _LOCAL_STOP.is_set():
+            reason, counter = "stop requested", None
+        elif b.max_records and emitted >= b.max_records:
+            reason, counter = f"{emitted} records (source.max.records={b.max_records})", self._stopped_at_limit
+        elif b.stop_after_idle_ms and (now - self._last_records[gid]) * 1000 >= b.stop_after_idle_ms:
+            reason, counter = f"no records for {b.stop_after_idle_ms} ms (source.stop.after.idle.ms)", self._stopped_idle
+        elif b.max_duration_ms and (now - self._started[gid]) * 1000 >= b.max_duration_ms:
+            reason, counter = f"round of {b.max_duration_ms} ms ended", None
+        else:
+            return False
+        _LOG.info("poll group %d stops at position %d: %s", gid, position, reason)
+        if counter is not None:
+            counter.inc()
+        return True
+
+    def _wait_after_empty_poll(self, group_id: int) -> None:
+        """Honour the poll interval on runners that resume deferred work at once."""
+        last = self._last_empty.pop(group_id, None)
+        if last is not None:
+            wait = self._poll_interval_s - (time.monotonic() - last)
+            if wait > 0:
+                time.sleep(wait)
+
+
+
+class _UnboundedPollPixelsFn(_PollPixelsFn):
+    """Polling without end: the output is an unbounded PCollection (streaming runners)."""
+
+    @beam.DoFn.unbounded_per_element()
+    def process(self, group: PollGroup, tracker=_RESTRICTION, watermark=_WATERMARK):
+        yield from self._poll_once(group, tracker, watermark)
+
+
+def _count_records(payload: bytes) -> int:
+    """Number of records in a serialized PollResponse, without decoding the values."""
+    if not payload:
+        return 0
+    return len(sink_pb2.PollResponse.FromString(payload).records)
+
+
+class _DecodeFn(beam.DoFn):
+    """Decodes a raw poll into a ChangeBatch; undecodable records become dead letters."""
+
+    def __init__(self, schema: SourceSchema, source_table: str, encoding: str, empty_as_null: bool):
+        self._schema = schema
+        self._source_table = source_table
+        self._encoding = encoding
+        self._empty_as_null = empty_as_null
+        self._decode_failures = Metrics.counter(METRICS_NAMESPACE, "decode_failures")
+        self._decoded = Metrics.counter(METRICS_NAMESPACE, "records_decoded")
+
+    def setup(self):
+        self._codec = RowCodec(self._schema, self._encoding, self._empty_as_null)
+        self._records_schema = records_schema(self._schema)
+
+    def process(self, raw: RawPoll, timestamp=beam.DoFn.TimestampParam):
+        records = sink_pb2.PollResponse.FromString(raw.payload).records
+        n = len(records)
+        ops = np.fromiter((r.op for r in records), dtype=np.int8, count=n)
+        befores = [r.before if r.HasField("before") else None for r in records]
+        afters = [r.after if r.HasField("after") else None for r in records]
+        before, bad_before = self._codec.decode_images(befores)
+        after, bad_after = self._codec.decode_images(afters)
+        bad = {**_image_mismatches(ops, befores, afters), **bad_after, **bad_before}
+        positions = np.arange(raw.start_position, raw.start_position + n, dtype=np.int64)
+        arrays = [
+            pa.array(ops),
+            pa.array(np.full(n, raw.poll_group, dtype=np.int32)),
+            pa.array(positions),
+            before,
+            after,
+        ]
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self._records_schema)
+        if bad:
+            keep = np.ones(n, dtype=bool)
+            keep[list(bad)] = False
+            batch = batch.filter(pa.array(keep))
+            self._decode_failures.inc(len(bad))
+            for row, reason in sorted(bad.items()):
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTERS,
+                    DeadLetter(
+                        self._source_table,
+                        raw.poll_group,
+                        int(positions[row]),
+                        int(ops[row]),
+                        records[row].SerializeToString(),
+                        str(reason),
+                    ),
+                )
+        self._decoded.inc(batch.num_rows)
+        yield ChangeBatch(self._source_table, raw.poll_group, raw.poll_time, batch)
+
+
+def _image_mismatches(ops: np.ndarray, befores: list, afters: list) -> dict[int, str]:
+    """Rows whose images contradict their operation (e.g. a DELETE without ``before``)."""
+    has_before = np.fromiter((image is not None for image in befores), dtype=bool, count=len(befores))
+    has_after = np.fromiter((image is not None for image in afters), dtype=bool, count=len(afters))
+    needs_after = (ops == Op.INSERT) | (ops == Op.SNAPSHOT) | (ops == Op.UPDATE)
+    bad_op = (ops < 0) | (ops > max(Op))
+    problems = {}
+    for row in np.flatnonzero(bad_op):
+        problems[int(row)] = f"unknown operation {int(ops[row])}"
+    for row in np.flatnonzero(~bad_op & needs_after & ~has_after):
+        problems.setdefault(int(row), f"{Op(ops[row]).name} record without an after image")
+    for row in np.flatnonzero(~bad_op & (ops == Op.DELETE) & ~has_before):
+        problems.setdefault(int(row), "DELETE record without a before image")
+    return problems
+
+
+class ReadFromPixels(beam.PTransform):
+    """Read the change stream of one Pixels table.
+
+    With ``bounds`` set the read ends by itself and its output is bounded (local
+    runs, tests); without, it polls forever and its output is unbounded.
+    Returns a tagged output: ``result.changes`` (``ChangeBatch`` elements, one per
+    poll response, event time = poll time) and ``result.dead_letters``
+    (``DeadLetter`` elements). ``start_positions`` (poll group -> position)
+    resumes position numbering, e.g. from a sink's last checkpoint.
+    """
+
+    def __init__(
+        self,
+        schema: SourceSchema,
+        *,
+        server: ServerOptions = ServerOptions(),
+        schema_name: str = "public",
+        table_name: str = "orders",
+        buckets: typing.Sequence[int] = tuple(range(128)),
+        parallelism: int = 1,
+        poll_interval_ms: int = 1000,
+        bounds: Bounds = Bounds(),
+        encoding: str = BINARY,
+        empty_as_null: bool = False,
+        start_positions: typing.Mapping[int, int] | None = None,
+    ):
+        super().__init__()
+        self._schema = schema
+        self._server = server
+        self._schema_name = schema_name
+        self._table_name = table_name
+        self._groups = [
+            PollGroup(i, tuple(b), (start_positions or {}).get(i, 0))
+            for i, b in enumerate(partition_buckets(list(buckets), parallelism))
+        ]
+        self._poll_interval_ms = poll_interval_ms
+        self._bounds = bounds
+        self._encoding = encoding
+        self._empty_as_null = empty_as_null
+
+    @classmethod
+    def from_config(cls, config, *, start_positions=None, max_duration_ms: int = 0) -> "ReadFromPixels":
+        """Build from a :class:`beam_pixels.config.PixelsConfig`."""
+        return cls(
+            config.source_schema,
+            server=ServerOptions(
+                host=config.server_host,
+                port=config.server_port,
+                deadline_s=config.server_deadline_ms / 1000.0,
+                max_receive_mb=config.server_max_message_mb,
+                **config.tls_material(),
+            ),
+            schema_name=config.schema_name,
+            table_name=config.table_name,
+            buckets=config.buckets,
+            parallelism=config.parallelism,
+            poll_interval_ms=config.poll_interval_ms,
+            bounds=Bounds(config.stop_after_idle_ms, config.max_records, max_duration_ms),
+            encoding=config.value_encoding,
+            empty_as_null=config.empty_as_null,
+            start_positions=start_positions,
+        )
+
+    @property
+    def poll_groups(self) -> list[PollGroup]:
+        return list(self._groups)
+
+    def expand(self, pbegin):
+        source_table = f"{self._schema_name}.{self._table_name}"
+        poller = _UnboundedPollPixelsFn if self._bounds.unbounded else _PollPixelsFn
+        return (
+            pbegin
+            | "PollGroups" >> beam.Create(self._groups)
+            | "Poll" >> beam.ParDo(
+                poller(self._server, self._schema_name, self._table_name, self._poll_interval_ms, self._bounds)
+            )
+            | "Decode" >> beam.ParDo(
+                _DecodeFn(self._schema, source_table, self._encoding, self._empty_as_null)
+            ).with_outputs(DEAD_LETTERS, main=CHANGES)
+        )
+
+
+class ExplodeChanges(beam.PTransform):
+    """One :class:`beam_pixels.changes.ChangeRecord` per change, for per-row processing."""
+
+    def expand(self, batches):
+        return batches | "Explode" >> beam.FlatMap(lambda batch: batch.to_records())
