@@ -203,7 +203,8 @@ class MockPixelsServer:
         return f"{self.host}:{self.port}"
 
     def __enter__(self) -> "MockPixelsServer":
-        return self.start()
+        """Start unless already started, so both ``with server:`` and ``with server.start():`` work."""
+        return self if self._server is not None else self.start()
 
     def __exit__(self, *exc_info) -> None:
         self.stop()

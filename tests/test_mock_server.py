@@ -185,6 +185,13 @@ def test_start_binds_a_real_port_and_stop_releases_it():
     assert e.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
+def test_context_manager_accepts_a_started_server():
+    with MockPixelsServer(ORDERS).start() as server:
+        assert server.port > 0
+    with pytest.raises(RuntimeError, match="already running"), MockPixelsServer(ORDERS) as again:
+        again.start()
+
+
 def test_records_go_to_the_bucket_of_their_primary_key(server, stub):
     assert server.enqueue(Op.INSERT, None, (7, "seven", 7.5)) == _bucket_of_id(7)
     response = _poll(stub, [_bucket_of_id(7)])
