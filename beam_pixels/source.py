@@ -102,6 +102,7 @@ class ServerOptions:
     port: int = 50051
     deadline_s: float = 10.0
     max_receive_mb: int = 256
+    tls: bool = False
     tls_root_cert: bytes | None = None
     tls_client_cert: bytes | None = None
     tls_client_key: bytes | None = None
@@ -115,6 +116,7 @@ class ServerOptions:
             deadline_s=self.deadline_s,
             max_receive_mb=self.max_receive_mb,
             retry_attempts=None,
+            tls=self.tls,
             tls_root_cert=self.tls_root_cert,
             tls_client_cert=self.tls_client_cert,
             tls_client_key=self.tls_client_key,
@@ -437,6 +439,7 @@ class ReadFromPixels(beam.PTransform):
                 port=config.server_port,
                 deadline_s=config.server_deadline_ms / 1000.0,
                 max_receive_mb=config.server_max_message_mb,
+                tls=config.tls_enabled,
                 **config.tls_material(),
             ),
             schema_name=config.schema_name,
