@@ -37,7 +37,8 @@ from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from beam_pixels.changes import CHANGELOG_COLUMNS, Op, changelog_rows, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
-from beam_pixels.schema import SourceSchema
+from beam_pixels.config import PixelsConfig
+from beam_pixels.schema import SourceSchema, TypeKind
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, WriteOutcome
 
 _LOG = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ class IcebergTableWriter(TableWriter):
     ``table_name`` may be ``database.table``; ``database`` (default: that prefix,
     else ``pixels``) names the catalog namespace. ``catalog_properties`` go to
     pyiceberg's ``load_catalog`` unchanged, except that a ``sql`` catalog without
-    ``uri`` gets a SQLite file inside its local ``warehouse`` directory.
+    ``uri`` gets a SQLite file inside its local ``warehouse`` directory. A sql
+    catalog keeps tables per ``catalog_name``: other tools must use the same name.
     """
 
     def __init__(
@@ -71,6 +73,12 @@ class IcebergTableWriter(TableWriter):
         database: str | None = None,
         catalog_name: str = "pixels",
     ):
+        floats = [c for c in schema.primary_key if schema.column(c).type.kind in (TypeKind.FLOAT, TypeKind.DOUBLE)]
+        if floats:
+            raise ValueError(
+                f"primary key column(s) {', '.join(floats)} are FLOAT/DOUBLE, which Iceberg does not allow as "
+                f"identifier fields; choose other columns for source.primary.key"
+            )
         self.schema = schema
         namespace, name = _split_table_name(table_name, database)
         self.table_name = f"{namespace}.{name}"
@@ -242,13 +250,13 @@ class WriteToIceberg(beam.PTransform):
         self._commit_retries = commit_retries
 
     @classmethod
-    def from_config(cls, config, window_ms: int | None = None) -> "WriteToIceberg":
+    def from_config(cls, config: PixelsConfig, window_ms: int | None = None) -> "WriteToIceberg":
         """The transform a ``pixels-client.properties`` configuration describes."""
         return cls(
-            config.schema,
-            config.iceberg_table_name,
+            config.source_schema,
+            config.iceberg_table,
             config.catalog_properties("iceberg"),
-            database=config.iceberg_database_name,
+            database=config.iceberg_database,
             window_ms=window_ms,
             commit_retries=config.iceberg_commit_retries,
         )
