@@ -462,14 +462,13 @@ def _column_of_fixed(col_type: ColumnType, column: _RawColumn):
 
 
 def _offsets(column: _RawColumn) -> tuple[pa.Buffer, pa.Buffer]:
-    """Offsets and data buffers holding the valid values (NULLs as empty values)."""
-    data, lengths = column.data, column.lengths
-    if (lengths[~column.valid] > 0).any():
-        data = b"".join(v if ok else b"" for v, ok in zip(column.values, column.valid.tolist()))
-        lengths = np.where(column.valid, lengths, 0)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.py_buffer(offsets), pa.py_buffer(data)
+    """Offsets and data buffers of a variable-width column (NULL slots keep their bytes).
+
+    int32 offsets suffice: protobuf caps a whole message below 2 GiB.
+    """
+    offsets = np.zeros(len(column) + 1, dtype=np.int32)
+    np.cumsum(column.lengths, out=offsets[1:])
+    return pa.py_buffer(offsets), pa.py_buffer(column.data)
 
 
 def _column_of_strings(col_type: ColumnType, column: _RawColumn):
