@@ -22,13 +22,18 @@ How it maps onto pypaimon (>= 2.1, pure Python):
   to the newest one by our commit user. pypaimon does not filter commits whose
   identifier was already committed, so :meth:`PaimonTableWriter.commit` checks.
 
-Speed: pypaimon 2.1 assigns fixed buckets and folds its write buffer row by row
-in Python (~30k rows/s). This module routes rows to buckets with a vectorised
-copy of Paimon's bucket hash for integer, date, text and binary keys (other key
-types keep pypaimon's routing), and skips the buffer fold when the keys of a
-bucket are already unique, which a collapsed commit guarantees. Both hook into
-pypaimon 2.1 internals (``TableWrite._create_file_store_write``,
-``FileStoreWrite._create_data_writer``, ``KeyValueDataWriter._merge_pending_by_pk``).
+pypaimon 2.1 internals this module hooks into (``TableWrite._create_file_store_write``,
+``FileStoreWrite._create_data_writer``, ``KeyValueDataWriter._write_data_to_file``
+and ``_merge_pending_by_pk``), see :class:`_KeyValueWriter`:
+
+- Correctness: pypaimon records ``delete_row_count=0`` for files holding ``-D``
+  rows, so a bucket whose only file holds deletes would read them back as live
+  rows. The writer here counts them, as Java Paimon does.
+- Speed: pypaimon assigns fixed buckets and folds its write buffer row by row in
+  Python (~30k rows/s). Rows are routed here with a vectorised copy of Paimon's
+  bucket hash for integer, date, text and binary keys (other key types keep
+  pypaimon's routing), and the fold is skipped when a bucket's keys are already
+  unique, which a collapsed commit guarantees.
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ class PaimonTableWriter(TableWriter):
             _redact(self._catalog_options["warehouse"]),
             "created" if created else "using existing",
             self.table_name,
-            f"primary key {', '.join(self.schema.primary_key)}, {self.bucket} buckets"
+            f"primary key {', '.join(self.schema.primary_key)}, {table.options.bucket()} buckets"
             if self.schema.primary_key
             else "append-only changelog",
             self.commit_user,
@@ -147,7 +152,7 @@ class PaimonTableWriter(TableWriter):
             outcome = WriteOutcome(None, ops["INSERT"] + ops["SNAPSHOT"], ops["UPDATE"], ops["DELETE"])
         rows = rows.select(self._write_schema.names).cast(self._write_schema)
 
-        write = _CollapsedStreamWrite(self._table, self.commit_user)
+        write = _StreamWrite(self._table, self.commit_user)
         try:
             self._write(write, rows)
             messages = write.prepare_commit(checkpoint.batch_id)
@@ -351,8 +356,21 @@ def _normal(type_name: str) -> str:
 # -- fast write path -----------------------------------------------------------------
 
 
-class _CollapsedKeyValueDataWriter(KeyValueDataWriter):
-    """Skips the row-by-row buffer fold when the buffered keys are already unique."""
+class _KeyValueWriter(KeyValueDataWriter):
+    """pypaimon 2.1's primary-key file writer with two fixes.
+
+    It records retractions (``-U``/``-D``) in the file's ``delete_row_count``:
+    pypaimon writes 0, and every Paimon reader then takes a bucket's lone
+    level-0 file as raw-convertible and returns its ``-D`` rows as live rows.
+    And it skips the row-by-row buffer fold when the keys are already unique.
+    """
+
+    def _write_data_to_file(self, data: pa.Table) -> None:
+        written = len(self.committed_files)
+        super()._write_data_to_file(data)
+        if len(self.committed_files) > written:
+            kinds = data.column("_VALUE_KIND").to_numpy()
+            self.committed_files[-1].delete_row_count = int(np.count_nonzero((kinds == 1) | (kinds == 3)))
 
     def _merge_pending_by_pk(self, data: pa.Table) -> pa.Table:
         n = data.num_rows
@@ -368,17 +386,19 @@ class _CollapsedKeyValueDataWriter(KeyValueDataWriter):
         return super()._merge_pending_by_pk(data)
 
 
-class _CollapsedFileStoreWrite(FileStoreWrite):
+class _FileStoreWrite(FileStoreWrite):
     def _create_data_writer(self, partition, bucket, options):
         writer = super()._create_data_writer(partition, bucket, options)
         if type(writer) is KeyValueDataWriter:
-            writer.__class__ = _CollapsedKeyValueDataWriter
+            writer.__class__ = _KeyValueWriter
         return writer
 
 
-class _CollapsedStreamWrite(StreamTableWrite):
+class _StreamWrite(StreamTableWrite):
+    """A stream write whose primary-key buckets use :class:`_KeyValueWriter`."""
+
     def _create_file_store_write(self, commit_user):
-        return _CollapsedFileStoreWrite(self.table, commit_user)
+        return _FileStoreWrite(self.table, commit_user)
 
 
 _INT_KEYS = {"TINYINT": "<i1", "SMALLINT": "<i2", "INT": "<i4", "INTEGER": "<i4", "BIGINT": "<i8", "DATE": "<i4"}
