@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import functools
 import math
+import operator
 import re
 import struct
 import typing
@@ -137,7 +138,7 @@ def _micros(col_type: ColumnType, value: datetime) -> int:
 
 
 _TO_NUMBER: dict[TypeKind, typing.Callable[[ColumnType, typing.Any], int]] = {
-    **{k: lambda t, v: int(v) for k in _INT_KINDS},
+    **{k: lambda t, v: operator.index(v) for k in _INT_KINDS},
     TypeKind.DECIMAL: _unscaled,
     TypeKind.DATE: lambda t, v: (v - _EPOCH_DATE).days,
     TypeKind.TIME: lambda t, v: _millis(v),
@@ -314,13 +315,18 @@ def _matching(pattern: re.Pattern, text: str, what: str) -> str:
     return text
 
 
+def _parse_datetime(text: str) -> datetime:
+    """ISO-8601 date and time; a trailing "Z" means UTC (Python 3.10 does not read it)."""
+    return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+
+
 _TEXT_TO_NUMBER: dict[TypeKind, typing.Callable[[ColumnType, str], int]] = {
     **{k: lambda t, s: int(_matching(_INT_TEXT, s, "an integer")) for k in _INT_KINDS},
     TypeKind.DECIMAL: lambda t, s: _unscaled(t, Decimal(_matching(_FLOAT_TEXT, s, "a decimal number"))),
     TypeKind.DATE: lambda t, s: _TO_NUMBER[TypeKind.DATE](t, date.fromisoformat(s)),
     TypeKind.TIME: lambda t, s: _millis(time.fromisoformat(s)),
-    TypeKind.TIMESTAMP: lambda t, s: _micros(t, datetime.fromisoformat(s)),
-    TypeKind.TIMESTAMPTZ: lambda t, s: _micros(t, datetime.fromisoformat(s)),
+    TypeKind.TIMESTAMP: lambda t, s: _micros(t, _parse_datetime(s)),
+    TypeKind.TIMESTAMPTZ: lambda t, s: _micros(t, _parse_datetime(s)),
 }
 
 
@@ -582,7 +588,8 @@ class RowCodec:
         children, bad = decode(rows, present)
         for j, column_bad in enumerate(bad):
             for i in np.flatnonzero(column_bad).tolist():
-                errors.setdefault(i, self._error_at(j, rows[i][j]))
+                if i not in errors:
+                    errors[i] = self._error_at(j, rows[i][j])
         present[list(errors)] = False
         struct = pa.StructArray.from_arrays(children, fields=list(self._struct_type), mask=pa.array(~present))
         return struct, dict(sorted(errors.items()))

@@ -446,3 +446,10 @@ def test_encode_row_marks_nulls():
     codec = RowCodec(SourceSchema.parse("a:INT, b:STRING"))
     assert codec.encode_row([None, ""]) == [(b"", True), (b"", False)]
     assert RowCodec(SourceSchema.parse("b:BINARY"), TEXT).encode_row([b"\x01"]) == [(base64.b64encode(b"\x01"), False)]
+
+
+def test_encode_rejects_non_integers_for_integer_columns():
+    with pytest.raises(TypeError):
+        encode_value(parse_type("INT"), 1.5)
+    with pytest.raises(TypeError):
+        encode_value(parse_type("BIGINT"), "7", TEXT)
