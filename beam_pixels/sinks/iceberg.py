@@ -291,7 +291,9 @@ def _resolve_catalog_properties(properties: dict[str, str]) -> tuple[dict[str, s
             "PostgreSQL uri, or a local warehouse directory), glue or rest"
         )
     if kind not in _CATALOG_TYPES:
-        raise ValueError(f"iceberg.catalog.type={kind!r} is not a pyiceberg catalog type; accepted: {', '.join(_CATALOG_TYPES)}")
+        raise ValueError(
+            f"iceberg.catalog.type={kind!r} is not a pyiceberg catalog type; accepted: {', '.join(_CATALOG_TYPES)}"
+        )
     if kind != CatalogType.SQL.value or properties.get("uri"):
         return properties, None
     warehouse = properties.get("warehouse", "")
