@@ -1,0 +1,326 @@
+"""Throughput benchmark: the pipeline into Iceberg and Paimon against a framework-free ceiling.
+
+Three measurements on the same data (``--rows`` INSERTs of :data:`SCHEMA`, key
+``id``), each against a fresh copy of it in a :class:`~beam_pixels.bench_server.ServerProcess`
+and each in its own fresh (spawned) process, so its peak RSS is its own:
+
+1. ``ceiling``: one thread, no framework: poll, ``RowCodec.decode_images``, write Parquet;
+2. ``iceberg``: :func:`beam_pixels.app.run_local` into Iceberg (SQLite catalog);
+3. ``paimon``: the same into Paimon (filesystem catalog).
+
+A measurement's time runs from the first poll the server sees to the end of
+the measured process's work (the Parquet file closed, ``run_local`` returned
+after its last commit). Each output is then read back and must hold exactly
+``--rows`` distinct keys. The last line printed is the ``RESULT`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from beam_pixels.bench_server import ServerProcess, build_chunks, save_chunks
+from beam_pixels.schema import SourceSchema
+
+SCHEMA = "id:BIGINT, name:STRING, price:DECIMAL(10,2), qty:INT, ts:TIMESTAMP, flag:BOOLEAN"
+KEY = "id"
+SCHEMA_NAME, TABLE_NAME = "public", "orders"
+DATABASE, SINK_TABLE = "pixels", "bench"
+SINKS = ("iceberg", "paimon")
+
+
+class BenchmarkError(RuntimeError):
+    """A measurement failed or produced a wrong result; no figure may be reported."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What to measure and how (see ``--help``)."""
+
+    rows: int = 1_000_000
+    batch_size: int = 200
+    seed: int = 0
+    checkpoint_interval_ms: int = 60_000
+    poll_interval_ms: int = 10
+    idle_timeout_ms: int = 10_000
+    workdir: Path | None = None
+    profile_dir: Path | None = None
+
+    @property
+    def schema(self) -> SourceSchema:
+        return SourceSchema.parse(SCHEMA, [KEY])
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """One measurement: ``rows`` in ``seconds`` with the measured process's peak RSS."""
+
+    name: str
+    rows: int
+    seconds: float
+    peak_rss_mb: float
+    detail: str = ""
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+    def describe(self) -> str:
+        extra = f"; {self.detail}" if self.detail else ""
+        return (
+            f"{self.name}: {self.rows} rows in {self.seconds:.2f} s = {self.rows_per_s:,.0f} rows/s, "
+            f"peak RSS {self.peak_rss_mb:.0f} MB{extra}"
+        )
+
+
+def result_line(ceiling: Measurement, iceberg: Measurement, paimon: Measurement) -> str:
+    """The ``RESULT`` line: rates, pipeline/ceiling ratios, the pipelines' highest peak RSS."""
+    return (
+        f"RESULT ceiling_rows_per_s={ceiling.rows_per_s:.0f} iceberg_rows_per_s={iceberg.rows_per_s:.0f} "
+        f"paimon_rows_per_s={paimon.rows_per_s:.0f} iceberg_ratio={iceberg.rows_per_s / ceiling.rows_per_s:.2f} "
+        f"paimon_ratio={paimon.rows_per_s / ceiling.rows_per_s:.2f} "
+        f"peak_rss_mb={max(iceberg.peak_rss_mb, paimon.peak_rss_mb):.0f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints one line per measurement, then the ``RESULT`` line."""
+    options = _parse_args(argv)
+    try:
+        if options.workdir is not None:
+            options.workdir.mkdir(parents=True, exist_ok=True)
+            if any(options.workdir.iterdir()):
+                raise BenchmarkError(f"--workdir {options.workdir} is not empty; give a new or empty directory")
+            measurements = run(options, options.workdir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="beam-pixels-bench-") as workdir:
+                measurements = run(options, Path(workdir))
+    except BenchmarkError as e:
+        print(f"FAILED: {e}", file=sys.stderr, flush=True)
+        return 1
+    print(result_line(*measurements), flush=True)
+    return 0
+
+
+def run(options: Options, workdir: Path) -> tuple[Measurement, Measurement, Measurement]:
+    """Build the data once, then measure the ceiling, Iceberg and Paimon; verify every output."""
+    chunks = workdir / "chunks.pkl"
+    started = time.monotonic()
+    _in_child("build", _build_data, options, chunks)
+    size_mb = chunks.stat().st_size / 2**20
+    print(f"data: {options.rows} rows of ({SCHEMA}), {size_mb:.1f} MB of responses prebuilt in "
+          f"{time.monotonic() - started:.1f} s", flush=True)
+    if options.profile_dir is not None:
+        options.profile_dir.mkdir(parents=True, exist_ok=True)
+        print(f"profiling into {options.profile_dir}: the figures below include cProfile's overhead", flush=True)
+
+    results = []
+    for name, target, verify in (
+        ("ceiling", _ceiling, _parquet_ids),
+        ("iceberg", _pipeline, _iceberg_ids),
+        ("paimon", _pipeline, _paimon_ids),
+    ):
+        measurement = _measure(name, target, options, chunks, workdir)
+        _check_ids(name, verify(workdir / name), options.rows)
+        print(measurement.describe(), flush=True)
+        results.append(measurement)
+    return tuple(results)
+
+
+def _parse_args(argv: list[str] | None) -> Options:
+    d = Options()
+    parser = argparse.ArgumentParser(prog="throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=d.rows, help="rows to move (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size,
+                        help="records per bucket per poll on the server (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the generated rows")
+    parser.add_argument("--checkpoint-interval-ms", type=int, default=d.checkpoint_interval_ms,
+                        help="checkpoint.interval.ms of the pipelines: a local round's length (default %(default)s)")
+    parser.add_argument("--poll-interval-ms", type=int, default=d.poll_interval_ms,
+                        help="source.poll.interval.ms of the pipelines (default %(default)s)")
+    parser.add_argument("--idle-timeout-ms", type=int, default=d.idle_timeout_ms,
+                        help="give up after this long without records (default %(default)s)")
+    parser.add_argument("--workdir", type=Path, help="keep data, Parquet file and warehouses here (default: a temp dir)")
+    parser.add_argument("--profile-dir", type=Path, help="write a cProfile dump per measurement here")
+    args = parser.parse_args(argv)
+    if args.rows < 1 or args.batch_size < 1:
+        parser.error("--rows and --batch-size must be at least 1")
+    return Options(**vars(args))
+
+
+# -- running a measurement in its own process ----------------------------------------------
+
+
+def _in_child(name: str, target: Callable, *args) -> tuple:
+    """Run ``target(*args)`` in a fresh spawned process; returns what it returned."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child_main, args=(target, args, send), name=f"bench-{name}")
+    process.start()
+    send.close()
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        ok, value = False, "the process died without a report"
+    process.join()
+    if not ok or process.exitcode:
+        raise BenchmarkError(f"{name} (exit code {process.exitcode}): {value}")
+    return value
+
+
+def _child_main(target: Callable, args: tuple, send) -> None:
+    try:
+        send.send((True, target(*args)))
+    except BaseException:
+        send.send((False, traceback.format_exc()))
+        raise
+
+
+def _measure(name: str, target: Callable, options: Options, chunks: Path, workdir: Path) -> Measurement:
+    """One measurement against a fresh server; checks the server handed out every row."""
+    with ServerProcess(chunks, SCHEMA_NAME, TABLE_NAME) as server:
+        ended, peak_rss_kb, detail = _in_child(name, _profiled, name, target, options, server.port, workdir / name)
+        first_poll, handed_out = server.first_poll, server.records_handed_out
+    if handed_out != options.rows:
+        raise BenchmarkError(f"{name}: the server handed out {handed_out} of {options.rows} rows")
+    return Measurement(name, options.rows, ended - first_poll, peak_rss_kb / 1024, detail)
+
+
+def _profiled(name: str, target: Callable, options: Options, port: int, out: Path) -> tuple[float, int, str]:
+    """Child body: run ``target`` (under cProfile with ``--profile-dir``); returns
+    ``(end time, peak RSS in KiB, detail)``.
+
+    A first decode of nothing beforehand keeps one-off costs out of the timing
+    (pyarrow imports pandas on its first numpy conversion, about 0.35 s).
+    """
+    from beam_pixels.codec import RowCodec
+
+    RowCodec(options.schema).decode_images([])
+    if options.profile_dir is None:
+        detail = target(name, options, port, out)
+    else:
+        profile = cProfile.Profile()
+        detail = profile.runcall(target, name, options, port, out)
+        profile.dump_stats(options.profile_dir / f"{name}.prof")
+    return time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, detail
+
+
+def _build_data(options: Options, path: Path) -> None:
+    save_chunks(
+        build_chunks(options.schema, options.rows, seed=options.seed, batch_size=options.batch_size,
+                     schema_name=SCHEMA_NAME, table_name=TABLE_NAME),
+        path,
+    )
+
+
+# -- the measured work ---------------------------------------------------------------------
+
+
+def _ceiling(name: str, options: Options, port: int, out: Path) -> str:
+    """Poll all buckets, decode the after-images to Arrow, append them to one Parquet file."""
+    import pyarrow.parquet as pq
+
+    from beam_pixels.client import PixelsClient
+    from beam_pixels.codec import RowCodec
+    from beam_pixels.protocol import sink_pb2
+
+    codec = RowCodec(options.schema)
+    buckets = list(range(128))
+    received, polls, writer = 0, 0, None
+    idle_since = time.monotonic()
+    with PixelsClient("127.0.0.1", port) as client:
+        while received < options.rows:
+            payload = client.poll_raw(SCHEMA_NAME, TABLE_NAME, buckets)
+            polls += 1
+            if not payload:
+                if (time.monotonic() - idle_since) * 1000 > options.idle_timeout_ms:
+                    raise BenchmarkError(f"ceiling: no records for {options.idle_timeout_ms} ms after {received}")
+                time.sleep(options.poll_interval_ms / 1000)
+                continue
+            records = sink_pb2.PollResponse.FromString(payload).records
+            images, errors = codec.decode_images([r.after for r in records])
+            if errors:
+                raise BenchmarkError(f"ceiling: {len(errors)} records failed to decode, e.g. {next(iter(errors.values()))}")
+            table = pa.Table.from_struct_array(images)
+            if writer is None:
+                writer = pq.ParquetWriter(out.with_suffix(".parquet"), table.schema)
+            writer.write_table(table)
+            received += len(records)
+            idle_since = time.monotonic()
+    writer.close()
+    return f"{polls} polls"
+
+
+def _pipeline(sink: str, options: Options, port: int, out: Path) -> str:
+    """``run_local`` into ``sink`` until ``--rows`` records are polled, then its last commit."""
+    from beam_pixels.app import run_local
+    from beam_pixels.config import PixelsConfig
+
+    config = PixelsConfig.from_properties(
+        {
+            "pixels.server.host": "127.0.0.1",
+            "pixels.server.port": str(port),
+            "schema.name": SCHEMA_NAME,
+            "table.name": TABLE_NAME,
+            "source.schema": SCHEMA,
+            "source.primary.key": KEY,
+            "source.poll.interval.ms": str(options.poll_interval_ms),
+            "source.max.records": str(options.rows),
+            "source.stop.after.idle.ms": str(options.idle_timeout_ms),
+            "checkpoint.interval.ms": str(options.checkpoint_interval_ms),
+            "sink.type": sink,
+            f"{sink}.catalog.warehouse": str(out),
+            f"{sink}.database.name": DATABASE,
+            f"{sink}.table.name": SINK_TABLE,
+        }
+    )
+    summary = run_local(config)
+    if summary.records != options.rows:
+        raise BenchmarkError(f"{sink}: run_local polled {summary.records} of {options.rows} records")
+    return f"{summary.rounds} round(s), last batch {summary.checkpoint.batch_id}, run_local {summary.seconds:.2f} s"
+
+
+# -- verifying the outputs -----------------------------------------------------------------
+
+
+def _check_ids(name: str, ids: pa.ChunkedArray, rows: int) -> None:
+    distinct = pc.count_distinct(ids).as_py()
+    if len(ids) != rows or distinct != rows:
+        raise BenchmarkError(f"{name}: the output holds {len(ids)} rows with {distinct} distinct keys, not {rows}")
+
+
+def _parquet_ids(out: Path) -> pa.ChunkedArray:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out.with_suffix(".parquet"), columns=[KEY]).column(KEY)
+
+
+def _iceberg_ids(warehouse: Path) -> pa.ChunkedArray:
+    from pyiceberg.catalog import load_catalog
+
+    catalog = load_catalog(
+        "pixels", type="sql", uri=f"sqlite:///{warehouse}/catalog.db", warehouse=f"file://{warehouse}"
+    )
+    return catalog.load_table((DATABASE, SINK_TABLE)).scan(selected_fields=(KEY,)).to_arrow().column(KEY)
+
+
+def _paimon_ids(warehouse: Path) -> pa.ChunkedArray:
+    from pypaimon import CatalogFactory
+
+    table = CatalogFactory.create({"warehouse": f"file://{warehouse}", "metastore": "filesystem"}).get_table(
+        f"{DATABASE}.{SINK_TABLE}"
+    )
+    builder = table.new_read_builder().with_projection([KEY])
+    return builder.new_read().to_arrow(builder.new_scan().plan().splits()).column(KEY)
