@@ -450,13 +450,15 @@ def _column_of_decimals(col_type: ColumnType, column: _RawColumn):
     return [pa.py_buffer(out)], errors
 
 
+def _split_128(number: int) -> tuple[np.int64, np.uint64]:
+    """The signed high and unsigned low 64 bits of a 128-bit two's complement integer."""
+    return np.int64(number >> 64), np.uint64(number & (2**64 - 1))
+
+
 def _within_128(low: np.ndarray, high: np.ndarray, minimum: int, maximum: int) -> np.ndarray:
     """Whether the 128-bit integers ``high * 2**64 + low`` lie in ``[minimum, maximum]``."""
-    def split(bound: int) -> tuple[np.int64, np.uint64]:
-        return np.int64(bound >> 64), np.uint64(bound & (2**64 - 1))
-
-    max_high, max_low = split(maximum)
-    min_high, min_low = split(minimum)
+    max_high, max_low = _split_128(maximum)
+    min_high, min_low = _split_128(minimum)
     below_max = (high < max_high) | ((high == max_high) & (low <= max_low))
     above_min = (high > min_high) | ((high == min_high) & (low >= min_low))
     return below_max & above_min
