@@ -128,12 +128,12 @@ def run(options: Options, workdir: Path) -> tuple[Measurement, Measurement, Meas
 
     results = []
     for name, target, verify in (
-        ("ceiling", _ceiling, _parquet_ids),
-        ("iceberg", _pipeline, _iceberg_ids),
-        ("paimon", _pipeline, _paimon_ids),
+        ("ceiling", _ceiling, parquet_keys),
+        ("iceberg", _pipeline, iceberg_keys),
+        ("paimon", _pipeline, paimon_keys),
     ):
         measurement = _measure(name, target, options, chunks, workdir)
-        _check_ids(name, verify(workdir / name), options.rows)
+        check_keys(name, verify(workdir / name), options.rows)
         print(measurement.describe(), flush=True)
         results.append(measurement)
     return tuple(results)
@@ -295,19 +295,22 @@ def _pipeline(sink: str, options: Options, port: int, out: Path) -> str:
 # -- verifying the outputs -----------------------------------------------------------------
 
 
-def _check_ids(name: str, ids: pa.ChunkedArray, rows: int) -> None:
+def check_keys(name: str, ids: pa.ChunkedArray, rows: int) -> None:
+    """Raise :class:`BenchmarkError` unless ``ids`` holds exactly ``rows`` distinct keys."""
     distinct = pc.count_distinct(ids).as_py()
     if len(ids) != rows or distinct != rows:
         raise BenchmarkError(f"{name}: the output holds {len(ids)} rows with {distinct} distinct keys, not {rows}")
 
 
-def _parquet_ids(out: Path) -> pa.ChunkedArray:
+def parquet_keys(out: Path) -> pa.ChunkedArray:
+    """The key column of the ceiling's Parquet file."""
     import pyarrow.parquet as pq
 
     return pq.read_table(out.with_suffix(".parquet"), columns=[KEY]).column(KEY)
 
 
-def _iceberg_ids(warehouse: Path) -> pa.ChunkedArray:
+def iceberg_keys(warehouse: Path) -> pa.ChunkedArray:
+    """The key column of the Iceberg table a pipeline measurement wrote into ``warehouse``."""
     from pyiceberg.catalog import load_catalog
 
     catalog = load_catalog(
@@ -316,7 +319,8 @@ def _iceberg_ids(warehouse: Path) -> pa.ChunkedArray:
     return catalog.load_table((DATABASE, SINK_TABLE)).scan(selected_fields=(KEY,)).to_arrow().column(KEY)
 
 
-def _paimon_ids(warehouse: Path) -> pa.ChunkedArray:
+def paimon_keys(warehouse: Path) -> pa.ChunkedArray:
+    """The key column of the Paimon table a pipeline measurement wrote into ``warehouse``."""
     from pypaimon import CatalogFactory
 
     table = CatalogFactory.create({"warehouse": f"file://{warehouse}", "metastore": "filesystem"}).get_table(

@@ -1,0 +1,60 @@
+"""Smoke test of the throughput benchmark: a small run, its RESULT line, and what it wrote."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from beam_pixels import bench
+
+ROWS = 2000
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+RESULT = re.compile(
+    r"RESULT ceiling_rows_per_s=(\d+) iceberg_rows_per_s=(\d+) paimon_rows_per_s=(\d+) "
+    r"iceberg_ratio=(\d+\.\d\d) paimon_ratio=(\d+\.\d\d) peak_rss_mb=(\d+)"
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One benchmark run of ROWS rows (the script, as a user runs it); returns (stdout, workdir)."""
+    workdir = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--rows", str(ROWS), "--workdir", str(workdir)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, workdir
+
+
+def test_last_line_is_the_result_line(run):
+    stdout, _ = run
+    match = RESULT.fullmatch(stdout.strip().splitlines()[-1])
+    assert match, stdout[-2000:]
+    assert all(float(figure) > 0 for figure in match.groups())
+
+
+def test_each_output_holds_exactly_the_rows(run):
+    _, workdir = run
+    assert pq.read_metadata(workdir / "ceiling.parquet").num_rows == ROWS
+    for ids in (bench.iceberg_keys(workdir / "iceberg"), bench.paimon_keys(workdir / "paimon")):
+        assert sorted(ids.to_pylist()) == sorted(range(-(ROWS // 2), ROWS // 2))
+
+
+def test_a_wrong_table_fails_loudly():
+    with pytest.raises(bench.BenchmarkError, match="1999 rows with 1999 distinct keys, not 2000"):
+        bench.check_keys("iceberg", pa.chunked_array([range(1999)]), ROWS)
+
+
+def test_result_line_format():
+    ceiling = bench.Measurement("ceiling", 1000, 0.01, 100.0)
+    iceberg = bench.Measurement("iceberg", 1000, 0.02, 250.4)
+    paimon = bench.Measurement("paimon", 1000, 0.03, 300.6)
+    assert bench.result_line(ceiling, iceberg, paimon) == (
+        "RESULT ceiling_rows_per_s=100000 iceberg_rows_per_s=50000 paimon_rows_per_s=33333 "
+        "iceberg_ratio=0.50 paimon_ratio=0.33 peak_rss_mb=301"
+    )
