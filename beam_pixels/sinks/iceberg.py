@@ -333,10 +333,20 @@ def _conform(rows: pa.Table, target: pa.Schema) -> pa.Table:
 
 
 def _rows_without_keys(rows: pa.Table, keys: pa.Table) -> pa.Table:
-    """The rows of ``rows`` whose key (the columns of ``keys``) is not in ``keys``."""
-    probe = rows.select(keys.column_names).append_column("__row", pa.array(np.arange(rows.num_rows)))
-    kept = probe.join(keys, keys=keys.column_names, join_type="left anti", use_threads=False).column("__row")
-    return rows.take(np.sort(kept.to_numpy()))
+    """The rows of ``rows`` whose key (the columns of ``keys``) is not in ``keys``.
+
+    A hash lookup of the first key column settles single-column keys and narrows
+    composite ones down to the few candidate rows that a semi-join then checks.
+    """
+    first, *rest = keys.column_names
+    hit = pc.is_in(rows.column(first), value_set=keys.column(first)).to_numpy()
+    if rest:
+        candidates = np.flatnonzero(hit)
+        probe = rows.select(keys.column_names).take(candidates).append_column("__row", pa.array(candidates))
+        matched = probe.join(keys, keys=keys.column_names, join_type="left semi", use_threads=False)
+        hit = np.zeros(rows.num_rows, dtype=bool)
+        hit[matched.column("__row").to_numpy()] = True
+    return rows.filter(pa.array(~hit))
 
 
 def _key_filter(keys: pa.Table) -> BooleanExpression:
