@@ -1,10 +1,16 @@
 """The Apache Iceberg sink: commit the change stream into an Iceberg table through pyiceberg.
 
 A table with a primary key gets each window's final state per key: one snapshot
-drops the touched keys copy-on-write (data files holding any of them are
-rewritten without them, found by an Arrow anti-join) and adds the surviving
-after-images. A table without a key gets an append-only changelog. Every
-snapshot carries the :class:`~beam_pixels.checkpoint.Checkpoint` in its summary.
+drops the touched keys copy-on-write (data files that may hold them, pruned by
+their column bounds, are read and those holding any are rewritten without
+them, matched with Arrow hash lookups) and adds the surviving after-images.
+pyiceberg's own ``delete`` with an ``In`` filter of 10^5 keys is ~10x slower.
+A table without a key gets an append-only changelog. Every snapshot carries the
+:class:`~beam_pixels.checkpoint.Checkpoint` in its summary.
+
+Data files are written with ``pyiceberg.io.pyarrow._dataframe_to_data_files``,
+the (private) writer behind pyiceberg's own ``append`` and ``delete``, so that
+one snapshot can both replace files and add new ones; pyiceberg is pinned to 0.12.
 
 pyiceberg 0.12 retries a commit that lost a race by itself
 (``commit.retry.num-retries``, default 4): it refreshes the table and re-applies
