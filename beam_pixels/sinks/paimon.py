@@ -181,21 +181,18 @@ class PaimonTableWriter(TableWriter):
         """The Paimon schema this writer creates and expects."""
         key = self.schema.primary_key
         if key:
-            fields = [(c.name, c.type.to_paimon(), c.name not in key) for c in self.schema.columns]
-            fields.append((ROW_KIND_COLUMN, "STRING", False))
+            columns = [(c.name, c.type.to_paimon(), c.name not in key) for c in self.schema.columns]
+            columns.append((ROW_KIND_COLUMN, "STRING", False))
             options = {"bucket": str(self.bucket), "rowkind.field": ROW_KIND_COLUMN}
         else:
-            data_columns = {c.name: c.type.to_paimon() for c in self.schema.columns}
-            fields = [
-                (f.name, data_columns.get(f.name) or PyarrowFieldParser.to_paimon_type(f.type, True).type, f.nullable)
+            source_types = {c.name: c.type.to_paimon() for c in self.schema.columns}
+            columns = [
+                (f.name, source_types.get(f.name) or PyarrowFieldParser.to_paimon_type(f.type, True).type, f.nullable)
                 for f in changelog_schema(self.schema)
             ]
             options = {}
-        return Schema(
-            [DataField(i, name, AtomicType(type_name, nullable)) for i, (name, type_name, nullable) in enumerate(fields)],
-            primary_keys=list(key),
-            options=options,
-        )
+        fields = [DataField(i, name, AtomicType(kind, nullable)) for i, (name, kind, nullable) in enumerate(columns)]
+        return Schema(fields, primary_keys=list(key), options=options)
 
     def _final_state_rows(self, records: pa.Table) -> tuple[pa.Table, WriteOutcome]:
         """One row per touched key: ``+I`` with its after-image, or ``-D`` when it ended deleted."""
