@@ -350,7 +350,7 @@ def _normal(type_name: str) -> str:
     return type_name.replace(" ", "").upper()
 
 
-# -- fast write path -----------------------------------------------------------------
+# -- pypaimon 2.1 write path: a delete-count fix and vectorised routing ---------------
 
 
 class _KeyValueWriter(KeyValueDataWriter):
