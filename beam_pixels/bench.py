@@ -21,6 +21,7 @@ import cProfile
 import dataclasses
 import multiprocessing
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,6 +123,7 @@ def run(options: Options, workdir: Path) -> tuple[Measurement, Measurement, Meas
     size_mb = chunks.stat().st_size / 2**20
     print(f"data: {options.rows} rows of ({SCHEMA}), {size_mb:.1f} MB of responses prebuilt in "
           f"{time.monotonic() - started:.1f} s", flush=True)
+    print(f"code: {code_version()}", flush=True)
     if options.profile_dir is not None:
         options.profile_dir.mkdir(parents=True, exist_ok=True)
         print(f"profiling into {options.profile_dir}: the figures below include cProfile's overhead", flush=True)
@@ -137,6 +139,20 @@ def run(options: Options, workdir: Path) -> tuple[Measurement, Measurement, Meas
         print(measurement.describe(), flush=True)
         results.append(measurement)
     return tuple(results)
+
+
+def code_version() -> str:
+    """The commit of the measured ``beam_pixels`` and its uncommitted files (the tree may be shared)."""
+    package = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=package, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=package, capture_output=True,
+                               text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    changed = sorted(line[3:] for line in dirty if line.strip())
+    return f"{head} + uncommitted: {', '.join(changed)}" if changed else head
 
 
 def _parse_args(argv: list[str] | None) -> Options:
