@@ -20,9 +20,11 @@ import struct
 import typing
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Context, Decimal, Inexact, InvalidOperation
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
+from google.protobuf import message
 
 from beam_pixels.schema import ColumnType, SourceSchema, TypeKind
 
@@ -370,29 +372,60 @@ _DECODERS = {BINARY: _BINARY_DECODERS, TEXT: _TEXT_DECODERS}
 
 
 class _RawColumn:
-    """The raw values of one column of a batch, and which of them are non-NULL."""
+    """The raw values of one column of a batch: value ``i`` is
+    ``data[starts[i]:starts[i] + lengths[i]]``; ``valid`` marks the non-NULL ones.
+    ``packed`` says the values lie back to back from ``data[0]`` in row order."""
 
-    def __init__(self, values: list[bytes], nulls: np.ndarray, empty_is_null: bool):
-        self.values = values
-        self.lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-        self.valid = ~nulls & (self.lengths > 0) if empty_is_null else ~nulls
-        self.data = b"".join(values)
+    def __init__(
+        self,
+        data: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        is_null: np.ndarray,
+        empty_is_null: bool,
+        packed: bool,
+    ):
+        self.data, self.starts, self.lengths, self.is_null, self.packed = data, starts, lengths, is_null, packed
+        self.valid = ~is_null & (lengths > 0) if empty_is_null else ~is_null
+
+    @classmethod
+    def of_values(cls, values: list[bytes], is_null: np.ndarray, empty_is_null: bool) -> "_RawColumn":
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        data = np.frombuffer(b"".join(values), dtype=np.uint8)
+        return cls(data, np.cumsum(lengths) - lengths, lengths, is_null, empty_is_null, packed=True)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.lengths)
+
+    def raw(self, i: int) -> bytes:
+        return self.data[self.starts[i] : self.starts[i] + self.lengths[i]].tobytes()
+
+    def values(self) -> list[bytes]:
+        data = self.data.tobytes()
+        return [data[s : s + n] for s, n in zip(self.starts.tolist(), self.lengths.tolist())]
 
     def matrix(self, width: int) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, selected)``: a ``(n, width)`` uint8 matrix of the valid values of
         that width (zeros elsewhere) and the mask of the rows it holds."""
         n = len(self)
         selected = self.valid & (self.lengths == width)
-        data = np.frombuffer(self.data, dtype=np.uint8)
-        if len(data) == n * width and selected.all():
-            return data.reshape(n, width), selected
+        if self.packed and selected.all():
+            return self.data.reshape(n, width), selected
         rows = np.zeros((n, width), dtype=np.uint8)
-        starts = np.cumsum(self.lengths) - self.lengths
-        rows[selected] = data[starts[selected, None] + np.arange(width)]
+        rows[selected] = self.data[self.starts[selected, None] + np.arange(width)]
         return rows, selected
+
+    def packed_buffers(self) -> tuple[pa.Buffer, pa.Buffer]:
+        """Arrow offsets and data buffers of the values (NULL slots keep their bytes).
+
+        int32 offsets suffice: protobuf caps a whole message below 2 GiB.
+        """
+        offsets = np.zeros(len(self) + 1, dtype=np.int32)
+        np.cumsum(self.lengths, out=offsets[1:])
+        data = self.data
+        if not self.packed:
+            data = data[np.repeat(self.starts - offsets[:-1], self.lengths) + np.arange(offsets[-1])]
+        return pa.py_buffer(offsets), pa.py_buffer(data)
 
 
 # A column decoder returns the Arrow buffers after the validity bitmap, and the
@@ -469,23 +502,13 @@ def _column_of_fixed(col_type: ColumnType, column: _RawColumn):
     return [pa.py_buffer(np.ascontiguousarray(rows))], _width_errors(col_type, column)
 
 
-def _offsets(column: _RawColumn) -> tuple[pa.Buffer, pa.Buffer]:
-    """Offsets and data buffers of a variable-width column (NULL slots keep their bytes).
-
-    int32 offsets suffice: protobuf caps a whole message below 2 GiB.
-    """
-    offsets = np.zeros(len(column) + 1, dtype=np.int32)
-    np.cumsum(column.lengths, out=offsets[1:])
-    return pa.py_buffer(offsets), pa.py_buffer(column.data)
-
-
 def _column_of_strings(col_type: ColumnType, column: _RawColumn):
-    buffers = list(_offsets(column))
+    buffers = list(column.packed_buffers())
     errors = np.zeros(len(column), dtype=bool)
     try:
         pa.StringArray.from_buffers(len(column), *buffers, _bitmap(column.valid)).validate(full=True)
     except pa.ArrowInvalid:
-        errors = column.valid & ~np.fromiter(map(_is_utf8, column.values), dtype=bool, count=len(column))
+        errors = column.valid & ~np.fromiter(map(_is_utf8, column.values()), dtype=bool, count=len(column))
     return buffers, errors
 
 
@@ -498,7 +521,7 @@ def _is_utf8(raw: bytes) -> bool:
 
 
 def _column_of_bytes(col_type: ColumnType, column: _RawColumn):
-    return list(_offsets(column)), np.zeros(len(column), dtype=bool)
+    return list(column.packed_buffers()), np.zeros(len(column), dtype=bool)
 
 
 _COLUMN_DECODERS: dict[TypeKind, _ColumnDecoder] = _per_kind(
@@ -518,11 +541,64 @@ def _bitmap(valid: np.ndarray) -> pa.Buffer | None:
     return None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
 
 
-class _Missing(typing.NamedTuple):
-    """Stands in for the values of an absent or rejected image."""
+# Tags of the wire format (PROTOCOL.md): RowValue.values = 1 and ColumnValue.value = 1
+# (length-delimited), ColumnValue.is_null = 2 (varint).
+_LEN_FIELD_1 = 0x0A
+_VARINT_FIELD_2 = 0x10
 
-    value: bytes = b""
-    is_null: bool = True
+
+def _varints(data: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values, ends, ok)`` of the base-128 varints at ``positions`` (up to 5 bytes:
+    lengths inside a message below 2 GiB)."""
+    values = np.zeros(len(positions), dtype=np.int64)
+    ends = positions.copy()
+    more = np.ones(len(positions), dtype=bool)
+    for shift in range(0, 35, 7):
+        byte = data[np.minimum(ends, len(data) - 1)].astype(np.int64)
+        values |= np.where(more, (byte & 0x7F) << shift, 0)
+        ends += more
+        more &= byte >= 0x80
+        if not more.any():
+            break
+    return values, ends, ~more
+
+
+def _columns_of_protobuf(images: typing.Sequence, present: np.ndarray, empty_is_null: list[bool]):
+    """The raw columns of protobuf ``RowValue`` images, read from their serialized
+    bytes with numpy instead of through a Python object per value. None unless every
+    image is a message holding exactly one value per column and nothing else."""
+    messages = [image for image in images if image is not None]
+    if not all(isinstance(m, message.Message) for m in messages):
+        return None
+    blobs = [m.SerializeToString() for m in messages]
+    data = np.frombuffer(b"".join(blobs) + b"\0", dtype=np.uint8)
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+    row_ends = np.cumsum(lengths)
+    position, width = row_ends - lengths, len(empty_is_null)
+
+    def at(positions: np.ndarray) -> np.ndarray:
+        return data[np.minimum(positions, len(data) - 1)]
+
+    ok = np.ones(len(messages), dtype=bool)
+    starts, sizes, nulls = (np.zeros((len(images), width), dtype=t) for t in (np.int64, np.int64, bool))
+    nulls[~present] = True
+    for j in range(width):
+        ok &= (position < row_ends) & (at(position) == _LEN_FIELD_1)
+        size, position, ok_size = _varints(data, position + 1)
+        end = position + size
+        has_value = (position < end) & (at(position) == _LEN_FIELD_1)
+        value_size, value_start, ok_value = _varints(data, position + 1)
+        value_start = np.where(has_value, value_start, position)
+        value_size = np.where(has_value, value_size, 0)
+        after = value_start + value_size
+        # proto3 writes is_null only when true, as the 2 bytes tag and 1.
+        is_null = (after < end) & (at(after) == _VARINT_FIELD_2)
+        ok &= ok_size & (ok_value | ~has_value) & (after + 2 * is_null == end)
+        starts[present, j], sizes[present, j], nulls[present, j] = value_start, value_size, is_null
+        position = end
+    if not (ok & (position == row_ends)).all():
+        return None
+    return [_RawColumn(data, starts[:, j], sizes[:, j], nulls[:, j], empty_is_null[j], packed=False) for j in range(width)]
 
 
 # ---------------------------------------------------------------------------
@@ -547,7 +623,6 @@ class RowCodec:
         self._empty_is_null = [empty_as_null or t.wire_width is not None for t in self._types]
         self._is_key = [c.name in schema.primary_key for c in schema.columns]
         self._struct_type = pa.struct(list(schema.to_arrow()))
-        self._missing_row = [_Missing()] * len(schema.columns)
 
     def encode_row(self, values: typing.Sequence) -> list[tuple[bytes, bool]]:
         """``(value bytes, is_null)`` per column; None encodes as ``(b"", True)``."""
@@ -579,57 +654,73 @@ class RowCodec:
         """Decode row images (None for no image) into a struct array of the schema's
         Arrow types. Absent images and images that fail to decode are null entries;
         the dict maps each failed index to the error of its first bad column."""
-        rows = [self._missing_row if image is None else image.values for image in images]
         present = np.array([image is not None for image in images], dtype=bool)
         errors: dict[int, DecodeError] = {}
-        counts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        for i in np.flatnonzero(counts != len(self._types)).tolist():
-            errors[i] = self._count_error(rows[i])
-            rows[i], present[i] = self._missing_row, False
+        columns = _columns_of_protobuf(images, present, self._empty_is_null)
+        if columns is None:
+            columns, errors = self._columns_of_objects(images, present)
         decode = self._decode_binary_columns if self.encoding == BINARY else self._decode_text_columns
-        children, bad = decode(rows, present)
+        children, bad = decode(columns, present)
         for j, column_bad in enumerate(bad):
             for i in np.flatnonzero(column_bad).tolist():
                 if i not in errors:
-                    errors[i] = self._error_at(j, rows[i][j])
+                    errors[i] = self._error_at(j, columns[j].raw(i), bool(columns[j].is_null[i]))
         present[list(errors)] = False
         struct = pa.StructArray.from_arrays(children, fields=list(self._struct_type), mask=pa.array(~present))
         return struct, dict(sorted(errors.items()))
 
-    def _decode_binary_columns(self, rows: list, present: np.ndarray) -> tuple[list[pa.Array], list[np.ndarray]]:
-        """Children arrays (NULL in rows with an error) and per column the rows in error."""
-        n, width = len(rows), len(self._types)
-        # Two passes: holding every protobuf ColumnValue wrapper at once is slower.
+    def _columns_of_objects(self, images: typing.Sequence, present: np.ndarray):
+        """The raw columns of images read value by value, and the errors of images
+        with a wrong number of values (which become absent)."""
+        width = len(self._types)
+        missing = [SimpleNamespace(value=b"", is_null=True)] * width
+        rows = [missing if image is None else image.values for image in images]
+        counts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        errors = {}
+        for i in np.flatnonzero(counts != width).tolist():
+            errors[i] = self._count_error(rows[i])
+            rows[i], present[i] = missing, False
         values = [v.value for row in rows for v in row]
-        nulls = np.array([v.is_null for row in rows for v in row], dtype=bool).reshape(n, width)
-        decoded, bad = [], []
-        for j, col_type in enumerate(self._types):
-            column = _RawColumn(values[j::width], nulls[:, j], self._empty_is_null[j])
-            buffers, errors = _COLUMN_DECODERS[col_type.kind](col_type, column)
+        nulls = np.array([v.is_null for row in rows for v in row], dtype=bool).reshape(len(rows), width)
+        columns = [_RawColumn.of_values(values[j::width], nulls[:, j], self._empty_is_null[j]) for j in range(width)]
+        return columns, errors
+
+    def _decode_binary_columns(
+        self, columns: list[_RawColumn], present: np.ndarray
+    ) -> tuple[list[pa.Array], list[np.ndarray]]:
+        """Children arrays (NULL in rows with an error) and per column the rows in error."""
+        bad = []
+        buffers = []
+        for j, (col_type, column) in enumerate(zip(self._types, columns)):
+            column_buffers, errors = _COLUMN_DECODERS[col_type.kind](col_type, column)
             if self._is_key[j]:
                 errors |= present & ~column.valid
-            decoded.append((buffers, column.valid))
+            buffers.append(column_buffers)
             bad.append(errors)
         row_ok = ~np.logical_or.reduce(bad)
         children = [
-            pa.Array.from_buffers(t.to_arrow(), n, [_bitmap(valid & row_ok), *buffers])
-            for t, (buffers, valid) in zip(self._types, decoded)
+            pa.Array.from_buffers(t.to_arrow(), len(present), [_bitmap(column.valid & row_ok), *column_buffers])
+            for t, column, column_buffers in zip(self._types, columns, buffers)
         ]
         return children, bad
 
-    def _decode_text_columns(self, rows: list, present: np.ndarray) -> tuple[list[pa.Array], list[np.ndarray]]:
+    def _decode_text_columns(
+        self, columns: list[_RawColumn], present: np.ndarray
+    ) -> tuple[list[pa.Array], list[np.ndarray]]:
         """Like :meth:`_decode_binary_columns`, one value at a time."""
-        n = len(rows)
-        columns = [[None] * n for _ in self._types]
+        n = len(present)
+        raw = [c.values() for c in columns]
+        nulls = [c.is_null.tolist() for c in columns]
+        decoded = [[None] * n for _ in self._types]
         bad = [np.zeros(n, dtype=bool) for _ in self._types]
         for i in np.flatnonzero(present).tolist():
-            for j, v in enumerate(rows[i]):
+            for j in range(len(columns)):
                 try:
-                    columns[j][i] = self.decode_value(j, v.value, v.is_null)
+                    decoded[j][i] = self.decode_value(j, raw[j][i], nulls[j][i])
                 except DecodeError:
                     bad[j][i] = True
                     break
-        return [pa.array(values, type=t.to_arrow()) for values, t in zip(columns, self._types)], bad
+        return [pa.array(values, type=t.to_arrow()) for values, t in zip(decoded, self._types)], bad
 
     def _check_count(self, column_values: typing.Sequence) -> None:
         if len(column_values) != len(self._types):
@@ -642,10 +733,10 @@ class RowCodec:
             return DecodeError(columns[count].name, columns[count].type, 0, reason)
         return DecodeError(f"#{len(columns) + 1} (not in the schema)", None, len(column_values[len(columns)].value), reason)
 
-    def _error_at(self, index: int, column_value) -> DecodeError:
+    def _error_at(self, index: int, raw: bytes, is_null: bool) -> DecodeError:
         """The DecodeError of a value the column decoder rejected."""
         try:
-            self.decode_value(index, column_value.value, column_value.is_null)
+            self.decode_value(index, raw, is_null)
         except DecodeError as e:
             return e
         raise AssertionError(f"column {index}: the batch decoder rejected a value the value decoder accepts")

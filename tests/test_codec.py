@@ -9,11 +9,13 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from beam_pixels.changes import records_schema
-from beam_pixels.codec import BINARY, TEXT, DecodeError, RowCodec, encode_value
+from beam_pixels.codec import BINARY, TEXT, DecodeError, RowCodec, _columns_of_protobuf, encode_value
+from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema, parse_type
 
 ENCODINGS = (BINARY, TEXT)
@@ -398,24 +400,50 @@ def test_decode_images_of_nothing():
     assert (struct.to_pylist(), errors) == ([None, None], {})
 
 
+def pb_image(pairs, extra: bytes = b""):
+    """A generated RowValue from ``(value bytes, is_null)`` pairs, plus raw extra fields."""
+    row = sink_pb2.RowValue(values=[sink_pb2.ColumnValue(value=v, is_null=n) for v, n in pairs])
+    return sink_pb2.RowValue.FromString(row.SerializeToString() + extra)
+
+
 def test_decode_images_reads_generated_protobuf_messages():
-    sink_pb2 = pytest.importorskip("beam_pixels.protocol.sink_pb2")
-    schema = SourceSchema.parse("id:BIGINT, name:STRING, price:DECIMAL(10,2), big:DECIMAL(38,0)", ["id"])
+    schema = SourceSchema.parse("id:BIGINT, name:STRING, price:DECIMAL(10,2), big:DECIMAL(38,0), raw:BINARY", ["id"])
     codec = RowCodec(schema)
-    rows = [[1, "a", Decimal("1.50"), Decimal(-(10**37))], [2, None, None, Decimal(0)]]
-    records = [
-        sink_pb2.RowRecord(
-            op=sink_pb2.INSERT,
-            after=sink_pb2.RowValue(values=[sink_pb2.ColumnValue(value=v, is_null=n) for v, n in codec.encode_row(r)]),
-        )
-        for r in rows
+    rows = [
+        [1, "a", Decimal("1.50"), Decimal(-(10**37)), b""],
+        [2, None, None, Decimal(0), b"x" * 200],
+        [3, "é" * 10_000, Decimal("-0.01"), None, None],
     ]
+    records = [sink_pb2.RowRecord(op=sink_pb2.INSERT, after=pb_image(codec.encode_row(r))) for r in rows]
     records = sink_pb2.PollResponse.FromString(sink_pb2.PollResponse(records=records).SerializeToString()).records
     after, errors = codec.decode_images([r.after if r.HasField("after") else None for r in records])
     before, _ = codec.decode_images([r.before if r.HasField("before") else None for r in records])
     assert errors == {}
     assert after.to_pylist() == [dict(zip(schema.names, r)) for r in rows]
-    assert before.to_pylist() == [None, None]
+    assert before.to_pylist() == [None, None, None]
+
+
+def test_protobuf_images_are_read_from_their_serialized_bytes():
+    """Multi-byte lengths, NULLs and empty values parse; anything unexpected falls back."""
+    empty_as_null = [False, False, True]
+    pairs = [(b"", False), (b"v" * 300, False), (b"", True)]
+    images = [pb_image(pairs), None, pb_image([(b"\x01", True), (b"", False), (b"abc", False)])]
+    columns = _columns_of_protobuf(images, np.array([True, False, True]), empty_as_null)
+    assert [[c.raw(i) for i in range(3)] for c in columns] == [[b"", b"", b"\x01"], [b"v" * 300, b"", b""], [b"", b"", b"abc"]]
+    assert [c.is_null.tolist() for c in columns] == [[False, True, True], [False, True, False], [True, True, False]]
+    assert [c.valid.tolist() for c in columns] == [[True, False, False], [True, False, True], [False, False, True]]
+
+    def parsed(image):
+        return _columns_of_protobuf([image], np.array([True]), empty_as_null)
+
+    assert parsed(pb_image(pairs)) is not None
+    assert parsed(pb_image(pairs, extra=b"\x7a\x00")) is None  # unknown field of RowValue
+    assert parsed(pb_image(pairs[:2])) is None  # too few values
+    assert parsed(pb_image(pairs + pairs[:1])) is None  # too many
+    assert parsed(image(pairs)) is None  # not a protobuf message
+    value_with_unknown_field = b"\x0a\x05\x0a\x01a\x7a\x00"
+    assert parsed(sink_pb2.RowValue.FromString(value_with_unknown_field * 3)) is None
+    assert parsed(sink_pb2.RowValue.FromString(b"\x0a\x03\x0a\x01a" * 3)) is not None
 
 
 # ---------------------------------------------------------------------------
