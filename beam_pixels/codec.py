@@ -368,7 +368,7 @@ _DECODERS = {BINARY: _BINARY_DECODERS, TEXT: _TEXT_DECODERS}
 
 
 # ---------------------------------------------------------------------------
-# Decoding a column of binary values at once.
+# Decoding a batch column by column: raw columns, and numpy decoders of binary ones.
 
 
 class _RawColumn:
@@ -591,14 +591,16 @@ def _columns_of_protobuf(images: typing.Sequence, present: np.ndarray, empty_is_
         value_start = np.where(has_value, value_start, position)
         value_size = np.where(has_value, value_size, 0)
         after = value_start + value_size
-        # proto3 writes is_null only when true, as the 2 bytes tag and 1.
+        # proto3 writes is_null only when it is true: two bytes, the tag and 1.
         is_null = (after < end) & (at(after) == _VARINT_FIELD_2)
         ok &= ok_size & (ok_value | ~has_value) & (after + 2 * is_null == end)
         starts[present, j], sizes[present, j], nulls[present, j] = value_start, value_size, is_null
         position = end
     if not (ok & (position == row_ends)).all():
         return None
-    return [_RawColumn(data, starts[:, j], sizes[:, j], nulls[:, j], empty_is_null[j], packed=False) for j in range(width)]
+    return [
+        _RawColumn(data, starts[:, j], sizes[:, j], nulls[:, j], empty_is_null[j], packed=False) for j in range(width)
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -731,7 +733,8 @@ class RowCodec:
         reason = f"the row has {count} values but the schema has {len(columns)} columns"
         if count < len(columns):
             return DecodeError(columns[count].name, columns[count].type, 0, reason)
-        return DecodeError(f"#{len(columns) + 1} (not in the schema)", None, len(column_values[len(columns)].value), reason)
+        extra = len(column_values[len(columns)].value)
+        return DecodeError(f"#{len(columns) + 1} (not in the schema)", None, extra, reason)
 
     def _error_at(self, index: int, raw: bytes, is_null: bool) -> DecodeError:
         """The DecodeError of a value the column decoder rejected."""

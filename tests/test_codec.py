@@ -201,7 +201,10 @@ def test_smallint_accepts_four_bytes_from_older_servers():
     codec = RowCodec(SourceSchema.parse("k:INT, s:SMALLINT"))
     assert codec.decode_value(1, (-1234).to_bytes(4, "big", signed=True)) == -1234
     struct, errors = codec.decode_images(
-        [image([(b"\0\0\0\1", False), (b"\xff\xff\xfb\x2e", False)]), image([(b"\0\0\0\2", False), (b"\x00\x07", False)])]
+        [
+            image([(b"\0\0\0\1", False), (b"\xff\xff\xfb\x2e", False)]),
+            image([(b"\0\0\0\2", False), (b"\x00\x07", False)]),
+        ]
     )
     assert errors == {}
     assert struct.field("s").to_pylist() == [-1234, 7]
@@ -242,7 +245,8 @@ def test_null_in_primary_key_is_an_error(encoding):
     with pytest.raises(DecodeError, match="primary-key"):
         codec.decode_value(0, b"", is_null=True)
     good = image(codec.encode_row([1, "a"]))
-    struct, errors = codec.decode_images([image([(b"", True), (b"x", False)]), good, image([(b"", False), (b"", True)])])
+    null_key, empty_key = image([(b"", True), (b"x", False)]), image([(b"", False), (b"", True)])
+    struct, errors = codec.decode_images([null_key, good, empty_key])
     assert sorted(errors) == [0, 2]
     assert all(e.column == "id" and "primary-key" in e.reason for e in errors.values())
     assert struct.to_pylist() == [None, {"id": 1, "s": "a"}, None]
@@ -429,7 +433,11 @@ def test_protobuf_images_are_read_from_their_serialized_bytes():
     pairs = [(b"", False), (b"v" * 300, False), (b"", True)]
     images = [pb_image(pairs), None, pb_image([(b"\x01", True), (b"", False), (b"abc", False)])]
     columns = _columns_of_protobuf(images, np.array([True, False, True]), empty_as_null)
-    assert [[c.raw(i) for i in range(3)] for c in columns] == [[b"", b"", b"\x01"], [b"v" * 300, b"", b""], [b"", b"", b"abc"]]
+    assert [[c.raw(i) for i in range(3)] for c in columns] == [
+        [b"", b"", b"\x01"],
+        [b"v" * 300, b"", b""],
+        [b"", b"", b"abc"],
+    ]
     assert [c.is_null.tolist() for c in columns] == [[False, True, True], [False, True, False], [True, True, False]]
     assert [c.valid.tolist() for c in columns] == [[True, False, False], [True, False, True], [False, False, True]]
 
