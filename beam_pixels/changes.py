@@ -123,6 +123,23 @@ def concat_records(batches: typing.Iterable[ChangeBatch], schema: SourceSchema) 
     return table.sort_by([("poll_group", "ascending"), ("position", "ascending")])
 
 
+class OpCounts(typing.NamedTuple):
+    """Changes of a records table by kind; SNAPSHOT records count as inserts."""
+
+    inserts: int
+    updates: int
+    deletes: int
+
+
+def op_counts(records: pa.Table) -> OpCounts:
+    ops = records.column("op").to_numpy()
+    return OpCounts(
+        inserts=int(np.count_nonzero((ops == Op.INSERT) | (ops == Op.SNAPSHOT))),
+        updates=int(np.count_nonzero(ops == Op.UPDATE)),
+        deletes=int(np.count_nonzero(ops == Op.DELETE)),
+    )
+
+
 @dataclass(frozen=True)
 class FinalState:
     """What a window of changes does to a primary-key table.
@@ -133,9 +150,7 @@ class FinalState:
 
     touched_keys: pa.Table
     upserts: pa.Table
-    inserts: int
-    updates: int
-    deletes: int
+    counts: OpCounts
 
 
 def collapse_to_final_state(records: pa.Table, schema: SourceSchema) -> FinalState:
@@ -161,14 +176,7 @@ def collapse_to_final_state(records: pa.Table, schema: SourceSchema) -> FinalSta
     rows = pa.array(last_seq[live] // 2)
     upserts = pa.Table.from_struct_array(after.take(rows)) if len(rows) else schema.to_arrow().empty_table()
 
-    ops = records.column("op").to_numpy()
-    return FinalState(
-        touched_keys=last.select(key),
-        upserts=upserts.cast(schema.to_arrow()),
-        inserts=int(np.count_nonzero((ops == Op.INSERT) | (ops == Op.SNAPSHOT))),
-        updates=int(np.count_nonzero(ops == Op.UPDATE)),
-        deletes=int(np.count_nonzero(ops == Op.DELETE)),
-    )
+    return FinalState(touched_keys=last.select(key), upserts=upserts.cast(schema.to_arrow()), counts=op_counts(records))
 
 
 CHANGELOG_COLUMNS = ("_op", "_poll_group", "_position")

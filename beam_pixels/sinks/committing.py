@@ -85,6 +85,10 @@ class TableWriter(abc.ABC):
         """Apply ``records`` (ordered, none committed before) in one atomic commit that
         stores ``checkpoint``. Raise :class:`CommitConflict` when another writer won."""
 
+    @abc.abstractmethod
+    def read_table(self) -> pa.Table:
+        """The table's current rows (merged view), connector columns dropped."""
+
     def close(self) -> None:
         """Release catalog resources."""
 

@@ -41,7 +41,7 @@ from pyiceberg.schema import Schema, promote
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
-from beam_pixels.changes import CHANGELOG_COLUMNS, Op, changelog_rows, collapse_to_final_state
+from beam_pixels.changes import CHANGELOG_COLUMNS, changelog_rows, collapse_to_final_state, op_counts
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig
 from beam_pixels.schema import SourceSchema, TypeKind
@@ -138,22 +138,19 @@ class IcebergTableWriter(TableWriter):
             snapshot = table.snapshot_by_id(parent) if parent is not None else None
         return Checkpoint()
 
+    def read_table(self) -> pa.Table:
+        return self._catalog.load_table(self._identifier).scan().to_arrow()
+
     def commit(self, records: pa.Table, checkpoint: Checkpoint) -> WriteOutcome:
         properties = checkpoint.to_properties()
         try:
             if self.schema.primary_key:
                 state = collapse_to_final_state(records, self.schema)
                 snapshot_id = self._replace_keys(state.touched_keys, state.upserts, properties)
-                return WriteOutcome(snapshot_id, state.inserts, state.updates, state.deletes)
+                return WriteOutcome(snapshot_id, *state.counts)
             rows = _conform(changelog_rows(records, self.schema), _arrow_schema(self._table))
             snapshot_id = self._commit_files(rows, [], properties)
-            ops = records.column("op").to_numpy()
-            return WriteOutcome(
-                snapshot_id,
-                inserts=int(np.count_nonzero((ops == Op.INSERT) | (ops == Op.SNAPSHOT))),
-                updates=int(np.count_nonzero(ops == Op.UPDATE)),
-                deletes=int(np.count_nonzero(ops == Op.DELETE)),
-            )
+            return WriteOutcome(snapshot_id, *op_counts(records))
         except CommitFailedException as e:
             raise CommitConflict(f"{self.table_name}: {e}") from e
 
@@ -266,6 +263,11 @@ class WriteToIceberg(beam.PTransform):
             window_ms=window_ms,
             commit_retries=config.iceberg_commit_retries,
         )
+
+    @property
+    def writer(self) -> TableWriter:
+        """The table writer this transform commits with (e.g. to read the last checkpoint)."""
+        return self._writer
 
     def expand(self, batches):
         return batches | WriteChanges(self._writer, self._window_ms, self._commit_retries)

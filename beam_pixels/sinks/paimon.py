@@ -54,7 +54,7 @@ from pypaimon.write.file_store_write import FileStoreWrite
 from pypaimon.write.table_write import StreamTableWrite
 from pypaimon.write.writer.key_value_data_writer import KeyValueDataWriter
 
-from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state
+from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state, op_counts
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, WriteOutcome
@@ -137,6 +137,11 @@ class PaimonTableWriter(TableWriter):
             return Checkpoint()
         return Checkpoint.from_properties(snapshot.properties) or Checkpoint(snapshot.commit_identifier)
 
+    def read_table(self) -> pa.Table:
+        builder = self._table.new_read_builder()
+        rows = builder.new_read().to_arrow(builder.new_scan().plan().splits())
+        return rows.drop_columns([ROW_KIND_COLUMN]) if ROW_KIND_COLUMN in rows.column_names else rows
+
     def commit(self, records: pa.Table, checkpoint: Checkpoint) -> WriteOutcome:
         last = self.last_checkpoint()
         if checkpoint.batch_id <= last.batch_id:
@@ -148,8 +153,7 @@ class PaimonTableWriter(TableWriter):
             rows, outcome = self._final_state_rows(records)
         else:
             rows = changelog_rows(records, self.schema)
-            ops = _op_counts(rows)
-            outcome = WriteOutcome(None, ops["INSERT"] + ops["SNAPSHOT"], ops["UPDATE"], ops["DELETE"])
+            outcome = WriteOutcome(None, *op_counts(records))
         rows = rows.select(self._write_schema.names).cast(self._write_schema)
 
         write = _StreamWrite(self._table, self.commit_user)
@@ -211,7 +215,7 @@ class PaimonTableWriter(TableWriter):
         dead = pa.table({**{k: deleted.column(k) for k in key}, **nulls})
         dead = dead.append_column(ROW_KIND_COLUMN, pa.repeat("-D", deleted.num_rows))
         rows = pa.concat_tables([live, dead.select(live.column_names).cast(live.schema)])
-        return rows, WriteOutcome(None, state.inserts, state.updates, state.deletes)
+        return rows, WriteOutcome(None, *state.counts)
 
     def _write(self, write: StreamTableWrite, rows: pa.Table) -> None:
         """Write ``rows`` bucket by bucket when their buckets can be computed here, else let pypaimon route."""
@@ -241,13 +245,6 @@ class PaimonTableWriter(TableWriter):
             snapshot = manager.get_snapshot_by_id(snapshot.id - 1) if snapshot.id > 1 else None
         return snapshot
 
-
-def _op_counts(rows: pa.Table) -> dict[str, int]:
-    """How many changelog rows carry each ``_op`` (INSERT, UPDATE, DELETE, SNAPSHOT)."""
-    counts = dict.fromkeys(("INSERT", "UPDATE", "DELETE", "SNAPSHOT"), 0)
-    for entry in pc.value_counts(rows.column("_op")).to_pylist():
-        counts[entry["values"]] = entry["counts"]
-    return counts
 
 
 class WriteToPaimon(beam.PTransform):
@@ -285,6 +282,11 @@ class WriteToPaimon(beam.PTransform):
             window_ms=window_ms,
             commit_retries=config.paimon_commit_retries,
         )
+
+    @property
+    def writer(self) -> TableWriter:
+        """The table writer this transform commits with (e.g. to read the last checkpoint)."""
+        return self._writer
 
     def expand(self, batches):
         return batches | WriteChanges(self._writer, self._window_ms, self._commit_retries)
