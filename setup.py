@@ -18,7 +18,7 @@ setup(
         "pyarrow>=16,<20,!=19.0.0",
         "numpy>=1.26",
         "pyiceberg[glue,sql-sqlite,pyarrow]==0.12.*",
-        "pypaimon>=2.1",
+        "pypaimon>=2.1,<2.2",
         "boto3>=1.34",
         "fsspec<2026",
         "mmh3>=4",
