@@ -1,0 +1,177 @@
+"""The application: Pixels -> ReadFromPixels -> WriteToIceberg / WriteToPaimon, from properties.
+
+On an in-process runner (the default) the job runs as a sequence of bounded
+rounds of about ``checkpoint.interval.ms``: each round resumes from the
+positions the table has committed, polls, and commits once. (Beam's local
+runners hold windowed output until a splittable DoFn finishes, so rounds are
+how a local run commits continuously.) On a distributed runner (Flink) it
+submits one unbounded pipeline that commits once per fixed window.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from beam_pixels import source
+from beam_pixels.checkpoint import Checkpoint
+from beam_pixels.config import PixelsConfig
+from beam_pixels.sinks.committing import TableWriter
+
+_LOG = logging.getLogger(__name__)
+
+IN_PROCESS_RUNNERS = {None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"}
+
+
+def sink_transform(config: PixelsConfig, window_ms: int | None = None) -> beam.PTransform:
+    """WriteToIceberg or WriteToPaimon, as ``sink.type`` says."""
+    if config.sink_type == "paimon":
+        from beam_pixels.sinks.paimon import WriteToPaimon
+
+        return WriteToPaimon.from_config(config, window_ms=window_ms)
+    from beam_pixels.sinks.iceberg import WriteToIceberg
+
+    return WriteToIceberg.from_config(config, window_ms=window_ms)
+
+
+def table_writer(config: PixelsConfig) -> TableWriter:
+    """The configured sink's table writer, to read checkpoints and tables from the driver."""
+    return sink_transform(config).writer
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    config: PixelsConfig,
+    *,
+    start_positions: dict[int, int] | None = None,
+    max_duration_ms: int = 0,
+    window_ms: int | None = None,
+):
+    """Add the whole job to ``p``; returns the PCollection of CommitResults."""
+    read = p | "ReadFromPixels" >> source.ReadFromPixels.from_config(
+        config, start_positions=start_positions, max_duration_ms=max_duration_ms
+    )
+    _ = read.dead_letters | "LogDeadLetters" >> beam.Map(_log_dead_letter)
+    return read.changes | "WriteToLakehouse" >> sink_transform(config, window_ms)
+
+
+def _log_dead_letter(letter: source.DeadLetter) -> None:
+    _LOG.error(
+        "undecodable record of %s at poll group %d position %d: %s",
+        letter.source_table,
+        letter.poll_group,
+        letter.position,
+        letter.reason,
+    )
+
+
+@dataclass
+class RunSummary:
+    """What a run did, over all its rounds."""
+
+    rounds: int = 0
+    records: int = 0
+    seconds: float = 0.0
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+
+    def describe(self) -> str:
+        rate = self.records / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"done: {self.records} records polled in {self.rounds} round(s), {self.seconds:.1f}s "
+            f"({rate:,.0f} records/s); last committed batch {self.checkpoint.batch_id}, "
+            f"positions {self.checkpoint.positions or '{}'}"
+        )
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM end the current round (it still commits) and then the run."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop waiting
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"{signal.Signals(signum).name}: finishing the current round, then stopping", file=sys.stderr, flush=True)
+        source.request_local_stop()
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        source.clear_local_stop()
+
+
+def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> RunSummary:
+    """Run as bounded rounds on the in-process runner until a bound or a signal ends it."""
+    writer = table_writer(config)
+    writer.open()
+    summary = RunSummary(checkpoint=writer.last_checkpoint())
+    started = time.monotonic()
+    idle_ms = 0.0
+    _LOG.info("resuming %s from batch %d, positions %s", writer.table_name, summary.checkpoint.batch_id, summary.checkpoint.positions)
+    with _StopOnSignal() as stop:
+        while True:
+            remaining = config.max_records - summary.records if config.max_records else 0
+            round_config = config.with_bounds(max_records=remaining)
+            options = PipelineOptions(pipeline_args or [], runner="FnApiRunner")
+            round_started = time.monotonic()
+            p = beam.Pipeline(options=options)
+            build_pipeline(
+                p, round_config, start_positions=summary.checkpoint.positions, max_duration_ms=config.checkpoint_interval_ms
+            )
+            result = p.run()
+            result.wait_until_finish()
+            records = _counter(result, "records")
+            summary.rounds += 1
+            summary.records += records
+            summary.checkpoint = writer.last_checkpoint()
+            idle_ms = idle_ms + (time.monotonic() - round_started) * 1000 if records == 0 else 0.0
+            if stop.requested:
+                break
+            if _counter(result, "groups_stopped_at_max_records") or (config.max_records and summary.records >= config.max_records):
+                break
+            if config.stop_after_idle_ms and (_counter(result, "groups_stopped_idle") or idle_ms >= config.stop_after_idle_ms):
+                break
+    writer.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _counter(result, name: str) -> int:
+    counters = result.metrics().query(MetricsFilter().with_namespace(source.METRICS_NAMESPACE).with_name(name))["counters"]
+    return sum(c.committed or c.attempted or 0 for c in counters)
+
+
+def run_distributed(config: PixelsConfig, pipeline_args: list[str]) -> None:
+    """Submit one unbounded pipeline (e.g. FlinkRunner) committing every checkpoint interval."""
+    options = PipelineOptions(pipeline_args, streaming=True, checkpointing_interval=config.checkpoint_interval_ms)
+    bounded = config.stop_after_idle_ms or config.max_records
+    writer = table_writer(config)
+    writer.open()
+    start = writer.last_checkpoint().positions
+    writer.close()
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, config, start_positions=start, window_ms=None if bounded else config.checkpoint_interval_ms)
+    result = p.run()
+    result.wait_until_finish()
+
+
+def run(config: PixelsConfig, pipeline_args: list[str]) -> RunSummary | None:
+    """Run the job on the runner named in ``pipeline_args`` (in-process rounds by default)."""
+    runner = PipelineOptions(pipeline_args).view_as(StandardOptions).runner
+    if runner in IN_PROCESS_RUNNERS:
+        return run_local(config, [a for a in pipeline_args if not a.startswith("--runner")])
+    run_distributed(config, pipeline_args)
+    return None

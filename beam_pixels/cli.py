@@ -1,0 +1,128 @@
+"""``beam-pixels``: the command line (``run``, ``demo``, ``mock-server``).
+
+User errors (bad properties, a bad schema, an unreachable catalog path) end with
+a one-line message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from beam_pixels.config import ConfigError, PixelsConfig
+from beam_pixels.schema import SchemaError
+
+USER_ERROR = 2
+
+
+class _DropBeamImportNoise(logging.Filter):
+    """Beam warns on import about optional Google Cloud clients this tool never uses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropBeamImportNoise())
+    logging.getLogger("beam_pixels").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="pixels-client.properties file (default: built-in defaults)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one property (repeatable; later wins)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="beam-pixels",
+        description="Stream Pixels sink change records into Apache Iceberg or Apache Paimon with Apache Beam.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="run the pipeline from properties",
+        description="Run Pixels -> Iceberg/Paimon. Unknown --flags are Beam pipeline options "
+        "(--runner FlinkRunner --flink_master HOST:PORT ...).",
+    )
+    _add_config_arguments(run)
+
+    demo = commands.add_parser("demo", help="run the embedded default: mock server -> local warehouse")
+    demo.add_argument("--sink", choices=("iceberg", "paimon"), default="iceberg")
+    demo.add_argument("--rows", type=int, default=2000, help="change events the mock server hands out")
+    demo.add_argument("--warehouse", default="./demo-warehouse", help="local warehouse directory")
+
+    mock = commands.add_parser("mock-server", help="serve generated change records over the Pixels protocol")
+    _add_config_arguments(mock)
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, help="default: pixels.server.port")
+    mock.add_argument("--rows", type=int, default=1000, help="rows (keys with --cdc) to generate")
+    mock.add_argument("--cdc", action="store_true", help="inserts, updates, deletes and snapshots per key")
+    mock.add_argument("--seed", type=int, default=0)
+    mock.add_argument("--batch-size", type=int, default=200, help="records per bucket per poll")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = _parser().parse_known_args(argv)
+    _configure_logging(args.verbose)
+    if extra and args.command != "run":
+        print(f"beam-pixels {args.command}: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
+        return USER_ERROR
+    try:
+        if args.command == "run":
+            return _run(args, extra)
+        if args.command == "demo":
+            from beam_pixels.demo import run_demo
+
+            return run_demo(args.sink, args.rows, args.warehouse)
+        return _mock_server(args)
+    except (ConfigError, SchemaError) as error:
+        print(f"beam-pixels: configuration error: {error}", file=sys.stderr)
+        return USER_ERROR
+
+
+def _run(args, pipeline_args: list[str]) -> int:
+    from beam_pixels import app
+
+    config = PixelsConfig.load(args.config, args.overrides)
+    logging.getLogger("beam_pixels").info("configuration: %s", config)
+    summary = app.run(config, pipeline_args)
+    if summary is not None:
+        print(summary.describe(), flush=True)
+    return 0
+
+
+def _mock_server(args) -> int:
+    from beam_pixels.mock_server import serve
+
+    config = PixelsConfig.load(args.config, args.overrides)
+    serve(
+        config.source_schema,
+        host=args.host,
+        port=args.port if args.port is not None else config.server_port,
+        rows=args.rows,
+        cdc=args.cdc,
+        seed=args.seed,
+        schema_name=config.schema_name,
+        table_name=config.table_name,
+        bucket_count=config.bucket_count,
+        batch_size=args.batch_size,
+        encoding=config.value_encoding,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
