@@ -568,9 +568,9 @@ def _columns_of_protobuf(images: typing.Sequence, present: np.ndarray, empty_is_
     bytes with numpy instead of through a Python object per value. None unless every
     image is a message holding exactly one value per column and nothing else."""
     messages = [image for image in images if image is not None]
-    if not all(isinstance(m, message.Message) for m in messages):
+    if not all(issubclass(t, message.Message) for t in set(map(type, messages))):
         return None
-    blobs = [m.SerializeToString() for m in messages]
+    blobs = list(map(operator.methodcaller("SerializeToString"), messages))
     data = np.frombuffer(b"".join(blobs) + b"\0", dtype=np.uint8)
     lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
     row_ends = np.cumsum(lengths)
