@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from beam_pixels import source
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig
+from beam_pixels.journal import PollJournal
 from beam_pixels.sinks.committing import TableWriter
 
 _LOG = logging.getLogger(__name__)
@@ -50,16 +51,21 @@ def build_pipeline(
     p: beam.Pipeline,
     config: PixelsConfig,
     *,
+    local_run: bool,
     start_positions: dict[int, int] | None = None,
     max_duration_ms: int = 0,
     window_ms: int | None = None,
 ):
     """Add the whole job to ``p``; returns the PCollection of CommitResults."""
+    journal = config.journal_location(local_run)
     read = p | "ReadFromPixels" >> source.ReadFromPixels.from_config(
-        config, start_positions=start_positions, max_duration_ms=max_duration_ms
+        config, start_positions=start_positions, max_duration_ms=max_duration_ms, journal=journal
     )
     _ = read.dead_letters | "LogDeadLetters" >> beam.Map(_log_dead_letter)
-    return read.changes | "WriteToLakehouse" >> sink_transform(config, window_ms)
+    commits = read.changes | "WriteToLakehouse" >> sink_transform(config, window_ms)
+    if journal:
+        _ = commits | "TrimJournal" >> beam.Map(lambda result, j: j.trim(result.positions), PollJournal(journal))
+    return commits
 
 
 def _log_dead_letter(letter: source.DeadLetter) -> None:
@@ -118,6 +124,8 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
     writer = table_writer(config)
     writer.open()
     summary = RunSummary(checkpoint=writer.last_checkpoint())
+    journal = config.journal_location(local_run=True)
+    _LOG.info("poll journal: %s", journal or "off (records polled but not yet committed are lost in a crash)")
     started = time.monotonic()
     idle_ms = 0.0
     _LOG.info("resuming %s from batch %d, positions %s", writer.table_name, summary.checkpoint.batch_id, summary.checkpoint.positions)
@@ -129,7 +137,11 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
             round_started = time.monotonic()
             p = beam.Pipeline(options=options)
             build_pipeline(
-                p, round_config, start_positions=summary.checkpoint.positions, max_duration_ms=config.checkpoint_interval_ms
+                p,
+                round_config,
+                local_run=True,
+                start_positions=summary.checkpoint.positions,
+                max_duration_ms=config.checkpoint_interval_ms,
             )
             result = p.run()
             result.wait_until_finish()
@@ -163,7 +175,9 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str]) -> None:
     start = writer.last_checkpoint().positions
     writer.close()
     p = beam.Pipeline(options=options)
-    build_pipeline(p, config, start_positions=start, window_ms=None if bounded else config.checkpoint_interval_ms)
+    build_pipeline(
+        p, config, local_run=False, start_positions=start, window_ms=None if bounded else config.checkpoint_interval_ms
+    )
     result = p.run()
     result.wait_until_finish()
 

@@ -164,6 +164,8 @@ class _Path:
         return path
 
 
+JOURNAL_OFF = "off"
+
 _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 
 
@@ -180,6 +182,18 @@ class _Warehouse:
         if _URI_RE.match(text):
             return text
         return "file://" + _absolute(text)
+
+
+@dataclass(frozen=True)
+class _JournalLocation:
+    """Empty (automatic), ``off``, or a location like a warehouse."""
+
+    accepted: str = "empty (automatic), off, or a directory path or URI such as s3://bucket/journal"
+
+    def __call__(self, text: str) -> str:
+        if not text or text.lower() == JOURNAL_OFF:
+            return text.lower()
+        return _Warehouse()(text)
 
 
 @dataclass(frozen=True)
@@ -287,8 +301,9 @@ KEYS: tuple[Key, ...] = (
         "Value encoding on the wire: binary (canonical) or text (the seed's mock server).", _SOURCE),
     Key("source.empty.as.null", "empty_as_null", "false", _Bool(),
         "Read empty STRING/BINARY values as NULL (for servers that predate is_null).", _SOURCE),
-    Key("source.journal.dir", "journal_dir", "", _Path(must_exist=False),
-        "Reserved for a later poll journal (empty = off).", _SOURCE),
+    Key("source.journal.dir", "journal_dir", "", _JournalLocation(),
+        "Durable poll journal (path or URI): every response is stored before it is emitted and replayed "
+        "after a crash. Empty = inside a local warehouse for local runs; off = no journal.", _SOURCE),
     Key("checkpoint.interval.ms", "checkpoint_interval_ms", "10000", _Int(1),
         "Commit interval: one commit per window of this many milliseconds.", _SINK),
     Key("sink.type", "sink_type", "iceberg", _Choice(SINK_TYPES), "Table format to write.", _SINK),
@@ -446,7 +461,7 @@ class PixelsConfig:
     max_records: int
     value_encoding: str
     empty_as_null: bool
-    journal_dir: Path | None
+    journal_dir: str
     checkpoint_interval_ms: int
     sink_type: str
     iceberg_catalog_type: str
@@ -516,6 +531,21 @@ class PixelsConfig:
         if not self.tls_enabled:
             return dict.fromkeys(paths)
         return {name: path.read_bytes() if path else None for name, path in paths.items()}
+
+    def journal_location(self, local_run: bool) -> str | None:
+        """Where the poll journal lives, or None for no journal.
+
+        An explicit ``source.journal.dir`` wins; empty means beside the sink's
+        warehouse when that is local and the run is local; ``off`` means none.
+        """
+        if self.journal_dir == JOURNAL_OFF:
+            return None
+        if self.journal_dir:
+            return self.journal_dir
+        warehouse = self.paimon_warehouse if self.sink_type == "paimon" else self.iceberg_warehouse
+        if local_run and warehouse.startswith("file://"):
+            return f"{warehouse.rstrip('/')}/_pixels_journal/{self.schema_name}.{self.table_name}"
+        return None
 
     def with_bounds(self, **bounds: int) -> PixelsConfig:
         """This configuration with other run bounds (``max_records``, ``stop_after_idle_ms``)."""

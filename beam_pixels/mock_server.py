@@ -96,6 +96,8 @@ class MockPixelsServer:
             collections.defaultdict(collections.deque)
         )
         self._handed_out: list[HandedOut] = []
+        # (client connection, buckets) -> indexes into _handed_out of its last non-empty response
+        self._unconfirmed: dict[tuple[str, tuple[int, ...]], range] = {}
         self._sequence = 0
         self._failures: collections.deque[tuple[grpc.StatusCode, str]] = collections.deque()
         self._server: grpc.Server | None = None
@@ -148,6 +150,18 @@ class MockPixelsServer:
         """Every record delivered so far, in delivery order."""
         with self._lock:
             return list(self._handed_out)
+
+    def unconfirmed(self) -> list[HandedOut]:
+        """Records of responses their client never came back after.
+
+        A poller polls its buckets one response at a time, storing each before the
+        next poll, so a later poll for the same buckets on the same connection
+        confirms that the previous response arrived. What stays unconfirmed may have
+        been lost in flight (a client killed mid-response), which no client of this
+        protocol can prevent.
+        """
+        with self._lock:
+            return [self._handed_out[i] for indexes in self._unconfirmed.values() for i in indexes]
 
     def pending(self) -> int:
         """Records queued and not yet delivered."""
@@ -211,18 +225,24 @@ class MockPixelsServer:
 
     # --- serving -------------------------------------------------------------------
 
-    def _drain(self, request: sink_pb2.PollRequest) -> sink_pb2.PollResponse:
-        """What ``PollEvents`` answers to ``request``; drains the queues it reads."""
+    def _drain(self, request: sink_pb2.PollRequest, peer: str = "") -> sink_pb2.PollResponse:
+        """What ``PollEvents`` answers to ``request`` from client connection ``peer``;
+        drains the queues it reads."""
         response = sink_pb2.PollResponse()
         if (request.schema_name, request.table_name) != (self.schema_name, self.table_name):
             return response
+        poller = (peer, tuple(request.buckets))
         with self._lock:
+            self._unconfirmed.pop(poller, None)
+            first = len(self._handed_out)
             for bucket in request.buckets:
                 queue = self._queues.get(bucket)
                 for _ in range(min(self.batch_size, len(queue) if queue else 0)):
                     record, handed = queue.popleft()
                     response.records.append(record)
                     self._handed_out.append(handed)
+            if len(self._handed_out) > first:
+                self._unconfirmed[poller] = range(first, len(self._handed_out))
         return response
 
     def _take_failure(self) -> tuple[grpc.StatusCode, str] | None:
@@ -269,7 +289,7 @@ class _Servicer(sink_pb2_grpc.PixelsPollingServiceServicer):
         failure = self._server._take_failure()
         if failure is not None:
             context.abort(*failure)
-        response = self._server._drain(request)
+        response = self._server._drain(request, context.peer())
         _LOG.debug("PollEvents(%s.%s, %d buckets) -> %d records",
                    request.schema_name, request.table_name, len(request.buckets), len(response.records))
         return response

@@ -19,6 +19,7 @@ count, or duration), used for local runs and tests.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -39,6 +40,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from beam_pixels.buckets import partition_buckets
 from beam_pixels.changes import ChangeBatch, Op, records_schema
 from beam_pixels.codec import BINARY, RowCodec
+from beam_pixels.journal import PollJournal, Segment
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema
 
@@ -210,12 +212,22 @@ _WATERMARK = beam.DoFn.WatermarkEstimatorParam(_NowWatermarkProvider())
 class _PollPixelsFn(beam.DoFn):
     """Polls one poll group per element, one response per call, checkpointing after each."""
 
-    def __init__(self, server: ServerOptions, schema_name: str, table_name: str, poll_interval_ms: int, bounds: Bounds):
+    def __init__(
+        self,
+        server: ServerOptions,
+        schema_name: str,
+        table_name: str,
+        poll_interval_ms: int,
+        bounds: Bounds,
+        journal: PollJournal | None = None,
+    ):
         self._server = server
         self._schema_name = schema_name
         self._table_name = table_name
         self._poll_interval_s = poll_interval_ms / 1000.0
         self._bounds = bounds
+        self._journal = journal
+        self._replayed = Metrics.counter(METRICS_NAMESPACE, "records_replayed")
         self._polls = Metrics.counter(METRICS_NAMESPACE, "polls")
         self._empty_polls = Metrics.counter(METRICS_NAMESPACE, "empty_polls")
         self._records = Metrics.counter(METRICS_NAMESPACE, "records")
@@ -229,6 +241,8 @@ class _PollPixelsFn(beam.DoFn):
         self._started: dict[int, float] = {}
         self._last_records: dict[int, float] = {}
         self._last_empty: dict[int, float] = {}
+        # Per poll group: journaled responses still to replay before polling the server.
+        self._to_replay: dict[int, collections.deque[Segment]] = {}
 
     def teardown(self):
         self._client.close()
@@ -245,34 +259,61 @@ class _PollPixelsFn(beam.DoFn):
         if self._bounded_stop(group, position, now):
             tracker.try_claim(tracker.current_restriction().stop)  # marks the restriction done
             return
-        self._wait_after_empty_poll(group.group_id)
-
-        payload = self._client.poll_raw(self._schema_name, self._table_name, group.buckets)
+        replayed = self._next_replayed(group.group_id, position)
+        if replayed is not None:
+            segment, payload = replayed
+            start, count = segment.start, segment.count
+            self._replayed.inc(count)
+        else:
+            self._wait_after_empty_poll(group.group_id)
+            payload = self._client.poll_raw(self._schema_name, self._table_name, group.buckets)
+            self._polls.inc()
+            self._bytes.inc(len(payload))
+            start, count = position, _count_records(payload)
+            if count == 0:
+                self._empty_polls.inc()
+                self._last_empty[group.group_id] = time.monotonic()
+                _advance(watermark, Timestamp.now())
+                tracker.defer_remainder(Duration.of(self._poll_interval_s))
+                return
+            if self._journal is not None:
+                self._journal.append(group.group_id, start, count, payload)
         poll_time = time.time()
-        self._polls.inc()
-        count = _count_records(payload)
-        watermark.set_watermark(Timestamp.of(poll_time))
-        if count == 0:
-            self._empty_polls.inc()
-            self._last_empty[group.group_id] = time.monotonic()
-            tracker.defer_remainder(Duration.of(self._poll_interval_s))
-            return
         self._last_records[group.group_id] = poll_time
-        if self._bounds.max_records:
-            remaining = group.start_position + self._bounds.max_records - position
-            if count > remaining:
-                _LOG.warning(
-                    "poll group %d: response of %d records passes source.max.records; emitting all of them "
-                    "(the server has already forgotten them)",
-                    group.group_id,
-                    count,
-                )
-        if not tracker.try_claim(position + count - 1):
+        if not tracker.try_claim(start + count - 1):
             return
         self._records.inc(count)
-        self._bytes.inc(len(payload))
-        yield TimestampedValue(RawPoll(group.group_id, position, poll_time, payload), poll_time)
+        _advance(watermark, Timestamp.of(poll_time))
+        yield TimestampedValue(RawPoll(group.group_id, start, poll_time, payload), poll_time)
         tracker.defer_remainder()
+
+    def _next_replayed(self, group_id: int, position: int) -> tuple[Segment, bytes] | None:
+        """The next journaled response at or after ``position`` not yet emitted by this worker."""
+        if self._journal is None:
+            return None
+        pending = self._to_replay.get(group_id)
+        if pending is None:
+            pending = collections.deque(s for s in self._journal.segments(group_id) if s.end > position)
+            self._to_replay[group_id] = pending
+            if pending:
+                _LOG.info(
+                    "poll group %d: replaying %d journaled response(s), %d records, from position %d",
+                    group_id,
+                    len(pending),
+                    sum(s.count for s in pending),
+                    position,
+                )
+        if not pending:
+            return None
+        segment = pending.popleft()
+        if segment.start > position:
+            _LOG.error(
+                "poll group %d: journal has no records for positions %d..%d (lost before this run); continuing",
+                group_id,
+                position,
+                segment.start - 1,
+            )
+        return segment, self._journal.read(segment)
 
     def _bounded_stop(self, group: PollGroup, position: int, now: float) -> bool:
         """Whether this poll group ends now; logs and counts why."""
@@ -310,6 +351,13 @@ class _UnboundedPollPixelsFn(_PollPixelsFn):
     @beam.DoFn.unbounded_per_element()
     def process(self, group: PollGroup, tracker=_RESTRICTION, watermark=_WATERMARK):
         yield from self._poll_once(group, tracker, watermark)
+
+
+def _advance(watermark, timestamp: Timestamp) -> None:
+    """Move the watermark forward (never back, even if the wall clock steps back)."""
+    current = watermark.current_watermark()
+    if current is None or timestamp > current:
+        watermark.set_watermark(timestamp)
 
 
 def _count_records(payload: bytes) -> int:
@@ -397,7 +445,9 @@ class ReadFromPixels(beam.PTransform):
     Returns a tagged output: ``result.changes`` (``ChangeBatch`` elements, one per
     poll response, event time = poll time) and ``result.dead_letters``
     (``DeadLetter`` elements). ``start_positions`` (poll group -> position)
-    resumes position numbering, e.g. from a sink's last checkpoint.
+    resumes position numbering, e.g. from a sink's last checkpoint. ``journal``
+    (a path or URI) makes every response durable before it is emitted and
+    replays what lies at or after the start positions (see :mod:`beam_pixels.journal`).
     """
 
     def __init__(
@@ -414,8 +464,10 @@ class ReadFromPixels(beam.PTransform):
         encoding: str = BINARY,
         empty_as_null: bool = False,
         start_positions: typing.Mapping[int, int] | None = None,
+        journal: str | None = None,
     ):
         super().__init__()
+        self._journal = PollJournal(journal) if journal else None
         self._schema = schema
         self._server = server
         self._schema_name = schema_name
@@ -430,7 +482,9 @@ class ReadFromPixels(beam.PTransform):
         self._empty_as_null = empty_as_null
 
     @classmethod
-    def from_config(cls, config, *, start_positions=None, max_duration_ms: int = 0) -> "ReadFromPixels":
+    def from_config(
+        cls, config, *, start_positions=None, max_duration_ms: int = 0, journal: str | None = None
+    ) -> "ReadFromPixels":
         """Build from a :class:`beam_pixels.config.PixelsConfig`."""
         return cls(
             config.source_schema,
@@ -451,6 +505,7 @@ class ReadFromPixels(beam.PTransform):
             encoding=config.value_encoding,
             empty_as_null=config.empty_as_null,
             start_positions=start_positions,
+            journal=journal,
         )
 
     @property
@@ -464,7 +519,9 @@ class ReadFromPixels(beam.PTransform):
             pbegin
             | "PollGroups" >> beam.Create(self._groups)
             | "Poll" >> beam.ParDo(
-                poller(self._server, self._schema_name, self._table_name, self._poll_interval_ms, self._bounds)
+                poller(
+                    self._server, self._schema_name, self._table_name, self._poll_interval_ms, self._bounds, self._journal
+                )
             )
             | "Decode" >> beam.ParDo(
                 _DecodeFn(self._schema, source_table, self._encoding, self._empty_as_null)

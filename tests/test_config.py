@@ -108,7 +108,7 @@ DEFAULTS = {
     "max_records": 0,
     "value_encoding": "binary",
     "empty_as_null": False,
-    "journal_dir": None,
+    "journal_dir": "",
     "checkpoint_interval_ms": 10000,
     "sink_type": "iceberg",
     "iceberg_catalog_type": "sql",
@@ -250,7 +250,7 @@ def test_relative_paths_are_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "PEM", "ca.pem")
     config = PixelsConfig.from_properties({"pixels.server.tls.root.cert": "ca.pem", "source.journal.dir": "j"})
-    assert (config.tls_root_cert, config.journal_dir) == (tmp_path / "ca.pem", tmp_path / "j")
+    assert (config.tls_root_cert, config.journal_dir) == (tmp_path / "ca.pem", f"file://{tmp_path / 'j'}")
 
 
 def test_tls_files(tmp_path):
@@ -440,3 +440,25 @@ def test_secrets_never_shown():
     for text in (repr(config), str(config), str(redacted)):
         assert "hunter" not in text
     assert config.catalog_properties("iceberg")["s3.secret-access-key"].startswith("hunter")
+
+
+@pytest.mark.parametrize(
+    "setting, local_run, expected",
+    [
+        ("", True, "{warehouse}/_pixels_journal/public.orders"),
+        ("", False, None),
+        ("off", True, None),
+        ("OFF", False, None),
+        ("s3://bucket/journal", False, "s3://bucket/journal"),
+    ],
+)
+def test_journal_location(tmp_path, monkeypatch, setting, local_run, expected):
+    monkeypatch.chdir(tmp_path)
+    config = PixelsConfig.from_properties({"source.journal.dir": setting})
+    warehouse = f"file://{tmp_path}/warehouse/iceberg"
+    assert config.journal_location(local_run) == (expected.format(warehouse=warehouse) if expected else None)
+
+
+def test_journal_beside_a_remote_warehouse_needs_an_explicit_location():
+    config = PixelsConfig.from_properties({"iceberg.catalog.warehouse": "s3://bucket/wh"})
+    assert config.journal_location(local_run=True) is None

@@ -371,3 +371,28 @@ def _drain_queues(server):
     finally:
         server.stop()
     return [(h.op, h.before, h.after) for h in server.handed_out()]
+
+
+def test_a_response_is_confirmed_only_by_the_next_poll_of_the_same_client():
+    from beam_pixels.client import PixelsClient
+    from beam_pixels.protocol import sink_pb2, sink_pb2_grpc
+
+    schema = SourceSchema.parse("id:BIGINT,name:STRING", ["id"])
+    request = sink_pb2.PollRequest(schema_name="public", table_name="orders", buckets=list(range(128)))
+    with MockPixelsServer(schema).start() as server:
+        server.load_rows([(i, f"n{i}") for i in range(3)])
+        first = PixelsClient("127.0.0.1", server.port)
+        # A separate connection, as another process would have (in-process channels share one).
+        other = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        try:
+            got = first.poll("public", "orders", list(range(128)))
+            assert len(got.records) == 3
+            assert sorted(h.after for h in server.unconfirmed()) == [(i, f"n{i}") for i in range(3)]
+            server.load_rows([(3, "n3")])
+            sink_pb2_grpc.PixelsPollingServiceStub(other).PollEvents(request)  # does not confirm first's
+            assert sorted(h.after for h in server.unconfirmed()) == [(i, f"n{i}") for i in range(4)]
+            first.poll("public", "orders", list(range(128)))  # the same client comes back
+            assert [h.after for h in server.unconfirmed()] == [(3, "n3")]
+        finally:
+            first.close()
+            other.close()

@@ -45,6 +45,7 @@ class CommitResult:
     deletes: int
     skipped: int
     seconds: float
+    positions: dict[int, int]
 
     def summary(self) -> str:
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
@@ -182,6 +183,7 @@ class _CommitFn(beam.DoFn):
                 deletes=outcome.deletes,
                 skipped=skipped,
                 seconds=seconds,
+                positions=dict(checkpoint.positions),
             )
             _LOG.info(result.summary())
             yield result
