@@ -58,6 +58,7 @@ class Options:
     idle_timeout_ms: int = 10_000
     workdir: Path | None = None
     profile_dir: Path | None = None
+    properties: tuple[tuple[str, str], ...] = ()
 
     @property
     def schema(self) -> SourceSchema:
@@ -124,6 +125,8 @@ def run(options: Options, workdir: Path) -> tuple[Measurement, Measurement, Meas
     print(f"data: {options.rows} rows of ({SCHEMA}), {size_mb:.1f} MB of responses prebuilt in "
           f"{time.monotonic() - started:.1f} s", flush=True)
     print(f"code: {code_version()}", flush=True)
+    if options.properties:
+        print("pipeline properties set: " + ", ".join(f"{k}={v}" for k, v in options.properties), flush=True)
     if options.profile_dir is not None:
         options.profile_dir.mkdir(parents=True, exist_ok=True)
         print(f"profiling into {options.profile_dir}: the figures below include cProfile's overhead", flush=True)
@@ -170,9 +173,14 @@ def _parse_args(argv: list[str] | None) -> Options:
                         help="give up after this long without records (default %(default)s)")
     parser.add_argument("--workdir", type=Path, help="keep data, Parquet file and warehouses here (default: a temp dir)")
     parser.add_argument("--profile-dir", type=Path, help="write a cProfile dump per measurement here")
+    parser.add_argument("--property", dest="properties", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a pipeline property, e.g. source.journal.dir=off (repeatable)")
     args = parser.parse_args(argv)
     if args.rows < 1 or args.batch_size < 1:
         parser.error("--rows and --batch-size must be at least 1")
+    if any("=" not in p for p in args.properties):
+        parser.error("--property takes KEY=VALUE")
+    args.properties = tuple(tuple(p.split("=", 1)) for p in args.properties)
     return Options(**vars(args))
 
 
@@ -300,6 +308,7 @@ def _pipeline(sink: str, options: Options, port: int, out: Path) -> str:
             f"{sink}.catalog.warehouse": str(out),
             f"{sink}.database.name": DATABASE,
             f"{sink}.table.name": SINK_TABLE,
+            **dict(options.properties),
         }
     )
     summary = run_local(config)
