@@ -23,7 +23,8 @@ class _DropBeamImportNoise(logging.Filter):
         return not record.getMessage().startswith("apitools not found")
 
 
-def _configure_logging(verbose: bool) -> None:
+def configure_logging(verbose: bool = False) -> None:
+    """Readable logs: INFO from beam_pixels, warnings from everything else."""
     logging.basicConfig(
         level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -76,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
-    _configure_logging(args.verbose)
+    configure_logging(args.verbose)
     if extra and args.command != "run":
         print(f"beam-pixels {args.command}: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
         return USER_ERROR
