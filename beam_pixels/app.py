@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from beam_pixels import source
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig
+from beam_pixels.dead_letters import WriteDeadLetters
 from beam_pixels.journal import PollJournal
 from beam_pixels.sinks.committing import TableWriter
 
@@ -61,7 +62,11 @@ def build_pipeline(
     read = p | "ReadFromPixels" >> source.ReadFromPixels.from_config(
         config, start_positions=start_positions, max_duration_ms=max_duration_ms, journal=journal
     )
-    _ = read.dead_letters | "LogDeadLetters" >> beam.Map(_log_dead_letter)
+    dead_letters = config.dead_letter_location(local_run)
+    if dead_letters:
+        _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(dead_letters)
+    else:
+        _ = read.dead_letters | "LogDeadLetters" >> beam.Map(_log_dead_letter)
     commits = read.changes | "WriteToLakehouse" >> sink_transform(config, window_ms)
     if journal:
         _ = commits | "TrimJournal" >> beam.Map(lambda result, j: j.trim(result.positions), PollJournal(journal))
@@ -126,6 +131,7 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
     summary = RunSummary(checkpoint=writer.last_checkpoint())
     journal = config.journal_location(local_run=True)
     _LOG.info("poll journal: %s", journal or "off (records polled but not yet committed are lost in a crash)")
+    _LOG.info("dead letters: %s", config.dead_letter_location(local_run=True) or "logged only")
     started = time.monotonic()
     idle_ms = 0.0
     _LOG.info("resuming %s from batch %d, positions %s", writer.table_name, summary.checkpoint.batch_id, summary.checkpoint.positions)

@@ -164,7 +164,7 @@ class _Path:
         return path
 
 
-JOURNAL_OFF = "off"
+LOCATION_OFF = "off"
 
 _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 
@@ -185,13 +185,13 @@ class _Warehouse:
 
 
 @dataclass(frozen=True)
-class _JournalLocation:
+class _OptionalLocation:
     """Empty (automatic), ``off``, or a location like a warehouse."""
 
-    accepted: str = "empty (automatic), off, or a directory path or URI such as s3://bucket/journal"
+    accepted: str = "empty (automatic), off, or a directory path or URI such as s3://bucket/path"
 
     def __call__(self, text: str) -> str:
-        if not text or text.lower() == JOURNAL_OFF:
+        if not text or text.lower() == LOCATION_OFF:
             return text.lower()
         return _Warehouse()(text)
 
@@ -301,9 +301,12 @@ KEYS: tuple[Key, ...] = (
         "Value encoding on the wire: binary (canonical) or text (the seed's mock server).", _SOURCE),
     Key("source.empty.as.null", "empty_as_null", "false", _Bool(),
         "Read empty STRING/BINARY values as NULL (for servers that predate is_null).", _SOURCE),
-    Key("source.journal.dir", "journal_dir", "", _JournalLocation(),
+    Key("source.journal.dir", "journal_dir", "", _OptionalLocation(),
         "Durable poll journal (path or URI): every response is stored before it is emitted and replayed "
         "after a crash. Empty = inside a local warehouse for local runs; off = no journal.", _SOURCE),
+    Key("source.dead.letter.dir", "dead_letter_dir", "", _OptionalLocation(),
+        "Where undecodable records are written, one JSON file each (path or URI). Empty = inside a local "
+        "warehouse for local runs; off = only logged and counted.", _SOURCE),
     Key("checkpoint.interval.ms", "checkpoint_interval_ms", "10000", _Int(1),
         "Commit interval: one commit per window of this many milliseconds.", _SINK),
     Key("sink.type", "sink_type", "iceberg", _Choice(SINK_TYPES), "Table format to write.", _SINK),
@@ -462,6 +465,7 @@ class PixelsConfig:
     value_encoding: str
     empty_as_null: bool
     journal_dir: str
+    dead_letter_dir: str
     checkpoint_interval_ms: int
     sink_type: str
     iceberg_catalog_type: str
@@ -533,18 +537,23 @@ class PixelsConfig:
         return {name: path.read_bytes() if path else None for name, path in paths.items()}
 
     def journal_location(self, local_run: bool) -> str | None:
-        """Where the poll journal lives, or None for no journal.
+        """Where the poll journal lives, or None for no journal (``source.journal.dir``)."""
+        return self._beside_warehouse(self.journal_dir, "_pixels_journal", local_run)
 
-        An explicit ``source.journal.dir`` wins; empty means beside the sink's
-        warehouse when that is local and the run is local; ``off`` means none.
-        """
-        if self.journal_dir == JOURNAL_OFF:
+    def dead_letter_location(self, local_run: bool) -> str | None:
+        """Where dead letters are written, or None to only log them (``source.dead.letter.dir``)."""
+        return self._beside_warehouse(self.dead_letter_dir, "_pixels_dead_letters", local_run)
+
+    def _beside_warehouse(self, setting: str, folder: str, local_run: bool) -> str | None:
+        """An explicit location wins; ``off`` means none; empty means a folder of the sink's
+        warehouse when that is local and the run is local."""
+        if setting == LOCATION_OFF:
             return None
-        if self.journal_dir:
-            return self.journal_dir
+        if setting:
+            return setting
         warehouse = self.paimon_warehouse if self.sink_type == "paimon" else self.iceberg_warehouse
         if local_run and warehouse.startswith("file://"):
-            return f"{warehouse.rstrip('/')}/_pixels_journal/{self.schema_name}.{self.table_name}"
+            return f"{warehouse.rstrip('/')}/{folder}/{self.schema_name}.{self.table_name}"
         return None
 
     def with_bounds(self, **bounds: int) -> PixelsConfig:

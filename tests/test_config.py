@@ -109,6 +109,7 @@ DEFAULTS = {
     "value_encoding": "binary",
     "empty_as_null": False,
     "journal_dir": "",
+    "dead_letter_dir": "",
     "checkpoint_interval_ms": 10000,
     "sink_type": "iceberg",
     "iceberg_catalog_type": "sql",

@@ -105,3 +105,26 @@ def test_replay_starts_at_the_committed_position(tmp_path):
         resumed = _read_all(server, str(tmp_path), start_positions={0: committed})
 
     assert [p for p, _ in resumed] == [p for p, _ in first if p >= committed]
+
+
+def test_dead_letters_are_written_durably_once_per_position(tmp_path):
+    from beam_pixels.dead_letters import WriteDeadLetters, read_dead_letters
+    from beam_pixels.source import DeadLetter
+
+    letters = [
+        DeadLetter("public.orders", 0, 7, 0, b"\x12\x03raw", "cannot decode column 'code'"),
+        DeadLetter("public.orders", 1, 2, 2, b"", "DELETE record without a before image"),
+    ]
+    location = str(tmp_path / "dead")
+    for _ in range(2):  # a replay writes the same files again, not new ones
+        with beam.Pipeline(runner="FnApiRunner") as p:
+            _ = p | beam.Create(letters) | WriteDeadLetters(location)
+
+    found = read_dead_letters(location, "public.orders")
+    assert [(d["poll_group"], d["position"], d["reason"]) for d in found] == [
+        (0, 7, "cannot decode column 'code'"),
+        (1, 2, "DELETE record without a before image"),
+    ]
+    import base64
+
+    assert base64.b64decode(found[0]["record_base64"]) == b"\x12\x03raw"

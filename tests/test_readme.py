@@ -12,7 +12,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 def test_configuration_reference_lists_every_key_with_its_default():
     for key in KEYS:
         row = next((line for line in README.splitlines() if line.startswith(f"| `{key.name}` |")), None)
-        assert row is not None, f"README configuration reference lacks {key.name}"
+        assert row is not None, f"README lacks {key.name}: run python scripts/update_config_reference.py"
         default = f"`{key.default}`" if key.default else "(empty)"
         assert default in row, f"README gives another default for {key.name}: {row}"
 
