@@ -1,7 +1,5 @@
 """PixelsClient against the mock server: what arrives, retries through outages, TLS."""
 
-import datetime
-import ipaddress
 import logging
 import re
 import threading
@@ -9,10 +7,7 @@ import time
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tls_helpers import TestPki
 
 from beam_pixels.buckets import bucket_of
 from beam_pixels.changes import Op
@@ -226,51 +221,9 @@ def test_repr_shows_no_secrets():
 # --- TLS ------------------------------------------------------------------------------
 
 
-class _Pki:
-    """A throwaway CA with a server certificate for 127.0.0.1/localhost and a client certificate."""
-
-    def __init__(self):
-        self.ca_key = ec.generate_private_key(ec.SECP256R1())
-        self.ca_cert = self._sign("beam-pixels test CA", self.ca_key.public_key(), ca=True)
-        self.server_key = ec.generate_private_key(ec.SECP256R1())
-        self.server_cert = self._sign(
-            "localhost",
-            self.server_key.public_key(),
-            san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-        )
-        self.client_key = ec.generate_private_key(ec.SECP256R1())
-        self.client_cert = self._sign("beam-pixels client", self.client_key.public_key())
-
-    def _sign(self, common_name, public_key, *, ca=False, san=None):
-        now = datetime.datetime.now(datetime.timezone.utc)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        issuer = subject if ca else self.ca_cert.subject
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        return builder.sign(self.ca_key, hashes.SHA256())
-
-    @staticmethod
-    def pem(obj) -> bytes:
-        if isinstance(obj, x509.Certificate):
-            return obj.public_bytes(serialization.Encoding.PEM)
-        return obj.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-
-
 @pytest.fixture(scope="module")
 def pki():
-    return _Pki()
+    return TestPki()
 
 
 def test_tls_poll_with_a_private_ca(pki):

@@ -298,3 +298,41 @@ def test_pipeline_runs_through_the_portable_job_service(server_for, tmp_path):
     finally:
         job_service.terminate()
         job_service.wait(timeout=30)
+
+
+def test_mutual_tls_read_configured_from_properties(tmp_path):
+    from tls_helpers import TestPki
+
+    from beam_pixels.config import PixelsConfig
+
+    pki = TestPki()
+    files = {
+        "ca.pem": pki.pem(pki.ca_cert),
+        "client.pem": pki.pem(pki.client_cert),
+        "client.key": pki.pem(pki.client_key),
+    }
+    for name, pem in files.items():
+        (tmp_path / name).write_bytes(pem)
+    with MockPixelsServer(
+        SMALL,
+        tls_cert=pki.pem(pki.server_cert),
+        tls_key=pki.pem(pki.server_key),
+        tls_client_ca=pki.pem(pki.ca_cert),
+    ).start() as server:
+        server.load_rows([(i, f"n{i}", i) for i in range(50)])
+        config = PixelsConfig.from_properties(
+            {
+                "pixels.server.host": "localhost",
+                "pixels.server.port": str(server.port),
+                "source.schema": str(SMALL),
+                "source.primary.key": "id",
+                "source.poll.interval.ms": "50",
+                "source.stop.after.idle.ms": "400",
+                "pixels.server.tls.enabled": "true",
+                "pixels.server.tls.root.cert": str(tmp_path / "ca.pem"),
+                "pixels.server.tls.client.cert": str(tmp_path / "client.pem"),
+                "pixels.server.tls.client.key": str(tmp_path / "client.key"),
+            }
+        )
+        changes, _ = _run_and_collect(ReadFromPixels.from_config(config))
+    assert sorted(c.after["id"] for c in changes) == list(range(50))
