@@ -32,7 +32,8 @@ def records_schema(schema: SourceSchema) -> pa.Schema:
 
     ``before`` / ``after`` are structs of the row image; a null struct means the
     record carried no such image (INSERT and SNAPSHOT have no ``before``, DELETE
-    no ``after``).
+    no ``after``). ``bucket`` is the server bucket the record's key hashes to
+    (null when the table has no primary key: the wire does not say).
     """
     image = pa.struct(list(schema.to_arrow()))
     return pa.schema(
@@ -40,6 +41,7 @@ def records_schema(schema: SourceSchema) -> pa.Schema:
             pa.field("op", pa.int8(), nullable=False),
             pa.field("poll_group", pa.int32(), nullable=False),
             pa.field("position", pa.int64(), nullable=False),
+            pa.field("bucket", pa.int32()),
             pa.field("before", image),
             pa.field("after", image),
         ]
@@ -52,6 +54,7 @@ class ChangeRecord(typing.NamedTuple):
     op: Op
     poll_group: int
     position: int
+    bucket: int | None
     before: dict | None
     after: dict | None
 
@@ -98,6 +101,7 @@ class ChangeBatch:
             pa.array([int(op) for op, _, _ in changes], pa.int8()),
             pa.array(np.full(n, poll_group, dtype=np.int32)),
             pa.array(np.arange(start_position, start_position + n, dtype=np.int64)),
+            pa.nulls(n, pa.int32()),
             pa.array([before for _, before, _ in changes], rs.field("before").type),
             pa.array([after for _, _, after in changes], rs.field("after").type),
         ]
@@ -107,9 +111,9 @@ class ChangeBatch:
         """One :class:`ChangeRecord` per change, values as Python objects."""
         cols = self.records.to_pydict()
         return [
-            ChangeRecord(Op(op), group, pos, before, after)
-            for op, group, pos, before, after in zip(
-                cols["op"], cols["poll_group"], cols["position"], cols["before"], cols["after"]
+            ChangeRecord(Op(op), group, pos, bucket, before, after)
+            for op, group, pos, bucket, before, after in zip(
+                cols["op"], cols["poll_group"], cols["position"], cols["bucket"], cols["before"], cols["after"]
             )
         ]
 

@@ -37,7 +37,7 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from beam_pixels.buckets import partition_buckets
+from beam_pixels.buckets import DEFAULT_BUCKET_COUNT, bucket_of, key_bytes, partition_buckets
 from beam_pixels.changes import ChangeBatch, Op, records_schema
 from beam_pixels.codec import BINARY, RowCodec
 from beam_pixels.journal import PollJournal, Segment
@@ -370,9 +370,12 @@ def _count_records(payload: bytes) -> int:
 class _DecodeFn(beam.DoFn):
     """Decodes a raw poll into a ChangeBatch; undecodable records become dead letters."""
 
-    def __init__(self, schema: SourceSchema, source_table: str, encoding: str, empty_as_null: bool):
+    def __init__(
+        self, schema: SourceSchema, source_table: str, encoding: str, empty_as_null: bool, bucket_count: int
+    ):
         self._schema = schema
         self._source_table = source_table
+        self._bucket_count = bucket_count
         self._encoding = encoding
         self._empty_as_null = empty_as_null
         self._decode_failures = Metrics.counter(METRICS_NAMESPACE, "decode_failures")
@@ -381,6 +384,7 @@ class _DecodeFn(beam.DoFn):
     def setup(self):
         self._codec = RowCodec(self._schema, self._encoding, self._empty_as_null)
         self._records_schema = records_schema(self._schema)
+        self._key_indexes = [self._schema.names.index(k) for k in self._schema.primary_key]
 
     def process(self, raw: RawPoll, timestamp=beam.DoFn.TimestampParam):
         records = sink_pb2.PollResponse.FromString(raw.payload).records
@@ -396,6 +400,7 @@ class _DecodeFn(beam.DoFn):
             pa.array(ops),
             pa.array(np.full(n, raw.poll_group, dtype=np.int32)),
             pa.array(positions),
+            self._buckets(befores, afters),
             before,
             after,
         ]
@@ -419,6 +424,20 @@ class _DecodeFn(beam.DoFn):
                 )
         self._decoded.inc(batch.num_rows)
         yield ChangeBatch(self._source_table, raw.poll_group, raw.poll_time, batch)
+
+
+    def _buckets(self, befores: list, afters: list) -> pa.Array:
+        """Each record's bucket: the hash of its key's canonical bytes (after image, else before)."""
+        n = len(afters)
+        if not self._key_indexes or self._encoding != BINARY:
+            return pa.nulls(n, pa.int32())
+        buckets = np.full(n, -1, dtype=np.int32)
+        for row, image in enumerate(a if a is not None else b for a, b in zip(afters, befores)):
+            values = image.values if image is not None else ()
+            if len(values) == len(self._schema.columns):
+                key = key_bytes([values[i].value for i in self._key_indexes])
+                buckets[row] = bucket_of(key, self._bucket_count)
+        return pa.array(buckets, mask=buckets < 0)
 
 
 def _image_mismatches(ops: np.ndarray, befores: list, afters: list) -> dict[int, str]:
@@ -463,6 +482,7 @@ class ReadFromPixels(beam.PTransform):
         bounds: Bounds = Bounds(),
         encoding: str = BINARY,
         empty_as_null: bool = False,
+        bucket_count: int = DEFAULT_BUCKET_COUNT,
         start_positions: typing.Mapping[int, int] | None = None,
         journal: str | None = None,
     ):
@@ -480,6 +500,7 @@ class ReadFromPixels(beam.PTransform):
         self._bounds = bounds
         self._encoding = encoding
         self._empty_as_null = empty_as_null
+        self._bucket_count = bucket_count
 
     @classmethod
     def from_config(
@@ -504,6 +525,7 @@ class ReadFromPixels(beam.PTransform):
             bounds=Bounds(config.stop_after_idle_ms, config.max_records, max_duration_ms),
             encoding=config.value_encoding,
             empty_as_null=config.empty_as_null,
+            bucket_count=config.bucket_count,
             start_positions=start_positions,
             journal=journal,
         )
@@ -524,7 +546,7 @@ class ReadFromPixels(beam.PTransform):
                 )
             )
             | "Decode" >> beam.ParDo(
-                _DecodeFn(self._schema, source_table, self._encoding, self._empty_as_null)
+                _DecodeFn(self._schema, source_table, self._encoding, self._empty_as_null, self._bucket_count)
             ).with_outputs(DEAD_LETTERS, main=CHANGES)
         )
 

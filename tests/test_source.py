@@ -173,8 +173,9 @@ def test_poll_groups_cover_every_bucket_exactly_once(server_for):
 
     assert sorted(c.after["id"] for c in changes) == list(range(500))
     bucket_of_id = {h.after[0]: h.bucket for h in server.handed_out()}
+    assert all(c.bucket == bucket_of_id[c.after["id"]] for c in changes)  # the server's own bucket
     group_buckets = {g.group_id: set(g.buckets) for g in groups}
-    assert all(bucket_of_id[c.after["id"]] in group_buckets[c.poll_group] for c in changes)
+    assert all(c.bucket in group_buckets[c.poll_group] for c in changes)
     assert len({c.poll_group for c in changes}) == 4
 
 
