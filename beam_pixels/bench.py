@@ -26,8 +26,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -171,7 +172,9 @@ def _parse_args(argv: list[str] | None) -> Options:
                         help="source.poll.interval.ms of the pipelines (default %(default)s)")
     parser.add_argument("--idle-timeout-ms", type=int, default=d.idle_timeout_ms,
                         help="give up after this long without records (default %(default)s)")
-    parser.add_argument("--workdir", type=Path, help="keep data, Parquet file and warehouses here (default: a temp dir)")
+    parser.add_argument("--workdir", type=Path,
+                        help="a new or empty directory to keep the data, Parquet file and warehouses in "
+                             "(default: a temporary directory, removed afterwards)")
     parser.add_argument("--profile-dir", type=Path, help="write a cProfile dump per measurement here")
     parser.add_argument("--property", dest="properties", action="append", default=[], metavar="KEY=VALUE",
                         help="set a pipeline property, e.g. source.journal.dir=off (repeatable)")
@@ -187,7 +190,7 @@ def _parse_args(argv: list[str] | None) -> Options:
 # -- running a measurement in its own process ----------------------------------------------
 
 
-def _in_child(name: str, target: Callable, *args) -> tuple:
+def _in_child(name: str, target: Callable, *args) -> Any:
     """Run ``target(*args)`` in a fresh spawned process; returns what it returned."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
@@ -276,7 +279,8 @@ def _ceiling(name: str, options: Options, port: int, out: Path) -> str:
             records = sink_pb2.PollResponse.FromString(payload).records
             images, errors = codec.decode_images([r.after for r in records])
             if errors:
-                raise BenchmarkError(f"ceiling: {len(errors)} records failed to decode, e.g. {next(iter(errors.values()))}")
+                first = next(iter(errors.values()))
+                raise BenchmarkError(f"ceiling: {len(errors)} records failed to decode, the first: {first}")
             table = pa.Table.from_struct_array(images)
             if writer is None:
                 writer = pq.ParquetWriter(out.with_suffix(".parquet"), table.schema)

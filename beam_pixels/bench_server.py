@@ -139,7 +139,7 @@ class ServerProcess:
         )
         self.port = 0
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self._process.start()
         if not self._ready.poll(300):
             self._process.kill()
