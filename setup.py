@@ -33,8 +33,8 @@ setup(
             "duckdb==1.5.5",
             "duckdb-extension-iceberg==1.5.5",
             "duckdb-extension-avro==1.5.5",
+            "grpcio-tools==1.76.*",  # the check that generated protocol code is current
         ],
-        "dev": ["grpcio-tools==1.76.*"],
     },
     entry_points={"console_scripts": ["beam-pixels=beam_pixels.cli:main"]},
 )
