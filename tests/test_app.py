@@ -1,0 +1,132 @@
+"""The application as a user runs it: ``beam-pixels run`` / ``demo`` and the pipeline file as
+subprocesses, against an in-process mock Pixels server on 127.0.0.1, into real Iceberg and
+Paimon tables in a temporary directory. Every test reads the table back and compares it with
+the final state of exactly the changes the server handed out."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from app_helpers import (
+    REPO,
+    SCHEMA,
+    SINKS,
+    Done,
+    Run,
+    assert_table_is_final_state,
+    cdc_history,
+    free_port,
+    last_checkpoint,
+    load_config,
+    records_per_poll_group,
+    run_cli_to_end,
+    write_properties,
+)
+from beam_pixels.mock_server import MockPixelsServer
+
+COMMITTED = r"committed batch \d+"
+
+
+@pytest.fixture
+def serve():
+    """Start a mock Pixels server (optionally on a given port) holding ``history``; stopped at the end."""
+    servers = []
+
+    def start(history=(), *, port=0, batch_size=50):
+        server = MockPixelsServer(SCHEMA, port=port, batch_size=batch_size)
+        server.load_cdc(history)
+        servers.append(server.start())
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+class _Launcher:
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.runs: list[Run] = []
+
+    def cli(self, *args: str) -> Run:
+        """``beam-pixels <args>`` in a subprocess (``python -m beam_pixels``)."""
+        return self._track(Run.cli(self.workdir, *args))
+
+    def python(self, *args: str) -> Run:
+        return self._track(Run([sys.executable, *args], self.workdir))
+
+    def _track(self, run: Run) -> Run:
+        self.runs.append(run)
+        return run
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """Start subprocesses in ``tmp_path``; every one still running at the end is killed."""
+    launcher = _Launcher(tmp_path)
+    yield launcher
+    for run in launcher.runs:
+        run.kill()
+
+
+def run_args(properties, port, *extra: str) -> list[str]:
+    return ["run", "--config", str(properties), "--set", f"pixels.server.port={port}", *extra]
+
+
+@contextlib.contextmanager
+def feeding(server, history, chunks: int, every_s: float):
+    """Load ``history`` into ``server`` in ``chunks`` parts, one every ``every_s`` seconds, from a thread."""
+    size = -(-len(history) // chunks)
+
+    def feed():
+        for start in range(0, len(history), size):
+            time.sleep(every_s)
+            server.load_cdc(history[start : start + size])
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        thread.join()
+
+
+def assert_run_accounts_for_everything(run: Run, config, server, first_batch: int = 1):
+    """The table is the final state of all handed-out changes; the run printed one line per
+    commit with consecutive batch ids, and a summary whose positions are the table's."""
+    handed_out = len(server.handed_out())
+    assert server.pending() == 0, "the run ended with records still on the server"
+    assert_table_is_final_state(config, server)
+    checkpoint = last_checkpoint(config)
+    commits = run.commits()
+    assert [c.batch_id for c in commits] == list(range(first_batch, checkpoint.batch_id + 1)), run.describe()
+    assert {c.table for c in commits} == {f"pixels.{config.sink_type}_orders"}
+    assert checkpoint.positions == records_per_poll_group(config, server)
+    done = run.done()
+    assert done == Done(done.records, done.rounds, checkpoint.batch_id, checkpoint.positions)
+    assert done.rounds >= len(commits)
+    return handed_out, commits, done
+
+
+# --- 1. end to end ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sink", SINKS)
+def test_run_writes_the_final_state_of_what_the_server_handed_out(tmp_path, serve, launch, sink):
+    server = serve(cdc_history(600))
+    properties = write_properties(tmp_path, sink)
+
+    run = run_cli_to_end(launch.cli(*run_args(properties, server.port)))
+
+    assert len(server.handed_out()) == 600
+    handed_out, commits, done = assert_run_accounts_for_everything(
+        run, load_config(properties, server.port), server
+    )
+    assert sum(c.changes for c in commits) == handed_out == done.records
+    assert done.positions == {0: 600}
