@@ -5,10 +5,8 @@ the final state of exactly the changes the server handed out."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
-import threading
 import time
 
 import pytest
@@ -79,22 +77,12 @@ def run_args(properties, port, *extra: str) -> list[str]:
     return ["run", "--config", str(properties), "--set", f"pixels.server.port={port}", *extra]
 
 
-@contextlib.contextmanager
-def feeding(server, history, chunks: int, every_s: float):
-    """Load ``history`` into ``server`` in ``chunks`` parts, one every ``every_s`` seconds, from a thread."""
+def feed_slowly(server, history, chunks: int, every_s: float) -> None:
+    """Load ``history`` into ``server`` in ``chunks`` parts, one every ``every_s`` seconds."""
     size = -(-len(history) // chunks)
-
-    def feed():
-        for start in range(0, len(history), size):
-            time.sleep(every_s)
-            server.load_cdc(history[start : start + size])
-
-    thread = threading.Thread(target=feed, daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        thread.join()
+    for start in range(0, len(history), size):
+        time.sleep(every_s)
+        server.load_cdc(history[start : start + size])
 
 
 def assert_run_accounts_for_everything(run: Run, config, server, first_batch: int = 1):
@@ -130,3 +118,51 @@ def test_run_writes_the_final_state_of_what_the_server_handed_out(tmp_path, serv
     )
     assert sum(c.changes for c in commits) == handed_out == done.records
     assert done.positions == {0: 600}
+
+
+# --- 2. several rounds ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sink", SINKS)
+def test_a_run_commits_round_after_round_while_data_keeps_arriving(tmp_path, serve, launch, sink):
+    history = cdc_history(900, seed=2)
+    server = serve(history[:150])
+    properties = write_properties(
+        tmp_path, sink, {"checkpoint.interval.ms": "1000", "source.parallelism": "2"}
+    )
+
+    run = launch.cli(*run_args(properties, server.port))
+    run.wait_for(COMMITTED, timeout=60)
+    feed_slowly(server, history[150:], chunks=6, every_s=0.5)
+    run_cli_to_end(run)
+
+    assert len(server.handed_out()) == 900
+    config = load_config(properties, server.port)
+    handed_out, commits, done = assert_run_accounts_for_everything(run, config, server)
+    assert len(commits) >= 2, run.describe()
+    assert sum(c.changes for c in commits) == handed_out == done.records
+    assert sum(done.positions.values()) == 900 and set(done.positions) == {0, 1}
+
+
+# --- 3. a second run resumes ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("sink", SINKS)
+def test_a_second_run_resumes_from_the_committed_positions(tmp_path, serve, launch, sink):
+    history = cdc_history(800, seed=3)
+    server = serve(history[:400])
+    properties = write_properties(tmp_path, sink)
+    config = load_config(properties, server.port)
+    first = run_cli_to_end(launch.cli(*run_args(properties, server.port)))
+    after_first = last_checkpoint(config)
+    assert after_first.positions == {0: 400}
+
+    server.load_cdc(history[400:])
+    second = run_cli_to_end(launch.cli(*run_args(properties, server.port)))
+
+    assert len(server.handed_out()) == 800
+    _, commits, done = assert_run_accounts_for_everything(second, config, server, first_batch=after_first.batch_id + 1)
+    assert commits, second.describe()
+    assert sum(c.changes for c in commits) == 400 == done.records
+    assert done.positions == {0: 800}
+    assert first.commits()[-1].batch_id == after_first.batch_id
