@@ -271,3 +271,46 @@ def assert_configuration_error(run: Run, named: str) -> None:
     assert "configuration error" in run.stderr and named in run.stderr, run.describe()
     assert "Traceback" not in run.output, run.describe()
     assert len(run.stderr.strip().splitlines()) == 1, f"more than one line:\n{run.describe()}"
+
+
+# --- 6, 7. the server away ------------------------------------------------------------------
+
+
+def unavailable_line(port: int) -> str:
+    return rf"(?i)127\.0\.0\.1:{port}\b.*unavailable.*retry"
+
+
+def test_a_run_started_before_the_server_waits_for_it(tmp_path, serve, launch):
+    port = free_port()
+    properties = write_properties(tmp_path, "iceberg")
+    run = launch.cli(*run_args(properties, port))
+    run.wait_for(unavailable_line(port), timeout=30)
+    time.sleep(1.5)
+    assert run.proc.poll() is None, f"the run gave up on a server that is not up yet:\n{run.describe()}"
+
+    server = serve(cdc_history(400, seed=6), port=port)
+
+    run_cli_to_end(run, timeout=60)
+    assert len(server.handed_out()) == 400
+    assert_run_accounts_for_everything(run, load_config(properties, port), server)
+
+
+def test_a_run_outlives_a_server_restart(tmp_path, serve, launch):
+    history = cdc_history(800, seed=7)
+    server = serve(history[:400])
+    # Idle bound above the round length: the run goes on after its first commit.
+    properties = write_properties(
+        tmp_path, "paimon", {"checkpoint.interval.ms": "1000", "source.stop.after.idle.ms": "2500"}
+    )
+    run = launch.cli(*run_args(properties, server.port))
+    run.wait_for(COMMITTED, timeout=60)
+
+    server.stop()
+    run.wait_for(unavailable_line(server.port), timeout=30)
+    server.load_cdc(history[400:])
+    server.start()
+
+    run_cli_to_end(run, timeout=60)
+    assert len(server.handed_out()) == 800
+    *_, done = assert_run_accounts_for_everything(run, load_config(properties, server.port), server)
+    assert done.positions == {0: 800}
