@@ -20,6 +20,7 @@ import struct
 import typing
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Context, Decimal, Inexact, InvalidOperation
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -409,8 +410,10 @@ class _RawColumn:
         that width (zeros elsewhere) and the mask of the rows it holds."""
         n = len(self)
         selected = self.valid & (self.lengths == width)
-        if self.packed and selected.all():
-            return self.data.reshape(n, width), selected
+        if selected.all():
+            if self.packed:
+                return self.data.reshape(n, width), selected
+            return self.data[self.starts[:, None] + np.arange(width)], selected
         rows = np.zeros((n, width), dtype=np.uint8)
         rows[selected] = self.data[self.starts[selected, None] + np.arange(width)]
         return rows, selected
@@ -547,9 +550,9 @@ _LEN_FIELD_1 = 0x0A
 _VARINT_FIELD_2 = 0x10
 
 
-def _varints(data: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(values, ends, ok)`` of the base-128 varints at ``positions`` (up to 5 bytes:
-    lengths inside a message below 2 GiB)."""
+def varints(data: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values, ends, ok)`` of the base-128 varints at ``positions`` of ``data`` (uint8),
+    up to 5 bytes: lengths inside a message below 2 GiB. Reads past the end see the last byte."""
     values = np.zeros(len(positions), dtype=np.int64)
     ends = positions.copy()
     more = np.ones(len(positions), dtype=bool)
@@ -563,36 +566,70 @@ def _varints(data: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.nd
     return values, ends, ~more
 
 
-def _columns_of_protobuf(images: typing.Sequence, present: np.ndarray, empty_is_null: list[bool]):
-    """The raw columns of protobuf ``RowValue`` images, read from their serialized
-    bytes with numpy instead of through a Python object per value. None unless every
-    image is a message holding exactly one value per column and nothing else."""
-    messages = [image for image in images if image is not None]
-    if not all(issubclass(t, message.Message) for t in set(map(type, messages))):
-        return None
-    blobs = list(map(operator.methodcaller("SerializeToString"), messages))
-    data = np.frombuffer(b"".join(blobs) + b"\0", dtype=np.uint8)
-    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
-    row_ends = np.cumsum(lengths)
-    position, width = row_ends - lengths, len(empty_is_null)
+@dataclass(frozen=True)
+class SerializedImages:
+    """Row images lying serialized (as ``RowValue`` messages) in one buffer: image ``i``
+    is ``data[starts[i]:starts[i] + lengths[i]]`` where ``present[i]``, else absent."""
+
+    data: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    present: np.ndarray
+
+    @classmethod
+    def of_messages(cls, images: typing.Sequence) -> "SerializedImages":
+        """Images given as protobuf messages (or None), serialized back to back."""
+        present = np.array([image is not None for image in images], dtype=bool)
+        blobs = [image.SerializeToString() for image in images if image is not None]
+        lengths = np.zeros(len(images), dtype=np.int64)
+        lengths[present] = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+        starts = np.cumsum(lengths) - lengths
+        return cls(np.frombuffer(b"".join(blobs), dtype=np.uint8), starts, lengths, present)
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    """What :meth:`RowCodec.decode_serialized_images` returns: the images as a struct
+    array, the errors by row, and where each row's raw column values lie in ``data``
+    (``value_starts`` / ``value_lengths``, shape (rows, columns); 0 for absent rows)."""
+
+    images: pa.StructArray
+    errors: dict[int, DecodeError]
+    data: np.ndarray
+    value_starts: np.ndarray
+    value_lengths: np.ndarray
+
+
+def _scan_row_values(images: SerializedImages, empty_is_null: list[bool]):
+    """``(raw columns, value starts, value lengths)`` of serialized ``RowValue`` images
+    (starts and lengths of shape (rows, columns)), read with numpy instead of through
+    a Python object per value. None unless every present image holds exactly
+    one value per column, each encoded as protobuf's serializer writes it (value,
+    then ``is_null`` only when true), and nothing else."""
+    data, present, width = images.data, images.present, len(empty_is_null)
+    if not len(data):
+        data = np.zeros(1, dtype=np.uint8)  # reads past the end see a 0 byte
+    position = images.starts[present]
+    row_ends = position + images.lengths[present]
 
     def at(positions: np.ndarray) -> np.ndarray:
         return data[np.minimum(positions, len(data) - 1)]
 
-    ok = np.ones(len(messages), dtype=bool)
-    starts, sizes, nulls = (np.zeros((len(images), width), dtype=t) for t in (np.int64, np.int64, bool))
+    ok = np.ones(len(position), dtype=bool)
+    rows = len(present)
+    starts, sizes, nulls = (np.zeros((rows, width), dtype=t) for t in (np.int64, np.int64, bool))
     nulls[~present] = True
     for j in range(width):
         ok &= (position < row_ends) & (at(position) == _LEN_FIELD_1)
-        size, position, ok_size = _varints(data, position + 1)
+        size, position, ok_size = varints(data, position + 1)
         end = position + size
         has_value = (position < end) & (at(position) == _LEN_FIELD_1)
-        value_size, value_start, ok_value = _varints(data, position + 1)
+        value_size, value_start, ok_value = varints(data, position + 1)
         value_start = np.where(has_value, value_start, position)
         value_size = np.where(has_value, value_size, 0)
         after = value_start + value_size
-        # proto3 writes is_null only when it is true: two bytes, the tag and 1.
-        is_null = (after < end) & (at(after) == _VARINT_FIELD_2)
+        # protobuf writes is_null only when it is true: two bytes, the tag and 1.
+        is_null = (after < end) & (at(after) == _VARINT_FIELD_2) & (at(after + 1) == 1)
         ok &= ok_size & (ok_value | ~has_value) & (after + 2 * is_null == end)
         starts[present, j], sizes[present, j], nulls[present, j] = value_start, value_size, is_null
         position = end
@@ -600,7 +637,18 @@ def _columns_of_protobuf(images: typing.Sequence, present: np.ndarray, empty_is_
         return None
     return [
         _RawColumn(data, starts[:, j], sizes[:, j], nulls[:, j], empty_is_null[j], packed=False) for j in range(width)
-    ]
+    ], starts, sizes
+
+
+def _columns_of_protobuf(images: typing.Sequence, present: np.ndarray, empty_is_null: list[bool]):
+    """The raw columns of protobuf ``RowValue`` images, read from their serialized
+    bytes (see :func:`_scan_row_values`). None unless every image is a message
+    holding exactly one value per column and nothing else."""
+    messages = [image for image in images if image is not None]
+    if not all(issubclass(t, message.Message) for t in set(map(type, messages))):
+        return None
+    scanned = _scan_row_values(SerializedImages.of_messages(images), empty_is_null)
+    return None if scanned is None else scanned[0]
 
 
 # ---------------------------------------------------------------------------
@@ -661,6 +709,29 @@ class RowCodec:
         columns = _columns_of_protobuf(images, present, self._empty_is_null)
         if columns is None:
             columns, errors = self._columns_of_objects(images, present)
+        return self._decode_columns(columns, present, errors)
+
+    def decode_serialized_images(self, images: SerializedImages) -> DecodedImages | None:
+        """Like :meth:`decode_images`, for images still serialized in one buffer (no
+        protobuf objects, no copies). None when an image is not laid out as protobuf's
+        serializer writes a ``RowValue`` of the schema's width: then parse the images
+        and use :meth:`decode_images`, which gives the exact result and errors."""
+        n = len(images.present)
+        if not images.present.any():
+            children = [pa.nulls(n, f.type) for f in self._struct_type]
+            struct = pa.StructArray.from_arrays(children, fields=list(self._struct_type), mask=pa.array(np.ones(n, bool)))
+            nothing = np.zeros((n, len(self._types)), dtype=np.int64)
+            return DecodedImages(struct, {}, images.data, nothing, nothing)
+        scanned = _scan_row_values(images, self._empty_is_null)
+        if scanned is None:
+            return None
+        columns, starts, lengths = scanned
+        struct, errors = self._decode_columns(columns, images.present.copy(), {})
+        return DecodedImages(struct, errors, images.data, starts, lengths)
+
+    def _decode_columns(
+        self, columns: list[_RawColumn], present: np.ndarray, errors: dict[int, DecodeError]
+    ) -> tuple[pa.StructArray, dict[int, DecodeError]]:
         decode = self._decode_binary_columns if self.encoding == BINARY else self._decode_text_columns
         children, bad = decode(columns, present)
         for j, column_bad in enumerate(bad):

@@ -36,12 +36,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
+from google.protobuf import message
 
 from beam_pixels.buckets import DEFAULT_BUCKET_COUNT, bucket_of, key_bytes, partition_buckets
 from beam_pixels.changes import ChangeBatch, Op, records_schema
-from beam_pixels.codec import BINARY, RowCodec
+from beam_pixels.codec import BINARY, DecodedImages, RowCodec, SerializedImages, varints
 from beam_pixels.journal import PollJournal, Segment
-from beam_pixels.protocol import sink_pb2
+from beam_pixels.protocol import sink_lazy_pb2, sink_pb2
 from beam_pixels.schema import SourceSchema
 
 _LOG = logging.getLogger(__name__)
@@ -361,14 +362,26 @@ def _advance(watermark, timestamp: Timestamp) -> None:
 
 
 def _count_records(payload: bytes) -> int:
-    """Number of records in a serialized PollResponse, without decoding the values."""
+    """Number of records in a serialized PollResponse, without parsing the records.
+
+    Only the top level is read (``PollResponseRecords``: each record kept as bytes);
+    a record that is not valid protobuf is found when it is decoded.
+    """
     if not payload:
         return 0
-    return len(sink_pb2.PollResponse.FromString(payload).records)
+    return len(sink_lazy_pb2.PollResponseRecords.FromString(payload).records)
 
 
 class _DecodeFn(beam.DoFn):
-    """Decodes a raw poll into a ChangeBatch; undecodable records become dead letters."""
+    """Decodes a raw poll into a ChangeBatch; undecodable records become dead letters.
+
+    The fast path reads the serialized response with numpy (:func:`_scan_response`,
+    :meth:`RowCodec.decode_serialized_images`, :func:`_murmur3_32`) and makes no
+    Python object per record. Any response it does not fully understand (a field it
+    does not expect, an encoding protobuf's serializer would not write, a row of the
+    wrong width, an unknown operation) takes the safe path, which parses it into
+    protobuf messages; both give the same batches and dead letters.
+    """
 
     def __init__(
         self, schema: SourceSchema, source_table: str, encoding: str, empty_as_null: bool, bucket_count: int
@@ -380,6 +393,7 @@ class _DecodeFn(beam.DoFn):
         self._empty_as_null = empty_as_null
         self._decode_failures = Metrics.counter(METRICS_NAMESPACE, "decode_failures")
         self._decoded = Metrics.counter(METRICS_NAMESPACE, "records_decoded")
+        self._safe_path = Metrics.counter(METRICS_NAMESPACE, "responses_decoded_safe_path")
 
     def setup(self):
         self._codec = RowCodec(self._schema, self._encoding, self._empty_as_null)
@@ -387,23 +401,14 @@ class _DecodeFn(beam.DoFn):
         self._key_indexes = [self._schema.names.index(k) for k in self._schema.primary_key]
 
     def process(self, raw: RawPoll, timestamp=beam.DoFn.TimestampParam):
-        records = sink_pb2.PollResponse.FromString(raw.payload).records
-        n = len(records)
-        ops = np.fromiter((r.op for r in records), dtype=np.int8, count=n)
-        befores = [r.before if r.HasField("before") else None for r in records]
-        afters = [r.after if r.HasField("after") else None for r in records]
-        before, bad_before = self._codec.decode_images(befores)
-        after, bad_after = self._codec.decode_images(afters)
-        bad = {**_image_mismatches(ops, befores, afters), **bad_after, **bad_before}
+        decoded = self._decode_fast(raw)
+        if decoded is None:
+            self._safe_path.inc()
+            decoded = self._decode_safe(raw)
+        ops, arrays, bad, record_bytes = decoded
+        n = len(ops)
         positions = np.arange(raw.start_position, raw.start_position + n, dtype=np.int64)
-        arrays = [
-            pa.array(ops),
-            pa.array(np.full(n, raw.poll_group, dtype=np.int32)),
-            pa.array(positions),
-            self._buckets(befores, afters),
-            before,
-            after,
-        ]
+        arrays = [pa.array(ops), pa.array(np.full(n, raw.poll_group, dtype=np.int32)), pa.array(positions), *arrays]
         batch = pa.RecordBatch.from_arrays(arrays, schema=self._records_schema)
         if bad:
             keep = np.ones(n, dtype=bool)
@@ -418,13 +423,50 @@ class _DecodeFn(beam.DoFn):
                         raw.poll_group,
                         int(positions[row]),
                         int(ops[row]),
-                        records[row].SerializeToString(),
+                        record_bytes(row),
                         str(reason),
                     ),
                 )
         self._decoded.inc(batch.num_rows)
         yield ChangeBatch(self._source_table, raw.poll_group, raw.poll_time, batch)
 
+    def _decode_safe(self, raw: RawPoll):
+        """``(ops, [bucket, before, after], bad rows, record bytes by row)`` via protobuf messages."""
+        records = sink_pb2.PollResponse.FromString(raw.payload).records
+        n = len(records)
+        ops = np.fromiter((r.op for r in records), dtype=np.int8, count=n)
+        befores = [r.before if r.HasField("before") else None for r in records]
+        afters = [r.after if r.HasField("after") else None for r in records]
+        before, bad_before = self._codec.decode_images(befores)
+        after, bad_after = self._codec.decode_images(afters)
+        has_before = np.fromiter((image is not None for image in befores), dtype=bool, count=n)
+        has_after = np.fromiter((image is not None for image in afters), dtype=bool, count=n)
+        bad = {**_image_mismatches(ops, has_before, has_after), **bad_after, **bad_before}
+        arrays = [self._buckets(befores, afters), before, after]
+        return ops, arrays, bad, lambda row: records[row].SerializeToString()
+
+    def _decode_fast(self, raw: RawPoll):
+        """Like :meth:`_decode_safe`, reading the serialized response with numpy; None
+        when the response holds anything the safe path must judge."""
+        if self._encoding != BINARY:
+            return None
+        response = _scan_response(raw.payload)
+        if response is None:
+            return None
+        before = self._codec.decode_serialized_images(response.before)
+        after = self._codec.decode_serialized_images(response.after) if before is not None else None
+        if after is None:
+            return None
+        ops = response.ops
+        bad = {**_image_mismatches(ops, response.before.present, response.after.present), **after.errors, **before.errors}
+        arrays = [self._fast_buckets(response, before, after), before.images, after.images]
+
+        def record_bytes(row: int) -> bytes:
+            # What the safe path stores: the record parsed and serialized again.
+            start, end = int(response.record_starts[row]), int(response.record_ends[row])
+            return sink_pb2.RowRecord.FromString(raw.payload[start:end]).SerializeToString()
+
+        return ops, arrays, bad, record_bytes
 
     def _buckets(self, befores: list, afters: list) -> pa.Array:
         """Each record's bucket: the hash of its key's canonical bytes (after image, else before)."""
@@ -439,11 +481,26 @@ class _DecodeFn(beam.DoFn):
                 buckets[row] = bucket_of(key, self._bucket_count)
         return pa.array(buckets, mask=buckets < 0)
 
+    def _fast_buckets(self, response: "_ScannedResponse", before: DecodedImages, after: DecodedImages) -> pa.Array:
+        """:meth:`_buckets` of scanned images (every present image has the schema's width)."""
+        has_after, has_before = response.after.present, response.before.present
+        if not self._key_indexes:
+            return pa.nulls(len(has_after), pa.int32())
+        keys = self._key_indexes
+        use_after = has_after[:, None]
+        starts = np.where(use_after, after.value_starts[:, keys], before.value_starts[:, keys])
+        lengths = np.where(use_after, after.value_lengths[:, keys], before.value_lengths[:, keys])
+        hashes = _murmur3_32(response.data, starts, lengths)
+        if hashes is None:  # keys too long for one matrix: hash them one by one
+            keys = _keys(response.data, starts, lengths)
+            buckets = np.fromiter((bucket_of(k, self._bucket_count) for k in keys), dtype=np.int64, count=len(keys))
+        else:
+            buckets = np.abs(hashes.astype(np.int64)) % self._bucket_count
+        return pa.array(buckets.astype(np.int32), mask=~(has_after | has_before))
 
-def _image_mismatches(ops: np.ndarray, befores: list, afters: list) -> dict[int, str]:
+
+def _image_mismatches(ops: np.ndarray, has_before: np.ndarray, has_after: np.ndarray) -> dict[int, str]:
     """Rows whose images contradict their operation (e.g. a DELETE without ``before``)."""
-    has_before = np.fromiter((image is not None for image in befores), dtype=bool, count=len(befores))
-    has_after = np.fromiter((image is not None for image in afters), dtype=bool, count=len(afters))
     needs_after = (ops == Op.INSERT) | (ops == Op.SNAPSHOT) | (ops == Op.UPDATE)
     bad_op = (ops < 0) | (ops > max(Op))
     problems = {}
@@ -454,6 +511,146 @@ def _image_mismatches(ops: np.ndarray, befores: list, afters: list) -> dict[int,
     for row in np.flatnonzero(~bad_op & (ops == Op.DELETE) & ~has_before):
         problems.setdefault(int(row), "DELETE record without a before image")
     return problems
+
+
+# -- reading a serialized PollResponse with numpy ------------------------------------------
+
+# RowRecord fields before = 1, after = 2, source = 3, transaction = 4 (length-delimited)
+# and op = 5 (varint), as tags; PollResponse.records = 1 (length-delimited).
+_RECORD_TAG = 0x0A
+_SUBMESSAGE_TAGS = (0x0A, 0x12, 0x1A, 0x22)
+_OP_TAG = 0x28
+
+
+@dataclass(frozen=True)
+class _ScannedResponse:
+    """A PollResponse located in its bytes: record ``i`` is ``data[record_starts[i]:record_ends[i]]``."""
+
+    data: np.ndarray
+    record_starts: np.ndarray
+    record_ends: np.ndarray
+    ops: np.ndarray
+    before: SerializedImages
+    after: SerializedImages
+
+
+def _scan_response(payload: bytes) -> _ScannedResponse | None:
+    """Where each record and its images lie in a serialized PollResponse, or None
+    unless every record is written as protobuf's serializer writes it: fields in
+    number order, each at most once, no unknown fields, ``op`` 1 to 3 or left out (0)."""
+    records = sink_lazy_pb2.PollResponseRecords.FromString(payload).records
+    n = len(records)
+    lengths = np.fromiter(map(len, records), dtype=np.int64, count=n)
+    del records
+    # A record on the wire: its tag, its length as a varint, its bytes.
+    headers = 2 + sum((lengths >= 1 << (7 * k)).astype(np.int64) for k in range(1, 5))
+    ends = np.cumsum(headers + lengths)
+    starts = ends - lengths
+    if n == 0 or ends[-1] != len(payload):  # other top-level fields or longer encodings
+        return None
+    data = np.frombuffer(payload, dtype=np.uint8)
+    size, body, ok = varints(data, starts - headers + 1)
+    ok &= (data[starts - headers] == _RECORD_TAG) & (body == starts) & (size == lengths)
+
+    def at(positions: np.ndarray) -> np.ndarray:
+        return data[np.minimum(positions, len(data) - 1)]
+
+    position = starts.copy()
+    fields = []
+    for i, tag in enumerate(_SUBMESSAGE_TAGS):
+        if i == 2:
+            metadata_starts = position
+        present = (position < ends) & (at(position) == tag)
+        size, body, ok_size = varints(data, position + 1)
+        ok &= ok_size | ~present
+        fields.append((present, np.where(present, body, 0), np.where(present, size, 0)))
+        position = np.where(present, body + size, position)
+    has_op = (position < ends) & (at(position) == _OP_TAG)
+    ops = np.where(has_op, at(position + 1), 0).astype(np.int8)
+    ok &= ~has_op | ((ops >= 1) & (ops <= 3))
+    ok &= position + 2 * has_op == ends
+    if not ok.all() or not _metadata_parses(data, metadata_starts, position):
+        return None
+    (has_before, before_starts, before_lengths), (has_after, after_starts, after_lengths) = fields[:2]
+    return _ScannedResponse(
+        data,
+        starts,
+        ends,
+        ops,
+        SerializedImages(data, before_starts, before_lengths, has_before),
+        SerializedImages(data, after_starts, after_lengths, has_after),
+    )
+
+
+def _metadata_parses(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bool:
+    """Whether the records' ``source`` and ``transaction`` fields (``data[starts:ends]``
+    of each record) parse, as the safe path would parse them. Fields of one message
+    may repeat on the wire, so all of them parse at once as one RowRecord."""
+    spans = ends > starts
+    if not spans.any():
+        return True
+    edges = np.zeros(len(data) + 1, dtype=np.int64)
+    edges[starts[spans]] += 1
+    edges[ends[spans]] -= 1
+    try:
+        sink_pb2.RowRecord.FromString(data[np.cumsum(edges[:-1]) > 0].tobytes())
+    except message.DecodeError:
+        return False
+    return True
+
+
+# -- bucket hashes, vectorised -------------------------------------------------------------
+
+_MAX_VECTOR_KEY_BYTES = 256
+_C1, _C2 = np.uint32(0xCC9E2D51), np.uint32(0x1B873593)
+
+
+def _rotl(x: np.ndarray, r: int) -> np.ndarray:
+    return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+
+
+def _murmur3_32(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
+    """``mmh3.hash(key, 0, signed=True)`` of each row's key: the concatenation of the
+    byte ranges ``data[starts[i, c]:starts[i, c] + lengths[i, c]]`` over columns ``c``.
+    None when a key is longer than ``_MAX_VECTOR_KEY_BYTES`` (hash those one by one)."""
+    n, columns = starts.shape
+    totals = lengths.sum(axis=1)
+    width = int(totals.max(initial=0))
+    if width > _MAX_VECTOR_KEY_BYTES:
+        return None
+    rows = np.zeros((n, max(4, (width + 3) // 4 * 4)), dtype=np.uint8)
+    offsets = np.zeros(n, dtype=np.int64)
+    for c in range(columns):
+        column_starts, column_lengths = starts[:, c], lengths[:, c]
+        if n and (column_lengths == column_lengths[0]).all() and (offsets == offsets[0]).all():
+            at, size = int(offsets[0]), int(column_lengths[0])  # fixed width: one 2-D copy
+            rows[:, at : at + size] = data[column_starts[:, None] + np.arange(size)]
+        else:
+            row_of_byte = np.repeat(np.arange(n), column_lengths)
+            within = np.arange(int(column_lengths.sum())) - np.repeat(np.cumsum(column_lengths) - column_lengths, column_lengths)
+            rows[row_of_byte, offsets[row_of_byte] + within] = data[np.repeat(column_starts, column_lengths) + within]
+        offsets += column_lengths
+    h = np.zeros(n, dtype=np.uint32)
+    for j, word in enumerate(rows.view("<u4").T):
+        k = _rotl(word * _C1, 15) * _C2
+        whole = (j + 1) * 4 <= totals
+        tail = ~whole & (j * 4 < totals)  # the last 1-3 bytes, zero-padded as murmur3 reads them
+        h = np.where(whole, _rotl(h ^ k, 13) * np.uint32(5) + np.uint32(0xE6546B64), np.where(tail, h ^ k, h))
+    h ^= totals.astype(np.uint32)
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h.view(np.int32)
+
+
+def _keys(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+    raw = data.tobytes()
+    return [
+        key_bytes([raw[s : s + k] for s, k in zip(row_starts, row_lengths)])
+        for row_starts, row_lengths in zip(starts.tolist(), lengths.tolist())
+    ]
 
 
 class ReadFromPixels(beam.PTransform):

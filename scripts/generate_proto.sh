@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate beam_pixels/protocol/sink_pb2.py, sink_pb2_grpc.py and sink_pb2.pyi
-# from proto/sink.proto. The generated files are committed; never edit them by hand.
+# from proto/sink.proto, and sink_lazy_pb2.py and sink_lazy_pb2.pyi from
+# proto/sink_lazy.proto (wire-compatible views used for fast decoding; no service).
+# The generated files are committed; never edit them by hand.
 #
 # The include mapping -Ibeam_pixels/protocol=proto makes protoc see the file as
 # beam_pixels/protocol/sink.proto, so the grpc module imports the message module
@@ -27,4 +29,10 @@ fi
   --grpc_python_out=. \
   beam_pixels/protocol/sink.proto
 
-echo "generated:" beam_pixels/protocol/sink_pb2*
+"$PYTHON" -m grpc_tools.protoc \
+  -Ibeam_pixels/protocol=proto \
+  --python_out=. \
+  --pyi_out=. \
+  beam_pixels/protocol/sink_lazy.proto
+
+echo "generated:" beam_pixels/protocol/sink_pb2* beam_pixels/protocol/sink_lazy_pb2*
