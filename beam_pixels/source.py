@@ -586,14 +586,12 @@ def _metadata_parses(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> 
     """Whether the records' ``source`` and ``transaction`` fields (``data[starts:ends]``
     of each record) parse, as the safe path would parse them. Fields of one message
     may repeat on the wire, so all of them parse at once as one RowRecord."""
-    spans = ends > starts
-    if not spans.any():
+    lengths = ends - starts
+    if not lengths.any():
         return True
-    edges = np.zeros(len(data) + 1, dtype=np.int64)
-    edges[starts[spans]] += 1
-    edges[ends[spans]] -= 1
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     try:
-        sink_pb2.RowRecord.FromString(data[np.cumsum(edges[:-1]) > 0].tobytes())
+        sink_pb2.RowRecord.FromString(data[np.repeat(starts, lengths) + within].tobytes())
     except message.DecodeError:
         return False
     return True
