@@ -371,6 +371,28 @@ class _KeyValueWriter(KeyValueDataWriter):
             kinds = data.column("_VALUE_KIND").to_numpy()
             self.committed_files[-1].delete_row_count = int(np.count_nonzero((kinds == 1) | (kinds == 3)))
 
+    def _add_system_fields(self, data: pa.RecordBatch) -> pa.RecordBatch:
+        """pypaimon's ``_KEY_*``, ``_SEQUENCE_NUMBER`` and ``_VALUE_KIND`` columns, built
+        with numpy and Arrow instead of a Python call per row."""
+        if not ROW_KINDS_SUPPORTED:
+            return super()._add_system_fields(data)
+        n = data.num_rows
+        names, arrays = [], []
+        for pk_key in self.trimmed_primary_keys:
+            if pk_key in data.schema.names:
+                field = data.schema.field(pk_key)
+                names.append(pa.field(f"_KEY_{pk_key}", field.type, nullable=field.nullable))
+                arrays.append(data.column(pk_key))
+        generator = self.sequence_generator
+        arrays.append(pa.array(np.arange(generator.current + 1, generator.current + 1 + n, dtype=np.int64)))
+        generator.current += n
+        names.append(pa.field("_SEQUENCE_NUMBER", pa.int64(), nullable=False))
+        arrays.append(pa.array(_row_kinds(self.options, data), type=pa.int8()))
+        names.append(pa.field("_VALUE_KIND", pa.int8(), nullable=False))
+        names.extend(data.schema)
+        arrays.extend(data.columns)
+        return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(names))
+
     def _merge_pending_by_pk(self, data: pa.Table) -> pa.Table:
         n = data.num_rows
         if n < 2:
@@ -394,10 +416,53 @@ class _FileStoreWrite(FileStoreWrite):
 
 
 class _StreamWrite(StreamTableWrite):
-    """A stream write whose primary-key buckets use :class:`_KeyValueWriter`."""
+    """A stream write whose primary-key buckets use :class:`_KeyValueWriter`, and whose
+    row-kind check runs on whole columns."""
 
     def _create_file_store_write(self, commit_user):
         return _FileStoreWrite(self.table, commit_user)
+
+    def _prepare_arrow_data(self, data):
+        """pypaimon's checks and ``rowkind.field`` filter (``pypaimon.write.row_kind.
+        filter_write_batch``) with the row kinds computed per column, not per row."""
+        table = getattr(self, "table", None)
+        if table is None or not ROW_KINDS_SUPPORTED:
+            return super()._prepare_arrow_data(data)
+        from pypaimon.schema.arrow_schema import normalize_arrow_strings
+
+        self._validate_pyarrow_schema(data.schema)
+        data = normalize_arrow_strings(data)
+        raw = table.options.options.to_map()
+        if not table.is_primary_key_table or "rowkind.field" not in raw:
+            return data
+        kinds = _row_kinds(table.options, data)
+        ignore_delete = table.options.ignore_delete()
+        ignore_before = str(raw.get("ignore-update-before", "false")).lower() == "true"
+        if not ignore_delete and not ignore_before:
+            return data
+        dropped = (ignore_delete & np.isin(kinds, (1, 3))) | (ignore_before & (kinds == 1))
+        return data.filter(pa.array(~dropped))
+
+
+# RowKind values in order: +I 0, -U 1, +U 2, -D 3.
+_ROW_KIND_STRINGS = pa.array(["+I", "-U", "+U", "-D"])
+
+
+def _row_kinds(options, data) -> np.ndarray:
+    """``pypaimon.write.row_kind.row_kinds`` as an int8 array, with its errors."""
+    name = options.options.to_map().get("rowkind.field")
+    if name is None:
+        return np.zeros(data.num_rows, dtype=np.int8)
+    if name not in data.schema.names:
+        raise ValueError("Cannot find rowkind field %s in table schema" % name)
+    column = data.column(name)
+    if not pa.types.is_string(column.type):
+        raise ValueError("rowkind.field column must be a string")
+    kinds = pc.index_in(column, value_set=_ROW_KIND_STRINGS)
+    if kinds.null_count:
+        first = column[pc.index(pc.is_null(kinds), True).as_py()].as_py()
+        raise ValueError(f"Unknown row kind string: {first}")
+    return kinds.to_numpy(zero_copy_only=False).astype(np.int8)
 
 
 _INT_KEYS = {"TINYINT": "<i1", "SMALLINT": "<i2", "INT": "<i4", "INTEGER": "<i4", "BIGINT": "<i8", "DATE": "<i4"}
