@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 COMMIT_LINE = re.compile(r"committed batch (\d+) to (\S+): (\d+) changes")
 DONE_LINE = re.compile(
-    r"^done: (\d+) records polled in (\d+) round\(s\).*; last committed batch (\d+), positions (.*)$", re.M
+    r"^done: (\d+) records polled in (\d+) round\(s\).*; last committed batch (\d+), positions (.*)$", re.MULTILINE
 )
 
 
@@ -102,7 +102,7 @@ class Run:
             self.proc = subprocess.Popen(argv, cwd=workdir, stdout=out, stderr=err, env=env)
 
     @classmethod
-    def cli(cls, workdir: Path, *args: str) -> "Run":
+    def cli(cls, workdir: Path, *args: str) -> Run:
         return cls([sys.executable, "-m", "beam_pixels", *args], workdir)
 
     @property
