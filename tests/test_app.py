@@ -78,8 +78,18 @@ def launch(tmp_path):
         run.kill()
 
 
+def config_args(properties, port, *extra: str) -> list[str]:
+    """``--config <file> --set pixels.server.port=<port>`` and ``extra`` (e.g. Beam options)."""
+    return ["--config", str(properties), "--set", f"pixels.server.port={port}", *extra]
+
+
 def run_args(properties, port, *extra: str) -> list[str]:
-    return ["run", "--config", str(properties), "--set", f"pixels.server.port={port}", *extra]
+    return ["run", *config_args(properties, port, *extra)]
+
+
+def unavailable_line(port: int) -> str:
+    """The log line of a poll retried because nothing answers on ``port``."""
+    return rf"(?i)127\.0\.0\.1:{port}\b.*unavailable.*retry"
 
 
 def feed_slowly(server, history, chunks: int, every_s: float) -> None:
@@ -235,7 +245,7 @@ def test_sigint_while_the_server_is_unreachable_exits_0(tmp_path, launch):
     port = free_port()  # nothing listens there
     properties = write_properties(tmp_path, "iceberg", {"source.stop.after.idle.ms": "0"})
     run = launch.cli(*run_args(properties, port))
-    run.wait_for(r"UNAVAILABLE", timeout=30)
+    run.wait_for(unavailable_line(port), timeout=30)
 
     run.proc.send_signal(signal.SIGINT)
 
@@ -300,10 +310,6 @@ def assert_configuration_error(run: Run, named: str) -> None:
 
 
 # --- 6, 7. the server away ------------------------------------------------------------------
-
-
-def unavailable_line(port: int) -> str:
-    return rf"(?i)127\.0\.0\.1:{port}\b.*unavailable.*retry"
 
 
 def test_a_run_started_before_the_server_waits_for_it(tmp_path, serve, launch):
@@ -406,7 +412,7 @@ def test_the_pipeline_file_runs_on_the_local_runner(tmp_path, serve, launch):
     server = serve(cdc_history(500, seed=10))
     properties = write_properties(tmp_path, "paimon")
 
-    run = run_cli_to_end(launch.python(PIPELINE_FILE, *run_args(properties, server.port, "--runner", "FnApiRunner")[1:]))
+    run = run_cli_to_end(launch.python(PIPELINE_FILE, *config_args(properties, server.port, "--runner", "FnApiRunner")))
 
     assert len(server.handed_out()) == 500
     assert_commits_account_for_everything(run, load_config(properties, server.port), server)
@@ -423,7 +429,7 @@ def test_the_pipeline_file_resumes_from_the_committed_positions(tmp_path, serve,
     server = serve(history[:300])
     properties = write_properties(tmp_path, "iceberg")
     config = load_config(properties, server.port)
-    args = [PIPELINE_FILE, *run_args(properties, server.port, "--runner", "FnApiRunner")[1:]]
+    args = [PIPELINE_FILE, *config_args(properties, server.port, "--runner", "FnApiRunner")]
     run_cli_to_end(launch.python(*args))
     after_first = last_checkpoint(config)
 
