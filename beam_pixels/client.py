@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
-import time
+import threading
 from typing import Callable, Sequence, TypeVar
 
 import grpc
@@ -53,6 +53,10 @@ class PixelsUnavailableError(PixelsClientError):
     """The server stayed unreachable (or overloaded) through every retry."""
 
 
+class PixelsStoppedError(PixelsClientError):
+    """Retrying was abandoned because the client's ``stop`` event was set."""
+
+
 class PixelsResponseTooLargeError(PixelsClientError):
     """A response exceeded ``max_receive_mb``; the server had already handed its records out."""
 
@@ -66,6 +70,7 @@ class PixelsClient:
     TLS is used when ``tls`` is true or any certificate is given: ``tls_root_cert``
     (PEM) verifies the server (system roots when None), ``tls_client_cert`` and
     ``tls_client_key`` (PEM) authenticate the client to a server that asks.
+    Setting the ``stop`` event ends a retry wait at once with :class:`PixelsStoppedError`.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class PixelsClient:
         tls_root_cert: bytes | None = None,
         tls_client_cert: bytes | None = None,
         tls_client_key: bytes | None = None,
+        stop: threading.Event | None = None,
     ):
         if deadline_s <= 0:
             raise ValueError(f"deadline_s must be positive, got {deadline_s}")
@@ -106,6 +112,7 @@ class PixelsClient:
         self.tls = tls or any(c is not None for c in (tls_root_cert, tls_client_cert))
         self._random = random.Random()
         self._closed = False
+        self._stop = stop or threading.Event()
 
         options = [
             ("grpc.max_receive_message_length", max_receive_mb * 1024 * 1024),
@@ -189,7 +196,10 @@ class PixelsClient:
                     "PollEvents on %s failed with %s (%s); retry %d of %s in %.2fs",
                     self.target, code.name, details, retry, limit, wait,
                 )
-                time.sleep(wait)
+                if self._stop.wait(wait):
+                    raise PixelsStoppedError(
+                        f"stopped while waiting to retry PollEvents on {self.target} ({code.name})", code
+                    ) from e
 
 
 def _request(schema_name: str, table_name: str, buckets: Sequence[int]) -> sink_pb2.PollRequest:

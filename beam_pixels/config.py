@@ -32,6 +32,11 @@ class ConfigError(ValueError):
     """A configuration value is not valid; the message names the key, the value and what is accepted."""
 
 
+class SinkConfigurationError(ConfigError):
+    """A sink setting cannot work (an unusable catalog, a table that does not fit the
+    schema); raised by the sinks, the message names the setting and what to do."""
+
+
 def _invalid(key: str, value: str, accepted: str, problem: str = "") -> ConfigError:
     why = f" ({problem})" if problem else ""
     return ConfigError(f"{key}={value!r} is not valid{why}; accepted: {accepted}")

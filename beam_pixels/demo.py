@@ -8,6 +8,7 @@ the table equals the state the server's history implies.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from beam_pixels import app, mock_data
@@ -48,10 +49,8 @@ def run_demo(sink: str, events: int, warehouse: str) -> int:
         handed_out = server.handed_out()
     print(summary.describe())
 
-    writer = app.table_writer(config)
-    writer.open()
-    table = writer.read_table()
-    writer.close()
+    with contextlib.closing(app.open_table_writer(config)) as writer:
+        table = writer.read_table()
     print(f"\n{sink} table {writer.table_name}: {table.num_rows} rows; the first 5 by id:")
     print(table.sort_by("id").slice(0, 5).to_pandas().to_string(index=False))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import random
 import subprocess
@@ -102,10 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         handed_out = collections.Counter(h.after[0] for h in server.handed_out())
         in_flight = {h.after[0] for h in server.unconfirmed()}
 
-    writer = app.table_writer(PixelsConfig.from_properties(properties))
-    writer.open()
-    found = collections.Counter(writer.read_table().column("id").to_pylist())
-    writer.close()
+    with contextlib.closing(app.open_table_writer(PixelsConfig.from_properties(properties))) as writer:
+        found = collections.Counter(writer.read_table().column("id").to_pylist())
     duplicates = sum(n - 1 for n in found.values() if n > 1) + sum(
         n for i, n in found.items() if i not in handed_out
     )

@@ -3,29 +3,44 @@
     python pipelines/pixels_to_lakehouse.py --config pipelines/pixels-client.properties \
         [--set key=value ...] [Beam pipeline options, e.g. --runner FlinkRunner --flink_master host:8081]
 
-It is the pipeline ``beam-pixels run`` runs, spelled out with the library's transforms.
+It is the pipeline ``beam-pixels run`` runs, spelled out with the library's
+transforms, in one pass: with source.stop.after.idle.ms or source.max.records
+set it ends by itself and commits once; otherwise it streams and commits once
+per checkpoint.interval.ms (for runners such as Flink). ``beam-pixels run``
+adds continuous local operation as a sequence of such bounded rounds.
 """
 
 import argparse
+import contextlib
 import logging
 import sys
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from beam_pixels.app import IN_PROCESS_RUNNERS, open_table_writer
+from beam_pixels.cli import configure_logging
 from beam_pixels.config import ConfigError, PixelsConfig
+from beam_pixels.dead_letters import WriteDeadLetters
+from beam_pixels.journal import PollJournal
 from beam_pixels.sinks.iceberg import WriteToIceberg
 from beam_pixels.sinks.paimon import WriteToPaimon
 from beam_pixels.source import ReadFromPixels
 
 
-def build(p: beam.Pipeline, config: PixelsConfig, window_ms):
-    """Read the change stream, log dead letters, commit to the configured table."""
-    read = p | "ReadFromPixels" >> ReadFromPixels.from_config(config)
-    _ = read.dead_letters | "LogDeadLetters" >> beam.Map(lambda d: logging.error("dead letter: %s", d.reason))
+def build(p: beam.Pipeline, config: PixelsConfig, *, local_run: bool, window_ms, start_positions):
+    """Read the change stream from where the table left off, commit it, keep dead letters."""
+    journal = config.journal_location(local_run)  # responses stored before use, replayed after a crash
+    read = p | "ReadFromPixels" >> ReadFromPixels.from_config(config, start_positions=start_positions, journal=journal)
+
+    dead_letters = config.dead_letter_location(local_run)
+    if dead_letters:
+        _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(dead_letters)
+
     sink = WriteToPaimon if config.sink_type == "paimon" else WriteToIceberg
     commits = read.changes | "Write" >> sink.from_config(config, window_ms=window_ms)
-    _ = commits | "Progress" >> beam.Map(lambda result: print(result.summary(), flush=True))
+    if journal:
+        _ = commits | "TrimJournal" >> beam.Map(lambda result, j: j.trim(result.positions), PollJournal(journal))
 
 
 def main(argv=None) -> int:
@@ -33,18 +48,30 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="pixels-client.properties")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args, beam_args = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         config = PixelsConfig.load(args.config, args.overrides)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    # A bounded read (stop.after.idle.ms / max.records) commits once at its end;
-    # an unbounded one commits once per checkpoint interval.
-    bounded = config.stop_after_idle_ms or config.max_records
-    options = PipelineOptions(beam_args, streaming=not bounded)
+
+    # Resume numbering where the table's last commit left off (and replay the journal from there).
+    with contextlib.closing(open_table_writer(config)) as writer:
+        start_positions = writer.last_checkpoint().positions
+    logging.info("resuming from positions %s", start_positions or "{} (a new table)")
+
+    # A bounded read commits once at its end; an unbounded one once per checkpoint interval.
+    bounded = bool(config.stop_after_idle_ms or config.max_records)
+    options = PipelineOptions(beam_args, streaming=not bounded, checkpointing_interval=config.checkpoint_interval_ms)
+    local_run = options.view_as(StandardOptions).runner in IN_PROCESS_RUNNERS
     with beam.Pipeline(options=options) as p:
-        build(p, config, window_ms=None if bounded else config.checkpoint_interval_ms)
+        build(
+            p,
+            config,
+            local_run=local_run,
+            window_ms=None if bounded else config.checkpoint_interval_ms,
+            start_positions=start_positions,
+        )
     return 0
 
 

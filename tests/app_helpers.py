@@ -9,6 +9,7 @@ handed out.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
 import socket
@@ -167,12 +168,8 @@ def run_cli_to_end(run: Run, timeout: float = 90) -> Run:
 
 def table_rows(config: PixelsConfig) -> list[tuple]:
     """The table's rows, in source column order, read with the sink's own reader."""
-    writer = app.table_writer(config)
-    writer.open()
-    try:
+    with contextlib.closing(app.open_table_writer(config)) as writer:
         table = writer.read_table()
-    finally:
-        writer.close()
     columns = table.select(SCHEMA.names).to_pydict()
     return list(zip(*(columns[name] for name in SCHEMA.names)))
 
@@ -204,12 +201,8 @@ def assert_table_is_final_state(config: PixelsConfig, server) -> None:
 
 
 def last_checkpoint(config: PixelsConfig):
-    writer = app.table_writer(config)
-    writer.open()
-    try:
+    with contextlib.closing(app.open_table_writer(config)) as writer:
         return writer.last_checkpoint()
-    finally:
-        writer.close()
 
 
 def records_per_poll_group(config: PixelsConfig, server) -> dict[int, int]:

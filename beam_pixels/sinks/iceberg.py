@@ -43,7 +43,7 @@ from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from beam_pixels.changes import CHANGELOG_COLUMNS, changelog_rows, collapse_to_final_state, op_counts
 from beam_pixels.checkpoint import Checkpoint
-from beam_pixels.config import PixelsConfig
+from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.schema import SourceSchema, TypeKind
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, WriteOutcome
 
@@ -57,7 +57,7 @@ _CATALOG_TYPES = sorted(t.value for t in CatalogType)
 _IN_FILTER_LIMIT = 200
 
 
-class IcebergSchemaMismatch(ValueError):
+class IcebergSchemaMismatch(SinkConfigurationError):
     """An existing Iceberg table cannot hold what ``source.schema`` describes."""
 
 
@@ -81,7 +81,7 @@ class IcebergTableWriter(TableWriter):
     ):
         floats = [c for c in schema.primary_key if schema.column(c).type.kind in (TypeKind.FLOAT, TypeKind.DOUBLE)]
         if floats:
-            raise ValueError(
+            raise SinkConfigurationError(
                 f"primary key column(s) {', '.join(floats)} are FLOAT/DOUBLE, which Iceberg does not allow as "
                 f"identifier fields; choose other columns for source.primary.key"
             )
@@ -277,9 +277,9 @@ def _split_table_name(table_name: str, database: str | None) -> tuple[str, str]:
     """(namespace, table) from ``table`` or ``namespace.table`` and an optional database."""
     prefix, _, name = table_name.rpartition(".")
     if not name:
-        raise ValueError(f"iceberg.table.name {table_name!r} is empty; expected 'table' or 'database.table'")
+        raise SinkConfigurationError(f"iceberg.table.name {table_name!r} is empty; expected 'table' or 'database.table'")
     if prefix and database and prefix != database:
-        raise ValueError(
+        raise SinkConfigurationError(
             f"iceberg.table.name {table_name!r} names database {prefix!r} but the database is set to {database!r}; "
             f"set only one of them"
         )
@@ -294,12 +294,12 @@ def _resolve_catalog_properties(properties: dict[str, str]) -> tuple[dict[str, s
         return properties, None  # pyiceberg infers the type from the uri
     kind = kind.strip().lower()
     if kind == "hadoop":
-        raise ValueError(
+        raise SinkConfigurationError(
             "iceberg.catalog.type=hadoop: pyiceberg has no Hadoop catalog. Use type sql (with a SQLite or "
             "PostgreSQL uri, or a local warehouse directory), glue or rest"
         )
     if kind not in _CATALOG_TYPES:
-        raise ValueError(
+        raise SinkConfigurationError(
             f"iceberg.catalog.type={kind!r} is not a pyiceberg catalog type; accepted: {', '.join(_CATALOG_TYPES)}"
         )
     if kind != CatalogType.SQL.value or properties.get("uri"):
@@ -307,7 +307,7 @@ def _resolve_catalog_properties(properties: dict[str, str]) -> tuple[dict[str, s
     warehouse = properties.get("warehouse", "")
     parsed = urlparse(warehouse)
     if not warehouse or parsed.scheme not in ("", "file"):
-        raise ValueError(
+        raise SinkConfigurationError(
             f"iceberg.catalog.type=sql needs iceberg.catalog.uri (e.g. sqlite:////path/catalog.db) unless "
             f"iceberg.catalog.warehouse is a local directory; warehouse is {warehouse!r}"
         )
