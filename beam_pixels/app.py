@@ -10,6 +10,7 @@ submits one unbounded pipeline that commits once per fixed window.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -22,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from beam_pixels import source
 from beam_pixels.checkpoint import Checkpoint
-from beam_pixels.config import PixelsConfig
+from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.dead_letters import WriteDeadLetters
 from beam_pixels.journal import PollJournal
 from beam_pixels.sinks.committing import TableWriter
@@ -43,9 +44,17 @@ def sink_transform(config: PixelsConfig, window_ms: int | None = None) -> beam.P
     return WriteToIceberg.from_config(config, window_ms=window_ms)
 
 
-def table_writer(config: PixelsConfig) -> TableWriter:
-    """The configured sink's table writer, to read checkpoints and tables from the driver."""
-    return sink_transform(config).writer
+def open_table_writer(config: PixelsConfig) -> TableWriter:
+    """The configured sink's table writer, opened (the table created when missing), for the
+    driver to read checkpoints and tables; the caller closes it."""
+    writer = sink_transform(config).writer
+    try:
+        writer.open()
+    except OSError as error:
+        raise SinkConfigurationError(
+            f"{config.sink_type}.catalog.warehouse cannot be used: {error}; check the location and its permissions"
+        ) from error
+    return writer
 
 
 def build_pipeline(
@@ -126,8 +135,7 @@ class _StopOnSignal:
 
 def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> RunSummary:
     """Run as bounded rounds on the in-process runner until a bound or a signal ends it."""
-    writer = table_writer(config)
-    writer.open()
+    writer = open_table_writer(config)
     summary = RunSummary(checkpoint=writer.last_checkpoint())
     journal = config.journal_location(local_run=True)
     _LOG.info("poll journal: %s", journal or "off (records polled but not yet committed are lost in a crash)")
@@ -176,10 +184,8 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str]) -> None:
     """Submit one unbounded pipeline (e.g. FlinkRunner) committing every checkpoint interval."""
     options = PipelineOptions(pipeline_args, streaming=True, checkpointing_interval=config.checkpoint_interval_ms)
     bounded = config.stop_after_idle_ms or config.max_records
-    writer = table_writer(config)
-    writer.open()
-    start = writer.last_checkpoint().positions
-    writer.close()
+    with contextlib.closing(open_table_writer(config)) as writer:
+        start = writer.last_checkpoint().positions
     p = beam.Pipeline(options=options)
     build_pipeline(
         p, config, local_run=False, start_positions=start, window_ms=None if bounded else config.checkpoint_interval_ms
@@ -188,10 +194,23 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str]) -> None:
     result.wait_until_finish()
 
 
+def _without_runner(args: list[str]) -> list[str]:
+    """``args`` less ``--runner X`` / ``--runner=X`` (local rounds pick their runner)."""
+    kept, skip_value = [], False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+        elif arg == "--runner":
+            skip_value = True
+        elif not arg.startswith("--runner="):
+            kept.append(arg)
+    return kept
+
+
 def run(config: PixelsConfig, pipeline_args: list[str]) -> RunSummary | None:
     """Run the job on the runner named in ``pipeline_args`` (in-process rounds by default)."""
     runner = PipelineOptions(pipeline_args).view_as(StandardOptions).runner
     if runner in IN_PROCESS_RUNNERS:
-        return run_local(config, [a for a in pipeline_args if not a.startswith("--runner")])
+        return run_local(config, _without_runner(pipeline_args))
     run_distributed(config, pipeline_args)
     return None

@@ -40,6 +40,7 @@ from google.protobuf import message
 
 from beam_pixels.buckets import DEFAULT_BUCKET_COUNT, bucket_of, key_bytes, partition_buckets
 from beam_pixels.changes import ChangeBatch, Op, records_schema
+from beam_pixels.client import PixelsClient, PixelsStoppedError
 from beam_pixels.codec import BINARY, DecodedImages, RowCodec, SerializedImages, varints
 from beam_pixels.journal import PollJournal, Segment
 from beam_pixels.protocol import sink_lazy_pb2, sink_pb2
@@ -110,8 +111,8 @@ class ServerOptions:
     tls_client_cert: bytes | None = None
     tls_client_key: bytes | None = None
 
-    def connect(self):
-        from beam_pixels.client import PixelsClient
+    def connect(self, stop: threading.Event | None = None) -> PixelsClient:
+        """A client for this server; setting ``stop`` abandons its retries."""
 
         return PixelsClient(
             self.host,
@@ -123,6 +124,7 @@ class ServerOptions:
             tls_root_cert=self.tls_root_cert,
             tls_client_cert=self.tls_client_cert,
             tls_client_key=self.tls_client_key,
+            stop=stop,
         )
 
 
@@ -237,7 +239,7 @@ class _PollPixelsFn(beam.DoFn):
         self._stopped_at_limit = Metrics.counter(METRICS_NAMESPACE, "groups_stopped_at_max_records")
 
     def setup(self):
-        self._client = self._server.connect()
+        self._client = self._server.connect(stop=_LOCAL_STOP)
         # Per poll group: when this worker first polled it, last saw records, last polled empty.
         self._started: dict[int, float] = {}
         self._last_records: dict[int, float] = {}
@@ -258,7 +260,7 @@ class _PollPixelsFn(beam.DoFn):
         self._last_records.setdefault(group.group_id, now)
         position = tracker.current_restriction().start
         if self._bounded_stop(group, position, now):
-            tracker.try_claim(tracker.current_restriction().stop)  # marks the restriction done
+            _finish(tracker)
             return
         replayed = self._next_replayed(group.group_id, position)
         if replayed is not None:
@@ -267,7 +269,13 @@ class _PollPixelsFn(beam.DoFn):
             self._replayed.inc(count)
         else:
             self._wait_after_empty_poll(group.group_id)
-            payload = self._client.poll_raw(self._schema_name, self._table_name, group.buckets)
+            try:
+                payload = self._client.poll_raw(self._schema_name, self._table_name, group.buckets)
+            except PixelsStoppedError:
+                _LOG.info("poll group %d stops at position %d: stop requested while the server was unreachable",
+                          group.group_id, position)
+                _finish(tracker)
+                return
             self._polls.inc()
             self._bytes.inc(len(payload))
             start, count = position, _count_records(payload)
@@ -352,6 +360,11 @@ class _UnboundedPollPixelsFn(_PollPixelsFn):
     @beam.DoFn.unbounded_per_element()
     def process(self, group: PollGroup, tracker=_RESTRICTION, watermark=_WATERMARK):
         yield from self._poll_once(group, tracker, watermark)
+
+
+def _finish(tracker) -> None:
+    """End the poll group: claiming the end of the range marks the restriction done."""
+    tracker.try_claim(tracker.current_restriction().stop)
 
 
 def _advance(watermark, timestamp: Timestamp) -> None:

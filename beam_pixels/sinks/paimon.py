@@ -56,6 +56,7 @@ from pypaimon.write.writer.key_value_data_writer import KeyValueDataWriter
 
 from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state, op_counts
 from beam_pixels.checkpoint import Checkpoint
+from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, WriteOutcome
 
@@ -92,12 +93,12 @@ class PaimonTableWriter(TableWriter):
     ):
         db_part, _, table = table_name.rpartition(".")
         if db_part and database and db_part != database:
-            raise ValueError(
+            raise SinkConfigurationError(
                 f"Paimon table {table_name!r} names database {db_part!r} but database {database!r} was given; "
                 f"give one of them"
             )
         if bucket < 1:
-            raise ValueError(f"Paimon bucket={bucket} is not valid; give a bucket count of at least 1")
+            raise SinkConfigurationError(f"Paimon bucket={bucket} is not valid; give a bucket count of at least 1")
         self.schema = schema
         self.database = database or db_part or DEFAULT_DATABASE
         self.table_name = f"{self.database}.{table}"
@@ -300,13 +301,13 @@ def _catalog_options(properties: dict[str, str]) -> dict[str, str]:
     options = dict(properties)
     catalog_type = options.pop("type", "filesystem")
     if catalog_type.lower() not in _CATALOG_TYPES:
-        raise ValueError(
+        raise SinkConfigurationError(
             f"Paimon catalog property type={catalog_type!r} is not supported; accepted: "
             f"{' or '.join(_CATALOG_TYPES)} (both mean the filesystem catalog)"
         )
     options.setdefault("metastore", "filesystem")
     if not options.get("warehouse"):
-        raise ValueError(
+        raise SinkConfigurationError(
             "Paimon catalog property 'warehouse' is missing; set paimon.catalog.warehouse to a local path, "
             "file:// or s3:// URI"
         )
@@ -342,7 +343,7 @@ def _check_fits(table, expected: Schema, name: str) -> None:
             if options.get(k, unset) != value
         ]
     if problems:
-        raise ValueError(
+        raise SinkConfigurationError(
             f"Paimon table {name} does not fit source.schema: {'; '.join(problems)}. "
             f"Drop the table or point paimon.table.name at a new one."
         )
