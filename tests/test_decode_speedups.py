@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from beam_pixels.buckets import bucket_of, key_bytes
+from beam_pixels.changes import ChangeBatch, concat_records
 from beam_pixels.codec import RowCodec
 from beam_pixels.mock_data import generate_cdc, generate_rows
 from beam_pixels.protocol import sink_lazy_pb2, sink_pb2
@@ -321,3 +322,31 @@ def test_source_and_transaction_are_checked_as_the_safe_path_checks_them(valid):
             _decode(SMALL, payload, safe=True)
         with pytest.raises(type(safe_error.value)):
             _decode(SMALL, payload, safe=False)
+
+
+def _batches(schema, layout):
+    """ChangeBatches of one INSERT per (poll group, position) in ``layout``'s order."""
+    return [
+        ChangeBatch.from_changes(
+            schema, [(0, None, {"id": p, "name": f"n{p}", "qty": g}) for p in range(start, start + n)],
+            poll_group=g, start_position=start,
+        )
+        for g, start, n in layout
+    ]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        [(0, 0, 5), (0, 5, 5), (1, 0, 3)],  # in order: no sort
+        [(0, 5, 5), (0, 0, 5)],  # positions out of order
+        [(1, 0, 3), (0, 0, 5)],  # groups out of order
+        [(0, 0, 5), (0, 3, 5)],  # overlapping positions (replays): stable sort keeps both
+        [(0, 0, 1)],
+    ],
+)
+def test_concat_records_orders_by_group_and_position_exactly_like_a_sort(layout):
+    batches = _batches(SMALL, layout)
+    table = pa.Table.from_batches([b.records for b in batches])
+    expected = table.sort_by([("poll_group", "ascending"), ("position", "ascending")])
+    assert concat_records(batches, SMALL).equals(expected)
