@@ -22,10 +22,28 @@ from apache_beam.transforms import window as beam_window
 
 from beam_pixels.changes import concat_records
 from beam_pixels.checkpoint import Checkpoint
+from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
 
 _LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "beam_pixels.sink"
+
+
+DEFAULT_DATABASE = "pixels"
+
+
+def split_table_name(table_name: str, database: str | None, sink: str) -> tuple[str, str]:
+    """(database, table) from ``table`` or ``database.table`` and an optional database;
+    errors name ``<sink>.table.name``."""
+    prefix, _, name = table_name.rpartition(".")
+    if not name:
+        raise SinkConfigurationError(f"{sink}.table.name {table_name!r} is empty; expected 'table' or 'database.table'")
+    if prefix and database and prefix != database:
+        raise SinkConfigurationError(
+            f"{sink}.table.name {table_name!r} names database {prefix!r} but the database is set to {database!r}; "
+            f"set only one of them"
+        )
+    return prefix or database or DEFAULT_DATABASE, name
 
 
 class CommitConflict(Exception):

@@ -45,11 +45,10 @@ from beam_pixels.changes import CHANGELOG_COLUMNS, changelog_rows, collapse_to_f
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.schema import SourceSchema, TypeKind
-from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, WriteOutcome
+from beam_pixels.sinks.committing import split_table_name, CommitConflict, TableWriter, WriteChanges, WriteOutcome
 
 _LOG = logging.getLogger(__name__)
 
-DEFAULT_DATABASE = "pixels"
 _CATALOG_TYPES = sorted(t.value for t in CatalogType)
 # Up to this many distinct values per key column, files are pruned with an IN
 # filter; beyond it pyiceberg's metrics evaluator gives up on IN anyway
@@ -86,7 +85,7 @@ class IcebergTableWriter(TableWriter):
                 f"identifier fields; choose other columns for source.primary.key"
             )
         self.schema = schema
-        namespace, name = _split_table_name(table_name, database)
+        namespace, name = split_table_name(table_name, database, "iceberg")
         self.table_name = f"{namespace}.{name}"
         self._namespace = namespace
         self._identifier = (namespace, name)
@@ -271,19 +270,6 @@ class WriteToIceberg(beam.PTransform):
 
     def expand(self, batches):
         return batches | WriteChanges(self._writer, self._window_ms, self._commit_retries)
-
-
-def _split_table_name(table_name: str, database: str | None) -> tuple[str, str]:
-    """(namespace, table) from ``table`` or ``namespace.table`` and an optional database."""
-    prefix, _, name = table_name.rpartition(".")
-    if not name:
-        raise SinkConfigurationError(f"iceberg.table.name {table_name!r} is empty; expected 'table' or 'database.table'")
-    if prefix and database and prefix != database:
-        raise SinkConfigurationError(
-            f"iceberg.table.name {table_name!r} names database {prefix!r} but the database is set to {database!r}; "
-            f"set only one of them"
-        )
-    return prefix or database or DEFAULT_DATABASE, name
 
 
 def _resolve_catalog_properties(properties: dict[str, str]) -> tuple[dict[str, str], str | None]:

@@ -58,14 +58,13 @@ from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_fi
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
-from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, WriteOutcome
+from beam_pixels.sinks.committing import split_table_name, CommitConflict, TableWriter, WriteChanges, WriteOutcome
 
 _LOG = logging.getLogger(__name__)
 
 ROW_KIND_COLUMN = "_rowkind"
 """The ``rowkind.field`` column of primary-key tables: ``+I`` for live rows, ``-D`` for deletes."""
 
-DEFAULT_DATABASE = "pixels"
 
 # pypaimon honours ``rowkind.field`` on write (and so can delete) only from 2.1 on.
 ROW_KINDS_SUPPORTED = importlib.util.find_spec("pypaimon.write.row_kind") is not None
@@ -91,16 +90,10 @@ class PaimonTableWriter(TableWriter):
         bucket: int = 4,
         commit_user: str | None = None,
     ):
-        db_part, _, table = table_name.rpartition(".")
-        if db_part and database and db_part != database:
-            raise SinkConfigurationError(
-                f"Paimon table {table_name!r} names database {db_part!r} but database {database!r} was given; "
-                f"give one of them"
-            )
+        self.database, table = split_table_name(table_name, database, "paimon")
         if bucket < 1:
             raise SinkConfigurationError(f"Paimon bucket={bucket} is not valid; give a bucket count of at least 1")
         self.schema = schema
-        self.database = database or db_part or DEFAULT_DATABASE
         self.table_name = f"{self.database}.{table}"
         self.bucket = bucket
         self.commit_user = commit_user or f"beam-pixels:{self.table_name}"
