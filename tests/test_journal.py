@@ -4,7 +4,6 @@ import os
 import pickle
 
 import apache_beam as beam
-import pytest
 
 from beam_pixels.journal import PollJournal, Segment
 from beam_pixels.mock_server import MockPixelsServer
