@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import struct
 import threading
 import time
 import typing
@@ -385,6 +386,8 @@ def _count_records(payload: bytes) -> int:
     return len(sink_lazy_pb2.PollResponseRecords.FromString(payload).records)
 
 
+# The main output's type: Beam then moves it with _ChangeBatchCoder (registered below).
+@beam.typehints.with_output_types(ChangeBatch)
 class _DecodeFn(beam.DoFn):
     """Decodes a raw poll into a ChangeBatch; undecodable records become dead letters.
 
@@ -662,6 +665,43 @@ def _keys(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> list[byt
         key_bytes([raw[s : s + k] for s, k in zip(row_starts, row_lengths)])
         for row_starts, row_lengths in zip(starts.tolist(), lengths.tolist())
     ]
+
+
+class _ChangeBatchCoder(coders.Coder):
+    """ChangeBatch as a small header and an Arrow IPC stream with LZ4-compressed buffers.
+
+    Registered for :class:`ChangeBatch`, so a sink's ``GroupByKey`` holds a commit
+    window in about a third of what pickled batches take (absent images are all
+    zero bytes and compress to nearly nothing), and decoding copies no Python objects.
+    """
+
+    _HEADER = struct.Struct(">qdI")  # poll_group, poll_time, length of source_table
+    _COMPRESSION = "lz4" if pa.Codec.is_available("lz4") else None
+
+    def encode(self, batch: ChangeBatch) -> bytes:
+        table = batch.source_table.encode("utf-8")
+        sink = pa.BufferOutputStream()
+        sink.write(self._HEADER.pack(batch.poll_group, batch.poll_time, len(table)) + table)
+        options = pa.ipc.IpcWriteOptions(compression=self._COMPRESSION)
+        with pa.ipc.new_stream(sink, batch.records.schema, options=options) as writer:
+            writer.write_batch(batch.records)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, encoded: bytes) -> ChangeBatch:
+        poll_group, poll_time, size = self._HEADER.unpack_from(encoded)
+        start = self._HEADER.size + size
+        source_table = encoded[self._HEADER.size : start].decode("utf-8")
+        records = pa.ipc.open_stream(pa.py_buffer(encoded)[start:]).read_next_batch()
+        return ChangeBatch(source_table, poll_group, poll_time, records)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self):
+        return ChangeBatch
+
+
+beam.coders.registry.register_coder(ChangeBatch, _ChangeBatchCoder)
 
 
 class ReadFromPixels(beam.PTransform):

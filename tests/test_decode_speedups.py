@@ -350,3 +350,32 @@ def test_concat_records_orders_by_group_and_position_exactly_like_a_sort(layout)
     table = pa.Table.from_batches([b.records for b in batches])
     expected = table.sort_by([("poll_group", "ascending"), ("position", "ascending")])
     assert concat_records(batches, SMALL).equals(expected)
+
+
+def test_change_batch_coder_round_trips_and_is_what_the_sinks_group_with():
+    import pickle
+
+    import apache_beam as beam
+
+    from beam_pixels.source import _ChangeBatchCoder
+
+    fast_batches, _, _ = _decode(EVERY_TYPE, _payload(_cdc_records(EVERY_TYPE, seed=2)), safe=False)
+    coder = _ChangeBatchCoder()
+    for batch in fast_batches + _batches(SMALL, [(2, 7, 4)]):
+        encoded = coder.encode(batch)
+        decoded = coder.decode(encoded)
+        assert (decoded.source_table, decoded.poll_group, decoded.poll_time) == (
+            batch.source_table, batch.poll_group, batch.poll_time)
+        assert same_records(decoded.records, batch.records)
+    assert len(coder.encode(fast_batches[0])) < len(pickle.dumps(fast_batches[0]))
+    key_value = beam.coders.registry.get_coder(beam.typehints.Tuple[str, ChangeBatch])
+    assert [type(c) for c in key_value.coders()] == [beam.coders.StrUtf8Coder, _ChangeBatchCoder]
+
+
+def test_read_from_pixels_types_its_changes_as_change_batches():
+    import apache_beam as beam
+
+    from beam_pixels.source import ReadFromPixels
+
+    result = beam.Pipeline() | ReadFromPixels(SMALL, buckets=[0])
+    assert result.changes.element_type is ChangeBatch
