@@ -379,3 +379,12 @@ def test_read_from_pixels_types_its_changes_as_change_batches():
 
     result = beam.Pipeline() | ReadFromPixels(SMALL, buckets=[0])
     assert result.changes.element_type is ChangeBatch
+
+
+def test_change_batch_coder_estimates_size_without_encoding(monkeypatch):
+    from beam_pixels.source import _ChangeBatchCoder
+
+    batch = _batches(SMALL, [(0, 0, 100)])[0]
+    coder = _ChangeBatchCoder()
+    monkeypatch.setattr(_ChangeBatchCoder, "encode", lambda self, value: pytest.fail("encoded to estimate"))
+    assert coder.estimate_size(batch) == batch.records.nbytes
