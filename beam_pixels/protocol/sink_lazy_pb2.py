@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$beam_pixels/protocol/sink_lazy.proto\x12\x10\x62\x65\x61m_pixels.lazy\"&\n\x13PollResponseRecords\x12\x0f\n\x07records\x18\x01 \x03(\x0c\"D\n\x10LazyPollResponse\x12\x30\n\x07records\x18\x01 \x03(\x0b\x32\x1f.beam_pixels.lazy.LazyRowRecord\"\xa3\x01\n\rLazyRowRecord\x12\x13\n\x06\x62\x65\x66ore\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05\x61\x66ter\x18\x02 \x01(\x0cH\x01\x88\x01\x01\x12\x13\n\x06source\x18\x03 \x01(\x0cH\x02\x88\x01\x01\x12\x18\n\x0btransaction\x18\x04 \x01(\x0cH\x03\x88\x01\x01\x12\n\n\x02op\x18\x05 \x01(\x05\x42\t\n\x07_beforeB\x08\n\x06_afterB\t\n\x07_sourceB\x0e\n\x0c_transactionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$beam_pixels/protocol/sink_lazy.proto\x12\x10\x62\x65\x61m_pixels.lazy\"&\n\x13PollResponseRecords\x12\x0f\n\x07records\x18\x01 \x03(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,4 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POLLRESPONSERECORDS']._serialized_start=58
   _globals['_POLLRESPONSERECORDS']._serialized_end=96
-  _globals['_LAZYPOLLRESPONSE']._serialized_start=98
-  _globals['_LAZYPOLLRESPONSE']._serialized_end=166
-  _globals['_LAZYROWRECORD']._serialized_start=169
-  _globals['_LAZYROWRECORD']._serialized_end=332
 # @@protoc_insertion_point(module_scope)
