@@ -375,15 +375,25 @@ def _advance(watermark, timestamp: Timestamp) -> None:
         watermark.set_watermark(timestamp)
 
 
-def _count_records(payload: bytes) -> int:
-    """Number of records in a serialized PollResponse, without parsing the records.
+def _split_records(payload: bytes) -> list[bytes] | None:
+    """The serialized records of a PollResponse (top level only), or None when the
+    payload cannot even be split into records."""
+    try:
+        return list(sink_lazy_pb2.PollResponseRecords.FromString(payload).records)
+    except message.DecodeError:
+        return None
 
-    Only the top level is read (``PollResponseRecords``: each record kept as bytes);
-    a record that is not valid protobuf is found when it is decoded.
+
+def _count_records(payload: bytes) -> int:
+    """Positions a response takes: its record count, without parsing the records.
+
+    A payload that cannot be split into records takes one position: the decoder
+    turns it into one dead letter, so nothing the server sent is dropped unseen.
     """
     if not payload:
         return 0
-    return len(sink_lazy_pb2.PollResponseRecords.FromString(payload).records)
+    records = _split_records(payload)
+    return 1 if records is None else len(records)
 
 
 # The main output's type: Beam then moves it with _ChangeBatchCoder (registered below).
@@ -447,8 +457,23 @@ class _DecodeFn(beam.DoFn):
         yield ChangeBatch(self._source_table, raw.poll_group, raw.poll_time, batch)
 
     def _decode_safe(self, raw: RawPoll):
-        """``(ops, [bucket, before, after], bad rows, record bytes by row)`` via protobuf messages."""
-        records = sink_pb2.PollResponse.FromString(raw.payload).records
+        """``(ops, [bucket, before, after], bad rows, record bytes by row)`` via protobuf messages.
+
+        Records are parsed one by one, so a corrupt record is a dead letter of its own;
+        a payload that cannot be split into records is one dead letter (one position).
+        """
+        serialized = _split_records(raw.payload)
+        if serialized is None:
+            serialized, records = [raw.payload], [sink_pb2.RowRecord()]
+            unparseable = {0: "the poll response is not valid protobuf"}
+        else:
+            records, unparseable = [], {}
+            for row, data in enumerate(serialized):
+                try:
+                    records.append(sink_pb2.RowRecord.FromString(data))
+                except message.DecodeError as error:
+                    records.append(sink_pb2.RowRecord())
+                    unparseable[row] = f"the record is not valid protobuf ({error})"
         n = len(records)
         ops = np.fromiter((r.op for r in records), dtype=np.int8, count=n)
         befores = [r.before if r.HasField("before") else None for r in records]
@@ -457,9 +482,9 @@ class _DecodeFn(beam.DoFn):
         after, bad_after = self._codec.decode_images(afters)
         has_before = np.fromiter((image is not None for image in befores), dtype=bool, count=n)
         has_after = np.fromiter((image is not None for image in afters), dtype=bool, count=n)
-        bad = {**_image_mismatches(ops, has_before, has_after), **bad_after, **bad_before}
+        bad = {**_image_mismatches(ops, has_before, has_after), **bad_after, **bad_before, **unparseable}
         arrays = [self._buckets(befores, afters), before, after]
-        return ops, arrays, bad, lambda row: records[row].SerializeToString()
+        return ops, arrays, bad, lambda row: serialized[row]
 
     def _decode_fast(self, raw: RawPoll):
         """Like :meth:`_decode_safe`, reading the serialized response with numpy; None
@@ -478,9 +503,8 @@ class _DecodeFn(beam.DoFn):
         arrays = [self._fast_buckets(response, before, after), before.images, after.images]
 
         def record_bytes(row: int) -> bytes:
-            # What the safe path stores: the record parsed and serialized again.
-            start, end = int(response.record_starts[row]), int(response.record_ends[row])
-            return sink_pb2.RowRecord.FromString(raw.payload[start:end]).SerializeToString()
+            # The record as the server sent it, as the safe path stores it.
+            return raw.payload[int(response.record_starts[row]) : int(response.record_ends[row])]
 
         return ops, arrays, bad, record_bytes
 
@@ -554,7 +578,9 @@ def _scan_response(payload: bytes) -> _ScannedResponse | None:
     """Where each record and its images lie in a serialized PollResponse, or None
     unless every record is written as protobuf's serializer writes it: fields in
     number order, each at most once, no unknown fields, ``op`` 1 to 3 or left out (0)."""
-    records = sink_lazy_pb2.PollResponseRecords.FromString(payload).records
+    records = _split_records(payload)
+    if records is None:
+        return None
     n = len(records)
     lengths = np.fromiter(map(len, records), dtype=np.int64, count=n)
     del records

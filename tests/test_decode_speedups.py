@@ -187,8 +187,9 @@ def test_unusual_encodings_take_the_safe_path_with_the_same_result(change):
 SMALL = SourceSchema.parse("id:BIGINT, name:STRING, qty:INT", ["id"])
 
 
-def test_random_corruptions_decode_the_same_or_fail_the_same():
-    """Flipped bytes: both paths give the same outputs, or both raise."""
+def test_random_corruptions_never_crash_and_every_position_is_accounted_for():
+    """Flipped bytes: both paths give the same outputs, never raise, and every position the
+    poller claimed (``_count_records``) is either a change or a dead letter."""
     rng = random.Random(7)
     base = bytearray(_payload(_cdc_records(TWO_KEYS, n=40)))
     for _ in range(300):
@@ -196,15 +197,33 @@ def test_random_corruptions_decode_the_same_or_fail_the_same():
         for _ in range(rng.randint(1, 3)):
             payload[rng.randrange(len(payload))] = rng.randrange(256)
         payload = bytes(payload)
-        try:
-            safe = _decode(TWO_KEYS, payload, safe=True)[:2]
-        except Exception as e:  # noqa: BLE001 - any failure must be the fast path's failure too
-            with pytest.raises(type(e)):
-                _decode(TWO_KEYS, payload, safe=False)
-            continue
+        safe = _decode(TWO_KEYS, payload, safe=True)[:2]
         fast = _decode(TWO_KEYS, payload, safe=False)[:2]
         assert same_records(fast[0][0].records, safe[0][0].records)
         assert fast[1] == safe[1]
+        (batch,), letters = safe
+        positions = sorted(batch.records.column("position").to_pylist() + [d.position for d in letters])
+        assert positions == list(range(1000, 1000 + _count_records(payload)))
+
+
+def test_a_corrupt_record_is_a_dead_letter_with_its_raw_bytes_and_the_rest_decode():
+    records = _cdc_records(SMALL, n=6)
+    garbage = b"\x0a\xff\xff"  # a length that runs past the end of the record
+    payload = b"".join(
+        b"\x0a" + bytes([len(r)]) + r for r in [records[0].SerializeToString(), garbage, records[2].SerializeToString()]
+    )
+    (batch,), letters, _ = _decode(SMALL, payload, safe=False)
+    assert batch.records.column("position").to_pylist() == [1000, 1002]
+    assert [(d.position, d.record) for d in letters] == [(1001, garbage)]
+    assert "not valid protobuf" in letters[0].reason
+
+
+def test_a_payload_that_is_not_protobuf_is_one_dead_letter_not_a_crash():
+    payload = b"\xff\xff\xff not protobuf"
+    assert _count_records(payload) == 1
+    (batch,), letters, _ = _decode(SMALL, payload, safe=False)
+    assert len(batch) == 0
+    assert [(d.position, d.record) for d in letters] == [(1000, payload)]
 
 
 def test_count_records_reads_only_the_top_level():
@@ -314,13 +333,10 @@ def test_source_and_transaction_are_checked_as_the_safe_path_checks_them(valid):
     if not valid:  # the transaction id "tx" becomes invalid UTF-8
         payload = payload.replace(b"\x0a\x02tx", b"\x0a\x02\xff\xfe", 1)
     assert (_scan_response(payload) is not None) == valid
-    if valid:
-        assert_same_decoding(SMALL, payload, expect_fast=True)
-    else:
-        with pytest.raises(Exception) as safe_error:
-            _decode(SMALL, payload, safe=True)
-        with pytest.raises(type(safe_error.value)):
-            _decode(SMALL, payload, safe=False)
+    batch, letters = assert_same_decoding(SMALL, payload, expect_fast=valid)
+    if not valid:  # the record with the invalid id is a dead letter; the others decode
+        assert [d.position for d in letters] == [1000]
+        assert batch.records.column("position").to_pylist() == [1001, 1002, 1003, 1004]
 
 
 def _batches(schema, layout):
