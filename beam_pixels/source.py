@@ -25,7 +25,8 @@ import struct
 import threading
 import time
 import typing
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 import numpy as np
@@ -131,15 +132,40 @@ class ServerOptions:
 
 @dataclass(frozen=True)
 class Bounds:
-    """When a poll group stops by itself (0 = no such bound). Unbounded when all are 0."""
+    """When a read stops by itself (0 = no such bound); unbounded when all are 0.
+
+    ``stop_after_idle_ms`` and ``max_duration_ms`` apply to each poll group.
+    ``max_records`` counts the records of all poll groups of one read together
+    (in each worker process: exactly the run's total on in-process runners).
+    """
 
     stop_after_idle_ms: int = 0
     max_records: int = 0
     max_duration_ms: int = 0
+    read_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def unbounded(self) -> bool:
         return not (self.stop_after_idle_ms or self.max_records or self.max_duration_ms)
+
+
+class _EmittedRecords:
+    """Records emitted per read (``Bounds.read_id``) in this process, for ``max_records``."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, read_id: str, count: int) -> None:
+        with self._lock:
+            self._counts[read_id] += count
+
+    def __getitem__(self, read_id: str) -> int:
+        with self._lock:
+            return self._counts[read_id]
+
+
+_EMITTED = _EmittedRecords()
 
 
 class _OffsetRangeCoder(coders.Coder):
@@ -293,6 +319,7 @@ class _PollPixelsFn(beam.DoFn):
         if not tracker.try_claim(start + count - 1):
             return
         self._records.inc(count)
+        _EMITTED.add(self._bounds.read_id, count)
         _advance(watermark, Timestamp.of(poll_time))
         yield TimestampedValue(RawPoll(group.group_id, start, poll_time, payload), poll_time)
         tracker.defer_remainder()
@@ -329,7 +356,7 @@ class _PollPixelsFn(beam.DoFn):
         """Whether this poll group ends now; logs and counts why."""
         b = self._bounds
         gid = group.group_id
-        emitted = position - group.start_position
+        emitted = _EMITTED[b.read_id]
         if _LOCAL_STOP.is_set():
             reason, counter = "stop requested", None
         elif b.max_records and emitted >= b.max_records:

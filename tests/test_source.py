@@ -179,6 +179,16 @@ def test_poll_groups_cover_every_bucket_exactly_once(server_for):
     assert len({c.poll_group for c in changes}) == 4
 
 
+def test_max_records_counts_all_poll_groups_together(server_for):
+    # 150 records over 4 poll groups: no group alone reaches 100, the read as a whole does.
+    server = server_for(SMALL, batch_size=5)
+    server.load_rows([(i, f"n{i}", i) for i in range(150)])
+
+    changes, _ = _run_and_collect(_read(server, SMALL, parallelism=4, bounds=Bounds(max_records=100)))
+
+    assert 100 <= len(changes) == len(server.handed_out())
+
+
 def test_max_records_bounds_a_run(server_for):
     server = server_for(SMALL, batch_size=10)
     server.load_rows([(i, f"n{i}", i) for i in range(1000)])
