@@ -145,18 +145,15 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
     _LOG.info("resuming %s from batch %d, positions %s", writer.table_name, summary.checkpoint.batch_id, summary.checkpoint.positions)
     with _StopOnSignal() as stop:
         while True:
-            remaining = config.max_records - summary.records if config.max_records else 0
-            round_config = config.with_bounds(max_records=remaining)
-            options = PipelineOptions(pipeline_args or [], runner="FnApiRunner")
-            round_started = time.monotonic()
-            p = beam.Pipeline(options=options)
+            p = beam.Pipeline(options=PipelineOptions(pipeline_args or [], runner="FnApiRunner"))
             build_pipeline(
                 p,
-                round_config,
+                config.with_bounds(max_records=_round_record_limit(config, summary.records)),
                 local_run=True,
                 start_positions=summary.checkpoint.positions,
                 max_duration_ms=config.checkpoint_interval_ms,
             )
+            round_started = time.monotonic()
             result = p.run()
             result.wait_until_finish()
             records = _counter(result, "records")
@@ -164,15 +161,23 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
             summary.records += records
             summary.checkpoint = writer.last_checkpoint()
             idle_ms = idle_ms + (time.monotonic() - round_started) * 1000 if records == 0 else 0.0
-            if stop.requested:
+            if stop.requested or (config.max_records and summary.records >= config.max_records):
                 break
-            if _counter(result, "groups_stopped_at_max_records") or (config.max_records and summary.records >= config.max_records):
-                break
-            if config.stop_after_idle_ms and (_counter(result, "groups_stopped_idle") or idle_ms >= config.stop_after_idle_ms):
+            every_group_idle = _counter(result, "groups_stopped_idle") >= config.parallelism
+            if config.stop_after_idle_ms and (every_group_idle or idle_ms >= config.stop_after_idle_ms):
                 break
     writer.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _round_record_limit(config: PixelsConfig, records_so_far: int) -> int:
+    """Records after which a round ends: what source.max.records leaves, capped by
+    checkpoint.max.records (0 = no limit)."""
+    limits = [config.checkpoint_max_records]
+    if config.max_records:
+        limits.append(config.max_records - records_so_far)
+    return min((limit for limit in limits if limit), default=0)
 
 
 def _counter(result, name: str) -> int:

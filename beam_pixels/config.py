@@ -314,6 +314,8 @@ KEYS: tuple[Key, ...] = (
         "warehouse for local runs; off = only logged and counted.", _SOURCE),
     Key("checkpoint.interval.ms", "checkpoint_interval_ms", "10000", _Int(1),
         "Commit interval: one commit per window of this many milliseconds.", _SINK),
+    Key("checkpoint.max.records", "checkpoint_max_records", "500000", _Int(0),
+        "Local runs: a round also commits after this many records, which bounds memory (0 = no limit).", _SINK),
     Key("sink.type", "sink_type", "iceberg", _Choice(SINK_TYPES), "Table format to write.", _SINK),
     Key("iceberg.catalog.type", "iceberg_catalog_type", "sql",
         _Choice(("sql", "glue", "rest", "hive", "dynamodb"), refused={"hadoop": _NO_HADOOP}),
@@ -472,6 +474,7 @@ class PixelsConfig:
     journal_dir: str
     dead_letter_dir: str
     checkpoint_interval_ms: int
+    checkpoint_max_records: int
     sink_type: str
     iceberg_catalog_type: str
     iceberg_warehouse: str

@@ -111,6 +111,7 @@ DEFAULTS = {
     "journal_dir": "",
     "dead_letter_dir": "",
     "checkpoint_interval_ms": 10000,
+    "checkpoint_max_records": 500000,
     "sink_type": "iceberg",
     "iceberg_catalog_type": "sql",
     "iceberg_table": "iceberg_orders",

@@ -1,0 +1,81 @@
+"""Local runs as bounded rounds: when a round ends, and when the run does."""
+
+import contextlib
+import threading
+import time
+
+from beam_pixels import app
+from beam_pixels.buckets import bucket_of
+from beam_pixels.codec import encode_value
+from beam_pixels.config import PixelsConfig
+from beam_pixels.mock_server import MockPixelsServer
+from beam_pixels.schema import SourceSchema
+
+SCHEMA = SourceSchema.parse("id:BIGINT,name:STRING", ["id"])
+
+
+def _config(tmp_path, port, **extra):
+    properties = {
+        "pixels.server.host": "127.0.0.1",
+        "pixels.server.port": str(port),
+        "source.schema": str(SCHEMA),
+        "source.primary.key": "id",
+        "source.poll.interval.ms": "20",
+        "source.stop.after.idle.ms": "800",
+        "checkpoint.interval.ms": "5000",
+        "iceberg.catalog.warehouse": str(tmp_path / "warehouse"),
+        **extra,
+    }
+    return PixelsConfig.from_properties(properties)
+
+
+def _table_ids(config):
+    with contextlib.closing(app.open_table_writer(config)) as writer:
+        return sorted(writer.read_table().column("id").to_pylist())
+
+
+def test_a_round_commits_after_checkpoint_max_records(tmp_path):
+    with MockPixelsServer(SCHEMA, batch_size=2).start() as server:
+        server.load_rows([(i, f"n{i}") for i in range(3000)])
+        config = _config(tmp_path, server.port, **{"checkpoint.max.records": "1000"})
+        summary = app.run_local(config)
+
+    assert summary.records == 3000
+    assert summary.checkpoint.batch_id >= 3  # at least one commit per 1000 records
+    assert _table_ids(config) == list(range(3000))
+
+
+def _ids_in_bucket(bucket, count, bucket_count=128):
+    ids, i = [], 0
+    while len(ids) < count:
+        if bucket_of(encode_value(SCHEMA.columns[0].type, i), bucket_count) == bucket:
+            ids.append(i)
+        i += 1
+    return ids
+
+
+def test_one_idle_poll_group_does_not_end_the_run_while_another_receives_records(tmp_path):
+    # Two poll groups: group 0 polls bucket 0, which stays empty; group 1 polls bucket 1,
+    # which keeps receiving rows for longer than a round and than the idle bound.
+    ids = _ids_in_bucket(1, 600)
+    with MockPixelsServer(SCHEMA, batch_size=50).start() as server:
+        config = _config(
+            tmp_path,
+            server.port,
+            **{"source.buckets": "0,1", "source.parallelism": "2", "checkpoint.interval.ms": "2000"},
+        )
+
+        def feed():
+            for start in range(0, len(ids), 50):  # over about 6 s: several rounds
+                server.load_rows([(i, f"n{i}") for i in ids[start : start + 50]])
+                time.sleep(0.5)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        summary = app.run_local(config)
+        feeder.join()
+        pending = server.pending()
+
+    assert pending == 0
+    assert summary.records == 600
+    assert _table_ids(config) == sorted(ids)
