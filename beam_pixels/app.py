@@ -25,6 +25,7 @@ from beam_pixels import source
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.dead_letters import WriteDeadLetters
+from beam_pixels.decode import DeadLetter
 from beam_pixels.journal import PollJournal
 from beam_pixels.sinks.committing import TableWriter
 
@@ -82,7 +83,7 @@ def build_pipeline(
     return commits
 
 
-def _log_dead_letter(letter: source.DeadLetter) -> None:
+def _log_dead_letter(letter: DeadLetter) -> None:
     _LOG.error(
         "undecodable record of %s at poll group %d position %d: %s",
         letter.source_table,

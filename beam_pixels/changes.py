@@ -8,9 +8,11 @@ Moving whole batches keeps the per-element cost of Beam off the per-row path.
 from __future__ import annotations
 
 import enum
+import struct
 import typing
 from dataclasses import dataclass
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -225,3 +227,44 @@ def changelog_schema(schema: SourceSchema) -> pa.Schema:
             pa.field("_position", pa.int64(), nullable=False),
         ]
     )
+
+
+class ChangeBatchCoder(beam.coders.Coder):
+    """ChangeBatch as a small header and an Arrow IPC stream with LZ4-compressed buffers.
+
+    Registered for :class:`ChangeBatch`, so a sink's ``GroupByKey`` holds a commit
+    window in about a third of what pickled batches take (absent images are all
+    zero bytes and compress to nearly nothing), and decoding copies no Python objects.
+    """
+
+    _HEADER = struct.Struct(">qdI")  # poll_group, poll_time, length of source_table
+    _COMPRESSION = "lz4" if pa.Codec.is_available("lz4") else None
+
+    def encode(self, batch: ChangeBatch) -> bytes:
+        table = batch.source_table.encode("utf-8")
+        sink = pa.BufferOutputStream()
+        sink.write(self._HEADER.pack(batch.poll_group, batch.poll_time, len(table)) + table)
+        options = pa.ipc.IpcWriteOptions(compression=self._COMPRESSION)
+        with pa.ipc.new_stream(sink, batch.records.schema, options=options) as writer:
+            writer.write_batch(batch.records)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, encoded: bytes) -> ChangeBatch:
+        poll_group, poll_time, size = self._HEADER.unpack_from(encoded)
+        start = self._HEADER.size + size
+        source_table = encoded[self._HEADER.size : start].decode("utf-8")
+        records = pa.ipc.open_stream(pa.py_buffer(encoded)[start:]).read_next_batch()
+        return ChangeBatch(source_table, poll_group, poll_time, records)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def estimate_size(self, batch: ChangeBatch) -> int:
+        """The uncompressed size, for Beam's size metrics: encoding just to measure costs as much as encoding."""
+        return batch.records.nbytes
+
+    def to_type_hint(self):
+        return ChangeBatch
+
+
+beam.coders.registry.register_coder(ChangeBatch, ChangeBatchCoder)

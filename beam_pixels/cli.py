@@ -1,4 +1,4 @@
-"""``beam-pixels``: the command line (``run``, ``demo``, ``mock-server``).
+"""``beam-pixels``: the command line (``run``, ``demo``, ``mock-server``, ``bench``).
 
 User errors (bad properties, a bad schema, an unreachable catalog path) end with
 a one-line message and exit code 2, never a traceback.
@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=2000, help="change events the mock server hands out")
     demo.add_argument("--warehouse", default="./demo-warehouse", help="local warehouse directory")
 
+    commands.add_parser(
+        "bench",
+        add_help=False,
+        help="throughput benchmark against a framework-free ceiling (options: beam-pixels bench --help)",
+    )
+
     mock = commands.add_parser("mock-server", help="serve generated change records over the Pixels protocol")
     _add_config_arguments(mock)
     mock.add_argument("--host", default="127.0.0.1")
@@ -78,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     configure_logging(args.verbose)
+    if args.command == "bench":
+        from beam_pixels.bench import main as bench
+
+        return bench(extra)
     if extra and args.command != "run":
         print(f"beam-pixels {args.command}: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
         return USER_ERROR

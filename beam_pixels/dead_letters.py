@@ -1,6 +1,6 @@
 """Dead letters: records that could not be decoded, kept where an operator can find them.
 
-Each :class:`~beam_pixels.source.DeadLetter` becomes one JSON file named by its
+Each :class:`~beam_pixels.decode.DeadLetter` becomes one JSON file named by its
 source table, poll group and position, so a replayed record (after a crash)
 rewrites its file instead of adding another. The file holds the reason and the
 raw ``RowRecord`` bytes (base64), enough to decode it again once the schema is

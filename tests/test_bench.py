@@ -58,3 +58,11 @@ def test_result_line_format():
         "RESULT ceiling_rows_per_s=100000 iceberg_rows_per_s=50000 paimon_rows_per_s=33333 "
         "iceberg_ratio=0.50 paimon_ratio=0.33 peak_rss_mb=301"
     )
+
+
+def test_beam_pixels_bench_is_the_same_benchmark():
+    done = subprocess.run(
+        [sys.executable, "-m", "beam_pixels", "bench", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--rows" in done.stdout and "ceiling" in done.stdout

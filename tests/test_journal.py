@@ -108,7 +108,7 @@ def test_replay_starts_at_the_committed_position(tmp_path):
 
 def test_dead_letters_are_written_durably_once_per_position(tmp_path):
     from beam_pixels.dead_letters import WriteDeadLetters, read_dead_letters
-    from beam_pixels.source import DeadLetter
+    from beam_pixels.decode import DeadLetter
 
     letters = [
         DeadLetter("public.orders", 0, 7, 0, b"\x12\x03raw", "cannot decode column 'code'"),

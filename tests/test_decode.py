@@ -10,13 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from beam_pixels.buckets import bucket_of, key_bytes
-from beam_pixels.changes import ChangeBatch, concat_records
+from beam_pixels.buckets import bucket_of, key_bytes, murmur3_32_of_ranges
+from beam_pixels.changes import ChangeBatch, ChangeBatchCoder, concat_records
 from beam_pixels.codec import RowCodec
+from beam_pixels.decode import DEAD_LETTERS, DecodePollsFn
 from beam_pixels.mock_data import generate_cdc, generate_rows
 from beam_pixels.protocol import sink_lazy_pb2, sink_pb2
 from beam_pixels.schema import SourceSchema
-from beam_pixels.source import DEAD_LETTERS, RawPoll, _count_records, _DecodeFn, _murmur3_32, _scan_response
+from beam_pixels.wire import RawPoll, count_records, scan_response
 
 EVERY_TYPE = SourceSchema.parse(
     "id:BIGINT, b:BOOLEAN, t:TINYINT, s:SMALLINT, i:INT, f:FLOAT, d:DOUBLE, m:DECIMAL(10,2), "
@@ -51,8 +52,8 @@ def _cdc_records(schema, n=300, seed=0):
 
 
 def _decode(schema, payload, *, safe: bool, **kwargs):
-    """Every output of ``_DecodeFn.process``: (batches, dead letters)."""
-    fn = _DecodeFn(schema, "public.orders", kwargs.get("encoding", "binary"), kwargs.get("empty_as_null", False), 128)
+    """Every output of ``DecodePollsFn.process``: (batches, dead letters)."""
+    fn = DecodePollsFn(schema, "public.orders", kwargs.get("encoding", "binary"), kwargs.get("empty_as_null", False), 128)
     fn.setup()
     fast_taken = []
     if safe:
@@ -189,7 +190,7 @@ SMALL = SourceSchema.parse("id:BIGINT, name:STRING, qty:INT", ["id"])
 
 def test_random_corruptions_never_crash_and_every_position_is_accounted_for():
     """Flipped bytes: both paths give the same outputs, never raise, and every position the
-    poller claimed (``_count_records``) is either a change or a dead letter."""
+    poller claimed (``count_records``) is either a change or a dead letter."""
     rng = random.Random(7)
     base = bytearray(_payload(_cdc_records(TWO_KEYS, n=40)))
     for _ in range(300):
@@ -203,7 +204,7 @@ def test_random_corruptions_never_crash_and_every_position_is_accounted_for():
         assert fast[1] == safe[1]
         (batch,), letters = safe
         positions = sorted(batch.records.column("position").to_pylist() + [d.position for d in letters])
-        assert positions == list(range(1000, 1000 + _count_records(payload)))
+        assert positions == list(range(1000, 1000 + count_records(payload)))
 
 
 def test_a_corrupt_record_is_a_dead_letter_with_its_raw_bytes_and_the_rest_decode():
@@ -220,16 +221,16 @@ def test_a_corrupt_record_is_a_dead_letter_with_its_raw_bytes_and_the_rest_decod
 
 def test_a_payload_that_is_not_protobuf_is_one_dead_letter_not_a_crash():
     payload = b"\xff\xff\xff not protobuf"
-    assert _count_records(payload) == 1
+    assert count_records(payload) == 1
     (batch,), letters, _ = _decode(SMALL, payload, safe=False)
     assert len(batch) == 0
     assert [(d.position, d.record) for d in letters] == [(1000, payload)]
 
 
-def test_count_records_reads_only_the_top_level():
+def testcount_records_reads_only_the_top_level():
     payload = _payload(_cdc_records(SMALL, n=77))
-    assert _count_records(payload) == 77 == len(sink_pb2.PollResponse.FromString(payload).records)
-    assert _count_records(b"") == 0
+    assert count_records(payload) == 77 == len(sink_pb2.PollResponse.FromString(payload).records)
+    assert count_records(b"") == 0
 
 
 def test_lazy_message_is_wire_compatible():
@@ -243,7 +244,7 @@ def test_lazy_message_is_wire_compatible():
 def test_scan_locates_records_and_images():
     records = _cdc_records(SMALL, n=30)
     payload = _payload(records)
-    scanned = _scan_response(payload)
+    scanned = scan_response(payload)
     assert scanned is not None
     for i, record in enumerate(records):
         assert payload[scanned.record_starts[i] : scanned.record_ends[i]] == record.SerializeToString()
@@ -282,7 +283,7 @@ def test_vectorised_bucket_hash_equals_bucket_of(kind, bucket_count):
         starts.append(row_starts)
         lengths.append([len(v) for v in key])
     data = np.frombuffer(b"".join(pieces) + b"\0", dtype=np.uint8)
-    hashes = _murmur3_32(data, np.array(starts, dtype=np.int64), np.array(lengths, dtype=np.int64))
+    hashes = murmur3_32_of_ranges(data, np.array(starts, dtype=np.int64), np.array(lengths, dtype=np.int64))
     expected = [mmh3.hash(key_bytes(k), 0, signed=True) for k in keys]
     assert hashes.tolist() == expected
     assert min(expected) < 0  # negative hashes covered
@@ -292,7 +293,7 @@ def test_vectorised_bucket_hash_equals_bucket_of(kind, bucket_count):
 
 def test_long_keys_fall_back_to_hashing_one_by_one():
     data = np.frombuffer(bytes(range(256)) * 4, dtype=np.uint8)
-    assert _murmur3_32(data, np.array([[0]]), np.array([[300]])) is None
+    assert murmur3_32_of_ranges(data, np.array([[0]]), np.array([[300]])) is None
     schema = SourceSchema.parse("k:STRING, v:INT", ["k"])
     codec = RowCodec(schema)
     records = [_record(codec, 0, None, ("x" * (250 + i), i)) for i in range(10)]
@@ -312,7 +313,7 @@ def test_text_encoding_keeps_the_safe_path():
 def test_decode_serialized_images_equals_decode_images():
     codec = RowCodec(EVERY_TYPE)
     records = _cdc_records(EVERY_TYPE, n=90, seed=4)
-    scanned = _scan_response(_payload(records))
+    scanned = scan_response(_payload(records))
     for side in ("before", "after"):
         decoded = codec.decode_serialized_images(getattr(scanned, side))
         struct, errors = codec.decode_images([getattr(r, side) if r.HasField(side) else None for r in records])
@@ -332,7 +333,7 @@ def test_source_and_transaction_are_checked_as_the_safe_path_checks_them(valid):
     payload = _payload(records)
     if not valid:  # the transaction id "tx" becomes invalid UTF-8
         payload = payload.replace(b"\x0a\x02tx", b"\x0a\x02\xff\xfe", 1)
-    assert (_scan_response(payload) is not None) == valid
+    assert (scan_response(payload) is not None) == valid
     batch, letters = assert_same_decoding(SMALL, payload, expect_fast=valid)
     if not valid:  # the record with the invalid id is a dead letter; the others decode
         assert [d.position for d in letters] == [1000]
@@ -372,10 +373,9 @@ def test_change_batch_coder_round_trips_and_is_what_the_sinks_group_with():
 
     import apache_beam as beam
 
-    from beam_pixels.source import _ChangeBatchCoder
 
     fast_batches, _, _ = _decode(EVERY_TYPE, _payload(_cdc_records(EVERY_TYPE, seed=2)), safe=False)
-    coder = _ChangeBatchCoder()
+    coder = ChangeBatchCoder()
     for batch in fast_batches + _batches(SMALL, [(2, 7, 4)]):
         encoded = coder.encode(batch)
         decoded = coder.decode(encoded)
@@ -384,7 +384,7 @@ def test_change_batch_coder_round_trips_and_is_what_the_sinks_group_with():
         assert same_records(decoded.records, batch.records)
     assert len(coder.encode(fast_batches[0])) < len(pickle.dumps(fast_batches[0]))
     key_value = beam.coders.registry.get_coder(beam.typehints.Tuple[str, ChangeBatch])
-    assert [type(c) for c in key_value.coders()] == [beam.coders.StrUtf8Coder, _ChangeBatchCoder]
+    assert [type(c) for c in key_value.coders()] == [beam.coders.StrUtf8Coder, ChangeBatchCoder]
 
 
 def test_read_from_pixels_types_its_changes_as_change_batches():
@@ -397,9 +397,8 @@ def test_read_from_pixels_types_its_changes_as_change_batches():
 
 
 def test_change_batch_coder_estimates_size_without_encoding(monkeypatch):
-    from beam_pixels.source import _ChangeBatchCoder
 
     batch = _batches(SMALL, [(0, 0, 100)])[0]
-    coder = _ChangeBatchCoder()
-    monkeypatch.setattr(_ChangeBatchCoder, "encode", lambda self, value: pytest.fail("encoded to estimate"))
+    coder = ChangeBatchCoder()
+    monkeypatch.setattr(ChangeBatchCoder, "encode", lambda self, value: pytest.fail("encoded to estimate"))
     assert coder.estimate_size(batch) == batch.records.nbytes

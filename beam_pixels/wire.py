@@ -1,0 +1,132 @@
+"""Serialized poll responses: what the poller hands the decoder, read without protobuf objects.
+
+A :class:`RawPoll` carries a response exactly as the server sent it. The helpers
+here find its records and their row images in the bytes with numpy
+(:func:`scan_response`), count them cheaply (:func:`count_records`), or split
+them for the record-by-record safe path (:func:`split_records`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf import message
+
+from beam_pixels.codec import SerializedImages, varints
+from beam_pixels.protocol import sink_lazy_pb2, sink_pb2
+
+
+@dataclass(frozen=True)
+class RawPoll:
+    """One non-empty poll response, serialized, with the position of its first record."""
+
+    poll_group: int
+    start_position: int
+    poll_time: float
+    payload: bytes
+
+
+def split_records(payload: bytes) -> list[bytes] | None:
+    """The serialized records of a PollResponse (top level only), or None when the
+    payload cannot even be split into records."""
+    try:
+        return list(sink_lazy_pb2.PollResponseRecords.FromString(payload).records)
+    except message.DecodeError:
+        return None
+
+
+def count_records(payload: bytes) -> int:
+    """Positions a response takes: its record count, without parsing the records.
+
+    A payload that cannot be split into records takes one position: the decoder
+    turns it into one dead letter, so nothing the server sent is dropped unseen.
+    """
+    if not payload:
+        return 0
+    records = split_records(payload)
+    return 1 if records is None else len(records)
+
+
+# RowRecord fields before = 1, after = 2, source = 3, transaction = 4 (length-delimited)
+# and op = 5 (varint), as tags; PollResponse.records = 1 (length-delimited).
+_RECORD_TAG = 0x0A
+_SUBMESSAGE_TAGS = (0x0A, 0x12, 0x1A, 0x22)
+_OP_TAG = 0x28
+
+
+@dataclass(frozen=True)
+class ScannedResponse:
+    """A PollResponse located in its bytes: record ``i`` is ``data[record_starts[i]:record_ends[i]]``."""
+
+    data: np.ndarray
+    record_starts: np.ndarray
+    record_ends: np.ndarray
+    ops: np.ndarray
+    before: SerializedImages
+    after: SerializedImages
+
+
+def scan_response(payload: bytes) -> ScannedResponse | None:
+    """Where each record and its images lie in a serialized PollResponse, or None
+    unless every record is written as protobuf's serializer writes it: fields in
+    number order, each at most once, no unknown fields, ``op`` 1 to 3 or left out (0)."""
+    records = split_records(payload)
+    if records is None:
+        return None
+    n = len(records)
+    lengths = np.fromiter(map(len, records), dtype=np.int64, count=n)
+    del records
+    # A record on the wire: its tag, its length as a varint, its bytes.
+    headers = 2 + sum((lengths >= 1 << (7 * k)).astype(np.int64) for k in range(1, 5))
+    ends = np.cumsum(headers + lengths)
+    starts = ends - lengths
+    if n == 0 or ends[-1] != len(payload):  # other top-level fields or longer encodings
+        return None
+    data = np.frombuffer(payload, dtype=np.uint8)
+    size, body, ok = varints(data, starts - headers + 1)
+    ok &= (data[starts - headers] == _RECORD_TAG) & (body == starts) & (size == lengths)
+
+    def at(positions: np.ndarray) -> np.ndarray:
+        return data[np.minimum(positions, len(data) - 1)]
+
+    position = starts.copy()
+    fields = []
+    for i, tag in enumerate(_SUBMESSAGE_TAGS):
+        if i == 2:
+            metadata_starts = position
+        present = (position < ends) & (at(position) == tag)
+        size, body, ok_size = varints(data, position + 1)
+        ok &= ok_size | ~present
+        fields.append((present, np.where(present, body, 0), np.where(present, size, 0)))
+        position = np.where(present, body + size, position)
+    has_op = (position < ends) & (at(position) == _OP_TAG)
+    ops = np.where(has_op, at(position + 1), 0).astype(np.int8)
+    ok &= ~has_op | ((ops >= 1) & (ops <= 3))
+    ok &= position + 2 * has_op == ends
+    if not ok.all() or not _metadata_parses(data, metadata_starts, position):
+        return None
+    (has_before, before_starts, before_lengths), (has_after, after_starts, after_lengths) = fields[:2]
+    return ScannedResponse(
+        data,
+        starts,
+        ends,
+        ops,
+        SerializedImages(data, before_starts, before_lengths, has_before),
+        SerializedImages(data, after_starts, after_lengths, has_after),
+    )
+
+
+def _metadata_parses(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bool:
+    """Whether the records' ``source`` and ``transaction`` fields (``data[starts:ends]``
+    of each record) parse, as the safe path would parse them. Fields of one message
+    may repeat on the wire, so all of them parse at once as one RowRecord."""
+    lengths = ends - starts
+    if not lengths.any():
+        return True
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    try:
+        sink_pb2.RowRecord.FromString(data[np.repeat(starts, lengths) + within].tobytes())
+    except message.DecodeError:
+        return False
+    return True
