@@ -6,8 +6,6 @@ the final state of exactly the changes the server handed out."""
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
 import sys
 import time
 
@@ -355,31 +353,6 @@ def test_demo_checks_its_table_against_what_the_server_handed_out(tmp_path, laun
 
 
 # --- 9. other runners and the pipeline file -------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def job_service():
-    """``localhost:PORT`` of Beam's local job service (what PortableRunner submits to)."""
-    port = free_port()
-    service = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert service.poll() is None, "the local job service exited"
-                assert time.monotonic() < deadline, "the local job service did not start"
-                time.sleep(0.2)
-        yield f"localhost:{port}"
-    finally:
-        service.terminate()
-        service.wait(timeout=30)
 
 
 @pytest.mark.parametrize("sink", SINKS)

@@ -1,20 +1,15 @@
 """``beam-pixels mock-server`` as a user starts it, polled by a real-protocol client."""
 
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+from app_helpers import free_port
+
 from beam_pixels.client import PixelsClient
 from beam_pixels.codec import RowCodec
 from beam_pixels.config import PixelsConfig
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_mock_server_command_serves_the_configured_table(tmp_path):
@@ -23,7 +18,7 @@ def test_the_mock_server_command_serves_the_configured_table(tmp_path):
         "schema.name=shop\ntable.name=orders\n"
         "source.schema=id:BIGINT, name:STRING, price:DECIMAL(10,2)\nsource.primary.key=id\n"
     )
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "beam_pixels", "mock-server", "--config", str(properties),
          "--port", str(port), "--rows", "300", "--cdc", "--seed", "5"],

@@ -7,6 +7,7 @@ import time
 
 import grpc
 import pytest
+from app_helpers import free_port
 from tls_helpers import TestPki
 
 from beam_pixels.buckets import bucket_of
@@ -151,7 +152,7 @@ def test_client_recovers_when_a_server_comes_back_on_the_same_port(server, caplo
 
 
 def test_retries_run_out_into_pixels_unavailable_error(caplog):
-    port = _free_port()
+    port = free_port()
     with PixelsClient("127.0.0.1", port, retry_attempts=2, **FAST_RETRY) as client:
         with caplog.at_level(logging.WARNING, logger="beam_pixels.client"):
             with pytest.raises(PixelsUnavailableError, match=f"127.0.0.1:{port} still failing with UNAVAILABLE") as e:
@@ -261,13 +262,6 @@ def test_mutual_tls_needs_the_client_certificate(pki):
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    """A loopback port nothing listens on (bound by a server, then released)."""
-    server = MockPixelsServer(SCHEMA).start()
-    server.stop()
-    return server.port
 
 
 def _wait_for(condition, timeout_s: float = 10.0) -> None:

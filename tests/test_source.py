@@ -3,11 +3,7 @@
 import math
 import os
 import pickle
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 
 import apache_beam as beam
 import pytest
@@ -269,46 +265,20 @@ def test_restriction_declines_runner_splits_and_truncates_on_drain():
     assert provider.truncate(None, residual) is None
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_pipeline_runs_through_the_portable_job_service(server_for, tmp_path):
+def test_pipeline_runs_through_the_portable_job_service(server_for, tmp_path, job_service):
     server = server_for(SMALL)
     server.load_rows([(i, f"n{i}", i) for i in range(200)])
-    port = _free_port()
-    job_service = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "the local job service did not start"
-                time.sleep(0.2)
-        options = PipelineOptions(
-            runner="PortableRunner", job_endpoint=f"localhost:{port}", environment_type="LOOPBACK"
+    options = PipelineOptions(runner="PortableRunner", job_endpoint=job_service, environment_type="LOOPBACK")
+    out = tmp_path / "ids"
+    with beam.Pipeline(options=options) as p:
+        result = p | _read(server, SMALL)
+        _ = (
+            result.changes
+            | beam.FlatMap(lambda batch: [str(row["id"]) for row in batch.records.column("after").to_pylist()])
+            | beam.io.WriteToText(str(out))
         )
-        out = tmp_path / "ids"
-        with beam.Pipeline(options=options) as p:
-            result = p | _read(server, SMALL)
-            _ = (
-                result.changes
-                | beam.FlatMap(lambda batch: [str(row["id"]) for row in batch.records.column("after").to_pylist()])
-                | beam.io.WriteToText(str(out))
-            )
-        written = sorted(int(line) for f in tmp_path.glob("ids*") for line in f.read_text().split())
-        assert written == list(range(200))
-    finally:
-        job_service.terminate()
-        job_service.wait(timeout=30)
+    written = sorted(int(line) for f in tmp_path.glob("ids*") for line in f.read_text().split())
+    assert written == list(range(200))
 
 
 def test_mutual_tls_read_configured_from_properties(tmp_path):
