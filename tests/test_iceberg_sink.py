@@ -320,14 +320,14 @@ class RacedWriter(IcebergTableWriter):
 
     raced = False
 
-    def commit(self, records, checkpoint):
+    def commit_prepared(self, parts, checkpoint):
         if not self.raced:
             self.raced = True
             rival = IcebergTableWriter(self.schema, self.table_name, self._properties)
             rival.open()
             commit(rival, [ChangeBatch.from_changes(self.schema, [(Op.INSERT, None, full_row(70))], poll_group=7)])
             rival.close()
-        return super().commit(records, checkpoint)
+        return super().commit_prepared(parts, checkpoint)
 
 
 def test_write_changes_retries_a_conflict_and_applies_both_commits_once(tmp_path):

@@ -13,6 +13,7 @@ import abc
 import logging
 import random
 import time
+import typing
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -20,7 +21,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window as beam_window
 
-from beam_pixels.changes import concat_records
+from beam_pixels.changes import OpCounts, concat_records, op_counts
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
@@ -76,7 +77,7 @@ class CommitResult:
 
 @dataclass(frozen=True)
 class WriteOutcome:
-    """What a :meth:`TableWriter.commit` reports back."""
+    """What :meth:`TableWriter.commit` reports back."""
 
     snapshot_id: int | None
     inserts: int
@@ -85,8 +86,13 @@ class WriteOutcome:
 
 
 class TableWriter(abc.ABC):
-    """Commits change records to one table. Pickled to workers: hold only configuration
-    in ``__init__`` and build catalogs and tables in :meth:`open`."""
+    """Commits change records to one table, in two steps: :meth:`prepare` writes the data
+    files of one poll group's changes (on any worker, in parallel), :meth:`commit_prepared`
+    makes one atomic commit of every prepared part (one committer per table).
+
+    Pickled to workers: hold only configuration in ``__init__`` and build catalogs and
+    tables in :meth:`open`.
+    """
 
     schema: SourceSchema
     table_name: str
@@ -100,25 +106,53 @@ class TableWriter(abc.ABC):
         """The checkpoint of the table's latest commit by this connector, read fresh."""
 
     @abc.abstractmethod
-    def commit(self, records: pa.Table, checkpoint: Checkpoint) -> WriteOutcome:
-        """Apply ``records`` (ordered, none committed before) in one atomic commit that
-        stores ``checkpoint``. Raise :class:`CommitConflict` when another writer won."""
+    def prepare(self, records: pa.Table) -> typing.Any:
+        """Write the data files for ``records`` (one poll group's changes, ordered, none
+        committed before) without committing them; returns a picklable handle."""
+
+    @abc.abstractmethod
+    def commit_prepared(self, parts: list, checkpoint: Checkpoint) -> int | None:
+        """One atomic commit of the prepared ``parts`` that stores ``checkpoint``; returns
+        the snapshot id. Raise :class:`CommitConflict` when another writer won."""
 
     @abc.abstractmethod
     def read_table(self) -> pa.Table:
         """The table's current rows (merged view), connector columns dropped."""
 
+    def commit(self, records: pa.Table, checkpoint: Checkpoint) -> WriteOutcome:
+        """Prepare and commit ``records`` in one go."""
+        snapshot_id = self.commit_prepared([self.prepare(records)], checkpoint)
+        return WriteOutcome(snapshot_id, *op_counts(records))
+
     def close(self) -> None:
         """Release catalog resources."""
+
+
+@dataclass(frozen=True)
+class _PreparedPart:
+    """One poll group's share of a window: its positions ``[first, end)``, counts and the
+    writer's handle to the data files written for it (None when nothing was left to write)."""
+
+    poll_group: int
+    first: int
+    end: int
+    counts: OpCounts
+    skipped: int
+    handle: typing.Any
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts)
 
 
 class WriteChanges(beam.PTransform):
     """Commit a PCollection of ``ChangeBatch`` to a table, once per window.
 
-    ``window_ms`` set: fixed windows of that length, one commit per window, for
-    streaming runners that fire windows in event-time order. ``window_ms=None``:
-    one commit when the (bounded) input ends. Outputs one :class:`CommitResult`
-    per commit.
+    Each poll group's changes of a window are written to data files in parallel
+    (:meth:`TableWriter.prepare`); then one committer per table commits them all at
+    once. ``window_ms`` set: fixed windows of that length, one commit per window, for
+    streaming runners that fire windows in event-time order. ``window_ms=None``: one
+    commit when the (bounded) input ends. Outputs one :class:`CommitResult` per commit.
     """
 
     def __init__(self, writer: TableWriter, window_ms: int | None = None, commit_retries: int = 5):
@@ -136,21 +170,50 @@ class WriteChanges(beam.PTransform):
         return (
             batches
             | "Window" >> beam.WindowInto(windowing)
-            | "KeyByTable" >> beam.Map(lambda batch: (table, batch))
+            | "KeyByPollGroup" >> beam.Map(lambda batch: ((table, batch.poll_group), batch))
+            | "GatherPerPollGroup" >> beam.GroupByKey()
+            | "WriteDataFiles" >> beam.ParDo(_PrepareFn(self._writer))
             | "GatherPerTable" >> beam.GroupByKey()
             | "Commit" >> beam.ParDo(_CommitFn(self._writer, self._retries))
         )
 
 
+class _PrepareFn(beam.DoFn):
+    """Writes one poll group's uncommitted changes of a window to data files."""
+
+    def __init__(self, writer: TableWriter):
+        self._writer = writer
+        self._skipped = Metrics.counter(METRICS_NAMESPACE, "rows_skipped_as_committed")
+        self._latency = Metrics.distribution(METRICS_NAMESPACE, "write_data_files_ms")
+
+    def setup(self):
+        self._writer.open()
+
+    def teardown(self):
+        self._writer.close()
+
+    def process(self, element):
+        (table, poll_group), batches = element
+        started = time.monotonic()
+        records = concat_records(batches, self._writer.schema)
+        todo = self._writer.last_checkpoint().uncommitted(records)
+        skipped = records.num_rows - todo.num_rows
+        self._skipped.inc(skipped)
+        positions = todo.column("position").to_numpy()
+        handle = self._writer.prepare(todo) if todo.num_rows else None
+        first, end = (int(positions[0]), int(positions[-1]) + 1) if todo.num_rows else (0, 0)
+        self._latency.update(int((time.monotonic() - started) * 1000))
+        yield table, _PreparedPart(poll_group, first, end, op_counts(todo), skipped, handle)
+
+
 class _CommitFn(beam.DoFn):
-    """Commits one table's window of batches, skipping what the table already holds."""
+    """Commits one table's prepared parts of a window, once."""
 
     def __init__(self, writer: TableWriter, retries: int):
         self._writer = writer
         self._retries = retries
         self._commits = Metrics.counter(METRICS_NAMESPACE, "commits")
         self._rows = Metrics.counter(METRICS_NAMESPACE, "rows_committed")
-        self._skipped = Metrics.counter(METRICS_NAMESPACE, "rows_skipped_as_committed")
         self._conflicts = Metrics.counter(METRICS_NAMESPACE, "commit_conflicts")
         self._latency = Metrics.distribution(METRICS_NAMESPACE, "commit_ms")
 
@@ -161,21 +224,20 @@ class _CommitFn(beam.DoFn):
         self._writer.close()
 
     def process(self, element):
-        _, batches = element
         started = time.monotonic()
-        records = concat_records(batches, self._writer.schema)
+        every_part = list(element[1])
+        skipped = sum(part.skipped for part in every_part)
+        parts = [part for part in every_part if part.rows]
         for attempt in range(self._retries + 1):
             last = self._writer.last_checkpoint()
-            todo = last.uncommitted(records)
-            skipped = records.num_rows - todo.num_rows
-            if skipped:
-                self._skipped.inc(skipped)
-            if todo.num_rows == 0:
+            parts = self._not_yet_committed(parts, last)
+            if not parts:
                 _LOG.info("%s: all %d changes already committed; nothing to do", self._writer.table_name, skipped)
                 return
-            checkpoint = last.advance(todo)
+            positions = {**last.positions, **{part.poll_group: part.end for part in parts}}
+            checkpoint = Checkpoint(last.batch_id + 1, positions)
             try:
-                outcome = self._writer.commit(todo, checkpoint)
+                snapshot_id = self._writer.commit_prepared([part.handle for part in parts], checkpoint)
             except CommitConflict as conflict:
                 self._conflicts.inc()
                 if attempt == self._retries:
@@ -187,22 +249,43 @@ class _CommitFn(beam.DoFn):
                 _LOG.warning("%s: commit conflict (%s); refreshing and retrying in %.2fs", self._writer.table_name, conflict, wait)
                 time.sleep(wait)
                 continue
-            seconds = time.monotonic() - started
-            self._commits.inc()
-            self._rows.inc(todo.num_rows)
-            self._latency.update(int(seconds * 1000))
-            result = CommitResult(
-                table=self._writer.table_name,
-                batch_id=checkpoint.batch_id,
-                snapshot_id=outcome.snapshot_id,
-                rows=todo.num_rows,
-                inserts=outcome.inserts,
-                updates=outcome.updates,
-                deletes=outcome.deletes,
-                skipped=skipped,
-                seconds=seconds,
-                positions=dict(checkpoint.positions),
-            )
-            _LOG.info(result.summary())
-            yield result
+            yield self._report(parts, checkpoint, snapshot_id, skipped, time.monotonic() - started)
             return
+
+    def _not_yet_committed(self, parts: list[_PreparedPart], last: Checkpoint) -> list[_PreparedPart]:
+        """Parts whose positions the table does not hold yet. A part the table already
+        holds whole (another commit won the race) is dropped; one it holds in part cannot
+        be trimmed once written, so it fails the commit rather than duplicate rows."""
+        kept = []
+        for part in parts:
+            committed = last.next_position(part.poll_group)
+            if part.end <= committed:
+                continue
+            if part.first < committed:
+                raise RuntimeError(
+                    f"{self._writer.table_name}: poll group {part.poll_group} positions {part.first}..{part.end - 1} "
+                    f"were written while another commit took them up to {committed - 1}; is a second pipeline "
+                    f"writing this table? Stop it; a restart resumes from the table's positions"
+                )
+            kept.append(part)
+        return kept
+
+    def _report(self, parts, checkpoint: Checkpoint, snapshot_id, skipped: int, seconds: float) -> CommitResult:
+        rows = sum(part.rows for part in parts)
+        self._commits.inc()
+        self._rows.inc(rows)
+        self._latency.update(int(seconds * 1000))
+        result = CommitResult(
+            table=self._writer.table_name,
+            batch_id=checkpoint.batch_id,
+            snapshot_id=snapshot_id,
+            rows=rows,
+            inserts=sum(part.counts.inserts for part in parts),
+            updates=sum(part.counts.updates for part in parts),
+            deletes=sum(part.counts.deletes for part in parts),
+            skipped=skipped,
+            seconds=seconds,
+            positions=dict(checkpoint.positions),
+        )
+        _LOG.info(result.summary())
+        return result

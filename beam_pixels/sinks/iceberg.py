@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import typing
+import uuid
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import apache_beam as beam
@@ -41,11 +43,11 @@ from pyiceberg.schema import Schema, promote
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
-from beam_pixels.changes import CHANGELOG_COLUMNS, changelog_rows, collapse_to_final_state, op_counts
+from beam_pixels.changes import CHANGELOG_COLUMNS, changelog_rows, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.schema import SourceSchema, TypeKind
-from beam_pixels.sinks.committing import split_table_name, CommitConflict, TableWriter, WriteChanges, WriteOutcome
+from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, split_table_name
 
 _LOG = logging.getLogger(__name__)
 
@@ -140,21 +142,32 @@ class IcebergTableWriter(TableWriter):
     def read_table(self) -> pa.Table:
         return self._catalog.load_table(self._identifier).scan().to_arrow()
 
-    def commit(self, records: pa.Table, checkpoint: Checkpoint) -> WriteOutcome:
-        properties = checkpoint.to_properties()
+    def prepare(self, records: pa.Table) -> _PreparedFiles:
+        """With a key: collapse to the final state and write the surviving after-images;
+        without: write the changelog. The files are committed by :meth:`commit_prepared`."""
+        table = self._table
+        target = _arrow_schema(table)
+        if self.schema.primary_key:
+            state = collapse_to_final_state(records, self.schema)
+            rows, keys = _conform(state.upserts, target), state.touched_keys
+        else:
+            rows, keys = _conform(changelog_rows(records, self.schema), target), None
+        return _PreparedFiles(keys, _write_data_files(table, rows, uuid.uuid4()))
+
+    def commit_prepared(self, parts: list[_PreparedFiles], checkpoint: Checkpoint) -> int:
+        """One snapshot: rows of every touched key dropped (the files holding them rewritten
+        without them), every prepared file added, ``checkpoint`` in its properties."""
+        keyed = [part.touched_keys for part in parts if part.touched_keys is not None]
+        touched = pa.concat_tables(keyed) if keyed else None
         try:
-            if self.schema.primary_key:
-                state = collapse_to_final_state(records, self.schema)
-                snapshot_id = self._replace_keys(state.touched_keys, state.upserts, properties)
-                return WriteOutcome(snapshot_id, *state.counts)
-            rows = _conform(changelog_rows(records, self.schema), _arrow_schema(self._table))
-            snapshot_id = self._commit_files(rows, [], properties)
-            return WriteOutcome(snapshot_id, *op_counts(records))
+            survivors, rewritten = self._rows_outside(touched) if touched is not None else ([], [])
+            added = [data_file for part in parts for data_file in part.data_files]
+            return self._commit_files(survivors, rewritten, added, checkpoint.to_properties())
         except CommitFailedException as e:
             raise CommitConflict(f"{self.table_name}: {e}") from e
 
-    def _replace_keys(self, touched_keys: pa.Table, upserts: pa.Table, properties: dict[str, str]) -> int:
-        """Drop every row whose key is in ``touched_keys``, add ``upserts``: one snapshot."""
+    def _rows_outside(self, touched_keys: pa.Table) -> tuple[list[pa.Table], list[DataFile]]:
+        """The files holding any of ``touched_keys``, and their rows without those keys."""
         table = self._table
         target = _arrow_schema(table)
         keys = pa.table({k: touched_keys.column(k).cast(target.field(k).type) for k in touched_keys.column_names})
@@ -167,11 +180,14 @@ class IcebergTableWriter(TableWriter):
                 if kept.num_rows < rows.num_rows:
                     rewritten.append(task.file)
                     survivors.append(kept)
-        return self._commit_files(pa.concat_tables([*survivors, _conform(upserts, target)]), rewritten, properties)
+        return survivors, rewritten
 
-    def _commit_files(self, rows: pa.Table, rewritten: list[DataFile], properties: dict[str, str]) -> int:
-        """Commit one snapshot that removes ``rewritten`` files and adds ``rows`` (in the
-        table's Arrow schema); returns its id. Only additions make an append snapshot."""
+    def _commit_files(
+        self, survivors: list[pa.Table], rewritten: list[DataFile], added: list[DataFile], properties: dict[str, str]
+    ) -> int:
+        """Commit one snapshot that replaces ``rewritten`` files by ``survivors`` (rows in the
+        table's Arrow schema) and adds ``added``; returns its id. Only additions make an
+        append snapshot."""
         table = self._table
         transaction = table.transaction()
         update = transaction.update_snapshot(snapshot_properties=properties)
@@ -181,11 +197,9 @@ class IcebergTableWriter(TableWriter):
                 snapshot.delete_by_predicate(AlwaysTrue())  # look for the rewritten files in every manifest
                 for data_file in rewritten:
                     snapshot.delete_data_file(data_file)
-            if rows.num_rows:
-                for data_file in _dataframe_to_data_files(
-                    transaction.table_metadata, rows, table.io, write_uuid=snapshot.commit_uuid
-                ):
-                    snapshot.append_data_file(data_file)
+            rows = pa.concat_tables(survivors) if survivors else None
+            for data_file in [*_write_data_files(table, rows, snapshot.commit_uuid), *added]:
+                snapshot.append_data_file(data_file)
         transaction.commit_transaction()
         return snapshot.snapshot_id
 
@@ -311,6 +325,21 @@ def _without_blind_retries(table: Table) -> Table:
         update={"properties": {**table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}}
     )
     return Table(table.name(), metadata, table.metadata_location, table.io, table.catalog, table.config)
+
+
+@dataclass(frozen=True)
+class _PreparedFiles:
+    """Data files written for one part of a commit, and the keys it touched (None without a key)."""
+
+    touched_keys: pa.Table | None
+    data_files: list[DataFile]
+
+
+def _write_data_files(table: Table, rows: pa.Table | None, write_uuid: uuid.UUID) -> list[DataFile]:
+    """Parquet data files holding ``rows`` (in the table's Arrow schema), not yet committed."""
+    if rows is None or not rows.num_rows:
+        return []
+    return list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=write_uuid))
 
 
 def _arrow_schema(table: Table) -> pa.Schema:

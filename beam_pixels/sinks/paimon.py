@@ -54,11 +54,11 @@ from pypaimon.write.file_store_write import FileStoreWrite
 from pypaimon.write.table_write import StreamTableWrite
 from pypaimon.write.writer.key_value_data_writer import KeyValueDataWriter
 
-from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state, op_counts
+from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
-from beam_pixels.sinks.committing import split_table_name, CommitConflict, TableWriter, WriteChanges, WriteOutcome
+from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, split_table_name
 
 _LOG = logging.getLogger(__name__)
 
@@ -136,30 +136,36 @@ class PaimonTableWriter(TableWriter):
         rows = builder.new_read().to_arrow(builder.new_scan().plan().splits())
         return rows.drop_columns([ROW_KIND_COLUMN]) if ROW_KIND_COLUMN in rows.column_names else rows
 
-    def commit(self, records: pa.Table, checkpoint: Checkpoint) -> WriteOutcome:
+    def prepare(self, records: pa.Table) -> list:
+        """Write the final state per key (``+I`` / ``-D`` rows) or, without a key, the
+        changelog; returns pypaimon's commit messages for :meth:`commit_prepared`."""
+        if self.schema.primary_key:
+            rows = self._final_state_rows(records)
+        else:
+            rows = changelog_rows(records, self.schema)
+        rows = rows.select(self._write_schema.names).cast(self._write_schema)
+        write = _StreamWrite(self._table, self.commit_user)
+        try:
+            self._write(write, rows)
+            # The identifier is the commit's business (commit_prepared); messages do not keep it.
+            return write.prepare_commit(self.last_checkpoint().batch_id + 1)
+        finally:
+            write.close()
+
+    def commit_prepared(self, parts: list[list], checkpoint: Checkpoint) -> int:
+        """One stream commit of every part's messages: commit identifier = batch id, the
+        checkpoint in the snapshot properties. A batch id the table holds is refused."""
         last = self.last_checkpoint()
         if checkpoint.batch_id <= last.batch_id:
             raise CommitConflict(
                 f"{self.table_name} already holds batch {last.batch_id} of commit user {self.commit_user}; "
                 f"batch {checkpoint.batch_id} must not be committed again"
             )
-        if self.schema.primary_key:
-            rows, outcome = self._final_state_rows(records)
-        else:
-            rows = changelog_rows(records, self.schema)
-            outcome = WriteOutcome(None, *op_counts(records))
-        rows = rows.select(self._write_schema.names).cast(self._write_schema)
-
-        write = _StreamWrite(self._table, self.commit_user)
-        try:
-            self._write(write, rows)
-            messages = write.prepare_commit(checkpoint.batch_id)
-        finally:
-            write.close()
         committer = self._table.new_stream_write_builder()
         committer.commit_user = self.commit_user
         commit = committer.new_commit()
         try:
+            messages = [message for part in parts for message in part]
             commit.commit(messages, checkpoint.batch_id, snapshot_properties=checkpoint.to_properties())
         except RuntimeError as e:
             if str(e).startswith("Commit failed"):  # pypaimon gave up retrying its atomic snapshot commit
@@ -167,8 +173,7 @@ class PaimonTableWriter(TableWriter):
             raise
         finally:
             commit.close()
-        snapshot = self._last_own_snapshot()
-        return WriteOutcome(snapshot.id, outcome.inserts, outcome.updates, outcome.deletes)
+        return self._last_own_snapshot().id
 
     def close(self) -> None:
         self._table = None
@@ -192,7 +197,7 @@ class PaimonTableWriter(TableWriter):
         fields = [DataField(i, name, AtomicType(kind, nullable)) for i, (name, kind, nullable) in enumerate(columns)]
         return Schema(fields, primary_keys=list(key), options=options)
 
-    def _final_state_rows(self, records: pa.Table) -> tuple[pa.Table, WriteOutcome]:
+    def _final_state_rows(self, records: pa.Table) -> pa.Table:
         """One row per touched key: ``+I`` with its after-image, or ``-D`` when it ended deleted."""
         key = list(self.schema.primary_key)
         state = collapse_to_final_state(records, self.schema)
@@ -208,8 +213,7 @@ class PaimonTableWriter(TableWriter):
         }
         dead = pa.table({**{k: deleted.column(k) for k in key}, **nulls})
         dead = dead.append_column(ROW_KIND_COLUMN, pa.repeat("-D", deleted.num_rows))
-        rows = pa.concat_tables([live, dead.select(live.column_names).cast(live.schema)])
-        return rows, WriteOutcome(None, *state.counts)
+        return pa.concat_tables([live, dead.select(live.column_names).cast(live.schema)])
 
     def _write(self, write: StreamTableWrite, rows: pa.Table) -> None:
         """Write ``rows`` bucket by bucket when their buckets can be computed here, else let pypaimon route."""

@@ -1,0 +1,62 @@
+"""The shared commit path: data files written per poll group, one commit per window, and
+what the committer does with parts another commit already covered."""
+
+import apache_beam as beam
+import pyarrow as pa
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from pyiceberg.catalog import load_catalog
+
+from beam_pixels.changes import ChangeBatch, Op, op_counts
+from beam_pixels.checkpoint import Checkpoint
+from beam_pixels.schema import SourceSchema
+from beam_pixels.sinks.committing import WriteChanges, _CommitFn, _PreparedPart
+from beam_pixels.sinks.iceberg import IcebergTableWriter
+
+SCHEMA = SourceSchema.parse("id:BIGINT,name:STRING", ["id"])
+
+
+def _properties(tmp_path):
+    return {"type": "sql", "warehouse": f"file://{tmp_path}/warehouse"}
+
+
+def _batch(group, ids, start=0):
+    return ChangeBatch.from_changes(
+        SCHEMA, [(Op.INSERT, None, {"id": i, "name": f"n{i}"}) for i in ids], poll_group=group, start_position=start
+    )
+
+
+def test_each_poll_group_writes_its_own_data_files_and_one_commit_adds_them_all(tmp_path):
+    batches = [_batch(0, range(0, 10)), _batch(1, range(10, 20)), _batch(2, range(20, 30)), _batch(1, range(30, 35), 10)]
+    writer = IcebergTableWriter(SCHEMA, "db.orders", _properties(tmp_path))
+
+    p = beam.Pipeline(runner="FnApiRunner")
+    _ = p | beam.Create(batches) | WriteChanges(writer)
+    result = p.run()
+    result.wait_until_finish()
+
+    writes = result.metrics().query(MetricsFilter().with_name("write_data_files_ms"))["distributions"]
+    assert sum(d.committed.count for d in writes) == 3  # one data-file write per poll group
+    catalog = load_catalog("pixels", type="sql", uri=f"sqlite:///{tmp_path}/warehouse/catalog.db")
+    table = catalog.load_table("db.orders")
+    assert len(table.snapshots()) == 1  # ... and one commit for the window
+    assert len(list(table.scan().plan_files())) == 3
+    assert sorted(table.scan().to_arrow().column("id").to_pylist()) == list(range(35))
+    assert Checkpoint.from_properties(table.current_snapshot().summary.additional_properties) == Checkpoint(
+        1, {0: 10, 1: 15, 2: 10}
+    )
+
+
+def _part(group, first, end):
+    """A prepared part of ``end - first`` inserts at positions ``[first, end)``."""
+    records = pa.Table.from_batches([_batch(group, range(first, end), first).records])
+    return _PreparedPart(group, first, end, op_counts(records), skipped=0, handle=None)
+
+
+def test_the_committer_drops_parts_the_table_holds_and_refuses_half_committed_ones(tmp_path):
+    committer = _CommitFn(IcebergTableWriter(SCHEMA, "db.orders", _properties(tmp_path)), retries=0)
+    last = Checkpoint(4, {0: 10, 1: 5})
+    fresh, covered = _part(0, 10, 20), _part(1, 0, 5)
+    assert committer._not_yet_committed([fresh, covered], last) == [fresh]
+    with pytest.raises(RuntimeError, match="poll group 1 positions 3..7"):
+        committer._not_yet_committed([_part(1, 3, 8)], last)
