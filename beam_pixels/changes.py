@@ -194,7 +194,10 @@ def collapse_to_final_state(records: pa.Table, schema: SourceSchema) -> FinalSta
     rows = pa.array(last_seq[live] // 2)
     upserts = pa.Table.from_struct_array(after.take(rows)) if len(rows) else schema.to_arrow().empty_table()
 
-    return FinalState(touched_keys=last.select(key), upserts=upserts.cast(schema.to_arrow()), counts=op_counts(records))
+    # Compact the keys: group_by's chunks are views of larger buffers, which pickling
+    # (to hand prepared parts to the committer) would copy whole.
+    touched_keys = last.select(key).combine_chunks()
+    return FinalState(touched_keys=touched_keys, upserts=upserts.cast(schema.to_arrow()), counts=op_counts(records))
 
 
 CHANGELOG_COLUMNS = ("_op", "_poll_group", "_position")

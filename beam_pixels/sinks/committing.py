@@ -21,7 +21,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window as beam_window
 
-from beam_pixels.changes import OpCounts, concat_records, op_counts
+from beam_pixels.changes import ChangeBatch, OpCounts, concat_records, op_counts
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
@@ -170,7 +170,10 @@ class WriteChanges(beam.PTransform):
         return (
             batches
             | "Window" >> beam.WindowInto(windowing)
-            | "KeyByPollGroup" >> beam.Map(lambda batch: ((table, batch.poll_group), batch))
+            | "KeyByPollGroup"
+            >> beam.Map(lambda batch: ((table, batch.poll_group), batch)).with_output_types(
+                typing.Tuple[typing.Tuple[str, int], ChangeBatch]  # batches keep their compact Arrow coder
+            )
             | "GatherPerPollGroup" >> beam.GroupByKey()
             | "WriteDataFiles" >> beam.ParDo(_PrepareFn(self._writer))
             | "GatherPerTable" >> beam.GroupByKey()
