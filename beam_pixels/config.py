@@ -151,20 +151,16 @@ def _absolute(path: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Path:
-    """An optional path (empty = None), made absolute; ``must_exist`` requires an existing file."""
+class _ExistingFile:
+    """An optional path of an existing file (empty = None), made absolute."""
 
-    must_exist: bool
-
-    @property
-    def accepted(self) -> str:
-        return "the path of an existing file, or empty" if self.must_exist else "a directory path, or empty for off"
+    accepted: str = "the path of an existing file, or empty"
 
     def __call__(self, text: str) -> Path | None:
         if not text:
             return None
         path = Path(_absolute(text))
-        if self.must_exist and not path.is_file():
+        if not path.is_file():
             raise _Rejected("no such file")
         return path
 
@@ -278,11 +274,11 @@ KEYS: tuple[Key, ...] = (
         "Largest poll response accepted, in MiB.", _SERVER),
     Key("pixels.server.tls.enabled", "tls_enabled", "false", _Bool(),
         "Connect with TLS instead of plaintext.", _SERVER),
-    Key("pixels.server.tls.root.cert", "tls_root_cert", "", _Path(must_exist=True),
+    Key("pixels.server.tls.root.cert", "tls_root_cert", "", _ExistingFile(),
         "PEM file of the CA certificates to trust (empty = the system's).", _SERVER),
-    Key("pixels.server.tls.client.cert", "tls_client_cert", "", _Path(must_exist=True),
+    Key("pixels.server.tls.client.cert", "tls_client_cert", "", _ExistingFile(),
         "PEM client certificate for mutual TLS (needs pixels.server.tls.client.key).", _SERVER),
-    Key("pixels.server.tls.client.key", "tls_client_key", "", _Path(must_exist=True),
+    Key("pixels.server.tls.client.key", "tls_client_key", "", _ExistingFile(),
         "PEM private key of the client certificate.", _SERVER),
     Key("schema.name", "schema_name", "public", _Text(), "Pixels schema of the source table.", _SOURCE),
     Key("table.name", "table_name", "orders", _Text(), "Pixels table to poll.", _SOURCE),
