@@ -25,8 +25,7 @@ from beam_pixels import source
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.dead_letters import WriteDeadLetters
-from beam_pixels.decode import DeadLetter
-from beam_pixels.journal import PollJournal
+from beam_pixels.journal import TrimJournal
 from beam_pixels.sinks.committing import TableWriter
 
 _LOG = logging.getLogger(__name__)
@@ -72,25 +71,12 @@ def build_pipeline(
     read = p | "ReadFromPixels" >> source.ReadFromPixels.from_config(
         config, start_positions=start_positions, max_duration_ms=max_duration_ms, journal=journal
     )
-    dead_letters = config.dead_letter_location(local_run)
-    if dead_letters:
-        _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(dead_letters)
-    else:
-        _ = read.dead_letters | "LogDeadLetters" >> beam.Map(_log_dead_letter)
+    _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letter_location(local_run))
     commits = read.changes | "WriteToLakehouse" >> sink_transform(config, window_ms)
     if journal:
-        _ = commits | "TrimJournal" >> beam.Map(lambda result, j: j.trim(result.positions), PollJournal(journal))
+        _ = commits | "TrimJournal" >> TrimJournal(journal)
     return commits
 
-
-def _log_dead_letter(letter: DeadLetter) -> None:
-    _LOG.error(
-        "undecodable record of %s at poll group %d position %d: %s",
-        letter.source_table,
-        letter.poll_group,
-        letter.position,
-        letter.reason,
-    )
 
 
 @dataclass

@@ -78,13 +78,6 @@ class ChangeBatch:
     def __len__(self) -> int:
         return self.records.num_rows
 
-    @property
-    def end_position(self) -> int:
-        """One past the last position in this batch (or -1 when empty)."""
-        if not len(self):
-            return -1
-        return int(self.records.column("position")[-1].as_py()) + 1
-
     @classmethod
     def from_changes(
         cls,

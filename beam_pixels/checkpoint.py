@@ -11,6 +11,7 @@ run resumes its positions from it.
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,10 +59,17 @@ class Checkpoint:
 
     def advance(self, records: pa.Table) -> "Checkpoint":
         """The checkpoint after committing ``records``: next batch id, positions moved past them."""
-        positions = dict(self.positions)
+        ends = {}
         if records.num_rows:
             groups = records.column("poll_group").to_numpy()
-            ends = records.column("position").to_numpy() + 1
-            for g in np.unique(groups):
-                positions[int(g)] = max(positions.get(int(g), 0), int(ends[groups == g].max()))
+            positions = records.column("position").to_numpy()
+            ends = {int(g): int(positions[groups == g].max()) + 1 for g in np.unique(groups)}
+        return self.advance_to(ends)
+
+    def advance_to(self, ends: typing.Mapping[int, int]) -> "Checkpoint":
+        """The next batch id, with each poll group in ``ends`` moved to its end position
+        (never back)."""
+        positions = dict(self.positions)
+        for group, end in ends.items():
+            positions[group] = max(positions.get(group, 0), end)
         return Checkpoint(self.batch_id + 1, positions)

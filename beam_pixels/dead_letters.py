@@ -22,22 +22,28 @@ _LOG = logging.getLogger(__name__)
 
 
 class WriteDeadLetters(beam.PTransform):
-    """Write each DeadLetter durably under ``location``; outputs the paths written."""
+    """Write each DeadLetter durably under ``location`` (outputs the paths written), or,
+    with no location, only log and count it."""
 
-    def __init__(self, location: str):
+    def __init__(self, location: str | None):
         super().__init__()
         self._location = location
 
     def expand(self, letters):
-        return letters | "WriteDeadLetter" >> beam.ParDo(_WriteDeadLetterFn(Location(self._location)))
+        files = Location(self._location) if self._location else None
+        return letters | "WriteDeadLetter" >> beam.ParDo(_WriteDeadLetterFn(files))
 
 
 class _WriteDeadLetterFn(beam.DoFn):
-    def __init__(self, files: Location):
+    def __init__(self, files: Location | None):
         self._files = files
         self._written = Metrics.counter("beam_pixels.source", "dead_letters_written")
 
     def process(self, letter):
+        if self._files is None:
+            _LOG.error("undecodable record of %s at poll group %d position %d: %s",
+                       letter.source_table, letter.poll_group, letter.position, letter.reason)
+            return
         document = {
             "source_table": letter.source_table,
             "poll_group": letter.poll_group,

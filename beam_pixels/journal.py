@@ -19,6 +19,8 @@ import re
 import typing
 from dataclasses import dataclass
 
+import apache_beam as beam
+
 from beam_pixels.storage import Location
 
 _LOG = logging.getLogger(__name__)
@@ -77,3 +79,14 @@ class PollJournal:
 
 def _group_dir(group: int) -> str:
     return f"group-{group:04d}"
+
+
+class TrimJournal(beam.PTransform):
+    """After each commit (a ``CommitResult``), delete the journal segments it covers."""
+
+    def __init__(self, location: str):
+        super().__init__()
+        self._journal = PollJournal(location)
+
+    def expand(self, commits):
+        return commits | "TrimCommitted" >> beam.Map(lambda result, journal: journal.trim(result.positions), self._journal)

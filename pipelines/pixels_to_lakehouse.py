@@ -22,7 +22,7 @@ from beam_pixels.app import IN_PROCESS_RUNNERS, open_table_writer
 from beam_pixels.cli import configure_logging
 from beam_pixels.config import ConfigError, PixelsConfig
 from beam_pixels.dead_letters import WriteDeadLetters
-from beam_pixels.journal import PollJournal
+from beam_pixels.journal import TrimJournal
 from beam_pixels.sinks.iceberg import WriteToIceberg
 from beam_pixels.sinks.paimon import WriteToPaimon
 from beam_pixels.source import ReadFromPixels
@@ -33,14 +33,13 @@ def build(p: beam.Pipeline, config: PixelsConfig, *, local_run: bool, window_ms,
     journal = config.journal_location(local_run)  # responses stored before use, replayed after a crash
     read = p | "ReadFromPixels" >> ReadFromPixels.from_config(config, start_positions=start_positions, journal=journal)
 
-    dead_letters = config.dead_letter_location(local_run)
-    if dead_letters:
-        _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(dead_letters)
+    # Undecodable records: written beside a local warehouse (or source.dead.letter.dir), else logged.
+    _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letter_location(local_run))
 
     sink = WriteToPaimon if config.sink_type == "paimon" else WriteToIceberg
     commits = read.changes | "Write" >> sink.from_config(config, window_ms=window_ms)
     if journal:
-        _ = commits | "TrimJournal" >> beam.Map(lambda result, j: j.trim(result.positions), PollJournal(journal))
+        _ = commits | "TrimJournal" >> TrimJournal(journal)
 
 
 def main(argv=None) -> int:

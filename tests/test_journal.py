@@ -127,3 +127,14 @@ def test_dead_letters_are_written_durably_once_per_position(tmp_path):
     import base64
 
     assert base64.b64decode(found[0]["record_base64"]) == b"\x12\x03raw"
+
+
+def test_without_a_location_dead_letters_are_logged_with_their_reason(caplog):
+    from beam_pixels.dead_letters import WriteDeadLetters
+    from beam_pixels.decode import DeadLetter
+
+    letter = DeadLetter("public.orders", 2, 41, 0, b"\x12", "cannot decode column 'code'")
+    with caplog.at_level("ERROR", logger="beam_pixels.dead_letters"):
+        with beam.Pipeline(runner="FnApiRunner") as p:
+            _ = p | beam.Create([letter]) | WriteDeadLetters(None)
+    assert any("poll group 2 position 41" in r.getMessage() and "'code'" in r.getMessage() for r in caplog.records)

@@ -237,8 +237,7 @@ class _CommitFn(beam.DoFn):
             if not parts:
                 _LOG.info("%s: all %d changes already committed; nothing to do", self._writer.table_name, skipped)
                 return
-            positions = {**last.positions, **{part.poll_group: part.end for part in parts}}
-            checkpoint = Checkpoint(last.batch_id + 1, positions)
+            checkpoint = last.advance_to({part.poll_group: part.end for part in parts})
             try:
                 snapshot_id = self._writer.commit_prepared([part.handle for part in parts], checkpoint)
             except CommitConflict as conflict:
