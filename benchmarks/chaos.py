@@ -62,6 +62,14 @@ def _properties(port: int, sink: str, workdir: str) -> dict[str, str]:
     }
 
 
+def _wait_until_polling(server: MockPixelsServer, handed_out_before: int, run: subprocess.Popen) -> None:
+    """Wait (up to 60 s) until the run has received records: Beam takes seconds to start,
+    longer on a loaded machine, and a kill before the first poll tests nothing."""
+    deadline = time.monotonic() + 60
+    while len(server.handed_out()) == handed_out_before and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _run_command(config_path: str) -> list[str]:
     return [sys.executable, "-m", "beam_pixels", "run", "--config", config_path]
 
@@ -90,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         feeder.start()
 
         for cycle in range(args.cycles):
+            before = len(server.handed_out())
             run = subprocess.Popen(_run_command(config_path), stdout=log, stderr=log)
-            time.sleep(rng.uniform(1.5, 5.0))  # the interpreter and Beam take ~1.5 s to start polling
+            _wait_until_polling(server, before, run)
+            time.sleep(rng.uniform(0.1, 2.0))  # a random moment while the run polls and commits
             run.kill()
             run.wait()
             print(f"cycle {cycle + 1}: killed; {len(server.handed_out())} records handed out so far", flush=True)
