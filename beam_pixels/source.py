@@ -21,6 +21,8 @@ count, or duration), used for local runs and tests.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import functools
 import logging
 import threading
 import time
@@ -211,8 +213,35 @@ _RESTRICTION = beam.DoFn.RestrictionParam(_PollRestrictionProvider())
 _WATERMARK = beam.DoFn.WatermarkEstimatorParam(_NowWatermarkProvider())
 
 
+# How long one process() call keeps polling before it checkpoints (unless a response
+# comes back empty or a bound ends the group first). Several responses per call spare
+# the runner a bundle each; one second keeps checkpoints frequent on streaming runners.
+DEFAULT_MAX_CALL_MS = 1000
+
+
+@dataclass(frozen=True)
+class _Response:
+    """A poll response, from the server or the journal: records ``[start, start + count)`` of a poll group."""
+
+    start: int
+    count: int
+    payload: bytes
+    replayed: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.start + self.count
+
+
 class _PollPixelsFn(beam.DoFn):
-    """Polls one poll group per element, one response per call, checkpointing after each."""
+    """Polls one poll group per element and emits each non-empty response.
+
+    One call polls for up to ``max_call_ms``, then checkpoints. While a response
+    is emitted (and decoded downstream), the next poll is already on its way on a
+    fetch thread, journaled there before it is handed back, so the network, the
+    server and the journal's disk overlap the decoding. A call never ends with a
+    poll in flight: every response drained from the server is emitted.
+    """
 
     def __init__(
         self,
@@ -222,6 +251,7 @@ class _PollPixelsFn(beam.DoFn):
         poll_interval_ms: int,
         bounds: Bounds,
         journal: PollJournal | None = None,
+        max_call_ms: int = DEFAULT_MAX_CALL_MS,
     ):
         self._server = server
         self._schema_name = schema_name
@@ -229,6 +259,7 @@ class _PollPixelsFn(beam.DoFn):
         self._poll_interval_s = poll_interval_ms / 1000.0
         self._bounds = bounds
         self._journal = journal
+        self._max_call_s = max_call_ms / 1000.0
         self._replayed = Metrics.counter(METRICS_NAMESPACE, "records_replayed")
         self._polls = Metrics.counter(METRICS_NAMESPACE, "polls")
         self._empty_polls = Metrics.counter(METRICS_NAMESPACE, "empty_polls")
@@ -239,64 +270,103 @@ class _PollPixelsFn(beam.DoFn):
 
     def setup(self):
         self._client = self._server.connect(stop=_LOCAL_STOP)
+        self._fetcher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixels-poll")
         # Per poll group: when this worker first polled it, last saw records, last polled empty.
         self._started: dict[int, float] = {}
         self._last_records: dict[int, float] = {}
         self._last_empty: dict[int, float] = {}
         # Per poll group: journaled responses still to replay before polling the server.
         self._to_replay: dict[int, collections.deque[Segment]] = {}
+        # Per poll group: a response polled while the runner checkpointed the restriction
+        # (its positions could not be claimed); emitted first when the group resumes here.
+        self._unclaimed: dict[int, _Response] = {}
 
     def teardown(self):
+        self._fetcher.shutdown(wait=True)
         self._client.close()
 
     def process(self, group: PollGroup, tracker=_RESTRICTION, watermark=_WATERMARK):
         """Bounded polling: the group ends by itself, so the output is a bounded PCollection."""
-        yield from self._poll_once(group, tracker, watermark)
+        yield from self._poll(group, tracker, watermark)
 
-    def _poll_once(self, group: PollGroup, tracker, watermark):
+    def _poll(self, group: PollGroup, tracker, watermark):
+        gid = group.group_id
         now = time.time()
-        self._started.setdefault(group.group_id, now)
-        self._last_records.setdefault(group.group_id, now)
+        self._started.setdefault(gid, now)
+        self._last_records.setdefault(gid, now)
         position = tracker.current_restriction().start
-        if self._bounded_stop(group, position, now):
+        if self._bounded_stop(group, position):
             _finish(tracker)
             return
-        replayed = self._next_replayed(group.group_id, position)
-        if replayed is not None:
-            segment, payload = replayed
-            start, count = segment.start, segment.count
-            self._replayed.inc(count)
-        else:
-            self._wait_after_empty_poll(group.group_id)
+        call_ends = time.monotonic() + self._max_call_s
+        next_response = functools.partial(self._next_response, group, position)
+        while True:
             try:
-                payload = self._client.poll_raw(self._schema_name, self._table_name, group.buckets)
+                response = next_response()
             except PixelsStoppedError:
                 _LOG.info("poll group %d stops at position %d: stop requested while the server was unreachable",
-                          group.group_id, position)
+                          gid, tracker.current_restriction().start)
                 _finish(tracker)
                 return
-            self._polls.inc()
-            self._bytes.inc(len(payload))
-            start, count = position, count_records(payload)
-            if count == 0:
+            if response.replayed:
+                self._replayed.inc(response.count)
+            else:
+                self._polls.inc()
+                self._bytes.inc(len(response.payload))
+            if response.count == 0:
                 self._empty_polls.inc()
-                self._last_empty[group.group_id] = time.monotonic()
+                self._last_empty[gid] = time.monotonic()
                 _advance(watermark, Timestamp.now())
                 tracker.defer_remainder(Duration.of(self._poll_interval_s))
                 return
-            if self._journal is not None:
-                self._journal.append(group.group_id, start, count, payload)
-        poll_time = time.time()
-        self._last_records[group.group_id] = poll_time
-        if not tracker.try_claim(start + count - 1):
-            return
-        self._records.inc(count)
-        _EMITTED.add(self._bounds.read_id, count)
-        _advance(watermark, Timestamp.of(poll_time))
-        yield TimestampedValue(RawPoll(group.group_id, start, poll_time, payload), poll_time)
-        tracker.defer_remainder()
+            poll_time = time.time()
+            self._last_records[gid] = poll_time
+            if not tracker.try_claim(response.end - 1):
+                _LOG.warning("poll group %d: the runner checkpointed while positions %d..%d were being polled; "
+                             "they are emitted when the group resumes", gid, response.start, response.end - 1)
+                self._unclaimed[gid] = response
+                return
+            self._records.inc(response.count)
+            _EMITTED.add(self._bounds.read_id, response.count)
+            _advance(watermark, Timestamp.of(poll_time))
+            goes_on = time.monotonic() < call_ends and self._polls_next(gid) and self._stop_reason(gid) is None
+            if goes_on:  # poll on while this response is decoded downstream
+                next_response = self._fetcher.submit(self._fetch, group, response.end).result
+            yield TimestampedValue(RawPoll(gid, response.start, poll_time, response.payload), poll_time)
+            if not goes_on:
+                tracker.defer_remainder()
+                return
 
-    def _next_replayed(self, group_id: int, position: int) -> tuple[Segment, bytes] | None:
+    def _next_response(self, group: PollGroup, position: int) -> _Response:
+        """The response for ``position``: a stashed or journaled one, else a new poll."""
+        gid = group.group_id
+        stashed = self._unclaimed.pop(gid, None)
+        if stashed is not None:
+            if stashed.start == position:
+                return stashed
+            _LOG.error("poll group %d resumed at position %d, not at %d: positions %d..%d polled during a "
+                       "checkpoint are lost unless the journal holds them", gid, position, stashed.start,
+                       stashed.start, stashed.end - 1)
+        replayed = self._next_replayed(gid, position)
+        if replayed is not None:
+            return replayed
+        self._wait_after_empty_poll(gid)
+        return self._fetch(group, position)
+
+    def _polls_next(self, group_id: int) -> bool:
+        """Whether this group's next response comes from the server (nothing left to replay)."""
+        return not self._to_replay.get(group_id) and group_id not in self._unclaimed
+
+    def _fetch(self, group: PollGroup, start: int) -> _Response:
+        """Poll the server once; a non-empty response is journaled before it is returned.
+        Runs on the fetch thread or the caller's (no metrics here: they belong to the bundle's thread)."""
+        payload = self._client.poll_raw(self._schema_name, self._table_name, group.buckets)
+        count = count_records(payload)
+        if count and self._journal is not None:
+            self._journal.append(group.group_id, start, count, payload)
+        return _Response(start, count, payload)
+
+    def _next_replayed(self, group_id: int, position: int) -> _Response | None:
         """The next journaled response at or after ``position`` not yet emitted by this worker."""
         if self._journal is None:
             return None
@@ -322,24 +392,30 @@ class _PollPixelsFn(beam.DoFn):
                 position,
                 segment.start - 1,
             )
-        return segment, self._journal.read(segment)
+        return _Response(segment.start, segment.count, self._journal.read(segment), replayed=True)
 
-    def _bounded_stop(self, group: PollGroup, position: int, now: float) -> bool:
-        """Whether this poll group ends now; logs and counts why."""
+    def _stop_reason(self, group_id: int) -> tuple[str, typing.Any] | None:
+        """Why this poll group ends now (and the metric counting it), or None while it goes on."""
         b = self._bounds
-        gid = group.group_id
+        now = time.time()
         emitted = _EMITTED[b.read_id]
         if _LOCAL_STOP.is_set():
-            reason, counter = "stop requested", None
-        elif b.max_records and emitted >= b.max_records:
-            reason, counter = f"{emitted} records (source.max.records={b.max_records})", self._stopped_at_limit
-        elif b.stop_after_idle_ms and (now - self._last_records[gid]) * 1000 >= b.stop_after_idle_ms:
-            reason, counter = f"no records for {b.stop_after_idle_ms} ms (source.stop.after.idle.ms)", self._stopped_idle
-        elif b.max_duration_ms and (now - self._started[gid]) * 1000 >= b.max_duration_ms:
-            reason, counter = f"round of {b.max_duration_ms} ms ended", None
-        else:
+            return "stop requested", None
+        if b.max_records and emitted >= b.max_records:
+            return f"{emitted} records (source.max.records={b.max_records})", self._stopped_at_limit
+        if b.stop_after_idle_ms and (now - self._last_records[group_id]) * 1000 >= b.stop_after_idle_ms:
+            return f"no records for {b.stop_after_idle_ms} ms (source.stop.after.idle.ms)", self._stopped_idle
+        if b.max_duration_ms and (now - self._started[group_id]) * 1000 >= b.max_duration_ms:
+            return f"round of {b.max_duration_ms} ms ended", None
+        return None
+
+    def _bounded_stop(self, group: PollGroup, position: int) -> bool:
+        """Whether this poll group ends now; logs and counts why."""
+        stop = self._stop_reason(group.group_id)
+        if stop is None:
             return False
-        _LOG.info("poll group %d stops at position %d: %s", gid, position, reason)
+        reason, counter = stop
+        _LOG.info("poll group %d stops at position %d: %s", group.group_id, position, reason)
         if counter is not None:
             counter.inc()
         return True
@@ -359,7 +435,7 @@ class _UnboundedPollPixelsFn(_PollPixelsFn):
 
     @beam.DoFn.unbounded_per_element()
     def process(self, group: PollGroup, tracker=_RESTRICTION, watermark=_WATERMARK):
-        yield from self._poll_once(group, tracker, watermark)
+        yield from self._poll(group, tracker, watermark)
 
 
 def _finish(tracker) -> None:

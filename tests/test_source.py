@@ -219,7 +219,10 @@ def test_checkpoint_at_position_k_and_resume_loses_and_repeats_nothing(server_fo
     coder = provider.restriction_coder()
 
     def new_fn():
-        fn = _PollPixelsFn(ServerOptions("127.0.0.1", server.port), "public", "orders", 10, Bounds(stop_after_idle_ms=200))
+        # One response per call, so that the first worker stops part way.
+        fn = _PollPixelsFn(
+            ServerOptions("127.0.0.1", server.port), "public", "orders", 10, Bounds(stop_after_idle_ms=200), max_call_ms=0
+        )
         fn.setup()
         return fn
 
@@ -246,6 +249,43 @@ def test_checkpoint_at_position_k_and_resume_loses_and_repeats_nothing(server_fo
     counts = [_count(p.value.payload) for p in polls]
     assert starts == [sum(counts[:i]) for i in range(len(counts))]  # contiguous, no gap, no overlap
     assert sum(counts) == 100 and server.pending() == 0
+
+
+def test_one_call_emits_many_responses_and_leaves_none_in_flight(server_for):
+    server = server_for(SMALL, batch_size=1)  # up to 128 records per response
+    server.load_rows([(i, f"n{i}", i) for i in range(1000)])
+    fn = _PollPixelsFn(ServerOptions("127.0.0.1", server.port), "public", "orders", 10, Bounds(max_records=300))
+    fn.setup()
+    group = PollGroup(0, tuple(range(128)))
+    outputs, residual = _drive(fn, group, _PollRestrictionProvider().initial_restriction(group))
+    fn.teardown()
+    emitted = sum(_count(p.value.payload) for p in outputs)
+    assert len(outputs) > 1 and residual.start == emitted
+    assert 300 <= emitted < 1000 and emitted + server.pending() == 1000  # nothing polled and held back
+
+
+def test_response_polled_during_a_runner_checkpoint_is_emitted_on_resume(server_for):
+    server = server_for(SMALL, batch_size=1)  # up to 128 records per response
+    server.load_rows([(i, f"n{i}", i) for i in range(1000)])
+    fn = _PollPixelsFn(ServerOptions("127.0.0.1", server.port), "public", "orders", 10, Bounds(stop_after_idle_ms=200))
+    fn.setup()
+    group = PollGroup(0, tuple(range(128)))
+    tracker = ThreadsafeRestrictionTracker(_PollRestrictionProvider().create_tracker(
+        _PollRestrictionProvider().initial_restriction(group)))
+    calls = fn.process(group, RestrictionTrackerView(tracker), ManualWatermarkEstimator(Timestamp.now()))
+    polls = [next(calls)]  # the next poll is now in flight
+    _primary, residual = tracker.try_split(0)  # the runner checkpoints meanwhile
+    assert list(calls) == []  # the in-flight response cannot be claimed here...
+    assert server.pending() < 1000 - _count(polls[0].value.payload)
+    restriction = residual
+    while restriction is not None:  # ...and is emitted first when the group resumes
+        outputs, restriction = _drive(fn, group, restriction)
+        polls.extend(outputs)
+    fn.teardown()
+    starts = [p.value.start_position for p in polls]
+    counts = [_count(p.value.payload) for p in polls]
+    assert starts == [sum(counts[:i]) for i in range(len(counts))]
+    assert sum(counts) == 1000 and server.pending() == 0
 
 
 def _count(payload):
