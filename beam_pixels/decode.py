@@ -8,12 +8,16 @@ through the ``dead_letters`` output as a :class:`DeadLetter` and is counted.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import os
 from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 from google.protobuf import message
 
 from beam_pixels.buckets import bucket_of, key_bytes, keys_of_ranges, murmur3_32_of_ranges
@@ -40,6 +44,15 @@ class DeadLetter:
     reason: str
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """What one response decodes to."""
+
+    batch: ChangeBatch
+    dead_letters: list[DeadLetter]
+    safe_path: bool
+
+
 # The main output's type: Beam then moves it with ChangeBatchCoder.
 @beam.typehints.with_output_types(ChangeBatch)
 class DecodePollsFn(beam.DoFn):
@@ -51,6 +64,10 @@ class DecodePollsFn(beam.DoFn):
     does not expect, an encoding protobuf's serializer would not write, a row of the
     wrong width, an unknown operation) takes the safe path, which parses it into
     protobuf messages; both give the same batches and dead letters.
+
+    Responses are decoded on a thread per core while the bundle goes on (numpy
+    and Arrow release the GIL for much of the work) and leave in arrival order,
+    each with its own timestamp and window, by the end of the bundle at the latest.
     """
 
     def __init__(
@@ -69,36 +86,62 @@ class DecodePollsFn(beam.DoFn):
         self._codec = RowCodec(self._schema, self._encoding, self._empty_as_null)
         self._records_schema = records_schema(self._schema)
         self._key_indexes = [self._schema.names.index(k) for k in self._schema.primary_key]
+        self._threads = os.cpu_count() or 1
+        self._decoders = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="pixels-decode")
 
-    def process(self, raw: RawPoll, timestamp=beam.DoFn.TimestampParam):
-        decoded = self._decode_fast(raw)
-        if decoded is None:
+    def teardown(self):
+        self._decoders.shutdown(wait=True)
+
+    def start_bundle(self):
+        # Responses being decoded, in arrival order: (future decode, timestamp, window).
+        self._in_progress: collections.deque = collections.deque()
+
+    def process(self, raw: RawPoll, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        """Start decoding ``raw``; emit, in order, the responses already decoded (up to one per
+        decoding thread stays in progress, the rest wait for :meth:`finish_bundle`)."""
+        self._in_progress.append((self._decoders.submit(self._decode, raw), timestamp, window))
+        while self._in_progress and (len(self._in_progress) > self._threads or self._in_progress[0][0].done()):
+            yield from self._emit(*self._in_progress.popleft())
+
+    def finish_bundle(self):
+        while self._in_progress:
+            yield from self._emit(*self._in_progress.popleft())
+
+    def _emit(self, decoding: concurrent.futures.Future, timestamp, window):
+        """The outputs of one decoded response, with its timestamp and window; counts them
+        (here, on the bundle's thread, where Beam metrics are recorded)."""
+        decoded = decoding.result()
+        if decoded.safe_path:
             self._safe_path.inc()
+        self._decode_failures.inc(len(decoded.dead_letters))
+        self._decoded.inc(len(decoded.batch))
+        for letter in decoded.dead_letters:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, WindowedValue(letter, timestamp, (window,)))
+        yield WindowedValue(decoded.batch, timestamp, (window,))
+
+    def _decode(self, raw: RawPoll) -> _Decoded:
+        """One response to its ChangeBatch and dead letters (on a decoding thread)."""
+        decoded = self._decode_fast(raw)
+        safe_path = decoded is None
+        if safe_path:
             decoded = self._decode_safe(raw)
         ops, arrays, bad, record_bytes = decoded
         n = len(ops)
         positions = np.arange(raw.start_position, raw.start_position + n, dtype=np.int64)
         arrays = [pa.array(ops), pa.array(np.full(n, raw.poll_group, dtype=np.int32)), pa.array(positions), *arrays]
         batch = pa.RecordBatch.from_arrays(arrays, schema=self._records_schema)
+        letters = []
         if bad:
             keep = np.ones(n, dtype=bool)
             keep[list(bad)] = False
             batch = batch.filter(pa.array(keep))
-            self._decode_failures.inc(len(bad))
-            for row, reason in sorted(bad.items()):
-                yield beam.pvalue.TaggedOutput(
-                    DEAD_LETTERS,
-                    DeadLetter(
-                        self._source_table,
-                        raw.poll_group,
-                        int(positions[row]),
-                        int(ops[row]),
-                        record_bytes(row),
-                        str(reason),
-                    ),
+            letters = [
+                DeadLetter(
+                    self._source_table, raw.poll_group, int(positions[row]), int(ops[row]), record_bytes(row), str(reason)
                 )
-        self._decoded.inc(batch.num_rows)
-        yield ChangeBatch(self._source_table, raw.poll_group, raw.poll_time, batch)
+                for row, reason in sorted(bad.items())
+            ]
+        return _Decoded(ChangeBatch(self._source_table, raw.poll_group, raw.poll_time, batch), letters, safe_path)
 
     def _decode_safe(self, raw: RawPoll):
         """``(ops, [bucket, before, after], bad rows, record bytes by row)`` via protobuf messages.

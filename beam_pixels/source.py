@@ -24,6 +24,7 @@ import collections
 import concurrent.futures
 import functools
 import logging
+import math
 import threading
 import time
 import typing
@@ -213,10 +214,10 @@ _RESTRICTION = beam.DoFn.RestrictionParam(_PollRestrictionProvider())
 _WATERMARK = beam.DoFn.WatermarkEstimatorParam(_NowWatermarkProvider())
 
 
-# How long one process() call keeps polling before it checkpoints (unless a response
-# comes back empty or a bound ends the group first). Several responses per call spare
-# the runner a bundle each; one second keeps checkpoints frequent on streaming runners.
-DEFAULT_MAX_CALL_MS = 1000
+# How long one call of the unbounded poller keeps polling before it checkpoints (unless a
+# response comes back empty first). Several responses per call spare the runner a bundle
+# each; one second keeps checkpoints frequent on streaming runners.
+UNBOUNDED_MAX_CALL_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,8 @@ class _Response:
 class _PollPixelsFn(beam.DoFn):
     """Polls one poll group per element and emits each non-empty response.
 
-    One call polls for up to ``max_call_ms``, then checkpoints. While a response
+    One call polls until a response comes back empty, a bound ends the group, or
+    ``max_call_ms`` (None: no limit) has passed; then it checkpoints. While a response
     is emitted (and decoded downstream), the next poll is already on its way on a
     fetch thread, journaled there before it is handed back, so the network, the
     server and the journal's disk overlap the decoding. A call never ends with a
@@ -251,7 +253,7 @@ class _PollPixelsFn(beam.DoFn):
         poll_interval_ms: int,
         bounds: Bounds,
         journal: PollJournal | None = None,
-        max_call_ms: int = DEFAULT_MAX_CALL_MS,
+        max_call_ms: int | None = None,
     ):
         self._server = server
         self._schema_name = schema_name
@@ -259,7 +261,7 @@ class _PollPixelsFn(beam.DoFn):
         self._poll_interval_s = poll_interval_ms / 1000.0
         self._bounds = bounds
         self._journal = journal
-        self._max_call_s = max_call_ms / 1000.0
+        self._max_call_s = math.inf if max_call_ms is None else max_call_ms / 1000.0
         self._replayed = Metrics.counter(METRICS_NAMESPACE, "records_replayed")
         self._polls = Metrics.counter(METRICS_NAMESPACE, "polls")
         self._empty_polls = Metrics.counter(METRICS_NAMESPACE, "empty_polls")
@@ -431,7 +433,11 @@ class _PollPixelsFn(beam.DoFn):
 
 
 class _UnboundedPollPixelsFn(_PollPixelsFn):
-    """Polling without end: the output is an unbounded PCollection (streaming runners)."""
+    """Polling without end: the output is an unbounded PCollection (streaming runners).
+    Each call checkpoints after at most :data:`UNBOUNDED_MAX_CALL_MS` by default."""
+
+    def __init__(self, *args, max_call_ms: int | None = UNBOUNDED_MAX_CALL_MS, **kwargs):
+        super().__init__(*args, max_call_ms=max_call_ms, **kwargs)
 
     @beam.DoFn.unbounded_per_element()
     def process(self, group: PollGroup, tracker=_RESTRICTION, watermark=_WATERMARK):

@@ -92,9 +92,7 @@ def scan_response(payload: bytes) -> ScannedResponse | None:
 
     position = starts.copy()
     fields = []
-    for i, tag in enumerate(_SUBMESSAGE_TAGS):
-        if i == 2:
-            metadata_starts = position
+    for tag in _SUBMESSAGE_TAGS:
         present = (position < ends) & (at(position) == tag)
         size, body, ok_size = varints(data, position + 1)
         ok &= ok_size | ~present
@@ -104,7 +102,7 @@ def scan_response(payload: bytes) -> ScannedResponse | None:
     ops = np.where(has_op, at(position + 1), 0).astype(np.int8)
     ok &= ~has_op | ((ops >= 1) & (ops <= 3))
     ok &= position + 2 * has_op == ends
-    if not ok.all() or not _metadata_parses(data, metadata_starts, position):
+    if not ok.all() or not _metadata_parses(payload):
         return None
     (has_before, before_starts, before_lengths), (has_after, after_starts, after_lengths) = fields[:2]
     return ScannedResponse(
@@ -117,16 +115,11 @@ def scan_response(payload: bytes) -> ScannedResponse | None:
     )
 
 
-def _metadata_parses(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bool:
-    """Whether the records' ``source`` and ``transaction`` fields (``data[starts:ends]``
-    of each record) parse, as the safe path would parse them. Fields of one message
-    may repeat on the wire, so all of them parse at once as one RowRecord."""
-    lengths = ends - starts
-    if not lengths.any():
-        return True
-    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+def _metadata_parses(payload: bytes) -> bool:
+    """Whether every record's ``source``, ``transaction`` and ``op`` parse as the safe
+    path would parse them: one pass of protobuf's parser, the images left unparsed."""
     try:
-        sink_pb2.RowRecord.FromString(data[np.repeat(starts, lengths) + within].tobytes())
+        sink_lazy_pb2.PollResponseImagesUnparsed.FromString(payload)
     except message.DecodeError:
         return False
     return True

@@ -9,6 +9,9 @@ import mmh3
 import numpy as np
 import pyarrow as pa
 import pytest
+from apache_beam.transforms.window import GlobalWindow, IntervalWindow
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_pixels.buckets import bucket_of, key_bytes, murmur3_32_of_ranges
 from beam_pixels.changes import ChangeBatch, ChangeBatchCoder, concat_records
@@ -61,9 +64,12 @@ def _decode(schema, payload, *, safe: bool, **kwargs):
     else:
         original = fn._decode_fast
         fn._decode_fast = lambda raw: fast_taken.append(original(raw)) or fast_taken[-1]
-    outputs = list(fn.process(RawPoll(3, 1000, 12.5, payload)))
-    batches = [o for o in outputs if not isinstance(o, type(fn)) and getattr(o, "tag", None) is None]
-    letters = [o.value for o in outputs if getattr(o, "tag", None) == DEAD_LETTERS]
+    fn.start_bundle()
+    outputs = [*fn.process(RawPoll(3, 1000, 12.5, payload), Timestamp(12.5), GlobalWindow()), *fn.finish_bundle()]
+    fn.teardown()
+    batches = [o.value for o in outputs if isinstance(o, WindowedValue)]
+    letters = [o.value.value for o in outputs if getattr(o, "tag", None) == DEAD_LETTERS]
+    assert len(batches) + len(letters) == len(outputs)
     return batches, letters, (fast_taken[-1] is not None if fast_taken else None)
 
 
@@ -402,3 +408,24 @@ def test_change_batch_coder_estimates_size_without_encoding(monkeypatch):
     coder = ChangeBatchCoder()
     monkeypatch.setattr(ChangeBatchCoder, "encode", lambda self, value: pytest.fail("encoded to estimate"))
     assert coder.estimate_size(batch) == batch.records.nbytes
+
+
+def test_responses_decoded_in_parallel_leave_in_order_with_their_timestamps_and_windows():
+    schema = SourceSchema.parse("id:BIGINT, name:STRING", ["id"])
+    codec = RowCodec(schema)
+    fn = DecodePollsFn(schema, "public.orders", "binary", False, 128)
+    fn.setup()
+    fn.start_bundle()
+    outputs, position = [], 0
+    for i in range(12):
+        rows = [(position + j, f"n{position + j}") for j in range(50 + 10 * i)]
+        payload = _payload([_record(codec, 0, None, row) for row in rows])
+        window = IntervalWindow(i, i + 1)
+        outputs += fn.process(RawPoll(0, position, 100.0 + i, payload), Timestamp(100 + i), window)
+        position += len(rows)
+    outputs += fn.finish_bundle()
+    fn.teardown()
+    assert [(o.timestamp, o.windows) for o in outputs] == [(Timestamp(100 + i), (IntervalWindow(i, i + 1),)) for i in range(12)]
+    assert [o.value.poll_time for o in outputs] == [100.0 + i for i in range(12)]
+    ids = [row["id"] for o in outputs for row in o.value.records.column("after").to_pylist()]
+    assert ids == list(range(position))

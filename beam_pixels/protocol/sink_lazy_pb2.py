@@ -22,15 +22,20 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from beam_pixels.protocol import sink_pb2 as beam__pixels_dot_protocol_dot_sink__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$beam_pixels/protocol/sink_lazy.proto\x12\x10\x62\x65\x61m_pixels.lazy\"&\n\x13PollResponseRecords\x12\x0f\n\x07records\x18\x01 \x03(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$beam_pixels/protocol/sink_lazy.proto\x12\x10\x62\x65\x61m_pixels.lazy\x1a\x1f\x62\x65\x61m_pixels/protocol/sink.proto\"&\n\x13PollResponseRecords\x12\x0f\n\x07records\x18\x01 \x03(\x0c\"X\n\x1aPollResponseImagesUnparsed\x12:\n\x07records\x18\x01 \x03(\x0b\x32).beam_pixels.lazy.RowRecordImagesUnparsed\"\xb9\x01\n\x17RowRecordImagesUnparsed\x12\x0e\n\x06\x62\x65\x66ore\x18\x01 \x01(\x0c\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x0c\x12&\n\x06source\x18\x03 \x01(\x0b\x32\x16.sink.proto.SourceInfo\x12\x30\n\x0btransaction\x18\x04 \x01(\x0b\x32\x1b.sink.proto.TransactionInfo\x12%\n\x02op\x18\x05 \x01(\x0e\x32\x19.sink.proto.OperationTypeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'beam_pixels.protocol.sink_lazy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POLLRESPONSERECORDS']._serialized_start=58
-  _globals['_POLLRESPONSERECORDS']._serialized_end=96
+  _globals['_POLLRESPONSERECORDS']._serialized_start=91
+  _globals['_POLLRESPONSERECORDS']._serialized_end=129
+  _globals['_POLLRESPONSEIMAGESUNPARSED']._serialized_start=131
+  _globals['_POLLRESPONSEIMAGESUNPARSED']._serialized_end=219
+  _globals['_ROWRECORDIMAGESUNPARSED']._serialized_start=222
+  _globals['_ROWRECORDIMAGESUNPARSED']._serialized_end=407
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,8 @@ re-read the checkpoint and retry.
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import logging
 import os
 import typing
@@ -52,10 +54,12 @@ from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChang
 _LOG = logging.getLogger(__name__)
 
 _CATALOG_TYPES = sorted(t.value for t in CatalogType)
-# Up to this many distinct values per key column, files are pruned with an IN
-# filter; beyond it pyiceberg's metrics evaluator gives up on IN anyway
-# (IN_PREDICATE_LIMIT), so a min/max range prunes as well and is O(1) to build.
+# Up to this many touched keys, files are pruned with an IN filter per key column;
+# beyond it pyiceberg's metrics evaluator gives up on IN anyway (IN_PREDICATE_LIMIT),
+# so a min/max range prunes as well and costs no hashing.
 _IN_FILTER_LIMIT = 200
+# Rows below which a write is not split across cores (no small files for small commits).
+_MIN_ROWS_PER_FILE = 100_000
 
 
 class IcebergSchemaMismatch(SinkConfigurationError):
@@ -167,19 +171,25 @@ class IcebergTableWriter(TableWriter):
             raise CommitConflict(f"{self.table_name}: {e}") from e
 
     def _rows_outside(self, touched_keys: pa.Table) -> tuple[list[pa.Table], list[DataFile]]:
-        """The files holding any of ``touched_keys``, and their rows without those keys."""
+        """The files holding any of ``touched_keys``, and their rows without those keys.
+
+        A file the key filter cannot rule out by its statistics is first read by its key
+        columns alone; only a file that does hold a touched key is read whole.
+        """
         table = self._table
         target = _arrow_schema(table)
         keys = pa.table({k: touched_keys.column(k).cast(target.field(k).type) for k in touched_keys.column_names})
         survivors, rewritten = [], []
         if keys.num_rows:
-            scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
+            schema = table.schema()
+            key_columns = ArrowScan(table.metadata, table.io, schema.select(*keys.column_names), AlwaysTrue())
+            whole_rows = ArrowScan(table.metadata, table.io, schema, AlwaysTrue())
             for task in table.scan(row_filter=_key_filter(keys)).plan_files():
-                rows = _conform(scan.to_table([task]), target)
-                kept = _rows_without_keys(rows, keys)
-                if kept.num_rows < rows.num_rows:
-                    rewritten.append(task.file)
-                    survivors.append(kept)
+                if not _key_hits(key_columns.to_table([task]), keys).any():
+                    continue
+                rows = _conform(whole_rows.to_table([task]), target)
+                rewritten.append(task.file)
+                survivors.append(rows.filter(pa.array(~_key_hits(rows, keys))))
         return survivors, rewritten
 
     def _commit_files(
@@ -336,10 +346,24 @@ class _PreparedFiles:
 
 
 def _write_data_files(table: Table, rows: pa.Table | None, write_uuid: uuid.UUID) -> list[DataFile]:
-    """Parquet data files holding ``rows`` (in the table's Arrow schema), not yet committed."""
+    """Parquet data files holding ``rows`` (in the table's Arrow schema), not yet committed.
+
+    Many rows are split into one file per core (of at least ``_MIN_ROWS_PER_FILE``),
+    written at once: pyarrow writes Parquet without the GIL.
+    """
     if rows is None or not rows.num_rows:
         return []
-    return list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=write_uuid))
+    counter = itertools.count()  # shared, so that every file of this write gets its own name
+
+    def write(part: pa.Table) -> list[DataFile]:
+        return list(_dataframe_to_data_files(table.metadata, part, table.io, write_uuid=write_uuid, counter=counter))
+
+    parts = max(1, min(os.cpu_count() or 1, rows.num_rows // _MIN_ROWS_PER_FILE))
+    if parts == 1:
+        return write(rows)
+    size = -(-rows.num_rows // parts)
+    with concurrent.futures.ThreadPoolExecutor(parts, thread_name_prefix="iceberg-write") as pool:
+        return [f for files in pool.map(write, [rows.slice(i, size) for i in range(0, rows.num_rows, size)]) for f in files]
 
 
 def _arrow_schema(table: Table) -> pa.Schema:
@@ -355,32 +379,33 @@ def _conform(rows: pa.Table, target: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=target)
 
 
-def _rows_without_keys(rows: pa.Table, keys: pa.Table) -> pa.Table:
-    """The rows of ``rows`` whose key (the columns of ``keys``) is not in ``keys``.
+def _key_hits(rows: pa.Table, keys: pa.Table) -> np.ndarray:
+    """Which rows of ``rows`` have their key (the columns of ``keys``) in ``keys``.
 
     A hash lookup of the first key column settles single-column keys and narrows
     composite ones down to the few candidate rows that a semi-join then checks.
     """
     first, *rest = keys.column_names
-    hit = pc.is_in(rows.column(first), value_set=keys.column(first)).to_numpy()
+    hit = pc.is_in(rows.column(first), value_set=keys.column(first)).to_numpy(zero_copy_only=False)
     if rest:
         candidates = np.flatnonzero(hit)
         probe = rows.select(keys.column_names).take(candidates).append_column("__row", pa.array(candidates))
         matched = probe.join(keys, keys=keys.column_names, join_type="left semi", use_threads=False)
         hit = np.zeros(rows.num_rows, dtype=bool)
         hit[matched.column("__row").to_numpy()] = True
-    return rows.filter(pa.array(~hit))
+    return hit
 
 
 def _key_filter(keys: pa.Table) -> BooleanExpression:
-    """A filter matching every row with one of ``keys`` (and maybe others), to prune data files."""
+    """A filter matching every row with one of ``keys`` (distinct key tuples, as
+    collapsing leaves them) and maybe others, to prune data files."""
     terms: list[BooleanExpression] = []
     for name in keys.column_names:
-        values = pc.unique(keys.column(name))
-        if len(values) <= _IN_FILTER_LIMIT:
-            terms.append(In(name, values.to_pylist()))
-        else:
-            bounds = pc.min_max(values)
+        column = keys.column(name)
+        if len(column) <= _IN_FILTER_LIMIT:
+            terms.append(In(name, pc.unique(column).to_pylist()))
+        else:  # a range: as good for pruning, and no hashing of every key
+            bounds = pc.min_max(column)
             terms.append(
                 And(GreaterThanOrEqual(name, bounds["min"].as_py()), LessThanOrEqual(name, bounds["max"].as_py()))
             )

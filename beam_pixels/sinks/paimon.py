@@ -38,8 +38,10 @@ and ``_merge_pending_by_pk``), see :class:`_KeyValueWriter`:
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import logging
+import os
 import re
 from typing import Any
 
@@ -411,6 +413,18 @@ class _FileStoreWrite(FileStoreWrite):
         if type(writer) is KeyValueDataWriter:
             writer.__class__ = _KeyValueWriter
         return writer
+
+    def _prepare_commit_messages(self, commit_identifier):
+        """pypaimon's, with the buckets' pending rows written to their files at once (a
+        thread per bucket, up to the cores: pyarrow writes Parquet without the GIL).
+        A writer's ``prepare_commit`` only writes what is pending, so pypaimon then
+        finds every bucket written and collects the files."""
+        writers = list(self.data_writers.values())
+        workers = min(len(writers), os.cpu_count() or 1)
+        if workers > 1:
+            with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="paimon-write") as pool:
+                list(pool.map(lambda writer: writer.prepare_commit(), writers))
+        return super()._prepare_commit_messages(commit_identifier)
 
 
 class _StreamWrite(StreamTableWrite):
