@@ -234,6 +234,7 @@ class _Response:
         return self.start + self.count
 
 
+@beam.typehints.with_output_types(RawPoll)  # moved by RawPollCoder, not pickled
 class _PollPixelsFn(beam.DoFn):
     """Polls one poll group per element and emits each non-empty response.
 

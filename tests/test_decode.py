@@ -429,3 +429,12 @@ def test_responses_decoded_in_parallel_leave_in_order_with_their_timestamps_and_
     assert [o.value.poll_time for o in outputs] == [100.0 + i for i in range(12)]
     ids = [row["id"] for o in outputs for row in o.value.records.column("after").to_pylist()]
     assert ids == list(range(position))
+
+
+def test_raw_polls_move_with_their_own_coder():
+    import apache_beam as beam
+
+    poll = RawPoll(2, 10_000_000_000, 1795489135.25, _payload([]) + b"\x0a\x00")
+    coder = beam.coders.registry.get_coder(RawPoll)
+    assert coder.decode(coder.encode(poll)) == poll
+    assert coder.estimate_size(poll) == len(coder.encode(poll))
