@@ -11,7 +11,10 @@ and each in its own fresh (spawned) process, so its peak RSS is its own:
 A measurement's time runs from the first poll the server sees to the end of
 the measured process's work (the Parquet file closed, ``run_local`` returned
 after its last commit). Each output is then read back and must hold exactly
-``--rows`` distinct keys. The last line printed is the ``RESULT`` line.
+``--rows`` distinct keys. The three measurements are taken ``--repeat`` times,
+interleaved, and each reports its median run (shared machines vary a lot from
+one run to the next); peak RSS is the highest of all runs. The last line
+printed is the ``RESULT`` line.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import cProfile
 import dataclasses
 import multiprocessing
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,6 +56,7 @@ class Options:
     """What to measure and how (see ``--help``)."""
 
     rows: int = 1_000_000
+    repeat: int = 3
     batch_size: int = 200
     seed: int = 0
     checkpoint_interval_ms: int = 60_000
@@ -132,17 +137,30 @@ def run(options: Options, workdir: Path) -> tuple[Measurement, Measurement, Meas
         options.profile_dir.mkdir(parents=True, exist_ok=True)
         print(f"profiling into {options.profile_dir}: the figures below include cProfile's overhead", flush=True)
 
-    results = []
-    for name, target, verify in (
-        ("ceiling", _ceiling, parquet_keys),
-        ("iceberg", _pipeline, iceberg_keys),
-        ("paimon", _pipeline, paimon_keys),
-    ):
-        measurement = _measure(name, target, options, chunks, workdir)
-        check_keys(name, verify(workdir / name), options.rows)
-        print(measurement.describe(), flush=True)
-        results.append(measurement)
-    return tuple(results)
+    runs: dict[str, list[Measurement]] = {name: [] for name, _, _ in _MEASUREMENTS}
+    for attempt in range(1, options.repeat + 1):
+        for name, target, verify in _MEASUREMENTS:
+            out = workdir / name
+            _remove(out)  # the previous run's output
+            measurement = _measure(name, target, options, chunks, workdir)
+            check_keys(name, verify(out), options.rows)
+            suffix = f" (run {attempt} of {options.repeat})" if options.repeat > 1 else ""
+            print(measurement.describe() + suffix, flush=True)
+            runs[name].append(measurement)
+    return tuple(median_run(runs[name]) for name, _, _ in _MEASUREMENTS)
+
+
+def median_run(measurements: list[Measurement]) -> Measurement:
+    """The run of median speed (the slower middle one of an even count), with the
+    highest peak RSS of all the runs."""
+    ordered = sorted(measurements, key=lambda m: m.rows_per_s)
+    middle = ordered[(len(ordered) - 1) // 2]
+    return dataclasses.replace(middle, peak_rss_mb=max(m.peak_rss_mb for m in measurements))
+
+
+def _remove(out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    out.with_suffix(".parquet").unlink(missing_ok=True)
 
 
 def code_version() -> str:
@@ -163,6 +181,8 @@ def _parse_args(argv: list[str] | None) -> Options:
     d = Options()
     parser = argparse.ArgumentParser(prog="throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=d.rows, help="rows to move (default %(default)s)")
+    parser.add_argument("--repeat", type=int, default=d.repeat,
+                        help="take each measurement this many times and report the median (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help="records per bucket per poll on the server (default %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of the generated rows")
@@ -179,8 +199,8 @@ def _parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--property", dest="properties", action="append", default=[], metavar="KEY=VALUE",
                         help="set a pipeline property, e.g. source.journal.dir=off (repeatable)")
     args = parser.parse_args(argv)
-    if args.rows < 1 or args.batch_size < 1:
-        parser.error("--rows and --batch-size must be at least 1")
+    if args.rows < 1 or args.batch_size < 1 or args.repeat < 1:
+        parser.error("--rows, --repeat and --batch-size must be at least 1")
     if any("=" not in p for p in args.properties):
         parser.error("--property takes KEY=VALUE")
     args.properties = tuple(tuple(p.split("=", 1)) for p in args.properties)
@@ -357,3 +377,6 @@ def paimon_keys(warehouse: Path) -> pa.ChunkedArray:
     )
     builder = table.new_read_builder().with_projection([KEY])
     return builder.new_read().to_arrow(builder.new_scan().plan().splits()).column(KEY)
+
+
+_MEASUREMENTS = (("ceiling", _ceiling, parquet_keys), ("iceberg", _pipeline, iceberg_keys), ("paimon", _pipeline, paimon_keys))

@@ -24,7 +24,7 @@ def run(tmp_path_factory):
     """One benchmark run of ROWS rows (the script, as a user runs it); returns (stdout, workdir)."""
     workdir = tmp_path_factory.mktemp("bench")
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--rows", str(ROWS), "--workdir", str(workdir)],
+        [sys.executable, str(SCRIPT), "--rows", str(ROWS), "--repeat", "1", "--workdir", str(workdir)],
         check=False, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -58,6 +58,12 @@ def test_result_line_format():
         "RESULT ceiling_rows_per_s=100000 iceberg_rows_per_s=50000 paimon_rows_per_s=33333 "
         "iceberg_ratio=0.50 paimon_ratio=0.33 peak_rss_mb=301"
     )
+
+
+def test_repeated_measurements_report_the_median_run_and_the_highest_rss():
+    runs = [bench.Measurement("iceberg", 1000, seconds, rss) for seconds, rss in ((0.02, 300.0), (0.01, 200.0), (0.04, 250.0))]
+    assert bench.median_run(runs) == bench.Measurement("iceberg", 1000, 0.02, 300.0)
+    assert bench.median_run(runs[1:]).seconds == 0.04  # an even count: the slower middle run
 
 
 def test_beam_pixels_bench_is_the_same_benchmark():
