@@ -10,11 +10,12 @@ Shape::
                                 ``dead_letters`` output (see beam_pixels.decode)
 
 The restriction of a poll group is an offset range ``[next position, end)`` over
-the group's record positions. After each response the DoFn claims the positions
-of its records and checkpoints (``defer_remainder``), so a runner can persist
-and resume it; an empty poll defers with the poll interval. Runner-initiated
-splits of the open-ended range are declined; on drain the restriction truncates
-to nothing. A poll group ends only in the bounded modes (idle time, record
+the group's record positions. The DoFn claims the positions of each response's
+records as it emits it, and checkpoints (``defer_remainder``) after an empty poll
+(with the poll interval), when a bounded group ends its call, or every
+:data:`UNBOUNDED_MAX_CALL_MS` when unbounded, so a runner can persist and resume
+it. Runner-initiated splits at a fraction of the open-ended range are declined
+(a checkpoint split is accepted); on drain the restriction truncates to nothing. A poll group ends only in the bounded modes (idle time, record
 count, or duration), used for local runs and tests.
 """
 
