@@ -219,12 +219,7 @@ def test_checkpoint_at_position_k_and_resume_loses_and_repeats_nothing(server_fo
     coder = provider.restriction_coder()
 
     def new_fn():
-        # One response per call, so that the first worker stops part way.
-        fn = _PollPixelsFn(
-            ServerOptions("127.0.0.1", server.port), "public", "orders", 10, Bounds(stop_after_idle_ms=200), max_call_ms=0
-        )
-        fn.setup()
-        return fn
+        return _poller(server, Bounds(stop_after_idle_ms=200), max_call_ms=0)  # one response per call: stops part way
 
     fn = new_fn()
     restriction = provider.initial_restriction(group)
@@ -245,17 +240,14 @@ def test_checkpoint_at_position_k_and_resume_loses_and_repeats_nothing(server_fo
         restriction = residual
     fn.teardown()
 
-    starts = [p.value.start_position for p in polls]
-    counts = [_count(p.value.payload) for p in polls]
-    assert starts == [sum(counts[:i]) for i in range(len(counts))]  # contiguous, no gap, no overlap
-    assert sum(counts) == 100 and server.pending() == 0
+    _assert_contiguous(polls, 100)
+    assert server.pending() == 0
 
 
 def test_one_call_emits_many_responses_and_leaves_none_in_flight(server_for):
     server = server_for(SMALL, batch_size=1)  # up to 128 records per response
     server.load_rows([(i, f"n{i}", i) for i in range(1000)])
-    fn = _PollPixelsFn(ServerOptions("127.0.0.1", server.port), "public", "orders", 10, Bounds(max_records=300))
-    fn.setup()
+    fn = _poller(server, Bounds(max_records=300))
     group = PollGroup(0, tuple(range(128)))
     outputs, residual = _drive(fn, group, _PollRestrictionProvider().initial_restriction(group))
     fn.teardown()
@@ -267,8 +259,7 @@ def test_one_call_emits_many_responses_and_leaves_none_in_flight(server_for):
 def test_response_polled_during_a_runner_checkpoint_is_emitted_on_resume(server_for):
     server = server_for(SMALL, batch_size=1)  # up to 128 records per response
     server.load_rows([(i, f"n{i}", i) for i in range(1000)])
-    fn = _PollPixelsFn(ServerOptions("127.0.0.1", server.port), "public", "orders", 10, Bounds(stop_after_idle_ms=200))
-    fn.setup()
+    fn = _poller(server, Bounds(stop_after_idle_ms=200))
     group = PollGroup(0, tuple(range(128)))
     tracker = ThreadsafeRestrictionTracker(_PollRestrictionProvider().create_tracker(
         _PollRestrictionProvider().initial_restriction(group)))
@@ -282,10 +273,22 @@ def test_response_polled_during_a_runner_checkpoint_is_emitted_on_resume(server_
         outputs, restriction = _drive(fn, group, restriction)
         polls.extend(outputs)
     fn.teardown()
+    _assert_contiguous(polls, 1000)
+    assert server.pending() == 0
+
+
+def _poller(server, bounds, **kwargs):
+    fn = _PollPixelsFn(ServerOptions("127.0.0.1", server.port), "public", "orders", 10, bounds, **kwargs)
+    fn.setup()
+    return fn
+
+
+def _assert_contiguous(polls, records):
+    """The emitted responses hold ``records`` records at consecutive positions: no gap, no overlap."""
     starts = [p.value.start_position for p in polls]
     counts = [_count(p.value.payload) for p in polls]
     assert starts == [sum(counts[:i]) for i in range(len(counts))]
-    assert sum(counts) == 1000 and server.pending() == 0
+    assert sum(counts) == records
 
 
 def _count(payload):
