@@ -16,7 +16,7 @@ import numpy as np
 from google.protobuf import message
 
 from beam_pixels.codec import SerializedImages, varints
-from beam_pixels.protocol import sink_lazy_pb2, sink_pb2
+from beam_pixels.protocol import sink_lazy_pb2
 
 
 @dataclass(frozen=True)
