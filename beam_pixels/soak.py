@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from beam_pixels import soak_server
 from beam_pixels.soak_server import SoakServerProcess, StreamOptions
@@ -78,6 +79,7 @@ class CommitFigures:
     data_files: int
     delete_files: int
     snapshots: int
+    pending: int = 0
     read_s: float | None = None
     rows_read: int | None = None
     phase: str = "stream"
@@ -237,6 +239,17 @@ class _LogTail:
         return [line.decode("utf-8", "replace") for line in complete]
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), in MiB; NaN when unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -280,7 +293,7 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
             figure = CommitFigures(
                 commit=len(all_commits) + 1, batch_id=int(match.group(1)), elapsed_s=time.monotonic() - started,
                 changes=int(match.group(2)), commit_s=float(match.group(3)), bytes_written=written,
-                table_bytes=sum(sizes.values()), phase=phase, **files,
+                table_bytes=sum(sizes.values()), pending=server.pending, phase=phase, **files,
             )
             all_commits.append(figure)
             return figure
@@ -298,6 +311,7 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
                         # the first commit after the preload was handed out may still hold part of it
                         stream_started_at = time.monotonic()
                         figure = measure(match, "preload")
+                        _say(f"soak: preload of {options.preload:,} keys committed {figure.elapsed_s:.1f} s after start")
                     elif not in_stream or draining:
                         figure = measure(match, "drain" if draining else "preload")
                     else:
@@ -330,6 +344,9 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
             if server.pending:
                 raise RuntimeError(f"{server.pending} records still undelivered after {options.drain_timeout_s} s")
             handed_out = server.stats.handed_out.value
+            peak_rss = {"application": _peak_rss_mb(app.pid), "server": _peak_rss_mb(server.pid)}
+            _say(f"soak: peak RSS so far: application {peak_rss['application']:.0f} MB, "
+                 f"server {peak_rss['server']:.0f} MB")
             _say(f"soak: generator stopped; all {handed_out:,} records handed out; stopping the application (SIGINT)")
             app.send_signal(signal.SIGINT)
             try:
@@ -352,6 +369,7 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
             out.close()
             err.close()
 
+    _write_figures(workdir, all_commits, {"sink": options.sink, "preload": options.preload, "rate": options.rate})
     # Correctness, row by row.
     final_rows = table.read()
     correct, why = check_rows(final_rows, expected["keys"], expected["versions"])
@@ -373,7 +391,7 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
         "sink": options.sink, "preload": options.preload, "rate": options.rate,
         "checkpoint_interval_ms": options.checkpoint_interval_ms, "properties": dict(options.properties),
         "table_bytes": table_bytes, "fresh_bytes": fresh_bytes, "final_read_s": final_read_s,
-        "fresh_read_s": fresh_read_s, "correct": correct,
+        "fresh_read_s": fresh_read_s, "correct": correct, "peak_rss_mb": peak_rss,
     })
     _say(_table(figures))
     return result_line(options.sink, options.preload, figures, storage_ratio, read_ratio, correct), figures
@@ -394,9 +412,18 @@ def check_rows(rows: pa.Table, keys: np.ndarray, versions: np.ndarray) -> tuple[
     _, _, amount, note = soak_server.row_values(keys, versions)
     if not np.array_equal(rows.column("amount").to_numpy(), amount):
         return False, "amounts differ"
-    if not np.array_equal(rows.column("note").to_numpy(zero_copy_only=False).astype(str), soak_server.notes_as_str(note)):
+    notes = rows.column("note").combine_chunks().cast(pa.string())
+    if rows.column("note").null_count or not pc.all(pc.equal(notes, notes_as_arrow(note))).as_py():
         return False, "notes differ"
     return True, ""
+
+
+def notes_as_arrow(note: np.ndarray) -> pa.Array:
+    """``note`` bytes of :func:`soak_server.row_values` as an Arrow string array (no Python objects)."""
+    n, width = note.shape
+    offsets = (np.arange(n + 1, dtype=np.int64) * width)
+    data = np.ascontiguousarray(note).ravel()
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data)).cast(pa.string())
 
 
 def write_fresh(options: Options, props: dict[str, str], keys: np.ndarray, versions: np.ndarray) -> None:
@@ -418,7 +445,7 @@ def write_fresh(options: Options, props: dict[str, str], keys: np.ndarray, versi
         n = len(ids)
         rs = records_schema(config.source_schema)
         after = pa.StructArray.from_arrays(
-            [pa.array(ids), pa.array(vs), pa.array(amount), pa.array(soak_server.notes_as_str(note))],
+            [pa.array(ids), pa.array(vs), pa.array(amount), notes_as_arrow(note)],
             fields=list(rs.field("after").type),
         )
         records = pa.table(
@@ -438,7 +465,8 @@ def _describe(f: CommitFigures) -> str:
     read = f" read {f.read_s:.2f}s ({f.rows_read:,} rows)" if f.read_s is not None else ""
     return (f"commit {f.commit} ({f.phase}) batch {f.batch_id}: {f.changes} changes, commit_s={f.commit_s:.3f}, "
             f"wrote {f.bytes_written / 2**20:.2f} MB, table {f.table_bytes / 2**20:.1f} MB, "
-            f"{f.data_files} data / {f.delete_files} delete files, {f.snapshots} snapshots{read}")
+            f"{f.data_files} data / {f.delete_files} delete files, {f.snapshots} snapshots, "
+            f"{f.pending:,} queued at the server{read}")
 
 
 def _table(figures: list[CommitFigures]) -> str:
@@ -467,7 +495,7 @@ def _write_figures(workdir: Path, commits: list[CommitFigures], summary: dict) -
 
 def _parse_args(argv: list[str] | None) -> Options:
     d = Options()
-    parser = argparse.ArgumentParser(prog="soak", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="beam-pixels soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sink", choices=SINKS, default=d.sink)
     parser.add_argument("--preload", type=int, default=d.preload, help="keys inserted before the stream (default %(default)s)")
     parser.add_argument("--rate", type=float, default=d.rate, help="changes per second after the preload (default %(default)s)")

@@ -491,6 +491,10 @@ class SoakServerProcess:
             return {name: data[name] for name in data.files}
 
     @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
     def pending(self) -> int:
         return self.stats.pending.value
 
