@@ -22,9 +22,11 @@ work directory; the last line printed is::
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import dataclasses
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -79,6 +81,9 @@ class CommitFigures:
     data_files: int
     delete_files: int
     snapshots: int
+    metadata_files: int = 0
+    metadata_bytes: int = 0
+    cycle_s: float = 0.0
     pending: int = 0
     read_s: float | None = None
     rows_read: int | None = None
@@ -149,6 +154,13 @@ class SinkTable:
         if self.sink == "iceberg":
             return _local_path(self._iceberg().location())
         return self.warehouse / f"{DATABASE}.db" / self.table
+
+    def is_metadata(self, path: str) -> bool:
+        """Whether a file under the table location is metadata (Iceberg: ``metadata/``;
+        Paimon: snapshots, manifests, schemas), not data or deletes."""
+        parts = Path(path).parts
+        names = ("metadata",) if self.sink == "iceberg" else ("snapshot", "manifest", "schema")
+        return any(name in parts for name in names)
 
     def files(self) -> dict:
         """Data files, delete files and snapshots kept in the current table state."""
@@ -280,18 +292,25 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
         seen: dict[str, int] = {}
         stream_commits = 0
         preload_reported = False
-        stream_started_at = None
-        draining = False
+        stream_started_at = time.monotonic() if options.preload == 0 else None
+        committed = 0  # changes committed so far, per the progress lines
+        # Full reads run in their own process, so commits keep being measured meanwhile.
+        reader = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        reading: tuple[CommitFigures, concurrent.futures.Future] | None = None
 
         def measure(match: re.Match, phase: str) -> CommitFigures:
+            now = time.monotonic() - started  # when the driver saw the progress line
             location = table.location()
             sizes = walk_sizes(location)
             written = sum(size for path, size in sizes.items() if seen.get(path) != size)
             seen.clear()
             seen.update(sizes)
             files = table.files()
+            metadata = [size for path, size in sizes.items() if table.is_metadata(path)]
+            files.update(metadata_files=len(metadata), metadata_bytes=sum(metadata))
+            files["cycle_s"] = now - all_commits[-1].elapsed_s if all_commits else 0.0
             figure = CommitFigures(
-                commit=len(all_commits) + 1, batch_id=int(match.group(1)), elapsed_s=time.monotonic() - started,
+                commit=len(all_commits) + 1, batch_id=int(match.group(1)), elapsed_s=now,
                 changes=int(match.group(2)), commit_s=float(match.group(3)), bytes_written=written,
                 table_bytes=sum(sizes.values()), pending=server.pending, phase=phase, **files,
             )
@@ -306,22 +325,29 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
                     match = COMMIT_LINE.search(line)
                     if not match:
                         continue
-                    in_stream = bool(server.stats.preload_handed_out_at.value)
-                    if in_stream and stream_started_at is None:
-                        # the first commit after the preload was handed out may still hold part of it
-                        stream_started_at = time.monotonic()
+                    if committed < options.preload:
+                        # up to the commit that completes the preload (it may hold the stream's first changes)
                         figure = measure(match, "preload")
-                        _say(f"soak: preload of {options.preload:,} keys committed {figure.elapsed_s:.1f} s after start")
-                    elif not in_stream or draining:
-                        figure = measure(match, "drain" if draining else "preload")
+                        committed += figure.changes
+                        if committed >= options.preload:
+                            stream_started_at = time.monotonic()
+                            _say(_describe(figure))
+                            _say(f"soak: preload of {options.preload:,} keys committed {figure.elapsed_s:.1f} s "
+                                 f"after start, in {figure.commit} commit(s)")
+                            continue
                     else:
                         figure = measure(match, "stream")
+                        committed += figure.changes
                         stream_commits += 1
                         if options.read_every and stream_commits % options.read_every == 0:
-                            figure.read_s, rows = table.timed_read()
-                            figure.rows_read = rows.num_rows
+                            if reading is None or reading[1].done():
+                                reading = (figure, reader.submit(_timed_read, options.sink, warehouse, TABLE))
+                            else:
+                                _say(f"soak: the previous full read is still running; no read at commit {figure.commit}")
                         figures.append(figure)
                     _say(_describe(figure))
+                if reading is not None and reading[1].done() and reading[0].read_s is None:
+                    _finish_read(*reading)
                 if server.stats.preload_handed_out_at.value and not preload_reported:
                     preload_reported = True
                     _say(f"soak: preload of {options.preload:,} keys handed out {time.monotonic() - started:.1f} s "
@@ -329,12 +355,11 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
                 enough = stream_commits >= options.commits if options.commits else False
                 if options.duration_s and stream_started_at is not None:
                     enough = enough or time.monotonic() - stream_started_at >= options.duration_s
-                if enough and not draining:
+                if enough:
                     break
                 time.sleep(0.05)
             # Drain: no more changes; everything queued is handed out, then the app's
             # SIGINT finishes its round with a commit of everything it polled.
-            draining = True
             server.stop_generating()
             deadline = time.monotonic() + options.drain_timeout_s
             while server.pending and time.monotonic() < deadline:
@@ -362,7 +387,10 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
             generated = {k[len("generated_"):]: int(v) for k, v in expected.items() if k.startswith("generated_")}
             _say(f"soak: generated {generated}; {len(expected['keys']):,} live keys expected; "
                  f"{server.stats.skipped.value} changes skipped while the application lagged")
+            if reading is not None and reading[0].read_s is None:
+                _finish_read(*reading)
         finally:
+            reader.shutdown(wait=False, cancel_futures=True)
             if app.poll() is None:
                 app.kill()
                 app.wait()
@@ -395,6 +423,25 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
     })
     _say(_table(figures))
     return result_line(options.sink, options.preload, figures, storage_ratio, read_ratio, correct), figures
+
+
+def _timed_read(sink: str, warehouse: Path, table: str) -> tuple[float, int]:
+    """A full read in a reader process: seconds and rows (the reader's imports not timed)."""
+    if sink == "iceberg":
+        import pyiceberg.catalog.sql  # noqa: F401
+
+        from beam_pixels.soak_readers import _duckdb
+
+        _duckdb()
+    else:
+        import pypaimon  # noqa: F401
+    seconds, rows = SinkTable(sink, warehouse, table).timed_read()
+    return seconds, rows.num_rows
+
+
+def _finish_read(figure: CommitFigures, future: concurrent.futures.Future) -> None:
+    figure.read_s, figure.rows_read = future.result()
+    _say(f"soak: full read after commit {figure.commit}: {figure.read_s:.2f} s, {figure.rows_read:,} rows")
 
 
 def check_rows(rows: pa.Table, keys: np.ndarray, versions: np.ndarray) -> tuple[bool, str]:
@@ -464,14 +511,16 @@ def write_fresh(options: Options, props: dict[str, str], keys: np.ndarray, versi
 def _describe(f: CommitFigures) -> str:
     read = f" read {f.read_s:.2f}s ({f.rows_read:,} rows)" if f.read_s is not None else ""
     return (f"commit {f.commit} ({f.phase}) batch {f.batch_id}: {f.changes} changes, commit_s={f.commit_s:.3f}, "
+            f"{f.cycle_s:.1f} s after the previous one, "
             f"wrote {f.bytes_written / 2**20:.2f} MB, table {f.table_bytes / 2**20:.1f} MB, "
             f"{f.data_files} data / {f.delete_files} delete files, {f.snapshots} snapshots, "
+            f"{f.metadata_files} metadata files ({f.metadata_bytes / 2**20:.1f} MB), "
             f"{f.pending:,} queued at the server{read}")
 
 
 def _table(figures: list[CommitFigures]) -> str:
     header = f"{'commit':>6} {'t_s':>7} {'changes':>7} {'commit_s':>8} {'wrote_MB':>8} {'table_MB':>8} " \
-             f"{'data':>5} {'dels':>5} {'snaps':>5} {'read_s':>6}"
+             f"{'data':>5} {'dels':>5} {'snaps':>5} {'meta_MB':>7} {'read_s':>6}"
     step = max(1, len(figures) // 20)
     rows = [header]
     for i, f in enumerate(figures):
@@ -479,6 +528,7 @@ def _table(figures: list[CommitFigures]) -> str:
             rows.append(
                 f"{i + 1:>6} {f.elapsed_s:>7.1f} {f.changes:>7} {f.commit_s:>8.3f} {f.bytes_written / 2**20:>8.2f} "
                 f"{f.table_bytes / 2**20:>8.1f} {f.data_files:>5} {f.delete_files:>5} {f.snapshots:>5} "
+                f"{f.metadata_bytes / 2**20:>7.2f} "
                 f"{'' if f.read_s is None else format(f.read_s, '.2f'):>6}"
             )
     return "\n".join(rows)
