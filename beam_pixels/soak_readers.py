@@ -40,6 +40,7 @@ def duckdb_iceberg_read(metadata_location: str) -> pa.Table:
 
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:
+        con.execute("SET enable_progress_bar = false")
         con.execute(f"LOAD '{_extension('duckdb_extension_avro', 'avro')}'")
         con.execute(f"LOAD '{_extension('duckdb_extension_iceberg', 'iceberg')}'")
         return con.execute(

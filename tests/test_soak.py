@@ -154,3 +154,13 @@ def test_soak_smoke_run_is_correct(tmp_path, sink):
     assert match.group(1) == sink and match.group(2) == "3000" and int(match.group(3)) >= 4
     assert match.group(4) == "yes", done.stdout
     assert (tmp_path / "soak" / "soak.csv").exists() and (tmp_path / "soak" / "soak.json").exists()
+
+
+@pytest.mark.parametrize("command", [["soak"], ["bench", "--soak"]])
+def test_soak_is_a_command(command):
+    done = subprocess.run(
+        [sys.executable, "-m", "beam_pixels", *command, "--help"], capture_output=True, text=True, timeout=120,
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--preload" in done.stdout and "--property" in done.stdout
