@@ -73,9 +73,7 @@ def build_index(table: Table, key_columns: list[str]) -> KeyIndex:
     types = [files.arrow_schema(table).field(k).type for k in key_columns]
     snapshot = table.current_snapshot()
     index = KeyIndex(is_exact(types), snapshot.snapshot_id if snapshot else None)
-    if snapshot is None:
-        return index
-    tasks = list(table.scan(snapshot_id=snapshot.snapshot_id).plan_files())
+    tasks = list(table.scan(snapshot_id=snapshot.snapshot_id).plan_files()) if snapshot else []
     delete_files = list({d.file_path: d for task in tasks for d in task.delete_files}.values())
     deleted = files.positions_by_path(files.read_position_deletes(table, delete_files))
 
@@ -116,9 +114,9 @@ def commit(
     Raises ``CommitFailedException`` if another writer committed first."""
     index = key_index(table, key_columns)
     with index.lock:
-        hits = index.find(key_codes(touched_keys)) if touched_keys.num_rows else None
+        hits = index.find(key_codes(touched_keys) if touched_keys is not None else np.zeros(0, np.int64))
         keep = None
-        if hits is not None and not index.exact and len(hits.query):
+        if not index.exact and len(hits.query):
             keep = verify(hits, touched_keys, _stored_keys(table, key_columns), index)
         found_files = hits.files if keep is None else hits.files[keep]
         positions = hits.positions if keep is None else hits.positions[keep]
@@ -139,8 +137,7 @@ def commit(
         except Exception:
             forget_index(table)
             raise
-        if hits is not None:
-            index.forget(hits, keep)
+        index.forget(hits, keep)
         for data_file, codes in zip(added, added_codes):
             index.add_file(data_file.file_path, codes)
         index.snapshot_id = snapshot_id
