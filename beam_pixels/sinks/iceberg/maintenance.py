@@ -100,18 +100,14 @@ class PassReport:
 
 
 def due(table: Table, settings: Settings) -> bool:
-    """Whether a pass is due for ``table``: enabled and one interval since the last pass
-    (or since the first call in this process); marks the pass as started when it is."""
+    """Whether a pass is due for ``table``: enabled and one interval since the end of the
+    last pass (or since the first call in this process)."""
     if not settings.enabled:
         return False
     now = time.monotonic()
-    key = str(table.metadata.table_uuid)
     with _LAST_PASS_LOCK:
-        last = _LAST_PASS.setdefault(key, now)
-        if now - last < settings.interval_ms / 1000:
-            return False
-        _LAST_PASS[key] = now
-        return True
+        last = _LAST_PASS.setdefault(str(table.metadata.table_uuid), now)
+    return now - last >= settings.interval_ms / 1000
 
 
 def run_pass(table: Table, settings: Settings, key_columns: list[str], properties: dict[str, str]) -> PassReport:
@@ -122,15 +118,19 @@ def run_pass(table: Table, settings: Settings, key_columns: list[str], propertie
     report = PassReport()
     name = ".".join(table.name())
     reader = _ManifestReader(table)
-    expired = _expire_snapshots(table, reader, report)
-    if time.monotonic() < deadline:
-        _delete_unreachable(table, reader, expired, settings, report, deadline)
-    else:
-        report.stopped.append("time budget spent before deleting files")
-    if time.monotonic() < deadline:
-        _compact(table, settings, key_columns, properties, report)
-    else:
-        report.stopped.append("time budget spent before compacting")
+    try:
+        expired = _expire_snapshots(table, reader, report)
+        if time.monotonic() < deadline:
+            _delete_unreachable(table, reader, expired, settings, report, deadline)
+        else:
+            report.stopped.append("time budget spent before deleting files")
+        if time.monotonic() < deadline:
+            _compact(table, settings, key_columns, properties, report)
+        else:
+            report.stopped.append("time budget spent before compacting")
+    finally:
+        with _LAST_PASS_LOCK:
+            _LAST_PASS[str(table.metadata.table_uuid)] = time.monotonic()
     report.seconds = time.monotonic() - started
     _LOG.info(report.summary(name))
     for metric in ("snapshots_expired", "files_deleted", "bytes_reclaimed", "files_compacted"):
