@@ -201,3 +201,25 @@ def test_sigkill_during_maintenance_leaves_a_readable_table_and_loses_nothing(tm
     assert stream.sort(duckdb_table_rows(cleaner)) == stream.expected()
     cleaner.close()
     writer.close()
+
+
+def test_the_maintain_command_runs_one_pass_on_the_configured_table(tmp_path, capsys):
+    from beam_pixels import cli
+
+    writer = open_writer(tmp_path, Settings(enabled=False))
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(300, inserts=1.0))])
+    churn(writer, stream, 3)
+    properties = tmp_path / "pixels-client.properties"
+    properties.write_text(
+        f"source.schema=id:BIGINT,qty:INT,note:STRING\nsource.primary.key=id\n"
+        f"iceberg.catalog.warehouse=file://{tmp_path}/warehouse\niceberg.table.name=db.orders\n"
+        f"iceberg.maintenance.compaction.deleted.percent=1\n"
+    )
+    assert cli.main(["maintain", "--config", str(properties)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("maintained db.orders:") and "0 files compacted" not in line, line
+    assert current_files(writer)[1] == 0
+    assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
+    assert cli.main(["maintain", "--config", str(properties), "--set", "sink.type=paimon"]) == 2
+    writer.close()
