@@ -331,7 +331,7 @@ KEYS: tuple[Key, ...] = (
     Key("iceberg.maintenance.enabled", "iceberg_maintenance_enabled", "true", _Bool(),
         "Run table maintenance (expire snapshots, delete unreachable and orphan files, compact, merge "
         "manifests) in the committer, between commits.", _ICEBERG),
-    Key("iceberg.maintenance.interval.ms", "iceberg_maintenance_interval_ms", "60000", _Int(1),
+    Key("iceberg.maintenance.interval.ms", "iceberg_maintenance_interval_ms", "30000", _Int(1),
         "Least time between two maintenance passes, in milliseconds.", _ICEBERG),
     Key("iceberg.maintenance.budget.ms", "iceberg_maintenance_budget_ms", "30000", _Int(1),
         "Time budget of one pass: deleting files stops when it is spent, compaction is not started.", _ICEBERG),
@@ -340,7 +340,7 @@ KEYS: tuple[Key, ...] = (
         "(a safety window for other writers' files not yet committed).", _ICEBERG),
     Key("iceberg.maintenance.compaction.deleted.percent", "iceberg_maintenance_deleted_percent", "20", _Int(1, 100),
         "A data file with at least this share of its rows deleted is rewritten without them.", _ICEBERG),
-    Key("iceberg.maintenance.compaction.small.file.mb", "iceberg_maintenance_small_file_mb", "16", _Int(0),
+    Key("iceberg.maintenance.compaction.small.file.mb", "iceberg_maintenance_small_file_mb", "8", _Int(0),
         "Data files smaller than this (MiB) are merged together.", _ICEBERG),
     Key("iceberg.maintenance.compaction.target.file.mb", "iceberg_maintenance_target_file_mb", "128", _Int(1),
         "Size (MiB) of the data files compaction writes, sorted by the primary key.", _ICEBERG),

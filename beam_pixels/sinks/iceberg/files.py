@@ -52,12 +52,14 @@ def conform(rows: pa.Table, target: pa.Schema) -> pa.Table:
 
 def slices(num_rows: int, max_rows_per_file: int | None = None) -> list[tuple[int, int]]:
     """``(offset, length)`` of the files ``num_rows`` rows are written to: one per core
-    for large writes (at least :data:`MIN_ROWS_PER_FILE` each), at most ``max_rows_per_file``."""
+    for large writes (at least :data:`MIN_ROWS_PER_FILE` each); with ``max_rows_per_file``,
+    as few files as hold that many rows each (compaction output)."""
     if not num_rows:
         return []
-    parts = max(1, min(os.cpu_count() or 1, num_rows // MIN_ROWS_PER_FILE))
     if max_rows_per_file:
-        parts = max(parts, -(-num_rows // max_rows_per_file))
+        parts = -(-num_rows // max_rows_per_file)
+    else:
+        parts = max(1, min(os.cpu_count() or 1, num_rows // MIN_ROWS_PER_FILE))
     size = -(-num_rows // parts)
     return [(i, min(size, num_rows - i)) for i in range(0, num_rows, size)]
 

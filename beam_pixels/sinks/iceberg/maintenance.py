@@ -53,11 +53,11 @@ class Settings:
     """The ``iceberg.maintenance.*`` keys (see the configuration reference)."""
 
     enabled: bool = True
-    interval_ms: int = 60_000
+    interval_ms: int = 30_000
     budget_ms: int = 30_000
     orphan_age_ms: int = 24 * 3600 * 1000
     deleted_percent: int = 20
-    small_file_mb: int = 16
+    small_file_mb: int = 8
     target_file_mb: int = 128
     max_compact_mb: int = 256
     max_manifests: int = 16
