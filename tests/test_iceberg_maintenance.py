@@ -223,3 +223,39 @@ def test_the_maintain_command_runs_one_pass_on_the_configured_table(tmp_path, ca
     assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
     assert cli.main(["maintain", "--config", str(properties), "--set", "sink.type=paimon"]) == 2
     writer.close()
+
+
+def delete_targets(writer: IcebergTableWriter) -> tuple[set[str], set[str]]:
+    """The data files of the current snapshot, and the data files its position deletes name."""
+    from beam_pixels.sinks.iceberg import files
+
+    writer.last_checkpoint()
+    table = writer._table
+    data, deletes = set(), []
+    for manifest in table.current_snapshot().manifests(table.io):
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            (data.add(entry.data_file.file_path) if entry.data_file.content == DataFileContent.DATA
+             else deletes.append(entry.data_file))
+    named = set(files.read_position_deletes(table, deletes).column("file_path").to_pylist())
+    return data, named
+
+
+def test_switching_to_copy_on_write_then_maintaining_leaves_no_delete_naming_a_gone_file(tmp_path):
+    writer = open_writer(tmp_path, Settings(enabled=False))
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(300, inserts=1.0))])
+    churn(writer, stream, 3)
+    writer.close()
+    cow = IcebergTableWriter(ORDERS, TABLE, sql_catalog(tmp_path), mode="copy-on-write",
+                             maintenance_settings=Settings(deleted_percent=100, small_file_mb=0))
+    cow.open()
+    churn(cow, stream, 2)
+    assert stream.sort(pyiceberg_rows(cow)) == stream.expected()
+    data, named = delete_targets(cow)
+    assert named - data, "copy-on-write rewrote files that position deletes name"
+    cow.maintain_now()
+    data, named = delete_targets(cow)
+    assert named <= data
+    assert stream.sort(pyiceberg_rows(cow)) == stream.expected()
+    assert stream.sort(duckdb_table_rows(cow)) == stream.expected()
+    cow.close()

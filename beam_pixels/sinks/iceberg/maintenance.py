@@ -261,14 +261,17 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
 
 def _compact(table: Table, settings: Settings, key_columns: list[str], properties: dict[str, str], report: PassReport) -> None:
     """Rewrite the chosen data files without their deleted rows, sorted by key, and drop
-    every delete file that names one of them (its rows for other files are kept in a new
-    delete file), with all manifests merged; or only merge manifests when there are many."""
+    every delete file that names one of them or a data file no longer in the table (its
+    rows for other files are kept in a new delete file), with all manifests merged; or
+    only merge manifests when there are many."""
     data, delete_files, report.manifests = _live_files(table)
     per_file = {f.file_path: files.read_parquet(table, f.file_path, ["file_path", "pos"]) for f in delete_files}
     all_deletes = pa.concat_tables(per_file.values()) if per_file else files.read_position_deletes(table, [])
     deleted = files.positions_by_path(all_deletes)
     chosen = _choose(data, deleted, settings)
-    if not chosen:
+    live_paths = {f.file_path for f in data}
+    gone = {path for path in deleted if path not in live_paths}  # e.g. rewritten by a copy-on-write commit
+    if not chosen and not gone:
         if report.manifests > settings.max_manifests:
             commit_file_changes(table, properties, operation=Operation.REPLACE, rewrite_manifests=True)
             report.manifests = len(table.current_snapshot().manifests(table.io))
@@ -276,7 +279,7 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     index = merge_on_read.cached_index(table) if key_columns else None
     chosen_paths = {f.file_path for f in chosen}
     target = files.arrow_schema(table)
-    parts = []
+    parts = [files.conform(pa.table({}), target).slice(0, 0)]
     for f in chosen:
         rows = files.conform(files.read_parquet(table, f.file_path), target)
         if f.file_path in deleted:
@@ -291,11 +294,12 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     rows_per_file = max(1, int(settings.target_file_mb * 2**20 / max(bytes_per_row, 1e-9)))
     write_uuid = uuid.uuid4()
     new_files = files.write_data_files(table, rows, write_uuid, rows_per_file)
-    folded = [f for f in delete_files if _names_any(per_file[f.file_path], chosen_paths)]
+    dropped = chosen_paths | gone
+    folded = [f for f in delete_files if _names_any(per_file[f.file_path], dropped)]
     kept = [per_file[f.file_path] for f in folded]
     kept_rows = pa.concat_tables(kept) if kept else None
     if kept_rows is not None:
-        mask = pc.is_in(kept_rows.column("file_path"), value_set=pa.array(sorted(chosen_paths)))
+        mask = pc.is_in(kept_rows.column("file_path"), value_set=pa.array(sorted(dropped), pa.string()))
         kept_rows = kept_rows.filter(pc.invert(mask))
     added = list(new_files)
     if kept_rows is not None and kept_rows.num_rows:
@@ -323,4 +327,5 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
 
 
 def _names_any(deletes: pa.Table, paths: set[str]) -> bool:
-    return bool(pc.any(pc.is_in(deletes.column("file_path"), value_set=pa.array(sorted(paths)))).as_py())
+    found = pc.any(pc.is_in(deletes.column("file_path"), value_set=pa.array(sorted(paths), pa.string())))
+    return bool(found.as_py())
