@@ -259,3 +259,50 @@ def test_switching_to_copy_on_write_then_maintaining_leaves_no_delete_naming_a_g
     assert stream.sort(pyiceberg_rows(cow)) == stream.expected()
     assert stream.sort(duckdb_table_rows(cow)) == stream.expected()
     cow.close()
+
+
+def create_beforehand(tmp_path, **properties: str):
+    from pyiceberg.catalog import load_catalog
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import IntegerType, LongType, NestedField, StringType
+
+    catalog = load_catalog("pixels", type="sql", uri=f"sqlite:///{tmp_path}/warehouse/catalog.db",
+                           warehouse=f"file://{tmp_path}/warehouse")
+    catalog.create_namespace_if_not_exists("db")
+    schema = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "qty", IntegerType()),
+                    NestedField(3, "note", StringType()), identifier_field_ids=[1])
+    return catalog.create_table("db.orders", schema=schema, properties=properties)
+
+
+def test_an_existing_table_keeps_its_properties_and_its_retention_is_honoured(tmp_path):
+    (tmp_path / "warehouse").mkdir()
+    create_beforehand(tmp_path, **{"history.expire.max-snapshot-age-ms": "1",
+                                   "history.expire.min-snapshots-to-keep": "2", "owner": "them"})
+    writer = open_writer(tmp_path, Settings(deleted_percent=100, small_file_mb=0),
+                         **{"history.expire.min-snapshots-to-keep": "9"})  # for tables it creates only
+    stream = Stream(ORDERS)
+    churn(writer, stream, 5, changes=50)
+    time.sleep(0.01)
+    assert writer.maintain_now().snapshots_expired == 3
+    props = writer._table.metadata.properties
+    assert (props["owner"], props["history.expire.min-snapshots-to-keep"]) == ("them", "2")
+    assert "write.metadata.delete-after-commit.enabled" not in props
+    assert len(writer._table.metadata.snapshots) == 2
+    assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
+    writer.close()
+
+
+def test_merge_on_read_refuses_a_format_v1_table_naming_the_way_out(tmp_path):
+    from beam_pixels.config import SinkConfigurationError
+
+    (tmp_path / "warehouse").mkdir()
+    create_beforehand(tmp_path, **{"format-version": "1"})
+    writer = IcebergTableWriter(ORDERS, TABLE, sql_catalog(tmp_path))
+    with pytest.raises(SinkConfigurationError, match="iceberg.write.mode=copy-on-write"):
+        writer.open()
+    cow = IcebergTableWriter(ORDERS, TABLE, sql_catalog(tmp_path), mode="copy-on-write")
+    cow.open()
+    stream = Stream(ORDERS)
+    churn(cow, stream, 2, changes=50)
+    assert stream.sort(pyiceberg_rows(cow)) == stream.expected()
+    cow.close()

@@ -183,3 +183,32 @@ def test_another_process_committing_in_between_is_seen_and_nothing_applies_twice
     assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
     commit(writer, [ChangeBatch.from_changes(ORDERS, mine, start_position=20)])  # a replay applies nothing
     assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
+
+
+def test_the_index_agrees_with_a_dict_through_many_commits_merges_and_compactions():
+    rng = np.random.default_rng(5)
+    index = KeyIndex(exact=True, snapshot_id=None)
+    model: dict[int, tuple[str, int]] = {}
+    for n in range(60):
+        keys = np.unique(rng.integers(0, 5000, 300))
+        hits = index.find(keys)
+        assert sorted(zip(keys[hits.query].tolist(), hits.positions.tolist())) == sorted(
+            (k, model[k][1]) for k in keys.tolist() if k in model
+        )
+        index.forget(hits)
+        for k in keys.tolist():
+            model.pop(k, None)
+        survivors = keys[rng.random(len(keys)) < 0.8]  # the rest were deletes
+        index.add_file(f"f{n}", survivors)
+        model.update({k: (f"f{n}", i) for i, k in enumerate(survivors.tolist())})
+        if n % 20 == 19:  # a compaction rewrites the two oldest live files into one
+            gone = sorted({path for path, _ in model.values()})[:2]
+            moved = sorted(k for k, (path, _) in model.items() if path in gone)
+            index.forget_files(gone)
+            index.add_file(f"c{n}", np.array(moved, np.int64))
+            model.update({k: (f"c{n}", i) for i, k in enumerate(moved)})
+        assert len(index) == len(model)
+    everything = np.arange(5000)
+    hits = index.find(everything)
+    found = {int(everything[q]): (index.path(int(f)), int(p)) for q, f, p in zip(hits.query, hits.files, hits.positions)}
+    assert found == model

@@ -2,9 +2,13 @@
 
 pyiceberg 0.12 cannot write position deletes, nor remove delete files, nor
 rewrite manifests. :func:`commit_file_changes` does all three with a snapshot
-producer derived from pyiceberg's private ``_SnapshotProducer`` and a manifest
-writer that reports ``content=deletes``. ``tests/test_pyiceberg_private.py``
-fails loudly when an upgrade changes what this module relies on.
+producer derived from pyiceberg's private ``_SnapshotProducer`` (its constructor,
+``_manifests``, ``_existing_manifests``, ``_deleted_entries``, ``_summary``,
+``_validate_concurrency``, ``new_manifest_output`` and the attributes
+``_added_data_files``, ``_deleted_data_files``, ``_parent_snapshot_id``,
+``_snapshot_id``, ``_compression``, ``_transaction._table``) and a subclass of
+``ManifestWriterV2`` that reports ``content=deletes`` (``content``, ``_meta``).
+``tests/test_pyiceberg_private.py`` fails loudly when an upgrade changes them.
 """
 
 from __future__ import annotations
@@ -25,16 +29,6 @@ from pyiceberg.table import Table, Transaction
 from pyiceberg.table.snapshots import Operation, Summary
 from pyiceberg.typedef import EMPTY_DICT
 from pyiceberg.table.update.snapshot import _SnapshotProducer
-
-# The private names this module builds on, for the upgrade test.
-PRIVATE_NAMES = (
-    "_SnapshotProducer.__init__(operation, transaction, io, commit_uuid, snapshot_properties)",
-    "_SnapshotProducer._added_data_files / _deleted_data_files / _parent_snapshot_id / _snapshot_id",
-    "_SnapshotProducer._summary / _manifests / _existing_manifests / _deleted_entries / _validate_concurrency",
-    "_SnapshotProducer.new_manifest_output / _compression / schema() / spec()",
-    "ManifestWriterV2.content / _meta",
-)
-
 
 class _DeleteManifestWriter(ManifestWriterV2):
     """A v2 manifest writer for delete files: pyiceberg's only writes ``content=data``."""
