@@ -260,10 +260,10 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
 
 
 def _compact(table: Table, settings: Settings, key_columns: list[str], properties: dict[str, str], report: PassReport) -> None:
-    """Rewrite the chosen data files without their deleted rows, sorted by key, and drop
-    every delete file that names one of them or a data file no longer in the table (its
-    rows for other files are kept in a new delete file), with all manifests merged; or
-    only merge manifests when there are many."""
+    """Rewrite the chosen data files without their deleted rows, sorted by key, and fold
+    the delete files into one (without the rows naming rewritten data files or data files
+    no longer in the table), with all manifests merged; or only merge manifests when
+    there are many."""
     data, delete_files, report.manifests = _live_files(table)
     per_file = {f.file_path: files.read_parquet(table, f.file_path, ["file_path", "pos"]) for f in delete_files}
     all_deletes = pa.concat_tables(per_file.values()) if per_file else files.read_position_deletes(table, [])
@@ -271,7 +271,7 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     chosen = _choose(data, deleted, settings)
     live_paths = {f.file_path for f in data}
     gone = {path for path in deleted if path not in live_paths}  # e.g. rewritten by a copy-on-write commit
-    if not chosen and not gone:
+    if not chosen and not gone and len(delete_files) < 2:
         if report.manifests > settings.max_manifests:
             commit_file_changes(table, properties, operation=Operation.REPLACE, rewrite_manifests=True)
             report.manifests = len(table.current_snapshot().manifests(table.io))
@@ -295,7 +295,7 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     write_uuid = uuid.uuid4()
     new_files = files.write_data_files(table, rows, write_uuid, rows_per_file)
     dropped = chosen_paths | gone
-    folded = [f for f in delete_files if _names_any(per_file[f.file_path], dropped)]
+    folded = delete_files if len(delete_files) > 1 else [f for f in delete_files if _names_any(per_file[f.file_path], dropped)]
     kept = [per_file[f.file_path] for f in folded]
     kept_rows = pa.concat_tables(kept) if kept else None
     if kept_rows is not None:
