@@ -12,9 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+from pyiceberg.catalog import load_catalog
 from pyiceberg.manifest import DataFileContent
+from pyiceberg.schema import Schema
+from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
-from beam_pixels.sinks.iceberg import IcebergTableWriter
+from beam_pixels import cli
+from beam_pixels.config import SinkConfigurationError
+from beam_pixels.sinks.iceberg import IcebergTableWriter, files
 from beam_pixels.sinks.iceberg.maintenance import Settings
 from tests.iceberg_stream import ORDERS, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
 
@@ -134,15 +139,13 @@ def test_expiry_keeps_retention_deletes_what_only_expired_snapshots_reached(tmp_
 
 def test_tables_the_sink_creates_get_the_defaults_and_the_configured_properties(tmp_path):
     writer = open_writer(tmp_path, **{"history.expire.max-snapshot-age-ms": "60000", "commit.retry.num-retries": "2"})
-    writer.last_checkpoint()
-    from tests.test_iceberg_sink import read_table
-
-    props = read_table(sql_catalog(tmp_path)).metadata.properties
+    table = load_catalog("pixels", type="sql", uri=f"sqlite:///{tmp_path}/warehouse/catalog.db").load_table(TABLE)
+    props = table.metadata.properties
     assert props["history.expire.max-snapshot-age-ms"] == "60000"
     assert props["write.metadata.delete-after-commit.enabled"] == "true"
     assert props["history.expire.min-snapshots-to-keep"] == "5"
     assert props["commit.retry.num-retries"] == "2"
-    assert read_table(sql_catalog(tmp_path)).metadata.format_version == 2
+    assert table.metadata.format_version == 2
     writer.close()
 
 
@@ -204,8 +207,6 @@ def test_sigkill_during_maintenance_leaves_a_readable_table_and_loses_nothing(tm
 
 
 def test_the_maintain_command_runs_one_pass_on_the_configured_table(tmp_path, capsys):
-    from beam_pixels import cli
-
     writer = open_writer(tmp_path, Settings(enabled=False))
     stream = Stream(ORDERS)
     commit(writer, [stream.batch(stream.changes(300, inserts=1.0))])
@@ -227,8 +228,6 @@ def test_the_maintain_command_runs_one_pass_on_the_configured_table(tmp_path, ca
 
 def delete_targets(writer: IcebergTableWriter) -> tuple[set[str], set[str]]:
     """The data files of the current snapshot, and the data files its position deletes name."""
-    from beam_pixels.sinks.iceberg import files
-
     writer.last_checkpoint()
     table = writer._table
     data, deletes = set(), []
@@ -262,10 +261,6 @@ def test_switching_to_copy_on_write_then_maintaining_leaves_no_delete_naming_a_g
 
 
 def create_beforehand(tmp_path, **properties: str):
-    from pyiceberg.catalog import load_catalog
-    from pyiceberg.schema import Schema
-    from pyiceberg.types import IntegerType, LongType, NestedField, StringType
-
     catalog = load_catalog("pixels", type="sql", uri=f"sqlite:///{tmp_path}/warehouse/catalog.db",
                            warehouse=f"file://{tmp_path}/warehouse")
     catalog.create_namespace_if_not_exists("db")
@@ -293,8 +288,6 @@ def test_an_existing_table_keeps_its_properties_and_its_retention_is_honoured(tm
 
 
 def test_merge_on_read_refuses_a_format_v1_table_naming_the_way_out(tmp_path):
-    from beam_pixels.config import SinkConfigurationError
-
     (tmp_path / "warehouse").mkdir()
     create_beforehand(tmp_path, **{"format-version": "1"})
     writer = IcebergTableWriter(ORDERS, TABLE, sql_catalog(tmp_path))

@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -157,7 +158,8 @@ RIVAL = textwrap.dedent(
 
 def rival_upserts(tmp_path, first: int, last: int) -> None:
     """Another process upserts keys first..last-1 (qty=-id) through its own writer and index."""
-    subprocess.run([sys.executable, "-c", RIVAL, sql_catalog(tmp_path)["warehouse"], str(first), str(last)], check=True)
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", RIVAL, sql_catalog(tmp_path)["warehouse"], str(first), str(last)], check=True, cwd=root)
 
 
 def test_another_process_committing_in_between_is_seen_and_nothing_applies_twice(writer, tmp_path):
