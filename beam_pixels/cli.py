@@ -1,4 +1,4 @@
-"""``beam-pixels``: the command line (``run``, ``demo``, ``mock-server``, ``bench``, ``soak``).
+"""``beam-pixels``: the command line (``run``, ``demo``, ``mock-server``, ``bench``, ``soak``, ``maintain``).
 
 User errors (bad properties, a bad schema, an unreachable catalog path) end with
 a one-line message and exit code 2, never a traceback.
@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--cdc", action="store_true", help="inserts, updates, deletes and snapshots per key")
     mock.add_argument("--seed", type=int, default=0)
     mock.add_argument("--batch-size", type=int, default=200, help="records per bucket per poll")
+
+    maintain = commands.add_parser(
+        "maintain",
+        help="one Iceberg table maintenance pass now: expire snapshots, delete unreachable and orphan files, compact",
+    )
+    _add_config_arguments(maintain)
     return parser
 
 
@@ -108,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args, extra)
+        if args.command == "maintain":
+            return _maintain(args)
         if args.command == "demo":
             from beam_pixels.demo import run_demo
 
@@ -126,6 +134,24 @@ def _run(args, pipeline_args: list[str]) -> int:
     summary = app.run(config, pipeline_args)
     if summary is not None:
         print(summary.describe(), flush=True)
+    return 0
+
+
+def _maintain(args) -> int:
+    """One maintenance pass on the Iceberg table the configuration names (``iceberg.maintenance.*``)."""
+    config = PixelsConfig.load(args.config, args.overrides)
+    if config.sink_type != "iceberg":
+        print(f"beam-pixels maintain: sink.type={config.sink_type}; maintenance passes are for iceberg tables",
+              file=sys.stderr)
+        return USER_ERROR
+    from beam_pixels.sinks.iceberg import WriteToIceberg
+
+    writer = WriteToIceberg.from_config(config).writer
+    writer.open()
+    try:
+        print(writer.maintain_now().summary(writer.table_name), flush=True)
+    finally:
+        writer.close()
     return 0
 
 

@@ -324,6 +324,30 @@ KEYS: tuple[Key, ...] = (
         "Iceberg namespace of the table (a db. prefix of iceberg.table.name sets it).", _ICEBERG),
     Key("iceberg.commit.retries", "iceberg_commit_retries", "5", _Int(0),
         "Attempts after a failed Iceberg commit.", _ICEBERG),
+    Key("iceberg.write.mode", "iceberg_write_mode", "merge-on-read", _Choice(("merge-on-read", "copy-on-write")),
+        "How a commit replaces keys: merge-on-read adds position-delete files and rewrites no data file; "
+        "copy-on-write rewrites the data files holding touched keys (for readers that cannot apply deletes).",
+        _ICEBERG),
+    Key("iceberg.maintenance.enabled", "iceberg_maintenance_enabled", "true", _Bool(),
+        "Run table maintenance (expire snapshots, delete unreachable and orphan files, compact, merge "
+        "manifests) in the committer, between commits.", _ICEBERG),
+    Key("iceberg.maintenance.interval.ms", "iceberg_maintenance_interval_ms", "30000", _Int(1),
+        "Least time between two maintenance passes, in milliseconds.", _ICEBERG),
+    Key("iceberg.maintenance.budget.ms", "iceberg_maintenance_budget_ms", "30000", _Int(1),
+        "Time budget of one pass: deleting files stops when it is spent, compaction is not started.", _ICEBERG),
+    Key("iceberg.maintenance.orphan.age.ms", "iceberg_maintenance_orphan_age_ms", "86400000", _Int(3600000),
+        "Files under the table location that nothing references are deleted once older than this "
+        "(a safety window for other writers' files not yet committed).", _ICEBERG),
+    Key("iceberg.maintenance.compaction.deleted.percent", "iceberg_maintenance_deleted_percent", "20", _Int(1, 100),
+        "A data file with at least this share of its rows deleted is rewritten without them.", _ICEBERG),
+    Key("iceberg.maintenance.compaction.small.file.mb", "iceberg_maintenance_small_file_mb", "8", _Int(0),
+        "Data files smaller than this (MiB) are merged together.", _ICEBERG),
+    Key("iceberg.maintenance.compaction.target.file.mb", "iceberg_maintenance_target_file_mb", "128", _Int(1),
+        "Size (MiB) of the data files compaction writes, sorted by the primary key.", _ICEBERG),
+    Key("iceberg.maintenance.compaction.max.mb", "iceberg_maintenance_max_compact_mb", "256", _Int(1),
+        "Data file bytes (MiB) one pass rewrites at most (bounds its time and memory).", _ICEBERG),
+    Key("iceberg.maintenance.max.manifests", "iceberg_maintenance_max_manifests", "16", _Int(1),
+        "Manifests of the current snapshot above which a pass merges them into one per content kind.", _ICEBERG),
     Key("paimon.catalog.type", "paimon_catalog_type", "paimon",
         _Choice(("filesystem",), aliases={"paimon": "filesystem"}),
         "Paimon catalog type (a filesystem catalog).", _PAIMON),
@@ -343,6 +367,8 @@ KEY_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 
 # Keys under these prefixes pass through to the sink's catalog with the prefix removed.
 _PASSTHROUGH = {sink: f"{sink}.catalog." for sink in SINK_TYPES}
+# Keys under this prefix are Iceberg table properties of the tables the sink creates.
+ICEBERG_TABLE_PROPERTIES = "iceberg.table.properties."
 
 
 def describe() -> str:
@@ -359,6 +385,14 @@ def describe() -> str:
     out.append(
         "Every `iceberg.catalog.<k>` / `paimon.catalog.<k>` key is also passed to the catalog as `<k>` "
         "(e.g. `iceberg.catalog.glue.region`, `paimon.catalog.s3.endpoint`)."
+    )
+    out.append("")
+    out.append(
+        "Every `iceberg.table.properties.<name>=<value>` key sets the Iceberg table property `<name>` on tables "
+        "the sink creates (e.g. `iceberg.table.properties.history.expire.max-snapshot-age-ms=60000`); an existing "
+        "table keeps its own properties. Tables the sink creates get, unless set otherwise: `format-version=2`, "
+        "`write.metadata.delete-after-commit.enabled=true`, `write.metadata.previous-versions-max=10`, "
+        "`history.expire.max-snapshot-age-ms=300000`, `history.expire.min-snapshots-to-keep=5`."
     )
     return "\n".join(out) + "\n"
 
@@ -477,6 +511,16 @@ class PixelsConfig:
     iceberg_table: str
     iceberg_database: str
     iceberg_commit_retries: int
+    iceberg_write_mode: str
+    iceberg_maintenance_enabled: bool
+    iceberg_maintenance_interval_ms: int
+    iceberg_maintenance_budget_ms: int
+    iceberg_maintenance_orphan_age_ms: int
+    iceberg_maintenance_deleted_percent: int
+    iceberg_maintenance_small_file_mb: int
+    iceberg_maintenance_target_file_mb: int
+    iceberg_maintenance_max_compact_mb: int
+    iceberg_maintenance_max_manifests: int
     paimon_catalog_type: str
     paimon_warehouse: str
     paimon_table: str
@@ -528,6 +572,11 @@ class PixelsConfig:
         for name in ("type", "warehouse"):
             out[name] = getattr(self, KEY_BY_NAME[prefix + name].field)
         return out
+
+    def iceberg_table_properties(self) -> dict[str, str]:
+        """Every ``iceberg.table.properties.<name>=v`` as ``{name: v}``."""
+        n = len(ICEBERG_TABLE_PROPERTIES)
+        return {k[n:]: v for k, v in self.properties.items() if k.startswith(ICEBERG_TABLE_PROPERTIES) and k[n:]}
 
     def tls_material(self) -> dict[str, bytes | None]:
         """Contents of the TLS files for the Pixels client; all None when TLS is off."""
@@ -587,7 +636,7 @@ def _unknown_key_warnings(props: Mapping[str, str]) -> list[str]:
     lowered = {name.lower(): name for name in KEY_BY_NAME}
     out = []
     for key in props:
-        if key in KEY_BY_NAME or key.startswith(tuple(_PASSTHROUGH.values())):
+        if key in KEY_BY_NAME or key.startswith((*_PASSTHROUGH.values(), ICEBERG_TABLE_PROPERTIES)):
             continue
         close = difflib.get_close_matches(key.lower(), lowered, n=1)
         out.append(f"unknown key {key!r}" + (f" (did you mean {lowered[close[0]]!r}?)" if close else ""))

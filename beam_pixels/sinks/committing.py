@@ -124,6 +124,9 @@ class TableWriter(abc.ABC):
         snapshot_id = self.commit_prepared([self.prepare(records)], checkpoint)
         return WriteOutcome(snapshot_id, *op_counts(records))
 
+    def maintain(self) -> typing.Any:
+        """Table maintenance the committer runs after each commit, when due (none by default)."""
+
     def close(self) -> None:
         """Release catalog resources."""
 
@@ -251,7 +254,9 @@ class _CommitFn(beam.DoFn):
                 _LOG.warning("%s: commit conflict (%s); refreshing and retrying in %.2fs", self._writer.table_name, conflict, wait)
                 time.sleep(wait)
                 continue
-            yield self._report(parts, checkpoint, snapshot_id, skipped, time.monotonic() - started)
+            result = self._report(parts, checkpoint, snapshot_id, skipped, time.monotonic() - started)
+            self._writer.maintain()  # between commits: never races this committer's own commits
+            yield result
             return
 
     def _not_yet_committed(self, parts: list[_PreparedPart], last: Checkpoint) -> list[_PreparedPart]:

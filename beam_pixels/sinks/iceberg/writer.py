@@ -1,16 +1,12 @@
-"""The Apache Iceberg sink: commit the change stream into an Iceberg table through pyiceberg.
+"""The Iceberg table writer and the ``WriteToIceberg`` transform.
 
-A table with a primary key gets each window's final state per key: one snapshot
-drops the touched keys copy-on-write (data files that may hold them, pruned by
-their column bounds, are read and those holding any are rewritten without
-them, matched with Arrow hash lookups) and adds the surviving after-images.
-pyiceberg's own ``delete`` with an ``In`` filter of 10^5 keys is ~10x slower.
-A table without a key gets an append-only changelog. Every snapshot carries the
-:class:`~beam_pixels.checkpoint.Checkpoint` in its summary.
-
-Data files are written with ``pyiceberg.io.pyarrow._dataframe_to_data_files``,
-the (private) writer behind pyiceberg's own ``append`` and ``delete``, so that
-one snapshot can both replace files and add new ones; pyiceberg is pinned to 0.12.
+A table with a primary key gets each window's final state per key, merge-on-read
+by default (:mod:`~beam_pixels.sinks.iceberg.merge_on_read`: new data files plus
+a position-delete file, no data file rewritten) or copy-on-write
+(:mod:`~beam_pixels.sinks.iceberg.copy_on_write`). A table without a key gets an
+append-only changelog. Every snapshot carries the
+:class:`~beam_pixels.checkpoint.Checkpoint` in its summary. Between commits the
+committer runs table maintenance (:mod:`~beam_pixels.sinks.iceberg.maintenance`).
 
 pyiceberg 0.12 retries a commit that lost a race by itself
 (``commit.retry.num-retries``, default 4): it refreshes the table and re-applies
@@ -23,10 +19,9 @@ re-read the checkpoint and retry.
 
 from __future__ import annotations
 
-import concurrent.futures
-import itertools
 import logging
 import os
+import threading
 import typing
 import uuid
 from dataclasses import dataclass
@@ -35,11 +30,8 @@ from urllib.parse import urlparse
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog, CatalogType, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
-from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, In, LessThanOrEqual
-from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files, schema_to_pyarrow
 from pyiceberg.manifest import DataFile
 from pyiceberg.schema import Schema, promote
 from pyiceberg.table import Table, TableProperties
@@ -50,16 +42,25 @@ from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.schema import SourceSchema, TypeKind
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, split_table_name
+from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read
+from beam_pixels.sinks.iceberg.key_index import key_codes
 
 _LOG = logging.getLogger(__name__)
 
 _CATALOG_TYPES = sorted(t.value for t in CatalogType)
-# Up to this many touched keys, files are pruned with an IN filter per key column;
-# beyond it pyiceberg's metrics evaluator gives up on IN anyway (IN_PREDICATE_LIMIT),
-# so a min/max range prunes as well and costs no hashing.
-_IN_FILTER_LIMIT = 200
-# Rows below which a write is not split across cores (no small files for small commits).
-_MIN_ROWS_PER_FILE = 100_000
+WRITE_MODES = ("merge-on-read", "copy-on-write")
+# Properties of the tables this sink creates, unless iceberg.table.properties.* says otherwise:
+# format v2 (position deletes), old metadata files deleted, snapshots kept 5 minutes (at least 5).
+DEFAULT_TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "10",
+    "history.expire.max-snapshot-age-ms": "300000",
+    "history.expire.min-snapshots-to-keep": "5",
+}
+# Tables whose "using existing table" line this process has printed (once per run, not per round).
+_ANNOUNCED: set[tuple[str, str]] = set()
+_ANNOUNCED_LOCK = threading.Lock()
 
 
 class IcebergSchemaMismatch(SinkConfigurationError):
@@ -74,6 +75,8 @@ class IcebergTableWriter(TableWriter):
     pyiceberg's ``load_catalog`` unchanged, except that a ``sql`` catalog without
     ``uri`` gets a SQLite file inside its local ``warehouse`` directory. A sql
     catalog keeps tables per ``catalog_name``: other tools must use the same name.
+    ``table_properties`` are set on a table this writer creates, over
+    :data:`DEFAULT_TABLE_PROPERTIES`; an existing table keeps its own.
     """
 
     def __init__(
@@ -83,6 +86,10 @@ class IcebergTableWriter(TableWriter):
         catalog_properties: typing.Mapping[str, str],
         database: str | None = None,
         catalog_name: str = "pixels",
+        *,
+        mode: str = "merge-on-read",
+        table_properties: typing.Mapping[str, str] | None = None,
+        maintenance_settings: maintenance.Settings | None = None,
     ):
         floats = [c for c in schema.primary_key if schema.column(c).type.kind in (TypeKind.FLOAT, TypeKind.DOUBLE)]
         if floats:
@@ -90,7 +97,12 @@ class IcebergTableWriter(TableWriter):
                 f"primary key column(s) {', '.join(floats)} are FLOAT/DOUBLE, which Iceberg does not allow as "
                 f"identifier fields; choose other columns for source.primary.key"
             )
+        if mode not in WRITE_MODES:
+            raise SinkConfigurationError(f"iceberg.write.mode={mode!r} is not accepted; accepted: {', '.join(WRITE_MODES)}")
         self.schema = schema
+        self.mode = mode
+        self._table_properties = {**DEFAULT_TABLE_PROPERTIES, **(table_properties or {})}
+        self._maintenance = maintenance_settings or maintenance.Settings()
         namespace, name = split_table_name(table_name, database, "iceberg")
         self.table_name = f"{namespace}.{name}"
         self._namespace = namespace
@@ -109,10 +121,22 @@ class IcebergTableWriter(TableWriter):
             table = self._catalog.load_table(self._identifier)
             action = "using existing"
         except NoSuchTableError:
-            table = self._catalog.create_table_if_not_exists(self._identifier, schema=self._expected_schema())
+            table = self._catalog.create_table_if_not_exists(
+                self._identifier, schema=self._expected_schema(), properties=self._table_properties
+            )
             action = "created"
         self._check_fits(table.schema())
+        if self._merges_on_read and table.metadata.format_version < 2:
+            raise SinkConfigurationError(
+                f"Iceberg table {self.table_name} is format v{table.metadata.format_version}; merge-on-read needs "
+                f"position deletes (v2): upgrade the table (format-version=2) or set iceberg.write.mode=copy-on-write"
+            )
         self._table = _without_blind_retries(table)
+        with _ANNOUNCED_LOCK:
+            seen = (str(table.metadata.table_uuid), action)
+            if seen in _ANNOUNCED:
+                return
+            _ANNOUNCED.add(seen)
         _LOG.info(
             "Iceberg catalog %r (type %s): %s table %s at %s",
             self._catalog_name,
@@ -146,72 +170,61 @@ class IcebergTableWriter(TableWriter):
     def read_table(self) -> pa.Table:
         return self._catalog.load_table(self._identifier).scan().to_arrow()
 
+    @property
+    def _merges_on_read(self) -> bool:
+        return self.mode == "merge-on-read" and bool(self.schema.primary_key)
+
     def prepare(self, records: pa.Table) -> _PreparedFiles:
-        """With a key: collapse to the final state and write the surviving after-images;
-        without: write the changelog. The files are committed by :meth:`commit_prepared`."""
+        """With a key: collapse to the final state and write the surviving after-images
+        (merge-on-read: with the key code of every row); without: write the changelog.
+        The files are committed by :meth:`commit_prepared`."""
         table = self._table
-        target = _arrow_schema(table)
-        if self.schema.primary_key:
-            state = collapse_to_final_state(records, self.schema)
-            rows, keys = _conform(state.upserts, target), state.touched_keys
-        else:
-            rows, keys = _conform(changelog_rows(records, self.schema), target), None
-        return _PreparedFiles(keys, _write_data_files(table, rows, uuid.uuid4()))
+        target = files.arrow_schema(table)
+        if not self.schema.primary_key:
+            rows = files.conform(changelog_rows(records, self.schema), target)
+            return _PreparedFiles(None, files.write_data_files(table, rows, uuid.uuid4()), [])
+        state = collapse_to_final_state(records, self.schema)
+        rows = files.conform(state.upserts, target)
+        keys = pa.table({k: state.touched_keys.column(k).cast(target.field(k).type) for k in self.schema.primary_key})
+        data_files = files.write_data_files(table, rows, uuid.uuid4())
+        codes = []
+        if self._merges_on_read and rows.num_rows:
+            all_codes = key_codes(rows.select(list(self.schema.primary_key)))
+            codes = [all_codes[offset : offset + length] for offset, length in files.slices(rows.num_rows)]
+        return _PreparedFiles(keys, data_files, codes)
 
     def commit_prepared(self, parts: list[_PreparedFiles], checkpoint: Checkpoint) -> int:
-        """One snapshot: rows of every touched key dropped (the files holding them rewritten
-        without them), every prepared file added, ``checkpoint`` in its properties."""
+        """One snapshot that replaces the stored rows of every touched key (merge-on-read:
+        deleted by position; copy-on-write: the files holding them rewritten without
+        them), adds every prepared file and holds ``checkpoint`` in its properties."""
         keyed = [part.touched_keys for part in parts if part.touched_keys is not None]
         touched = pa.concat_tables(keyed) if keyed else None
+        added = [data_file for part in parts for data_file in part.data_files]
+        properties = checkpoint.to_properties()
         try:
-            survivors, rewritten = self._rows_outside(touched) if touched is not None else ([], [])
-            added = [data_file for part in parts for data_file in part.data_files]
-            return self._commit_files(survivors, rewritten, added, checkpoint.to_properties())
+            if self._merges_on_read:
+                codes = [c for part in parts for c in part.codes]
+                return merge_on_read.commit(self._table, list(self.schema.primary_key), touched, added, codes, properties)
+            return copy_on_write.commit(self._table, touched, added, properties)
         except CommitFailedException as e:
             raise CommitConflict(f"{self.table_name}: {e}") from e
 
-    def _rows_outside(self, touched_keys: pa.Table) -> tuple[list[pa.Table], list[DataFile]]:
-        """The files holding any of ``touched_keys``, and their rows without those keys.
+    def maintain(self) -> maintenance.PassReport | None:
+        """Run a maintenance pass when one is due (:mod:`~beam_pixels.sinks.iceberg.maintenance`).
+        A failed pass is logged, never fails the job: the next one starts afresh."""
+        if self._table is None or not maintenance.due(self._table, self._maintenance):
+            return None
+        try:
+            return self.maintain_now()
+        except Exception as e:  # maintenance must not stop the data
+            _LOG.warning("%s: maintenance pass stopped (%s); the next pass starts afresh", self.table_name, e, exc_info=True)
+            return None
 
-        A file the key filter cannot rule out by its statistics is first read by its key
-        columns alone; only a file that does hold a touched key is read whole.
-        """
-        table = self._table
-        target = _arrow_schema(table)
-        keys = pa.table({k: touched_keys.column(k).cast(target.field(k).type) for k in touched_keys.column_names})
-        survivors, rewritten = [], []
-        if keys.num_rows:
-            schema = table.schema()
-            key_columns = ArrowScan(table.metadata, table.io, schema.select(*keys.column_names), AlwaysTrue())
-            whole_rows = ArrowScan(table.metadata, table.io, schema, AlwaysTrue())
-            for task in table.scan(row_filter=_key_filter(keys)).plan_files():
-                if not _key_hits(key_columns.to_table([task]), keys).any():
-                    continue
-                rows = _conform(whole_rows.to_table([task]), target)
-                rewritten.append(task.file)
-                survivors.append(rows.filter(pa.array(~_key_hits(rows, keys))))
-        return survivors, rewritten
-
-    def _commit_files(
-        self, survivors: list[pa.Table], rewritten: list[DataFile], added: list[DataFile], properties: dict[str, str]
-    ) -> int:
-        """Commit one snapshot that replaces ``rewritten`` files by ``survivors`` (rows in the
-        table's Arrow schema) and adds ``added``; returns its id. Only additions make an
-        append snapshot."""
-        table = self._table
-        transaction = table.transaction()
-        update = transaction.update_snapshot(snapshot_properties=properties)
-        producer = update.overwrite() if rewritten else update.fast_append()
-        with producer as snapshot:
-            if rewritten:
-                snapshot.delete_by_predicate(AlwaysTrue())  # look for the rewritten files in every manifest
-                for data_file in rewritten:
-                    snapshot.delete_data_file(data_file)
-            rows = pa.concat_tables(survivors) if survivors else None
-            for data_file in [*_write_data_files(table, rows, snapshot.commit_uuid), *added]:
-                snapshot.append_data_file(data_file)
-        transaction.commit_transaction()
-        return snapshot.snapshot_id
+    def maintain_now(self) -> maintenance.PassReport:
+        """Run one maintenance pass now (``beam-pixels maintain``); the snapshots it commits
+        carry the latest checkpoint forward."""
+        checkpoint = self.last_checkpoint()
+        return maintenance.run_pass(self._table, self._maintenance, list(self.schema.primary_key), checkpoint.to_properties())
 
     def _expected_schema(self) -> Schema:
         """The Iceberg schema this sink creates: the source columns, or the changelog's."""
@@ -269,9 +282,20 @@ class WriteToIceberg(beam.PTransform):
         database: str | None = None,
         window_ms: int | None = None,
         commit_retries: int = 5,
+        mode: str = "merge-on-read",
+        table_properties: typing.Mapping[str, str] | None = None,
+        maintenance_settings: maintenance.Settings | None = None,
     ):
         super().__init__()
-        self._writer = IcebergTableWriter(schema, table_name, catalog_properties, database)
+        self._writer = IcebergTableWriter(
+            schema,
+            table_name,
+            catalog_properties,
+            database,
+            mode=mode,
+            table_properties=table_properties,
+            maintenance_settings=maintenance_settings,
+        )
         self._window_ms = window_ms
         self._commit_retries = commit_retries
 
@@ -285,6 +309,9 @@ class WriteToIceberg(beam.PTransform):
             database=config.iceberg_database,
             window_ms=window_ms,
             commit_retries=config.iceberg_commit_retries,
+            mode=config.iceberg_write_mode,
+            table_properties=config.iceberg_table_properties(),
+            maintenance_settings=maintenance.Settings.from_config(config),
         )
 
     @property
@@ -339,77 +366,12 @@ def _without_blind_retries(table: Table) -> Table:
 
 @dataclass(frozen=True)
 class _PreparedFiles:
-    """Data files written for one part of a commit, and the keys it touched (None without a key)."""
+    """Data files written for one part of a commit, the keys it touched (None without a key)
+    and, merge-on-read, the key code of every row of every data file."""
 
     touched_keys: pa.Table | None
     data_files: list[DataFile]
-
-
-def _write_data_files(table: Table, rows: pa.Table | None, write_uuid: uuid.UUID) -> list[DataFile]:
-    """Parquet data files holding ``rows`` (in the table's Arrow schema), not yet committed.
-
-    Many rows are split into one file per core (of at least ``_MIN_ROWS_PER_FILE``),
-    written at once: pyarrow writes Parquet without the GIL.
-    """
-    if rows is None or not rows.num_rows:
-        return []
-    counter = itertools.count()  # shared, so that every file of this write gets its own name
-
-    def write(part: pa.Table) -> list[DataFile]:
-        return list(_dataframe_to_data_files(table.metadata, part, table.io, write_uuid=write_uuid, counter=counter))
-
-    parts = max(1, min(os.cpu_count() or 1, rows.num_rows // _MIN_ROWS_PER_FILE))
-    if parts == 1:
-        return write(rows)
-    size = -(-rows.num_rows // parts)
-    with concurrent.futures.ThreadPoolExecutor(parts, thread_name_prefix="iceberg-write") as pool:
-        return [f for files in pool.map(write, [rows.slice(i, size) for i in range(0, rows.num_rows, size)]) for f in files]
-
-
-def _arrow_schema(table: Table) -> pa.Schema:
-    return schema_to_pyarrow(table.schema(), include_field_ids=False)
-
-
-def _conform(rows: pa.Table, target: pa.Schema) -> pa.Table:
-    """``rows`` in the table's column order and types; its columns missing from ``rows`` as NULLs."""
-    columns = [
-        rows.column(f.name).cast(f.type) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
-        for f in target
-    ]
-    return pa.Table.from_arrays(columns, schema=target)
-
-
-def _key_hits(rows: pa.Table, keys: pa.Table) -> np.ndarray:
-    """Which rows of ``rows`` have their key (the columns of ``keys``) in ``keys``.
-
-    A hash lookup of the first key column settles single-column keys and narrows
-    composite ones down to the few candidate rows that a semi-join then checks.
-    """
-    first, *rest = keys.column_names
-    hit = pc.is_in(rows.column(first), value_set=keys.column(first)).to_numpy(zero_copy_only=False)
-    if rest:
-        candidates = np.flatnonzero(hit)
-        probe = rows.select(keys.column_names).take(candidates).append_column("__row", pa.array(candidates))
-        matched = probe.join(keys, keys=keys.column_names, join_type="left semi", use_threads=False)
-        hit = np.zeros(rows.num_rows, dtype=bool)
-        hit[matched.column("__row").to_numpy()] = True
-    return hit
-
-
-def _key_filter(keys: pa.Table) -> BooleanExpression:
-    """A filter matching every row with one of ``keys`` (distinct key tuples, as
-    collapsing leaves them) and maybe others, to prune data files."""
-    terms: list[BooleanExpression] = []
-    for name in keys.column_names:
-        column = keys.column(name)
-        if len(column) <= _IN_FILTER_LIMIT:
-            terms.append(In(name, pc.unique(column).to_pylist()))
-        else:  # a range: as good for pruning, and no hashing of every key
-            bounds = pc.min_max(column)
-            terms.append(
-                And(GreaterThanOrEqual(name, bounds["min"].as_py()), LessThanOrEqual(name, bounds["max"].as_py()))
-            )
-    return And(*terms) if len(terms) > 1 else terms[0]
+    codes: list[np.ndarray]
 
 
 def _promotable(source: typing.Any, table: typing.Any) -> bool:

@@ -1,0 +1,166 @@
+"""Every use of pyiceberg's private API in the connector, and nothing else.
+
+pyiceberg 0.12 cannot write position deletes, nor remove delete files, nor
+rewrite manifests. :func:`commit_file_changes` does all three with a snapshot
+producer derived from pyiceberg's private ``_SnapshotProducer`` (its constructor,
+``_manifests``, ``_existing_manifests``, ``_deleted_entries``, ``_summary``,
+``_validate_concurrency``, ``new_manifest_output`` and the attributes
+``_added_data_files``, ``_deleted_data_files``, ``_parent_snapshot_id``,
+``_snapshot_id``, ``_compression``, ``_transaction._table``) and a subclass of
+``ManifestWriterV2`` that reports ``content=deletes`` (``content``, ``_meta``).
+``tests/test_pyiceberg_private.py`` fails loudly when an upgrade changes them.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections import defaultdict
+
+from pyiceberg.manifest import (
+    DataFile,
+    DataFileContent,
+    ManifestContent,
+    ManifestEntry,
+    ManifestEntryStatus,
+    ManifestFile,
+    ManifestWriterV2,
+)
+from pyiceberg.table import Table, Transaction
+from pyiceberg.table.snapshots import Operation, Summary
+from pyiceberg.typedef import EMPTY_DICT
+from pyiceberg.table.update.snapshot import _SnapshotProducer
+
+class _DeleteManifestWriter(ManifestWriterV2):
+    """A v2 manifest writer for delete files: pyiceberg's only writes ``content=data``."""
+
+    def content(self) -> ManifestContent:
+        return ManifestContent.DELETES
+
+    @property
+    def _meta(self) -> dict[str, str]:
+        return {**super()._meta, "content": "deletes"}
+
+
+def _manifest_content(data_file: DataFile) -> ManifestContent:
+    return ManifestContent.DATA if data_file.content == DataFileContent.DATA else ManifestContent.DELETES
+
+
+class _FileChanges(_SnapshotProducer["_FileChanges"]):
+    """One snapshot that adds data and delete files and removes any files.
+
+    Without removals the parent's manifests are kept as they are (one new manifest
+    per content kind). With removals, or ``rewrite_manifests``, every live entry is
+    rewritten into one manifest per content kind and spec, which also bounds the
+    number of manifests.
+    """
+
+    def __init__(
+        self,
+        transaction: Transaction,
+        operation: Operation,
+        properties: dict[str, str],
+        added: typing.Sequence[DataFile],
+        removed: typing.Sequence[DataFile],
+        rewrite_manifests: bool,
+    ):
+        # pyiceberg's summary code knows no REPLACE: build it as an OVERWRITE, relabel it in _summary.
+        super().__init__(
+            Operation.OVERWRITE if operation == Operation.REPLACE else operation,
+            transaction,
+            transaction._table.io,
+            snapshot_properties=properties,
+        )
+        self._final_operation = operation
+        self._added_data_files = list(added)  # data and delete files: the summary counts both kinds
+        self._deleted_data_files = set(removed)
+        self._removed_paths = {f.file_path for f in removed}
+        self._rewrite = rewrite_manifests or bool(removed)
+
+    def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Summary:
+        summary = super()._summary(snapshot_properties)
+        return Summary(self._final_operation, **summary.additional_properties)
+
+    def _validate_concurrency(self) -> None:
+        """Nothing to validate: the commit requires the branch head it was built on."""
+
+    def _deleted_entries(self) -> list[ManifestEntry]:
+        return []
+
+    def _existing_manifests(self) -> list[ManifestFile]:
+        parent = self._transaction.table_metadata.snapshot_by_id(self._parent_snapshot_id) if self._parent_snapshot_id else None
+        return parent.manifests(io=self._io) if parent is not None else []
+
+    def _writer(self, content: ManifestContent, spec_id: int) -> ManifestWriterV2:
+        kind = _DeleteManifestWriter if content == ManifestContent.DELETES else ManifestWriterV2
+        return kind(self.spec(spec_id), self.schema(), self.new_manifest_output(), self._snapshot_id, self._compression)
+
+    def _write(self, entries: list[tuple[int, ManifestEntry]]) -> list[ManifestFile]:
+        """Manifests holding ``(spec id, entry)`` pairs, one per content kind and spec."""
+        groups: dict[tuple[ManifestContent, int], list[ManifestEntry]] = defaultdict(list)
+        for spec_id, entry in entries:
+            groups[(_manifest_content(entry.data_file), spec_id)].append(entry)
+        written = []
+        for (content, spec_id), group in groups.items():
+            with self._writer(content, spec_id) as writer:
+                for entry in group:
+                    writer.add_entry(entry)
+            written.append(writer.to_manifest_file())
+        return written
+
+    def _manifests(self) -> list[ManifestFile]:
+        default_spec = self._transaction.table_metadata.default_spec_id
+        entries = [
+            (
+                default_spec,
+                ManifestEntry.from_args(
+                    status=ManifestEntryStatus.ADDED,
+                    snapshot_id=self._snapshot_id,
+                    sequence_number=None,
+                    file_sequence_number=None,
+                    data_file=data_file,
+                ),
+            )
+            for data_file in self._added_data_files
+        ]
+        existing = self._existing_manifests()
+        if not self._rewrite:
+            return self._write(entries) + [m for m in existing if m.has_added_files() or m.has_existing_files()]
+        for manifest in existing:
+            for entry in manifest.fetch_manifest_entry(io=self._io, discard_deleted=True):
+                gone = entry.data_file.file_path in self._removed_paths
+                entries.append(
+                    (
+                        manifest.partition_spec_id,
+                        ManifestEntry.from_args(
+                            status=ManifestEntryStatus.DELETED if gone else ManifestEntryStatus.EXISTING,
+                            snapshot_id=self._snapshot_id if gone else entry.snapshot_id,
+                            sequence_number=entry.sequence_number,
+                            file_sequence_number=entry.file_sequence_number,
+                            data_file=entry.data_file,
+                        ),
+                    )
+                )
+        found = {e.data_file.file_path for _, e in entries if e.status == ManifestEntryStatus.DELETED}
+        if missing := self._removed_paths - found:
+            raise ValueError(f"files to remove are not in the table: {sorted(missing)[:3]}")
+        return self._write(entries)
+
+
+def commit_file_changes(
+    table: Table,
+    properties: dict[str, str],
+    *,
+    added: typing.Sequence[DataFile] = (),
+    removed: typing.Sequence[DataFile] = (),
+    operation: Operation = Operation.OVERWRITE,
+    rewrite_manifests: bool = False,
+) -> int:
+    """Commit one snapshot on ``table``'s current state that adds ``added`` (data and
+    position-delete files) and removes ``removed``; returns its id. Raises pyiceberg's
+    ``CommitFailedException`` when another writer committed first (given no retries)."""
+    transaction = table.transaction()
+    producer = _FileChanges(transaction, operation, properties, added, removed, rewrite_manifests)
+    producer.commit()
+    transaction.commit_transaction()
+    return producer.snapshot_id
+

@@ -1,0 +1,331 @@
+"""Table maintenance for a table committed every few seconds, run by the committer between commits.
+
+One pass (:func:`run_pass`), at most once per ``iceberg.maintenance.interval.ms``:
+
+1. expire snapshots by the table's own retention properties
+   (``history.expire.max-snapshot-age-ms``, ``history.expire.min-snapshots-to-keep``);
+2. delete the files only expired snapshots reached (manifest lists, manifests,
+   data and delete files), and orphan files under the table location that no
+   snapshot or metadata file reaches and that are older than a safety window;
+3. compact: rewrite data files that carry many deleted rows or are small, their
+   position deletes folded away, sorted by key, and merge the manifests into one
+   per content kind; or only merge manifests when there are too many.
+
+Every commit of a pass requires the table state it was planned on, so it never
+races the sink's own commits or another writer's: a conflict ends the pass and
+nothing is lost. A pass stops early once its time budget is spent. A SIGKILL at
+any point leaves files nobody references, which a later pass removes as orphans.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+from apache_beam.metrics import Metrics
+from pyiceberg.manifest import DataFile, DataFileContent, ManifestFile
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Operation, Snapshot
+
+from beam_pixels.sinks.iceberg import files, merge_on_read
+from beam_pixels.sinks.iceberg._pyiceberg_private import commit_file_changes
+from beam_pixels.sinks.iceberg.key_index import key_codes
+
+_LOG = logging.getLogger(__name__)
+_NAMESPACE = "beam_pixels.iceberg.maintenance"
+# Iceberg's own defaults for tables that do not set the retention properties.
+_MAX_SNAPSHOT_AGE_MS = 5 * 24 * 3600 * 1000
+_MIN_SNAPSHOTS_TO_KEEP = 1
+# monotonic time of the last pass per table UUID, process-wide (local runs build new writers every round).
+_LAST_PASS: dict[str, float] = {}
+_LAST_PASS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The ``iceberg.maintenance.*`` keys (see the configuration reference)."""
+
+    enabled: bool = True
+    interval_ms: int = 30_000
+    budget_ms: int = 30_000
+    orphan_age_ms: int = 24 * 3600 * 1000
+    deleted_percent: int = 20
+    small_file_mb: int = 8
+    target_file_mb: int = 128
+    max_compact_mb: int = 256
+    max_manifests: int = 16
+
+    @classmethod
+    def from_config(cls, config) -> Settings:
+        return cls(
+            enabled=config.iceberg_maintenance_enabled,
+            interval_ms=config.iceberg_maintenance_interval_ms,
+            budget_ms=config.iceberg_maintenance_budget_ms,
+            orphan_age_ms=config.iceberg_maintenance_orphan_age_ms,
+            deleted_percent=config.iceberg_maintenance_deleted_percent,
+            small_file_mb=config.iceberg_maintenance_small_file_mb,
+            target_file_mb=config.iceberg_maintenance_target_file_mb,
+            max_compact_mb=config.iceberg_maintenance_max_compact_mb,
+            max_manifests=config.iceberg_maintenance_max_manifests,
+        )
+
+
+@dataclass
+class PassReport:
+    """What one maintenance pass did."""
+
+    snapshots_expired: int = 0
+    files_deleted: int = 0
+    bytes_reclaimed: int = 0
+    files_compacted: int = 0
+    files_written: int = 0
+    manifests: int = 0
+    seconds: float = 0.0
+    stopped: list[str] = field(default_factory=list)
+
+    def summary(self, table_name: str) -> str:
+        note = f" ({'; '.join(self.stopped)})" if self.stopped else ""
+        return (
+            f"maintained {table_name}: {self.snapshots_expired} snapshots expired, {self.files_deleted} files deleted "
+            f"({self.bytes_reclaimed / 1e6:.1f} MB reclaimed), {self.files_compacted} files compacted into "
+            f"{self.files_written}, {self.manifests} manifests, {self.seconds:.2f}s{note}"
+        )
+
+
+def due(table: Table, settings: Settings) -> bool:
+    """Whether a pass is due for ``table``: enabled and one interval since the end of the
+    last pass (or since the first call in this process)."""
+    if not settings.enabled:
+        return False
+    now = time.monotonic()
+    with _LAST_PASS_LOCK:
+        last = _LAST_PASS.setdefault(str(table.metadata.table_uuid), now)
+    return now - last >= settings.interval_ms / 1000
+
+
+def run_pass(table: Table, settings: Settings, key_columns: list[str], properties: dict[str, str]) -> PassReport:
+    """One maintenance pass on ``table`` (loaded without pyiceberg's blind retries);
+    ``properties`` (the latest checkpoint) go on the snapshots it commits. Logs one line."""
+    started = time.monotonic()
+    deadline = started + settings.budget_ms / 1000
+    report = PassReport()
+    name = ".".join(table.name())
+    reader = _ManifestReader(table)
+    try:
+        expired = _expire_snapshots(table, reader, report)
+        if time.monotonic() < deadline:
+            _delete_unreachable(table, reader, expired, settings, report, deadline)
+        else:
+            report.stopped.append("time budget spent before deleting files")
+        if time.monotonic() < deadline:
+            _compact(table, settings, key_columns, properties, report)
+        else:
+            report.stopped.append("time budget spent before compacting")
+    finally:
+        with _LAST_PASS_LOCK:
+            _LAST_PASS[str(table.metadata.table_uuid)] = time.monotonic()
+    report.seconds = time.monotonic() - started
+    _LOG.info(report.summary(name))
+    for metric in ("snapshots_expired", "files_deleted", "bytes_reclaimed", "files_compacted"):
+        Metrics.counter(_NAMESPACE, metric).inc(getattr(report, metric))
+    Metrics.distribution(_NAMESPACE, "pass_ms").update(int(report.seconds * 1000))
+    return report
+
+
+class _ManifestReader:
+    """Reads each manifest list and manifest of a table once per pass."""
+
+    def __init__(self, table: Table):
+        self._table = table
+        self._manifests: dict[str, list[ManifestFile]] = {}
+        self._entries: dict[str, list[DataFile]] = {}
+
+    def manifests(self, snapshot: Snapshot) -> list[ManifestFile]:
+        if snapshot.manifest_list not in self._manifests:
+            self._manifests[snapshot.manifest_list] = snapshot.manifests(self._table.io)
+        return self._manifests[snapshot.manifest_list]
+
+    def data_files(self, manifest: ManifestFile) -> list[DataFile]:
+        if manifest.manifest_path not in self._entries:
+            entries = manifest.fetch_manifest_entry(self._table.io, discard_deleted=True)
+            self._entries[manifest.manifest_path] = [e.data_file for e in entries]
+        return self._entries[manifest.manifest_path]
+
+    def reachable(self, snapshots: list[Snapshot]) -> dict[str, int]:
+        """Every file these snapshots reach, with its size when known (else 0)."""
+        out: dict[str, int] = {}
+        for snapshot in snapshots:
+            out[snapshot.manifest_list] = 0
+            for manifest in self.manifests(snapshot):
+                out[manifest.manifest_path] = manifest.manifest_length
+                for data_file in self.data_files(manifest):
+                    out[data_file.file_path] = data_file.file_size_in_bytes
+        return out
+
+
+def _expire_snapshots(table: Table, reader: _ManifestReader, report: PassReport) -> dict[str, int]:
+    """Expire what the table's retention properties allow; returns the files the expired
+    snapshots reached (read before they leave the metadata)."""
+    props = table.metadata.properties
+    max_age = int(props.get("history.expire.max-snapshot-age-ms", _MAX_SNAPSHOT_AGE_MS))
+    keep = int(props.get("history.expire.min-snapshots-to-keep", _MIN_SNAPSHOTS_TO_KEEP))
+    protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
+    newest_first = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
+    oldest_kept = time.time() * 1000 - max_age
+    doomed = [
+        s for s in newest_first[keep:] if s.timestamp_ms < oldest_kept and s.snapshot_id not in protected
+    ]
+    if not doomed:
+        return {}
+    reached = reader.reachable(doomed)
+    table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in doomed]).commit()
+    report.snapshots_expired = len(doomed)
+    return reached
+
+
+def _delete_unreachable(
+    table: Table, reader: _ManifestReader, expired: dict[str, int], settings: Settings, report: PassReport, deadline: float
+) -> None:
+    """Delete files only expired snapshots reached, and orphans older than the safety window."""
+    retained = reader.reachable(list(table.metadata.snapshots))
+    in_use = {table.metadata_location, *(log.metadata_file for log in table.metadata.metadata_log)}
+    in_use |= {s.statistics_path for s in table.metadata.statistics}
+    in_use |= {s.statistics_path for s in table.metadata.partition_statistics}
+    doomed = {path: size for path, size in expired.items() if path not in retained and path not in in_use}
+    fs, root = pafs.FileSystem.from_uri(table.location())
+    scheme = table.location()[: len(table.location()) - len(table.location().split("://", 1)[-1])]
+    oldest = time.time() - settings.orphan_age_ms / 1000
+    try:
+        listing = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    except OSError as e:
+        report.stopped.append(f"cannot list {table.location()}: {e}")
+        listing = []
+    for info in listing:
+        if info.type != pafs.FileType.File or info.mtime is None or info.mtime.timestamp() >= oldest:
+            continue
+        path = scheme + info.path if scheme else info.path
+        if path not in retained and path not in in_use and path not in doomed:
+            doomed[path] = info.size or 0
+    for path, size in doomed.items():
+        if time.monotonic() > deadline:
+            report.stopped.append("time budget spent while deleting files")
+            break
+        try:
+            table.io.delete(path)
+        except FileNotFoundError:
+            continue
+        report.files_deleted += 1
+        report.bytes_reclaimed += size
+
+
+def _live_files(table: Table) -> tuple[list[DataFile], list[DataFile], int]:
+    """The current snapshot's data files, delete files and number of manifests."""
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return [], [], 0
+    data, deletes = [], []
+    manifests = snapshot.manifests(table.io)
+    for manifest in manifests:
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            (data if entry.data_file.content == DataFileContent.DATA else deletes).append(entry.data_file)
+    return data, deletes, len(manifests)
+
+
+def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Settings) -> list[DataFile]:
+    """Data files to rewrite: most deleted rows first, then small ones, up to the byte budget.
+    A lone small file without deletes is left alone (nothing to merge it with)."""
+    small = settings.small_file_mb * 2**20
+
+    def share(f: DataFile) -> float:
+        return len(deleted.get(f.file_path, ())) / max(1, f.record_count)
+
+    heavy = [f for f in data if share(f) * 100 >= settings.deleted_percent]
+    light = [f for f in data if f not in heavy and f.file_size_in_bytes < small]
+    if len(heavy) + len(light) < 2 and not heavy:
+        return []
+    chosen, total = [], 0
+    for f in sorted(heavy, key=share, reverse=True) + sorted(light, key=lambda f: f.file_size_in_bytes):
+        if chosen and total + f.file_size_in_bytes > settings.max_compact_mb * 2**20:
+            break
+        chosen.append(f)
+        total += f.file_size_in_bytes
+    return chosen if len(chosen) > 1 or heavy else []
+
+
+def _compact(table: Table, settings: Settings, key_columns: list[str], properties: dict[str, str], report: PassReport) -> None:
+    """Rewrite the chosen data files without their deleted rows, sorted by key, and fold
+    the delete files into one (without the rows naming rewritten data files or data files
+    no longer in the table), with all manifests merged; or only merge manifests when
+    there are many."""
+    data, delete_files, report.manifests = _live_files(table)
+    per_file = {f.file_path: files.read_parquet(table, f.file_path, ["file_path", "pos"]) for f in delete_files}
+    all_deletes = pa.concat_tables(per_file.values()) if per_file else files.read_position_deletes(table, [])
+    deleted = files.positions_by_path(all_deletes)
+    chosen = _choose(data, deleted, settings)
+    live_paths = {f.file_path for f in data}
+    gone = {path for path in deleted if path not in live_paths}  # e.g. rewritten by a copy-on-write commit
+    if not chosen and not gone and len(delete_files) < 2:
+        if report.manifests > settings.max_manifests:
+            commit_file_changes(table, properties, operation=Operation.REPLACE, rewrite_manifests=True)
+            report.manifests = len(table.current_snapshot().manifests(table.io))
+        return
+    index = merge_on_read.cached_index(table) if key_columns else None
+    chosen_paths = {f.file_path for f in chosen}
+    target = files.arrow_schema(table)
+    parts = [files.conform(pa.table({}), target).slice(0, 0)]
+    for f in chosen:
+        rows = files.conform(files.read_parquet(table, f.file_path), target)
+        if f.file_path in deleted:
+            live = np.ones(rows.num_rows, bool)
+            live[deleted[f.file_path]] = False
+            rows = rows.filter(pa.array(live))
+        parts.append(rows)
+    rows = pa.concat_tables(parts)
+    if key_columns:
+        rows = rows.sort_by([(k, "ascending") for k in key_columns])
+    bytes_per_row = sum(f.file_size_in_bytes for f in chosen) / max(1, sum(f.record_count for f in chosen))
+    rows_per_file = max(1, int(settings.target_file_mb * 2**20 / max(bytes_per_row, 1e-9)))
+    write_uuid = uuid.uuid4()
+    new_files = files.write_data_files(table, rows, write_uuid, rows_per_file)
+    dropped = chosen_paths | gone
+    folded = delete_files if len(delete_files) > 1 else [f for f in delete_files if _names_any(per_file[f.file_path], dropped)]
+    kept = [per_file[f.file_path] for f in folded]
+    kept_rows = pa.concat_tables(kept) if kept else None
+    if kept_rows is not None:
+        mask = pc.is_in(kept_rows.column("file_path"), value_set=pa.array(sorted(dropped), pa.string()))
+        kept_rows = kept_rows.filter(pc.invert(mask))
+    added = list(new_files)
+    if kept_rows is not None and kept_rows.num_rows:
+        added.append(
+            files.write_position_deletes(table, kept_rows.column("file_path").combine_chunks(), kept_rows.column("pos").to_numpy(), write_uuid)
+        )
+    try:
+        snapshot_id = commit_file_changes(
+            table, properties, added=added, removed=chosen + folded, operation=Operation.REPLACE, rewrite_manifests=True
+        )
+    except Exception:
+        for f in added:
+            table.io.delete(f.file_path)
+        raise
+    if index is not None:
+        with index.lock:
+            index.forget_files(chosen_paths)
+            codes = key_codes(rows.select(key_columns))
+            for f, (offset, length) in zip(new_files, files.slices(rows.num_rows, rows_per_file)):
+                index.add_file(f.file_path, codes[offset : offset + length])
+            index.snapshot_id = snapshot_id
+    report.files_compacted = len(chosen) + len(folded)
+    report.files_written = len(added)
+    report.manifests = len(table.current_snapshot().manifests(table.io))
+
+
+def _names_any(deletes: pa.Table, paths: set[str]) -> bool:
+    found = pc.any(pc.is_in(deletes.column("file_path"), value_set=pa.array(sorted(paths), pa.string())))
+    return bool(found.as_py())

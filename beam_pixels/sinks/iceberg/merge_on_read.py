@@ -1,0 +1,144 @@
+"""Merge-on-read commits: a commit rewrites no data file.
+
+It adds the surviving after-images as new data files and deletes the older rows
+of every touched key by position, in one position-delete file, in one snapshot.
+The touched rows are found in a :class:`~beam_pixels.sinks.iceberg.key_index.KeyIndex`
+built from the table once per process and kept current with every commit this
+process makes. A local run builds new pipelines (and writers) every round, so
+the index lives in a process-wide cache keyed by the table's UUID and is used
+only while the table's current snapshot is the one it describes; after another
+writer's commit it is rebuilt from the table.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+import typing
+import uuid
+
+import numpy as np
+import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Operation
+
+from beam_pixels.sinks.iceberg import files
+from beam_pixels.sinks.iceberg._pyiceberg_private import commit_file_changes
+from beam_pixels.sinks.iceberg.key_index import KeyIndex, is_exact, key_codes, verify
+
+_LOG = logging.getLogger(__name__)
+_INDEXES: dict[str, KeyIndex] = {}
+_INDEXES_LOCK = threading.Lock()
+
+
+def key_index(table: Table, key_columns: list[str]) -> KeyIndex:
+    """The key index of ``table``'s current snapshot: the cached one while it is current,
+    else one built from the table (and cached)."""
+    snapshot = table.current_snapshot()
+    current = snapshot.snapshot_id if snapshot else None
+    uuid_ = str(table.metadata.table_uuid)
+    with _INDEXES_LOCK:
+        index = _INDEXES.get(uuid_)
+        if index is not None and index.snapshot_id == current:
+            return index
+        if index is not None:
+            _LOG.info("%s: changed by another writer (snapshot %s, index at %s); rebuilding the key index",
+                      ".".join(table.name()), current, index.snapshot_id)
+        index = _INDEXES[uuid_] = build_index(table, key_columns)
+        return index
+
+
+def cached_index(table: Table) -> KeyIndex | None:
+    """The cached index of ``table`` if it describes its current snapshot, else None."""
+    snapshot = table.current_snapshot()
+    with _INDEXES_LOCK:
+        index = _INDEXES.get(str(table.metadata.table_uuid))
+    return index if index is not None and snapshot is not None and index.snapshot_id == snapshot.snapshot_id else None
+
+
+def forget_index(table: Table) -> None:
+    """Drop the cached index of ``table`` (its state is unknown after a failed commit)."""
+    with _INDEXES_LOCK:
+        _INDEXES.pop(str(table.metadata.table_uuid), None)
+
+
+def build_index(table: Table, key_columns: list[str]) -> KeyIndex:
+    """Read the key columns of every live data file, less deleted positions."""
+    started = time.monotonic()
+    types = [files.arrow_schema(table).field(k).type for k in key_columns]
+    snapshot = table.current_snapshot()
+    index = KeyIndex(is_exact(types), snapshot.snapshot_id if snapshot else None)
+    tasks = list(table.scan(snapshot_id=snapshot.snapshot_id).plan_files()) if snapshot else []
+    delete_files = list({d.file_path: d for task in tasks for d in task.delete_files}.values())
+    deleted = files.positions_by_path(files.read_position_deletes(table, delete_files))
+
+    def load(path: str) -> tuple[str, np.ndarray, np.ndarray]:
+        codes = key_codes(files.read_parquet(table, path, key_columns))
+        positions = np.arange(len(codes), dtype=np.int32)
+        if path in deleted:
+            live = np.ones(len(codes), bool)
+            live[deleted[path]] = False
+            codes, positions = codes[live], positions[live]
+        return path, codes, positions
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="iceberg-index") as pool:
+        for path, codes, positions in pool.map(load, [task.file.file_path for task in tasks]):
+            index.add_file(path, codes, positions)
+    _LOG.info("%s: key index built from snapshot %s: %d keys in %d files, %.1f MB, %.2fs",
+              ".".join(table.name()), index.snapshot_id, len(index), len(tasks), index.nbytes / 1e6, time.monotonic() - started)
+    return index
+
+
+def _stored_keys(table: Table, key_columns: list[str]) -> typing.Callable[[str, np.ndarray], pa.Table]:
+    def read(path: str, positions: np.ndarray) -> pa.Table:
+        return files.read_parquet(table, path, key_columns).take(pa.array(positions))
+
+    return read
+
+
+def commit(
+    table: Table,
+    key_columns: list[str],
+    touched_keys: pa.Table,
+    added: list[DataFile],
+    added_codes: list[np.ndarray],
+    properties: dict[str, str],
+) -> int:
+    """One snapshot: ``added`` data files (key codes per row in ``added_codes``) and a
+    position-delete file for the stored rows of ``touched_keys``; returns its id.
+    Raises ``CommitFailedException`` if another writer committed first."""
+    index = key_index(table, key_columns)
+    with index.lock:
+        hits = index.find(key_codes(touched_keys) if touched_keys is not None else np.zeros(0, np.int64))
+        keep = None
+        if not index.exact and len(hits.query):
+            keep = verify(hits, touched_keys, _stored_keys(table, key_columns), index)
+        found_files = hits.files if keep is None else hits.files[keep]
+        positions = hits.positions if keep is None else hits.positions[keep]
+        new_files = list(added)
+        if len(positions):
+            paths = pa.array(sorted({index.path(int(f)) for f in np.unique(found_files)}))
+            lookup = {p: i for i, p in enumerate(paths.to_pylist())}
+            path_of = np.array([lookup[index.path(int(f))] for f in np.unique(found_files)])
+            rank = path_of[np.searchsorted(np.unique(found_files), found_files)]
+            new_files.append(files.write_position_deletes(table, paths.take(pa.array(rank)), positions, uuid.uuid4()))
+        operation = Operation.OVERWRITE if len(positions) else Operation.APPEND
+        try:
+            snapshot_id = commit_file_changes(table, properties, added=new_files, operation=operation)
+        except CommitFailedException:
+            if len(positions):
+                table.io.delete(new_files[-1].file_path)
+            raise
+        except Exception:
+            forget_index(table)
+            raise
+        index.forget(hits, keep)
+        for data_file, codes in zip(added, added_codes):
+            index.add_file(data_file.file_path, codes)
+        index.snapshot_id = snapshot_id
+        return snapshot_id

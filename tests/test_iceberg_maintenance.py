@@ -1,0 +1,301 @@
+"""Table maintenance against real tables: compaction, snapshot expiry, file deletion, a
+SIGKILL in the middle of a pass; pyiceberg and DuckDB must read the right rows after each."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from pyiceberg.catalog import load_catalog
+from pyiceberg.manifest import DataFileContent
+from pyiceberg.schema import Schema
+from pyiceberg.types import IntegerType, LongType, NestedField, StringType
+
+from beam_pixels import cli
+from beam_pixels.config import SinkConfigurationError
+from beam_pixels.sinks.iceberg import IcebergTableWriter, files
+from beam_pixels.sinks.iceberg.maintenance import Settings
+from tests.iceberg_stream import ORDERS, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
+
+TABLE = "db.orders"
+# Compact anything with deletes, merge manifests early, delete orphans at once.
+EAGER = Settings(interval_ms=1, deleted_percent=1, small_file_mb=1, orphan_age_ms=0, max_manifests=4)
+
+
+def open_writer(tmp_path, settings: Settings = EAGER, **properties: str) -> IcebergTableWriter:
+    w = IcebergTableWriter(ORDERS, TABLE, sql_catalog(tmp_path), table_properties=properties, maintenance_settings=settings)
+    w.open()
+    return w
+
+
+def files_on_disk(tmp_path) -> set[str]:
+    root = tmp_path / "warehouse" / "db" / "orders"
+    return {f"file://{p}" for p in root.rglob("*") if p.is_file()}
+
+
+def referenced(writer: IcebergTableWriter) -> set[str]:
+    """Every file a retained snapshot or the metadata references."""
+    writer.last_checkpoint()
+    table = writer._table
+    out = {table.metadata_location, *(log.metadata_file for log in table.metadata.metadata_log)}
+    for snapshot in table.metadata.snapshots:
+        out.add(snapshot.manifest_list)
+        for manifest in snapshot.manifests(table.io):
+            out.add(manifest.manifest_path)
+            out |= {e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io, discard_deleted=True)}
+    return out
+
+
+def current_files(writer: IcebergTableWriter) -> tuple[int, int]:
+    """Data and delete files of the current snapshot."""
+    writer.last_checkpoint()
+    data = deletes = 0
+    for manifest in writer._table.current_snapshot().manifests(writer._table.io):
+        for entry in manifest.fetch_manifest_entry(writer._table.io, discard_deleted=True):
+            if entry.data_file.content == DataFileContent.DATA:
+                data += 1
+            else:
+                deletes += 1
+    return data, deletes
+
+
+def churn(writer: IcebergTableWriter, stream: Stream, commits: int, changes: int = 150) -> None:
+    for _ in range(commits):
+        commit(writer, [stream.batch(stream.changes(changes))])
+
+
+def test_compaction_folds_deletes_and_keeps_the_rows_and_later_commits_right(tmp_path):
+    writer = open_writer(tmp_path)
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(500, inserts=1.0))])
+    churn(writer, stream, 6)
+    data_before, deletes_before = current_files(writer)
+    assert deletes_before > 0
+
+    report = writer.maintain_now()
+    data_after, deletes_after = current_files(writer)
+    assert report.files_compacted > 0
+    assert deletes_after == 0 and data_after < data_before
+    assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
+    assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
+    before = writer.last_checkpoint()
+
+    churn(writer, stream, 3)  # the key index follows the compacted files
+    assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
+    assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
+    assert writer.last_checkpoint().batch_id == before.batch_id + 3
+    writer.close()
+
+
+def test_compaction_by_another_writer_rebuilds_the_index(tmp_path):
+    writer = open_writer(tmp_path, Settings(enabled=False))
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(400, inserts=1.0))])
+    churn(writer, stream, 4)
+    other = open_writer(tmp_path)
+    other.maintain_now()  # compacts: the positions this writer's index holds are gone
+    other.close()
+    churn(writer, stream, 3)
+    assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
+    assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
+    writer.close()
+
+
+def test_expiry_keeps_retention_deletes_what_only_expired_snapshots_reached(tmp_path):
+    writer = open_writer(
+        tmp_path,
+        **{"history.expire.max-snapshot-age-ms": "1", "history.expire.min-snapshots-to-keep": "3"},
+    )
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(300, inserts=1.0))])
+    churn(writer, stream, 7)
+    time.sleep(0.01)
+    checkpoint = writer.last_checkpoint()
+    orphan_old = tmp_path / "warehouse" / "db" / "orders" / "data" / "stray.parquet"
+    orphan_old.write_bytes(b"left by a crashed writer")
+    os.utime(orphan_old, (time.time() - 3600, time.time() - 3600))
+
+    report = writer.maintain_now()
+    assert report.snapshots_expired == 8 - 3
+    assert report.files_deleted > 0 and report.bytes_reclaimed > 0
+    snapshots = writer._table.metadata.snapshots
+    assert len(snapshots) <= 3 + 1  # the retained ones and the compaction's
+    on_disk, needed = files_on_disk(tmp_path), referenced(writer)
+    assert needed <= on_disk, "a retained snapshot lost a file"
+    assert on_disk == needed, f"unreferenced files left: {sorted(on_disk - needed)[:3]}"
+    assert writer.last_checkpoint() == checkpoint  # maintenance snapshots carry the checkpoint
+    assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
+    assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
+    for snapshot in snapshots:  # every retained snapshot is still readable
+        assert writer._table.scan(snapshot_id=snapshot.snapshot_id).to_arrow() is not None
+    writer.close()
+
+
+def test_tables_the_sink_creates_get_the_defaults_and_the_configured_properties(tmp_path):
+    writer = open_writer(tmp_path, **{"history.expire.max-snapshot-age-ms": "60000", "commit.retry.num-retries": "2"})
+    table = load_catalog("pixels", type="sql", uri=f"sqlite:///{tmp_path}/warehouse/catalog.db").load_table(TABLE)
+    props = table.metadata.properties
+    assert props["history.expire.max-snapshot-age-ms"] == "60000"
+    assert props["write.metadata.delete-after-commit.enabled"] == "true"
+    assert props["history.expire.min-snapshots-to-keep"] == "5"
+    assert props["commit.retry.num-retries"] == "2"
+    assert table.metadata.format_version == 2
+    writer.close()
+
+
+def test_maintenance_runs_once_per_interval_between_commits(tmp_path):
+    writer = open_writer(tmp_path, Settings(interval_ms=200, deleted_percent=1))
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(200, inserts=1.0))])
+    assert writer.maintain() is None  # the first call starts the clock
+    churn(writer, stream, 2)
+    assert writer.maintain() is None  # not due yet
+    time.sleep(0.25)
+    assert writer.maintain() is not None
+    assert writer.maintain() is None
+    assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
+    writer.close()
+
+
+MAINTAIN_FOREVER = textwrap.dedent(
+    """
+    import sys
+    from beam_pixels.sinks.iceberg import IcebergTableWriter
+    from beam_pixels.sinks.iceberg.maintenance import Settings
+    from tests.iceberg_stream import ORDERS
+
+    w = IcebergTableWriter(ORDERS, "db.orders", {"type": "sql", "warehouse": sys.argv[1]},
+                           maintenance_settings=Settings(deleted_percent=1, small_file_mb=64, max_manifests=1))
+    w.open()
+    print("ready", flush=True)
+    while True:
+        w.maintain_now()
+    """
+)
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.8])
+def test_sigkill_during_maintenance_leaves_a_readable_table_and_loses_nothing(tmp_path, delay):
+    writer = open_writer(tmp_path, Settings(enabled=False))
+    stream = Stream(ORDERS, seed=int(delay * 100))
+    commit(writer, [stream.batch(stream.changes(3000, inserts=1.0))])
+    churn(writer, stream, 5, changes=600)
+    for _ in range(2):
+        process = subprocess.Popen(
+            [sys.executable, "-c", MAINTAIN_FOREVER, sql_catalog(tmp_path)["warehouse"]],
+            stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert process.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
+        assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
+        churn(writer, stream, 2, changes=300)  # the job goes on
+    cleaner = open_writer(tmp_path)
+    cleaner.maintain_now()
+    assert files_on_disk(tmp_path) == referenced(cleaner)  # what the kills left behind is gone
+    assert stream.sort(duckdb_table_rows(cleaner)) == stream.expected()
+    cleaner.close()
+    writer.close()
+
+
+def test_the_maintain_command_runs_one_pass_on_the_configured_table(tmp_path, capsys):
+    writer = open_writer(tmp_path, Settings(enabled=False))
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(300, inserts=1.0))])
+    churn(writer, stream, 3)
+    properties = tmp_path / "pixels-client.properties"
+    properties.write_text(
+        f"source.schema=id:BIGINT,qty:INT,note:STRING\nsource.primary.key=id\n"
+        f"iceberg.catalog.warehouse=file://{tmp_path}/warehouse\niceberg.table.name=db.orders\n"
+        f"iceberg.maintenance.compaction.deleted.percent=1\n"
+    )
+    assert cli.main(["maintain", "--config", str(properties)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("maintained db.orders:") and "0 files compacted" not in line, line
+    assert current_files(writer)[1] == 0
+    assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
+    assert cli.main(["maintain", "--config", str(properties), "--set", "sink.type=paimon"]) == 2
+    writer.close()
+
+
+def delete_targets(writer: IcebergTableWriter) -> tuple[set[str], set[str]]:
+    """The data files of the current snapshot, and the data files its position deletes name."""
+    writer.last_checkpoint()
+    table = writer._table
+    data, deletes = set(), []
+    for manifest in table.current_snapshot().manifests(table.io):
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            (data.add(entry.data_file.file_path) if entry.data_file.content == DataFileContent.DATA
+             else deletes.append(entry.data_file))
+    named = set(files.read_position_deletes(table, deletes).column("file_path").to_pylist())
+    return data, named
+
+
+def test_switching_to_copy_on_write_then_maintaining_leaves_no_delete_naming_a_gone_file(tmp_path):
+    writer = open_writer(tmp_path, Settings(enabled=False))
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(300, inserts=1.0))])
+    churn(writer, stream, 3)
+    writer.close()
+    cow = IcebergTableWriter(ORDERS, TABLE, sql_catalog(tmp_path), mode="copy-on-write",
+                             maintenance_settings=Settings(deleted_percent=100, small_file_mb=0))
+    cow.open()
+    churn(cow, stream, 2)
+    assert stream.sort(pyiceberg_rows(cow)) == stream.expected()
+    data, named = delete_targets(cow)
+    assert named - data, "copy-on-write rewrote files that position deletes name"
+    cow.maintain_now()
+    data, named = delete_targets(cow)
+    assert named <= data
+    assert stream.sort(pyiceberg_rows(cow)) == stream.expected()
+    assert stream.sort(duckdb_table_rows(cow)) == stream.expected()
+    cow.close()
+
+
+def create_beforehand(tmp_path, **properties: str):
+    catalog = load_catalog("pixels", type="sql", uri=f"sqlite:///{tmp_path}/warehouse/catalog.db",
+                           warehouse=f"file://{tmp_path}/warehouse")
+    catalog.create_namespace_if_not_exists("db")
+    schema = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "qty", IntegerType()),
+                    NestedField(3, "note", StringType()), identifier_field_ids=[1])
+    return catalog.create_table("db.orders", schema=schema, properties=properties)
+
+
+def test_an_existing_table_keeps_its_properties_and_its_retention_is_honoured(tmp_path):
+    (tmp_path / "warehouse").mkdir()
+    create_beforehand(tmp_path, **{"history.expire.max-snapshot-age-ms": "1",
+                                   "history.expire.min-snapshots-to-keep": "2", "owner": "them"})
+    writer = open_writer(tmp_path, Settings(deleted_percent=100, small_file_mb=0),
+                         **{"history.expire.min-snapshots-to-keep": "9"})  # for tables it creates only
+    stream = Stream(ORDERS)
+    churn(writer, stream, 5, changes=50)
+    time.sleep(0.01)
+    assert writer.maintain_now().snapshots_expired == 3
+    props = writer._table.metadata.properties
+    assert (props["owner"], props["history.expire.min-snapshots-to-keep"]) == ("them", "2")
+    assert "write.metadata.delete-after-commit.enabled" not in props
+    assert len(writer._table.metadata.snapshots) <= 2 + 1  # and a compaction's
+    assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
+    writer.close()
+
+
+def test_merge_on_read_refuses_a_format_v1_table_naming_the_way_out(tmp_path):
+    (tmp_path / "warehouse").mkdir()
+    create_beforehand(tmp_path, **{"format-version": "1"})
+    writer = IcebergTableWriter(ORDERS, TABLE, sql_catalog(tmp_path))
+    with pytest.raises(SinkConfigurationError, match="iceberg.write.mode=copy-on-write"):
+        writer.open()
+    cow = IcebergTableWriter(ORDERS, TABLE, sql_catalog(tmp_path), mode="copy-on-write")
+    cow.open()
+    stream = Stream(ORDERS)
+    churn(cow, stream, 2, changes=50)
+    assert stream.sort(pyiceberg_rows(cow)) == stream.expected()
+    cow.close()
