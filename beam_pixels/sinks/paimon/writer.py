@@ -48,6 +48,7 @@ from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, split_table_name
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
 from beam_pixels.sinks.paimon.bucketing import bucket_ids
+from beam_pixels.sinks.paimon.maintenance import MaintenanceOptions, PassReport, run_pass
 
 _LOG = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ class PaimonTableWriter(TableWriter):
         database: str | None = None,
         bucket: int = 4,
         commit_user: str | None = None,
+        *,
+        table_options: dict[str, str] | None = None,
+        compaction_trigger: int | None = None,
+        compaction_max_bytes: int = 256 * 2**20,
+        write_only: bool = False,
     ):
         self.database, table = split_table_name(table_name, database, "paimon")
         if bucket < 1:
@@ -83,6 +89,11 @@ class PaimonTableWriter(TableWriter):
         self.bucket = bucket
         self.commit_user = commit_user or f"beam-pixels:{self.table_name}"
         self._catalog_options = _catalog_options(catalog_properties)
+        self.table_options = dict(table_options or {})
+        self.compaction_trigger = compaction_trigger
+        self.compaction_max_bytes = compaction_max_bytes
+        self.write_only = write_only
+        self._maintenance: MaintenanceOptions | None = None
         self._table = None
         self._write_schema: pa.Schema | None = None
 
@@ -99,6 +110,13 @@ class PaimonTableWriter(TableWriter):
         _check_fits(table, self._paimon_schema(), self.table_name)
         self._table = table
         self._write_schema = PyarrowFieldParser.from_paimon_schema(table.table_schema.fields)
+        options = table.options.options.to_map()
+        write_only = self.write_only or str(options.get("write-only", "false")).lower() == "true"
+        if self.schema.primary_key and not write_only:
+            try:
+                self._maintenance = MaintenanceOptions.of(options, self.compaction_trigger, self.compaction_max_bytes)
+            except ValueError as error:
+                raise SinkConfigurationError(f"Paimon table {self.table_name}: {error}") from None
         _LOG.info(
             "Paimon warehouse %s: %s table %s (%s, commit user %s)",
             _redact(self._catalog_options["warehouse"]),
@@ -158,7 +176,22 @@ class PaimonTableWriter(TableWriter):
             raise
         finally:
             commit.close()
-        return self._last_own_snapshot().id
+        snapshot = self._last_own_snapshot()
+        if self._maintenance is not None:
+            self.maintain(snapshot)
+        return snapshot.id
+
+    def maintain(self, own_snapshot=None) -> PassReport | None:
+        """One maintenance pass (compaction, manifests, snapshot expiration) unless the
+        table is write-only or has no primary key; the committer runs it after each commit."""
+        if self._maintenance is None:
+            return None
+        own_snapshot = own_snapshot or self._last_own_snapshot()
+        if own_snapshot is None:
+            return None
+        report = run_pass(self._table, self.table_name, self.commit_user, own_snapshot, self._maintenance)
+        _LOG.info(report.line())
+        return report
 
     def close(self) -> None:
         self._table = None
@@ -171,14 +204,14 @@ class PaimonTableWriter(TableWriter):
         if key:
             columns = [(c.name, c.type.to_paimon(), c.name not in key) for c in self.schema.columns]
             columns.append((ROW_KIND_COLUMN, "STRING", False))
-            options = {"bucket": str(self.bucket), "rowkind.field": ROW_KIND_COLUMN}
+            options = {**self.table_options, "bucket": str(self.bucket), "rowkind.field": ROW_KIND_COLUMN}
         else:
             source_types = {c.name: c.type.to_paimon() for c in self.schema.columns}
             columns = [
                 (f.name, source_types.get(f.name) or PyarrowFieldParser.to_paimon_type(f.type, True).type, f.nullable)
                 for f in changelog_schema(self.schema)
             ]
-            options = {}
+            options = dict(self.table_options)
         fields = [DataField(i, name, AtomicType(kind, nullable)) for i, (name, kind, nullable) in enumerate(columns)]
         return Schema(fields, primary_keys=list(key), options=options)
 
@@ -229,7 +262,6 @@ class PaimonTableWriter(TableWriter):
         return snapshot
 
 
-
 class WriteToPaimon(beam.PTransform):
     """Commit a PCollection of ``ChangeBatch`` to a Paimon table exactly once.
 
@@ -247,9 +279,17 @@ class WriteToPaimon(beam.PTransform):
         bucket: int = 4,
         window_ms: int | None = None,
         commit_retries: int = 5,
+        table_options: dict[str, str] | None = None,
+        compaction_trigger: int | None = None,
+        compaction_max_bytes: int = 256 * 2**20,
+        write_only: bool = False,
     ):
         super().__init__()
-        self._writer = PaimonTableWriter(schema, table_name, catalog_properties, database=database, bucket=bucket)
+        self._writer = PaimonTableWriter(
+            schema, table_name, catalog_properties, database=database, bucket=bucket,
+            table_options=table_options, compaction_trigger=compaction_trigger,
+            compaction_max_bytes=compaction_max_bytes, write_only=write_only,
+        )
         self._window_ms = window_ms
         self._commit_retries = commit_retries
 
@@ -264,6 +304,10 @@ class WriteToPaimon(beam.PTransform):
             bucket=config.paimon_bucket,
             window_ms=window_ms,
             commit_retries=config.paimon_commit_retries,
+            table_options=config.paimon_table_options(),
+            compaction_trigger=config.paimon_compaction_trigger,
+            compaction_max_bytes=config.paimon_compaction_max_mb * 2**20,
+            write_only=config.paimon_write_only,
         )
 
     @property
