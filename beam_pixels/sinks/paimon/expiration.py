@@ -5,27 +5,27 @@ are always kept; beyond ``snapshot.num-retained.max`` (unlimited) they always go
 in between, those older than ``snapshot.time-retained`` (1 h) go;
 ``snapshot.expire.limit`` (10) bounds how many one pass expires.
 
-Expiring snapshots ``[earliest, end)`` deletes, in an order that leaves a readable
-table at every step (a crash part way is finished by the next pass):
+Expiring snapshots ``[earliest, end)`` goes one snapshot at a time, the oldest
+first, so that every snapshot file on storage stays fully readable at every step:
 
-1. data files that a snapshot in ``(earliest, end]`` removed (compacted away):
-   no retained snapshot reaches them, since files never come back once removed;
-2. then, per expired snapshot from the oldest: its manifest lists and the
-   manifests that the first retained snapshot does not reference (a manifest
-   reachable from a later snapshot is reachable from every snapshot in between),
-   then the snapshot file itself, then the ``EARLIEST`` hint.
+1. read what snapshot ``e`` alone reaches: its manifest lists, the manifests the
+   next snapshot does not reference (a manifest reachable from a later snapshot
+   is reachable from every snapshot in between), and the data files the next
+   snapshot removed (compacted away; files never come back once removed);
+2. delete the snapshot file and move the ``EARLIEST`` hint past it;
+3. delete those files.
+
+A crash between 2 and 3 leaves that snapshot's files behind as orphans (Paimon's
+``remove_orphan_files`` procedure deletes them), never a snapshot that cannot be read.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from dataclasses import dataclass
 
 from beam_pixels.sinks.paimon import _pypaimon_private as private
-
-_LOG = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"\s*(\d+)\s*([a-z]*)\s*")
 _UNITS_MS = {
@@ -110,49 +110,27 @@ def expire(table, retention: RetentionOptions, now_ms: int | None = None) -> Exp
         return ExpireResult()
     earliest, end = span
     io = table.file_io
-    deleted_files = 0
-    reclaimed = 0
-
-    def delete(path: str) -> None:
-        nonlocal deleted_files, reclaimed
-        try:
-            size = io.get_file_size(path)
-        except (OSError, FileNotFoundError):
-            return
-        if io.delete_quietly(path) is not False:
-            deleted_files += 1
-            reclaimed += size
-
-    # 1. data files removed by a snapshot in (earliest, end]
-    for snapshot_id in range(earliest + 1, end + 1):
-        snapshot = private.snapshot_by_id(table, snapshot_id)
+    expired = deleted_files = reclaimed = 0
+    following = private.snapshot_by_id(table, earliest)
+    for snapshot_id in range(earliest, end):
+        snapshot, following = following, private.snapshot_by_id(table, snapshot_id + 1)
         if snapshot is None:
             continue
-        try:
-            entries = private.delta_entries(table, snapshot)
-        except FileNotFoundError:
-            continue  # a pass that crashed already took its manifests; its data files were deleted first
-        for entry in entries:
-            if entry.kind == 1:
-                for path in private.data_file_paths(table, entry):
-                    delete(path)
-
-    # 2. metadata of each expired snapshot, the oldest first
-    retained = private.snapshot_by_id(table, end)
-    keep_lists, keep_manifests = private.snapshot_metadata_files(table, retained)
-    keep = set(keep_lists) | set(keep_manifests)
-    expired = 0
-    for snapshot_id in range(earliest, end):
-        snapshot = private.snapshot_by_id(table, snapshot_id)
-        if snapshot is not None:
-            try:
-                lists, manifests = private.snapshot_metadata_files(table, snapshot)
-            except FileNotFoundError:
-                lists, manifests = [], []
-            for name in manifests + lists:
-                if name not in keep:
-                    delete(private.manifest_path(table, name))
-            delete(private.snapshot_path(table, snapshot_id))
-            expired += 1
+        keep_lists, keep_manifests = private.snapshot_metadata_files(table, following)
+        lists, manifests = private.snapshot_metadata_files(table, snapshot)
+        keep = set(keep_lists) | set(keep_manifests)
+        paths = [private.manifest_path(table, n) for n in manifests + lists if n not in keep]
+        paths += [path for e in private.delta_entries(table, following) if e.kind == 1
+                  for path in private.data_file_paths(table, e)]
+        io.delete_quietly(private.snapshot_path(table, snapshot_id))
         private.write_earliest_hint(table, snapshot_id + 1)
+        expired += 1
+        for path in paths:
+            try:
+                size = io.get_file_size(path)
+            except (OSError, ValueError):  # gone already, or no size to count
+                size = 0
+            io.delete_quietly(path)
+            deleted_files += 1
+            reclaimed += size
     return ExpireResult(expired, deleted_files, reclaimed)
