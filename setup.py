@@ -25,6 +25,12 @@ setup(
         "jproperties>=2.1",
     ],
     extras_require={
+        # the soak benchmark's outside Iceberg reader (beam-pixels soak --sink iceberg)
+        "bench": [
+            "duckdb==1.5.5",
+            "duckdb-extension-iceberg==1.5.5",
+            "duckdb-extension-avro==1.5.5",
+        ],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",

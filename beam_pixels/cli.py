@@ -1,4 +1,4 @@
-"""``beam-pixels``: the command line (``run``, ``demo``, ``mock-server``, ``bench``).
+"""``beam-pixels``: the command line (``run``, ``demo``, ``mock-server``, ``bench``, ``soak``).
 
 User errors (bad properties, a bad schema, an unreachable catalog path) end with
 a one-line message and exit code 2, never a traceback.
@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         help="throughput benchmark against a framework-free ceiling (options: beam-pixels bench --help)",
     )
 
+    commands.add_parser(
+        "soak",
+        add_help=False,
+        help="soak benchmark: one run against an endless CDC stream, commit by commit (beam-pixels soak --help)",
+    )
+
     mock = commands.add_parser("mock-server", help="serve generated change records over the Pixels protocol")
     _add_config_arguments(mock)
     mock.add_argument("--host", default="127.0.0.1")
@@ -87,7 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from beam_pixels.bench import main as bench
 
+        if "--soak" in extra:
+            from beam_pixels.soak import main as soak
+
+            return soak([a for a in extra if a != "--soak"])
         return bench(extra)
+    if args.command == "soak":
+        from beam_pixels.soak import main as soak
+
+        return soak(extra)
     if extra and args.command != "run":
         print(f"beam-pixels {args.command}: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
         return USER_ERROR

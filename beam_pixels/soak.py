@@ -1,0 +1,543 @@
+"""Soak benchmark: one ``beam-pixels run`` against an endless CDC stream, measured commit by commit.
+
+A :class:`~beam_pixels.soak_server.SoakServerProcess` serves a preload of
+``--preload`` keys, then ``--rate`` changes/s (30% inserts, 60% updates, 10%
+deletes). The application runs as a user runs it, ``python -m beam_pixels run
+--config <props>`` in a subprocess, into a local Iceberg or Paimon warehouse.
+Each commit's progress line (its ``commit_s=``) is read from the application's
+log, and the table is measured: bytes of files new since the last commit,
+bytes under the table location, data and delete files, snapshots kept; every
+``--read-every`` commits a full read is timed with a reader the project did not
+write (DuckDB's iceberg extension; pypaimon's reader). After ``--commits``
+commits of the stream (or ``--duration-s``) the generator stops, the
+application drains, commits and is stopped with SIGINT, and the table is
+compared row by row with the server's expected state. The live rows are then
+written into a fresh table of the same sink in one commit, for the live data
+size and the fresh read time. Figures go to ``soak.csv`` / ``soak.json`` in the
+work directory; the last line printed is::
+
+    RESULT sink=iceberg preload=P commits=N commit_s_first=X commit_s_last=X storage_ratio=X read_ratio=X correct=yes|no
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from beam_pixels import soak_server
+from beam_pixels.soak_server import SoakServerProcess, StreamOptions
+
+SINKS = ("iceberg", "paimon")
+DATABASE, TABLE, FRESH_TABLE = "pixels", "soak", "soak_fresh"
+COMMIT_LINE = re.compile(r"committed batch (\d+) to \S+: (\d+) changes .* commit_s=([0-9.]+)")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    sink: str = "iceberg"
+    preload: int = 1_000_000
+    rate: float = 2000.0
+    commits: int = 50
+    duration_s: float = 0.0
+    checkpoint_interval_ms: int = 5000
+    read_every: int = 10
+    seed: int = 0
+    bucket_count: int = 128
+    batch_size: int = 200
+    properties: tuple[tuple[str, str], ...] = ()
+    workdir: Path | None = None
+    drain_timeout_s: float = 600.0
+
+
+@dataclasses.dataclass
+class CommitFigures:
+    """One commit of the stream, as measured right after its progress line."""
+
+    commit: int
+    batch_id: int
+    elapsed_s: float
+    changes: int
+    commit_s: float
+    bytes_written: int
+    table_bytes: int
+    data_files: int
+    delete_files: int
+    snapshots: int
+    pending: int = 0
+    read_s: float | None = None
+    rows_read: int | None = None
+    phase: str = "stream"
+
+
+def first_last(values: list[float], share: float = 0.1) -> tuple[float, float]:
+    """Medians of the first and the last ``share`` of ``values`` (at least one value each)."""
+    if not values:
+        return float("nan"), float("nan")
+    n = max(1, int(round(len(values) * share)))
+    return statistics.median(values[:n]), statistics.median(values[-n:])
+
+
+def result_line(sink: str, preload: int, commits: list[CommitFigures], storage_ratio: float, read_ratio: float,
+                correct: bool) -> str:
+    first, last = first_last([c.commit_s for c in commits])
+    return (
+        f"RESULT sink={sink} preload={preload} commits={len(commits)} commit_s_first={first:.3f} "
+        f"commit_s_last={last:.3f} storage_ratio={storage_ratio:.2f} read_ratio={read_ratio:.2f} "
+        f"correct={'yes' if correct else 'no'}"
+    )
+
+
+# --- the tables ----------------------------------------------------------------
+
+
+def _local_path(location: str) -> Path:
+    return Path(location[len("file://"):] if location.startswith("file://") else location)
+
+
+def walk_sizes(root: Path) -> dict[str, int]:
+    """Every file under ``root`` and its size (files vanishing meanwhile are skipped)."""
+    sizes = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                sizes[path] = os.stat(path).st_size
+            except FileNotFoundError:
+                pass
+    return sizes
+
+
+class SinkTable:
+    """Read-only views of one table of a sink, with readers the project did not write."""
+
+    def __init__(self, sink: str, warehouse: Path, table: str):
+        self.sink = sink
+        self.warehouse = warehouse
+        self.table = table
+
+    # catalog / table access, opened fresh each time (the application commits meanwhile)
+    def _iceberg(self):
+        from pyiceberg.catalog import load_catalog
+
+        catalog = load_catalog(
+            "pixels", type="sql", uri=f"sqlite:///{self.warehouse / 'catalog.db'}", warehouse=f"file://{self.warehouse}"
+        )
+        return catalog.load_table((DATABASE, self.table))
+
+    def _paimon(self):
+        from pypaimon import CatalogFactory
+
+        return CatalogFactory.create({"warehouse": f"file://{self.warehouse}"}).get_table(f"{DATABASE}.{self.table}")
+
+    def location(self) -> Path:
+        if self.sink == "iceberg":
+            return _local_path(self._iceberg().location())
+        return self.warehouse / f"{DATABASE}.db" / self.table
+
+    def files(self) -> dict:
+        """Data files, delete files and snapshots kept in the current table state."""
+        if self.sink == "iceberg":
+            table = self._iceberg()
+            snapshot = table.current_snapshot()
+            summary = snapshot.summary.additional_properties if snapshot and snapshot.summary else {}
+            return {
+                "data_files": int(summary.get("total-data-files", 0)),
+                "delete_files": int(summary.get("total-delete-files", 0)),
+                "snapshots": len(table.metadata.snapshots),
+            }
+        table = self._paimon()
+        splits = table.new_read_builder().new_scan().plan().splits()
+        location = self.location()
+        snapshots = len(list((location / "snapshot").glob("snapshot-*")))
+        index = location / "index"
+        return {
+            "data_files": sum(len(split.files) for split in splits),
+            "delete_files": len(list(index.iterdir())) if index.is_dir() else 0,
+            "snapshots": snapshots,
+        }
+
+    def read(self) -> pa.Table:
+        """The whole table (id, version, amount, note) with the outside reader."""
+        if self.sink == "iceberg":
+            from beam_pixels.soak_readers import duckdb_iceberg_read
+
+            return duckdb_iceberg_read(self._iceberg().metadata_location)
+        table = self._paimon()
+        builder = table.new_read_builder().with_projection(["id", "version", "amount", "note"])
+        return builder.new_read().to_arrow(builder.new_scan().plan().splits())
+
+    def timed_read(self) -> tuple[float, pa.Table]:
+        started = time.monotonic()
+        rows = self.read()
+        return time.monotonic() - started, rows
+
+
+# --- the run ---------------------------------------------------------------------
+
+
+def _properties(options: Options, port: int, warehouse: Path) -> dict[str, str]:
+    props = {
+        "pixels.server.host": "127.0.0.1",
+        "pixels.server.port": str(port),
+        "schema.name": "public",
+        "table.name": "orders",
+        "source.schema": soak_server.SCHEMA,
+        "source.primary.key": soak_server.KEY,
+        "source.bucket.count": str(options.bucket_count),
+        "source.poll.interval.ms": "100",
+        "checkpoint.interval.ms": str(options.checkpoint_interval_ms),
+        "sink.type": options.sink,
+        "iceberg.catalog.type": "sql",
+        "iceberg.catalog.uri": f"sqlite:///{warehouse / 'catalog.db'}",
+        "iceberg.catalog.warehouse": str(warehouse),
+        "iceberg.table.name": f"{DATABASE}.{TABLE}",
+        "paimon.catalog.warehouse": str(warehouse),
+        "paimon.table.name": f"{DATABASE}.{TABLE}",
+    }
+    props.update(dict(options.properties))
+    return props
+
+
+def _write_properties(props: dict[str, str], path: Path) -> None:
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+
+
+class _LogTail:
+    """New complete lines of a growing file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self.partial + data
+        *complete, self.partial = data.split(b"\n")
+        return [line.decode("utf-8", "replace") for line in complete]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), in MiB; NaN when unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
+    """Run the soak; returns the RESULT line and the per-commit figures (stream commits)."""
+    warehouse = workdir / "warehouse"
+    warehouse.mkdir(parents=True, exist_ok=True)
+    stream = StreamOptions(preload=options.preload, rate=options.rate, seed=options.seed,
+                           bucket_count=options.bucket_count, batch_size=options.batch_size)
+    table = SinkTable(options.sink, warehouse, TABLE)
+    figures: list[CommitFigures] = []
+    all_commits: list[CommitFigures] = []
+    started = time.monotonic()
+    with SoakServerProcess(stream) as server:
+        props = _properties(options, server.port, warehouse)
+        config_path = workdir / "soak.properties"
+        _write_properties(props, config_path)
+        _say(f"soak: sink {options.sink}, preload {options.preload:,} keys, then {options.rate:,.0f} changes/s; "
+             f"checkpoint.interval.ms={options.checkpoint_interval_ms}; server on 127.0.0.1:{server.port}")
+        if options.properties:
+            _say("soak: properties set: " + ", ".join(f"{k}={v}" for k, v in options.properties))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        out, err = open(workdir / "app.out", "wb"), open(workdir / "app.err", "wb")
+        app = subprocess.Popen([sys.executable, "-m", "beam_pixels", "run", "--config", str(config_path)],
+                               cwd=workdir, stdout=out, stderr=err, env=env)
+        tail = _LogTail(workdir / "app.err")
+        seen: dict[str, int] = {}
+        stream_commits = 0
+        preload_reported = False
+        stream_started_at = None
+        draining = False
+
+        def measure(match: re.Match, phase: str) -> CommitFigures:
+            location = table.location()
+            sizes = walk_sizes(location)
+            written = sum(size for path, size in sizes.items() if seen.get(path) != size)
+            seen.clear()
+            seen.update(sizes)
+            files = table.files()
+            figure = CommitFigures(
+                commit=len(all_commits) + 1, batch_id=int(match.group(1)), elapsed_s=time.monotonic() - started,
+                changes=int(match.group(2)), commit_s=float(match.group(3)), bytes_written=written,
+                table_bytes=sum(sizes.values()), pending=server.pending, phase=phase, **files,
+            )
+            all_commits.append(figure)
+            return figure
+
+        try:
+            while True:
+                if app.poll() is not None:
+                    raise RuntimeError(f"the application exited with code {app.returncode}; see {workdir / 'app.err'}")
+                for line in tail.lines():
+                    match = COMMIT_LINE.search(line)
+                    if not match:
+                        continue
+                    in_stream = bool(server.stats.preload_handed_out_at.value)
+                    if in_stream and stream_started_at is None:
+                        # the first commit after the preload was handed out may still hold part of it
+                        stream_started_at = time.monotonic()
+                        figure = measure(match, "preload")
+                        _say(f"soak: preload of {options.preload:,} keys committed {figure.elapsed_s:.1f} s after start")
+                    elif not in_stream or draining:
+                        figure = measure(match, "drain" if draining else "preload")
+                    else:
+                        figure = measure(match, "stream")
+                        stream_commits += 1
+                        if options.read_every and stream_commits % options.read_every == 0:
+                            figure.read_s, rows = table.timed_read()
+                            figure.rows_read = rows.num_rows
+                        figures.append(figure)
+                    _say(_describe(figure))
+                if server.stats.preload_handed_out_at.value and not preload_reported:
+                    preload_reported = True
+                    _say(f"soak: preload of {options.preload:,} keys handed out {time.monotonic() - started:.1f} s "
+                         f"after start; the stream of {options.rate:,.0f} changes/s begins")
+                enough = stream_commits >= options.commits if options.commits else False
+                if options.duration_s and stream_started_at is not None:
+                    enough = enough or time.monotonic() - stream_started_at >= options.duration_s
+                if enough and not draining:
+                    break
+                time.sleep(0.05)
+            # Drain: no more changes; everything queued is handed out, then the app's
+            # SIGINT finishes its round with a commit of everything it polled.
+            draining = True
+            server.stop_generating()
+            deadline = time.monotonic() + options.drain_timeout_s
+            while server.pending and time.monotonic() < deadline:
+                if app.poll() is not None:
+                    raise RuntimeError(f"the application exited with code {app.returncode}; see {workdir / 'app.err'}")
+                time.sleep(0.1)
+            if server.pending:
+                raise RuntimeError(f"{server.pending} records still undelivered after {options.drain_timeout_s} s")
+            handed_out = server.stats.handed_out.value
+            peak_rss = {"application": _peak_rss_mb(app.pid), "server": _peak_rss_mb(server.pid)}
+            _say(f"soak: peak RSS so far: application {peak_rss['application']:.0f} MB, "
+                 f"server {peak_rss['server']:.0f} MB")
+            _say(f"soak: generator stopped; all {handed_out:,} records handed out; stopping the application (SIGINT)")
+            app.send_signal(signal.SIGINT)
+            try:
+                app.wait(options.drain_timeout_s)
+            except subprocess.TimeoutExpired:
+                app.kill()
+                raise RuntimeError("the application did not stop after SIGINT") from None
+            for line in tail.lines():
+                match = COMMIT_LINE.search(line)
+                if match:
+                    _say(_describe(measure(match, "drain")))
+            expected = server.dump_expected(workdir / "expected.npz")
+            generated = {k[len("generated_"):]: int(v) for k, v in expected.items() if k.startswith("generated_")}
+            _say(f"soak: generated {generated}; {len(expected['keys']):,} live keys expected; "
+                 f"{server.stats.skipped.value} changes skipped while the application lagged")
+        finally:
+            if app.poll() is None:
+                app.kill()
+                app.wait()
+            out.close()
+            err.close()
+
+    _write_figures(workdir, all_commits, {"sink": options.sink, "preload": options.preload, "rate": options.rate})
+    # Correctness, row by row.
+    final_rows = table.read()
+    correct, why = check_rows(final_rows, expected["keys"], expected["versions"])
+    _say(f"soak: table check: {'correct' if correct else 'WRONG: ' + why} ({final_rows.num_rows:,} rows)")
+    final_read_s, _ = table.timed_read()
+    table_bytes = sum(walk_sizes(table.location()).values())
+
+    # The same live rows, freshly written in one commit.
+    fresh = SinkTable(options.sink, warehouse, FRESH_TABLE)
+    write_fresh(options, props, expected["keys"], expected["versions"])
+    fresh_bytes = sum(walk_sizes(fresh.location()).values())
+    fresh_read_s = min(fresh.timed_read()[0] for _ in range(2))
+    final_read_s = min(final_read_s, table.timed_read()[0])
+    storage_ratio = table_bytes / fresh_bytes if fresh_bytes else float("nan")
+    read_ratio = final_read_s / fresh_read_s if fresh_read_s else float("nan")
+    _say(f"soak: table {table_bytes / 2**20:.1f} MB, read {final_read_s:.2f} s; same live rows freshly written: "
+         f"{fresh_bytes / 2**20:.1f} MB, read {fresh_read_s:.2f} s")
+    _write_figures(workdir, all_commits, {
+        "sink": options.sink, "preload": options.preload, "rate": options.rate,
+        "checkpoint_interval_ms": options.checkpoint_interval_ms, "properties": dict(options.properties),
+        "table_bytes": table_bytes, "fresh_bytes": fresh_bytes, "final_read_s": final_read_s,
+        "fresh_read_s": fresh_read_s, "correct": correct, "peak_rss_mb": peak_rss,
+    })
+    _say(_table(figures))
+    return result_line(options.sink, options.preload, figures, storage_ratio, read_ratio, correct), figures
+
+
+def check_rows(rows: pa.Table, keys: np.ndarray, versions: np.ndarray) -> tuple[bool, str]:
+    """Whether ``rows`` are exactly the live rows of ``keys`` at ``versions``."""
+    if rows.num_rows != len(keys):
+        return False, f"{rows.num_rows} rows, expected {len(keys)}"
+    rows = rows.sort_by("id")
+    ids = rows.column("id").to_numpy()
+    if not np.array_equal(ids, keys):
+        return False, f"keys differ, first at index {int(np.flatnonzero(ids != keys)[0])}"
+    got_versions = rows.column("version").to_numpy()
+    if not np.array_equal(got_versions, versions):
+        i = int(np.flatnonzero(got_versions != versions)[0])
+        return False, f"key {keys[i]} has version {got_versions[i]}, expected {versions[i]}"
+    _, _, amount, note = soak_server.row_values(keys, versions)
+    if not np.array_equal(rows.column("amount").to_numpy(), amount):
+        return False, "amounts differ"
+    notes = rows.column("note").combine_chunks().cast(pa.string())
+    if rows.column("note").null_count or not pc.all(pc.equal(notes, notes_as_arrow(note))).as_py():
+        return False, "notes differ"
+    return True, ""
+
+
+def notes_as_arrow(note: np.ndarray) -> pa.Array:
+    """``note`` bytes of :func:`soak_server.row_values` as an Arrow string array (no Python objects)."""
+    n, width = note.shape
+    offsets = (np.arange(n + 1, dtype=np.int64) * width)
+    data = np.ascontiguousarray(note).ravel()
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data)).cast(pa.string())
+
+
+def write_fresh(options: Options, props: dict[str, str], keys: np.ndarray, versions: np.ndarray) -> None:
+    """The live rows as INSERTs, committed in one commit by the project's own writer
+    into table ``FRESH_TABLE`` of the same warehouse (same sink settings)."""
+    from beam_pixels.app import open_table_writer
+    from beam_pixels.changes import records_schema
+    from beam_pixels.checkpoint import Checkpoint
+    from beam_pixels.config import PixelsConfig
+
+    overrides = dict(props, **{f"{options.sink}.table.name": f"{DATABASE}.{FRESH_TABLE}"})
+    with tempfile.NamedTemporaryFile("w", suffix=".properties", delete=False) as f:
+        f.write("".join(f"{k}={v}\n" for k, v in overrides.items()))
+    config = PixelsConfig.load(f.name)
+    os.unlink(f.name)
+    writer = open_table_writer(config)
+    try:
+        ids, vs, amount, note = soak_server.row_values(keys, versions)
+        n = len(ids)
+        rs = records_schema(config.source_schema)
+        after = pa.StructArray.from_arrays(
+            [pa.array(ids), pa.array(vs), pa.array(amount), notes_as_arrow(note)],
+            fields=list(rs.field("after").type),
+        )
+        records = pa.table(
+            [pa.array(np.zeros(n, np.int8)), pa.array(np.zeros(n, np.int32)), pa.array(np.arange(n, dtype=np.int64)),
+             pa.array(soak_server.buckets_of(ids, options.bucket_count)), pa.nulls(n, rs.field("before").type), after],
+            schema=rs,
+        )
+        writer.commit(records, Checkpoint().advance_to({0: n}))
+    finally:
+        writer.close()
+
+
+# --- output ------------------------------------------------------------------------
+
+
+def _describe(f: CommitFigures) -> str:
+    read = f" read {f.read_s:.2f}s ({f.rows_read:,} rows)" if f.read_s is not None else ""
+    return (f"commit {f.commit} ({f.phase}) batch {f.batch_id}: {f.changes} changes, commit_s={f.commit_s:.3f}, "
+            f"wrote {f.bytes_written / 2**20:.2f} MB, table {f.table_bytes / 2**20:.1f} MB, "
+            f"{f.data_files} data / {f.delete_files} delete files, {f.snapshots} snapshots, "
+            f"{f.pending:,} queued at the server{read}")
+
+
+def _table(figures: list[CommitFigures]) -> str:
+    header = f"{'commit':>6} {'t_s':>7} {'changes':>7} {'commit_s':>8} {'wrote_MB':>8} {'table_MB':>8} " \
+             f"{'data':>5} {'dels':>5} {'snaps':>5} {'read_s':>6}"
+    step = max(1, len(figures) // 20)
+    rows = [header]
+    for i, f in enumerate(figures):
+        if i % step == 0 or i == len(figures) - 1 or f.read_s is not None:
+            rows.append(
+                f"{i + 1:>6} {f.elapsed_s:>7.1f} {f.changes:>7} {f.commit_s:>8.3f} {f.bytes_written / 2**20:>8.2f} "
+                f"{f.table_bytes / 2**20:>8.1f} {f.data_files:>5} {f.delete_files:>5} {f.snapshots:>5} "
+                f"{'' if f.read_s is None else format(f.read_s, '.2f'):>6}"
+            )
+    return "\n".join(rows)
+
+
+def _write_figures(workdir: Path, commits: list[CommitFigures], summary: dict) -> None:
+    rows = [dataclasses.asdict(c) for c in commits]
+    with open(workdir / "soak.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[field.name for field in dataclasses.fields(CommitFigures)])
+        writer.writeheader()
+        writer.writerows(rows)
+    (workdir / "soak.json").write_text(json.dumps({"summary": summary, "commits": rows}, indent=1))
+
+
+def _parse_args(argv: list[str] | None) -> Options:
+    d = Options()
+    parser = argparse.ArgumentParser(prog="beam-pixels soak", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sink", choices=SINKS, default=d.sink)
+    parser.add_argument("--preload", type=int, default=d.preload, help="keys inserted before the stream (default %(default)s)")
+    parser.add_argument("--rate", type=float, default=d.rate, help="changes per second after the preload (default %(default)s)")
+    parser.add_argument("--commits", type=int, default=d.commits, help="stop after this many stream commits (default %(default)s; 0 = no limit)")
+    parser.add_argument("--duration-s", type=float, default=d.duration_s, help="or after this many seconds of stream (0 = no limit)")
+    parser.add_argument("--checkpoint-interval-ms", type=int, default=d.checkpoint_interval_ms)
+    parser.add_argument("--read-every", type=int, default=d.read_every, help="time a full read every K commits (0 = never)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--bucket-count", type=int, default=d.bucket_count)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="records per bucket per poll")
+    parser.add_argument("--property", dest="properties", action="append", default=[], metavar="KEY=VALUE",
+                        help="set an application property, e.g. iceberg.write.mode=merge-on-read (repeatable)")
+    parser.add_argument("--workdir", type=Path, help="a new or empty directory to keep everything in (default: a temporary one, removed)")
+    parser.add_argument("--drain-timeout-s", type=float, default=d.drain_timeout_s)
+    args = parser.parse_args(argv)
+    if not args.commits and not args.duration_s:
+        parser.error("give --commits or --duration-s")
+    properties = []
+    for item in args.properties:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--property {item!r}: expected KEY=VALUE")
+        properties.append((key.strip(), value.strip()))
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if hasattr(args, f.name)}
+    values["properties"] = tuple(properties)
+    return Options(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = _parse_args(argv)
+    try:
+        if options.workdir is not None:
+            options.workdir.mkdir(parents=True, exist_ok=True)
+            if any(options.workdir.iterdir()):
+                print(f"FAILED: --workdir {options.workdir} is not empty", file=sys.stderr)
+                return 1
+            line, _ = run(options, options.workdir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="beam-pixels-soak-") as workdir:
+                line, _ = run(options, Path(workdir))
+    except RuntimeError as e:
+        print(f"FAILED: {e}", file=sys.stderr, flush=True)
+        return 1
+    print(line, flush=True)
+    return 0

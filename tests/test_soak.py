@@ -1,0 +1,156 @@
+"""The soak benchmark: its figures, its stream generator, and a smoke run per sink."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from beam_pixels import soak_server
+from beam_pixels.changes import Op
+from beam_pixels.mock_server import MockPixelsServer
+from beam_pixels.protocol import sink_pb2
+from beam_pixels.schema import SourceSchema
+from beam_pixels.soak import check_rows, first_last
+from beam_pixels.wire import scan_response
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "soak.py"
+RESULT = re.compile(
+    r"^RESULT sink=(\w+) preload=(\d+) commits=(\d+) commit_s_first=[0-9.]+ commit_s_last=[0-9.]+ "
+    r"storage_ratio=[0-9.]+ read_ratio=[0-9.]+ correct=(yes|no)$"
+)
+
+
+def test_first_and_last_are_medians_of_the_first_and_last_tenth():
+    values = [float(v) for v in range(1, 101)]  # 10 values each: 1..10 and 91..100
+    assert first_last(values) == (5.5, 95.5)
+    assert first_last([3.0, 1.0, 2.0]) == (3.0, 2.0)  # at least one value each
+    assert first_last([4.0, 2.0, 9.0] + [0.0] * 24 + [7.0, 1.0, 5.0]) == (4.0, 5.0)  # 30 values: 3 each
+
+
+def _model(preload: int, rounds: list[list[tuple[int, int]]]) -> dict[int, int]:
+    """A plain-Python table: key -> version, from the ops and keys the generator reports."""
+    table = {k: 0 for k in range(preload)}
+    for changes in rounds:
+        for op, key in changes:
+            if op == soak_server.INSERT:
+                assert key not in table
+                table[key] = 0
+            elif op == soak_server.UPDATE:
+                table[key] += 1
+            else:
+                del table[key]
+    return table
+
+
+def test_expected_state_matches_a_plain_python_model():
+    stream = soak_server.ChangeStream(50, seed=3)
+    assert stream.preload(30) is not None and stream.preload(30) is not None and stream.preload(1) is None
+    model = {k: 0 for k in range(50)}
+    for n in [1, 7, 40, 100, 3, 250]:
+        batch = stream.changes(n)
+        assert len(batch.keys) == n and len(set(batch.keys.tolist())) == n  # each key at most once a batch
+        for op, key, before, after in zip(batch.ops, batch.keys, batch.before, batch.after):
+            key = int(key)
+            if op == soak_server.INSERT:
+                assert key not in model and before == -1 and after == 0
+                model[key] = 0
+            elif op == soak_server.UPDATE:
+                assert model[key] == before and after == before + 1
+                model[key] += 1
+            else:
+                assert model[key] == before and after == -1
+                del model[key]
+    keys, versions = stream.expected()
+    assert dict(zip(keys.tolist(), versions.tolist())) == model
+    big = soak_server.ChangeStream(100_000, seed=4)
+    big.preload(100_000)
+    shares = np.bincount(big.changes(20_000).ops, minlength=3) / 20_000
+    assert np.allclose(shares, soak_server.OP_SHARES, atol=0.02)
+
+
+def test_records_are_encoded_and_routed_as_the_mock_server_does():
+    schema = SourceSchema.parse(soak_server.SCHEMA, [soak_server.KEY])
+    reference = MockPixelsServer(schema)
+    keys = np.array([0, 5, 123_456_789, 2**40 + 7], dtype=np.int64)
+
+    def row(key, version):
+        ids, vs, amount, note = soak_server.row_values(np.array([key]), np.array([version]))
+        return int(ids[0]), int(vs[0]), float(amount[0]), str(soak_server.notes_as_str(note)[0])
+
+    source = soak_server._source("public", "orders")
+    for op, before, after in [(Op.INSERT, None, 0), (Op.UPDATE, 3, 4), (Op.DELETE, 4, None)]:
+        encoded = soak_server.encode_records(
+            int(op), keys, None if before is None else np.full(len(keys), before),
+            None if after is None else np.full(len(keys), after), source,
+        )
+        buckets = soak_server.buckets_of(keys, 128)
+        for i, key in enumerate(keys.tolist()):
+            b = None if before is None else row(key, before)
+            a = None if after is None else row(key, after)
+            bucket = reference.enqueue(op, b, a)
+            record, _ = reference._queues[bucket][-1]
+            record.ClearField("transaction")
+            assert encoded[i].tobytes() == sink_pb2.PollResponse(records=[record]).SerializeToString()
+            assert buckets[i] == bucket
+
+
+def test_queued_chunks_parse_and_keep_per_bucket_order():
+    stream = soak_server.ChangeStream(500, seed=1)
+    queues = soak_server._Queues("public", "orders", 8, 50)
+    queues.add(stream.preload(500))
+    for _ in range(5):
+        queues.add(stream.changes(200))
+    seen: dict[int, int] = {}
+    while queues.pending:
+        payload, count = queues.poll("public", "orders", range(8))
+        assert scan_response(payload) is not None
+        for record in sink_pb2.PollResponse.FromString(payload).records:
+            image = record.after if record.HasField("after") else record.before
+            key = int.from_bytes(image.values[0].value, "big", signed=True)
+            version = int.from_bytes(image.values[1].value, "big", signed=True)
+            if record.op == sink_pb2.DELETE:
+                assert seen.pop(key) == version
+            elif record.op == sink_pb2.UPDATE:
+                assert seen[key] == version - 1
+                seen[key] = version
+            else:
+                assert key not in seen
+                seen[key] = version
+    keys, versions = stream.expected()
+    assert seen == dict(zip(keys.tolist(), versions.tolist()))
+
+
+def test_check_rows_finds_a_wrong_version():
+    import pyarrow as pa
+
+    keys, versions = np.array([1, 2, 3]), np.array([0, 2, 1])
+    ids, vs, amount, note = soak_server.row_values(keys, versions)
+    rows = pa.table({"id": ids[::-1], "version": vs[::-1], "amount": amount[::-1],
+                     "note": soak_server.notes_as_str(note)[::-1]})
+    assert check_rows(rows, keys, versions) == (True, "")
+    assert not check_rows(rows, keys, np.array([0, 2, 2]))[0]
+    assert not check_rows(rows.slice(1), keys, versions)[0]
+
+
+@pytest.mark.parametrize("sink", ["iceberg", "paimon"])
+def test_soak_smoke_run_is_correct(tmp_path, sink):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--sink", sink, "--preload", "3000", "--rate", "300", "--commits", "4",
+         "--checkpoint-interval-ms", "1000", "--read-every", "2", "--workdir", str(tmp_path / "soak")],
+        capture_output=True, text=True, timeout=180,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    match = RESULT.match(last)
+    assert match, last
+    assert match.group(1) == sink and match.group(2) == "3000" and int(match.group(3)) >= 4
+    assert match.group(4) == "yes", done.stdout
+    assert (tmp_path / "soak" / "soak.csv").exists() and (tmp_path / "soak" / "soak.json").exists()
