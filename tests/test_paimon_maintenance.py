@@ -299,3 +299,22 @@ def test_sigkill_during_compaction_or_expiration_leaves_a_readable_table_and_los
     writer.maintain()  # a pass after the kills finishes what they left half done
     table = open_table(properties)
     assert read_rows(table) == expected(state)
+
+
+def test_full_compaction_every_n_commits_leaves_one_raw_read_run_per_bucket(tmp_path):
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=2,
+                               table_options={"full-compaction.delta-commits": "3"})
+    writer.open()
+    state = {}
+    for batch in range(1, 10):
+        commit_batches(writer, state, batch, 1)
+        table = open_table(properties)
+        assert read_rows(table) == expected(state)
+        splits = table.new_read_builder().new_scan().plan().splits()
+        if batch % 3 == 0:
+            assert all(s.raw_convertible for s in splits), f"one top-level run per bucket after batch {batch}"
+            for entries in live_files(table, private.latest_snapshot(table)).values():
+                assert [r.level for r in sorted_runs(entries)] == [5]
+        else:
+            assert not all(s.raw_convertible for s in splits)

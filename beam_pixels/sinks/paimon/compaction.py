@@ -14,7 +14,10 @@ what a read costs. :func:`pick` chooses what to merge, with Paimon's
 3. run count: with more than ``num-sorted-run.compaction-trigger`` (5) runs,
    merge the newest runs down to that count (and more while the size ratio allows).
 
-1 and 2 apply from ``num-sorted-run.compaction-trigger`` runs on. Work per change
+1 and 2 apply from ``num-sorted-run.compaction-trigger`` runs on. With the table
+option ``full-compaction.delta-commits`` = N, every N-th commit also merges each
+bucket fully (:func:`pick_full`): one run per bucket, read without merging, at the
+price of rewriting the table. Work per change
 stays bounded: new changes are merged with other small, new runs; the big old run
 is rewritten only when the rest have grown to twice its size.
 
@@ -51,6 +54,7 @@ class CompactionOptions:
     size_ratio: int = 1
     num_levels: int = DEFAULT_TRIGGER + 1
     max_bytes_per_pass: int = 256 * 2**20
+    full_compaction_delta_commits: int | None = None
 
     @property
     def max_level(self) -> int:
@@ -69,6 +73,7 @@ class CompactionOptions:
             size_ratio=_int_option(options, "compaction.size-ratio", 1, 0),
             num_levels=num_levels,
             max_bytes_per_pass=max_bytes_per_pass,
+            full_compaction_delta_commits=_int_option(options, "full-compaction.delta-commits", 0, 1) or None,
         )
 
 
@@ -136,6 +141,16 @@ def pick(runs: list[SortedRun], options: CompactionOptions) -> CompactUnit | Non
     if len(runs) > options.trigger:
         return _pick_for_size_ratio(runs, options, len(runs) - options.trigger + 1, force=True)
     return None
+
+
+def pick_full(runs: list[SortedRun], options: CompactionOptions) -> CompactUnit | None:
+    """Every run into the top level, unless the bucket is already one top-level run without retractions."""
+    if not runs:
+        return None
+    top = runs[0].level == options.max_level and not any(e.file.delete_row_count for e in runs[0].files)
+    if len(runs) == 1 and top:
+        return None
+    return CompactUnit(tuple(runs), options.max_level, True)
 
 
 def _pick_for_size_ratio(runs: list[SortedRun], options: CompactionOptions, count: int, force: bool):

@@ -1,7 +1,8 @@
 """One maintenance pass of a primary-key table, run by the committer right after its commit.
 
 A pass compacts the buckets that :func:`compaction.pick` says need it (the most
-runs first, up to ``max_bytes_per_pass`` of input, at least one bucket), commits
+runs first, up to ``max_bytes_per_pass`` of input, at least one bucket; every
+bucket on the commits ``full-compaction.delta-commits`` asks for a full one), commits
 them in one atomic ``COMPACT`` snapshot, rewrites the manifests into a fresh base
 when the snapshot's manifest list holds more than ``manifest.merge-min-count`` (30)
 manifests, then expires snapshots (:mod:`.expiration`). It logs one line and
@@ -28,7 +29,7 @@ from apache_beam.metrics import Metrics
 
 from beam_pixels.sinks.committing import METRICS_NAMESPACE
 from beam_pixels.sinks.paimon import _pypaimon_private as private
-from beam_pixels.sinks.paimon.compaction import CompactionOptions, compact_bucket, pick, sorted_runs
+from beam_pixels.sinks.paimon.compaction import CompactionOptions, compact_bucket, pick, pick_full, sorted_runs
 from beam_pixels.sinks.paimon.expiration import RetentionOptions, expire
 
 _LOG = logging.getLogger(__name__)
@@ -184,16 +185,18 @@ def _compact(table, commit_user: str, checkpoint_snapshot, options: MaintenanceO
     latest = private.latest_snapshot(table)
     if latest is None:
         return
+    every = options.compaction.full_compaction_delta_commits
+    full = bool(every) and checkpoint_snapshot.commit_identifier % every == 0
     due = []
     for (partition, bucket), entries in live_files(table, latest).items():
         runs = sorted_runs(entries)
-        unit = pick(runs, options.compaction)
+        unit = pick_full(runs, options.compaction) if full else pick(runs, options.compaction)
         if unit is not None:
             due.append((len(runs), partition, bucket, unit))
     due.sort(key=lambda d: (-d[0], -d[3].size))
     chosen, budget = [], options.compaction.max_bytes_per_pass
     for _, partition, bucket, unit in due:
-        if chosen and unit.size > budget:
+        if chosen and unit.size > budget and not full:
             continue
         chosen.append((partition, bucket, unit))
         budget -= unit.size
