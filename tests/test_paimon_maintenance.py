@@ -318,3 +318,38 @@ def test_full_compaction_every_n_commits_leaves_one_raw_read_run_per_bucket(tmp_
                 assert [r.level for r in sorted_runs(entries)] == [5]
         else:
             assert not all(s.raw_convertible for s in splits)
+
+
+def test_a_pass_compacts_at_most_its_budget_and_the_rest_waits(tmp_path):
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=2, compaction_trigger=2, write_only=True)
+    writer.open()
+    state = {}
+    commit_batches(writer, state, 1, 4)
+    budgeted = PaimonTableWriter(ORDERS, "orders", properties, bucket=2, compaction_trigger=2, compaction_max_bytes=1)
+    budgeted.open()
+    first = budgeted.maintain()
+    assert (first.buckets, first.buckets_waiting) == (1, 1), first.line()
+    second = budgeted.maintain()
+    assert (second.buckets, second.buckets_waiting) == (1, 0), second.line()
+    assert "compacted 1 bucket(s)" in second.line()
+    assert read_rows(open_table(properties)) == expected(state)
+
+
+def test_append_tables_get_snapshot_expiration(tmp_path):
+    changelog = SourceSchema.parse("id:INT, note:STRING")
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(changelog, "log", properties,
+                               table_options={"snapshot.num-retained.min": "2", "snapshot.time-retained": "1 ms"})
+    writer.open()
+    for batch in range(1, 8):
+        checkpoint = writer.last_checkpoint()
+        records = concat_records([ChangeBatch.from_changes(
+            changelog, [(Op.INSERT, None, {"id": batch, "note": "x"})], poll_group=0,
+            start_position=checkpoint.next_position(0))], changelog)
+        writer.commit(records, checkpoint.advance(records))
+    table = open_table(properties, "pixels.log")
+    assert private.latest_snapshot(table).id - private.earliest_snapshot_id(table) + 1 == 2
+    builder = table.new_read_builder()
+    assert sorted(builder.new_read().to_arrow(builder.new_scan().plan().splits()).column("id").to_pylist()) == list(range(1, 8))
+    assert writer.last_checkpoint().batch_id == 7

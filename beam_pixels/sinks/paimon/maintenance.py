@@ -42,9 +42,11 @@ class MaintenanceOptions:
     compaction: CompactionOptions
     retention: RetentionOptions
     manifest_merge_min_count: int = 30
+    compact_buckets: bool = True  # primary-key tables; append tables only get manifests and expiration
 
     @classmethod
-    def of(cls, table_options: dict[str, str], trigger: int | None, max_bytes_per_pass: int) -> "MaintenanceOptions":
+    def of(cls, table_options: dict[str, str], trigger: int | None, max_bytes_per_pass: int,
+           compact_buckets: bool = True) -> "MaintenanceOptions":
         merge = table_options.get("manifest.merge-min-count", "30")
         if not str(merge).strip().isdigit() or int(merge) < 1:
             raise ValueError(f"Paimon table option manifest.merge-min-count={merge!r} is not valid; "
@@ -53,6 +55,7 @@ class MaintenanceOptions:
             CompactionOptions.of(table_options, trigger, max_bytes_per_pass),
             RetentionOptions.of(table_options),
             int(merge),
+            compact_buckets,
         )
 
 
@@ -188,7 +191,7 @@ def _compact(table, commit_user: str, checkpoint_snapshot, options: MaintenanceO
     every = options.compaction.full_compaction_delta_commits
     full = bool(every) and checkpoint_snapshot.commit_identifier % every == 0
     due = []
-    for (partition, bucket), entries in live_files(table, latest).items():
+    for (partition, bucket), entries in live_files(table, latest).items() if options.compact_buckets else ():
         runs = sorted_runs(entries)
         unit = pick_full(runs, options.compaction) if full else pick(runs, options.compaction)
         if unit is not None:

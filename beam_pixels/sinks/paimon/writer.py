@@ -112,9 +112,10 @@ class PaimonTableWriter(TableWriter):
         self._write_schema = PyarrowFieldParser.from_paimon_schema(table.table_schema.fields)
         options = table.options.options.to_map()
         write_only = self.write_only or str(options.get("write-only", "false")).lower() == "true"
-        if self.schema.primary_key and not write_only:
+        if not write_only:
             try:
-                self._maintenance = MaintenanceOptions.of(options, self.compaction_trigger, self.compaction_max_bytes)
+                self._maintenance = MaintenanceOptions.of(
+                    options, self.compaction_trigger, self.compaction_max_bytes, bool(self.schema.primary_key))
             except ValueError as error:
                 raise SinkConfigurationError(f"Paimon table {self.table_name}: {error}") from None
         _LOG.info(
@@ -182,8 +183,8 @@ class PaimonTableWriter(TableWriter):
         return snapshot.id
 
     def maintain(self, own_snapshot=None) -> PassReport | None:
-        """One maintenance pass (compaction, manifests, snapshot expiration) unless the
-        table is write-only or has no primary key; the committer runs it after each commit."""
+        """One maintenance pass (bucket compaction for primary-key tables, manifests, snapshot
+        expiration) unless the table is write-only; the committer runs it after each commit."""
         if self._maintenance is None:
             return None
         own_snapshot = own_snapshot or self._last_own_snapshot()
