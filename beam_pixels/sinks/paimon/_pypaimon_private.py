@@ -265,8 +265,8 @@ def live_entries(table, snapshot) -> list:
     return ManifestFileManager(table).read_entries_parallel(manifests, drop_stats=False, max_workers=4)
 
 
-def entry_key(entry) -> tuple:
-    """What makes two manifest entries the same file."""
+def entry_key(entry):
+    """What makes two manifest entries the same file (hashable)."""
     return entry.identifier()
 
 

@@ -30,7 +30,6 @@ otherwise they must still hide older rows below.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +37,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_pixels.sinks.paimon import _pypaimon_private as private
-
-_LOG = logging.getLogger(__name__)
 
 TRIGGER_OPTION = "num-sorted-run.compaction-trigger"
 DEFAULT_TRIGGER = 5
