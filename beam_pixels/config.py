@@ -348,8 +348,8 @@ KEYS: tuple[Key, ...] = (
     Key("paimon.commit.retries", "paimon_commit_retries", "5", _Int(0),
         "Attempts after a failed Paimon commit.", _PAIMON),
     Key("paimon.bucket", "paimon_bucket", "4", _Int(1),
-        "Fixed number of buckets of a new primary-key Paimon table; size it for about 1 GB of live "
-        "rows per bucket (compaction rewrites at most a bucket at a time).", _PAIMON),
+        "Fixed number of buckets of a new primary-key Paimon table; size it for at most about 256 MB "
+        "of data files per bucket (a full compaction merges a whole bucket in memory in one pass).", _PAIMON),
     Key("paimon.compaction.trigger", "paimon_compaction_trigger", "", _OptionalInt(1),
         "Compact a bucket once it holds this many sorted runs (Paimon's "
         "num-sorted-run.compaction-trigger; empty = the table's option, else 5).", _PAIMON),
