@@ -77,6 +77,18 @@ class _Int:
         return n
 
 
+@dataclass(frozen=True)
+class _OptionalInt:
+    lo: int
+
+    @property
+    def accepted(self) -> str:
+        return f"empty or an integer >= {self.lo}"
+
+    def __call__(self, text: str) -> int | None:
+        return _Int(self.lo)(text) if text else None
+
+
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
@@ -360,15 +372,26 @@ KEYS: tuple[Key, ...] = (
     Key("paimon.commit.retries", "paimon_commit_retries", "5", _Int(0),
         "Attempts after a failed Paimon commit.", _PAIMON),
     Key("paimon.bucket", "paimon_bucket", "4", _Int(1),
-        "Fixed number of buckets of a new primary-key Paimon table.", _PAIMON),
+        "Fixed number of buckets of a new primary-key Paimon table; size it for at most about 256 MB "
+        "of data files per bucket (a full compaction merges a whole bucket in memory in one pass).", _PAIMON),
+    Key("paimon.compaction.trigger", "paimon_compaction_trigger", "", _OptionalInt(1),
+        "Compact a bucket once it holds this many sorted runs (Paimon's "
+        "num-sorted-run.compaction-trigger; empty = the table's option, else 5).", _PAIMON),
+    Key("paimon.compaction.max-mb-per-pass", "paimon_compaction_max_mb", "256", _Int(1),
+        "Input megabytes one maintenance pass compacts at most (at least one bucket), so commits keep "
+        "their interval; the rest waits for the next pass.", _PAIMON),
+    Key("paimon.write-only", "paimon_write_only", "false", _Bool(),
+        "Neither compact nor expire snapshots (also when the table has write-only=true): leave both to "
+        "Paimon's dedicated compaction job.", _PAIMON),
 )
 
 KEY_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 
 # Keys under these prefixes pass through to the sink's catalog with the prefix removed.
 _PASSTHROUGH = {sink: f"{sink}.catalog." for sink in SINK_TYPES}
-# Keys under this prefix are Iceberg table properties of the tables the sink creates.
-ICEBERG_TABLE_PROPERTIES = "iceberg.table.properties."
+# Keys under these prefixes set table properties (Iceberg) / table options (Paimon) of the tables
+# the connector creates, with the prefix removed.
+_TABLE_PROPERTIES = {"iceberg": "iceberg.table.properties.", "paimon": "paimon.table.options."}
 
 
 def describe() -> str:
@@ -384,7 +407,9 @@ def describe() -> str:
         out.append("")
     out.append(
         "Every `iceberg.catalog.<k>` / `paimon.catalog.<k>` key is also passed to the catalog as `<k>` "
-        "(e.g. `iceberg.catalog.glue.region`, `paimon.catalog.s3.endpoint`)."
+        "(e.g. `iceberg.catalog.glue.region`, `paimon.catalog.s3.endpoint`). "
+        "Every `paimon.table.options.<name>=<value>` sets the Paimon table option `<name>` on tables the "
+        "connector creates (e.g. `paimon.table.options.snapshot.time-retained=1 min`)."
     )
     out.append("")
     out.append(
@@ -527,6 +552,9 @@ class PixelsConfig:
     paimon_database: str
     paimon_commit_retries: int
     paimon_bucket: int
+    paimon_compaction_trigger: int | None
+    paimon_compaction_max_mb: int
+    paimon_write_only: bool
     properties: dict[str, str] = dataclasses.field(repr=False, hash=False)
     warnings: tuple[str, ...] = dataclasses.field(repr=False, compare=False)
 
@@ -573,10 +601,10 @@ class PixelsConfig:
             out[name] = getattr(self, KEY_BY_NAME[prefix + name].field)
         return out
 
-    def iceberg_table_properties(self) -> dict[str, str]:
-        """Every ``iceberg.table.properties.<name>=v`` as ``{name: v}``."""
-        n = len(ICEBERG_TABLE_PROPERTIES)
-        return {k[n:]: v for k, v in self.properties.items() if k.startswith(ICEBERG_TABLE_PROPERTIES) and k[n:]}
+    def table_properties(self, sink: str) -> dict[str, str]:
+        """Every ``iceberg.table.properties.<name>=v`` (or ``paimon.table.options.<name>=v``) as ``{name: v}``."""
+        prefix = _TABLE_PROPERTIES[sink]
+        return {k[len(prefix):]: v for k, v in self.properties.items() if k.startswith(prefix) and k[len(prefix):]}
 
     def tls_material(self) -> dict[str, bytes | None]:
         """Contents of the TLS files for the Pixels client; all None when TLS is off."""
@@ -636,7 +664,7 @@ def _unknown_key_warnings(props: Mapping[str, str]) -> list[str]:
     lowered = {name.lower(): name for name in KEY_BY_NAME}
     out = []
     for key in props:
-        if key in KEY_BY_NAME or key.startswith((*_PASSTHROUGH.values(), ICEBERG_TABLE_PROPERTIES)):
+        if key in KEY_BY_NAME or key.startswith((*_PASSTHROUGH.values(), *_TABLE_PROPERTIES.values())):
             continue
         close = difflib.get_close_matches(key.lower(), lowered, n=1)
         out.append(f"unknown key {key!r}" + (f" (did you mean {lowered[close[0]]!r}?)" if close else ""))

@@ -18,7 +18,7 @@ from beam_pixels.changes import ChangeBatch, Op, concat_records
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig
 from beam_pixels.schema import SourceSchema
-from beam_pixels.sinks import paimon as paimon_sink
+from beam_pixels.sinks.paimon import writer as paimon_writer
 from beam_pixels.sinks.committing import CommitConflict
 from beam_pixels.sinks.paimon import PaimonTableWriter, WriteToPaimon, bucket_ids
 
@@ -320,7 +320,7 @@ def test_deletes_are_refused_without_row_kind_support(tmp_path, monkeypatch):
     properties = catalog_properties(tmp_path)
     writer = PaimonTableWriter(ORDERS, "orders", properties)
     writer.open()
-    monkeypatch.setattr(paimon_sink, "ROW_KINDS_SUPPORTED", False)
+    monkeypatch.setattr(paimon_writer, "ROW_KINDS_SUPPORTED", False)
     commit(writer, orders_batch(0, 0, [(I, None, order("eu", 1, 1))]))  # upserts still work
     with pytest.raises(RuntimeError, match="cannot write deletes.*upgrade pypaimon"):
         commit(writer, orders_batch(0, 1, [(D, order("eu", 1, 1), None)]))
@@ -388,52 +388,3 @@ def test_s3_warehouse_on_moto(moto_endpoint, s3_bucket):
 
     listing = boto3.client("s3", endpoint_url=moto_endpoint).list_objects_v2(Bucket=s3_bucket, Prefix="paimon/")
     assert "paimon/lake.db/orders/snapshot/snapshot-1" in [o["Key"] for o in listing["Contents"]]
-
-
-def test_vectorised_row_kinds_equal_pypaimons():
-    """_StreamWrite / _KeyValueWriter overrides compute what pypaimon computes row by row."""
-    from types import SimpleNamespace
-
-    from pypaimon.write.row_kind import row_kinds
-
-    from beam_pixels.sinks.paimon import _row_kinds
-
-    rowkind = SimpleNamespace(options=SimpleNamespace(to_map=lambda: {"rowkind.field": "_rowkind"}))
-    plain = SimpleNamespace(options=SimpleNamespace(to_map=lambda: {}))
-    data = pa.table({"id": [1, 2, 3, 4, 5], "_rowkind": ["+I", "-D", "+U", "-U", "+I"]})
-    assert _row_kinds(rowkind, data).tolist() == row_kinds(rowkind, data) == [0, 3, 2, 1, 0]
-    assert _row_kinds(plain, data).tolist() == row_kinds(plain, data)
-    for bad in (["+I", "??"], ["+I", None]):
-        table = pa.table({"_rowkind": pa.array(bad, pa.string())})
-        with pytest.raises(ValueError) as theirs:
-            row_kinds(rowkind, table)
-        with pytest.raises(ValueError) as ours:
-            _row_kinds(rowkind, table)
-        assert str(ours.value) == str(theirs.value)
-    with pytest.raises(ValueError, match="must be a string"):
-        _row_kinds(rowkind, pa.table({"_rowkind": [1]}))
-
-
-def test_vectorised_system_fields_equal_pypaimons(tmp_path):
-    from pypaimon.write.writer.key_value_data_writer import KeyValueDataWriter
-
-    from beam_pixels.sinks.paimon import _KeyValueWriter, _StreamWrite
-
-    writer = PaimonTableWriter(ORDERS, "pixels.kinds", catalog_properties(tmp_path))
-    writer.open()
-    rows = pa.table({"region": ["EU", "US", "EU"], "id": pa.array([3, 1, 2], pa.int32()),
-                     "_rowkind": ["+I", "-D", "+I"]})
-    write = _StreamWrite(writer._table, "test")
-    try:
-        ours = write.file_store_write._create_data_writer((), 0, writer._table.options)
-        assert type(ours) is _KeyValueWriter
-        theirs = write.file_store_write._create_data_writer((), 0, writer._table.options)
-        theirs.__class__ = KeyValueDataWriter
-        full = pa.table({f.name: rows.column(f.name) if f.name in rows.column_names else pa.nulls(3, f.type)
-                         for f in writer._write_schema}).cast(writer._write_schema)
-        batch = full.to_batches()[0]
-        for _ in range(2):  # sequence numbers continue across calls
-            assert ours._add_system_fields(batch).equals(theirs._add_system_fields(batch))
-        assert write._prepare_arrow_data(batch).equals(super(_StreamWrite, write)._prepare_arrow_data(batch))
-    finally:
-        write.close()

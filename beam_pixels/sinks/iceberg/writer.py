@@ -310,7 +310,7 @@ class WriteToIceberg(beam.PTransform):
             window_ms=window_ms,
             commit_retries=config.iceberg_commit_retries,
             mode=config.iceberg_write_mode,
-            table_properties=config.iceberg_table_properties(),
+            table_properties=config.table_properties("iceberg"),
             maintenance_settings=maintenance.Settings.from_config(config),
         )
 

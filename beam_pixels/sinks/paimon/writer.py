@@ -22,54 +22,38 @@ How it maps onto pypaimon (>= 2.1, pure Python):
   to the newest one by our commit user. pypaimon does not filter commits whose
   identifier was already committed, so :meth:`PaimonTableWriter.commit` checks.
 
-pypaimon 2.1 internals this module hooks into (``TableWrite._create_file_store_write``,
-``FileStoreWrite._create_data_writer``, ``KeyValueDataWriter._write_data_to_file``
-and ``_merge_pending_by_pk``), see :class:`_KeyValueWriter`:
-
-- Correctness: pypaimon records ``delete_row_count=0`` for files holding ``-D``
-  rows, so a bucket whose only file holds deletes would read them back as live
-  rows. The writer here counts them, as Java Paimon does.
-- Speed: pypaimon assigns fixed buckets and folds its write buffer row by row in
-  Python (~30k rows/s). Rows are routed here with a vectorised copy of Paimon's
-  bucket hash for integer, date, text and binary keys (other key types keep
-  pypaimon's routing), and the fold is skipped when a bucket's keys are already
-  unique, which a collapsed commit guarantees.
+pypaimon's private API is used only in :mod:`._pypaimon_private` (the write path's
+delete-count fix and vectorised system fields); rows are routed to buckets with
+a vectorised copy of Paimon's bucket hash (:mod:`.bucketing`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import importlib.util
 import logging
-import os
 import re
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pypaimon import CatalogFactory, Schema
 from pypaimon.catalog.catalog_exception import TableNotExistException
 from pypaimon.schema.data_types import AtomicType, DataField, PyarrowFieldParser
-from pypaimon.write.file_store_write import FileStoreWrite
 from pypaimon.write.table_write import StreamTableWrite
-from pypaimon.write.writer.key_value_data_writer import KeyValueDataWriter
 
 from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, split_table_name
+from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
+from beam_pixels.sinks.paimon.bucketing import bucket_ids
+from beam_pixels.sinks.paimon.maintenance import MaintenanceOptions, PassReport, run_pass
 
 _LOG = logging.getLogger(__name__)
 
 ROW_KIND_COLUMN = "_rowkind"
 """The ``rowkind.field`` column of primary-key tables: ``+I`` for live rows, ``-D`` for deletes."""
-
-
-# pypaimon honours ``rowkind.field`` on write (and so can delete) only from 2.1 on.
-ROW_KINDS_SUPPORTED = importlib.util.find_spec("pypaimon.write.row_kind") is not None
 
 _CATALOG_TYPES = ("paimon", "filesystem")
 # Options a primary-key table needs for exact final states: (required value, value when unset).
@@ -91,6 +75,11 @@ class PaimonTableWriter(TableWriter):
         database: str | None = None,
         bucket: int = 4,
         commit_user: str | None = None,
+        *,
+        table_options: dict[str, str] | None = None,
+        compaction_trigger: int | None = None,
+        compaction_max_bytes: int = 256 * 2**20,
+        write_only: bool = False,
     ):
         self.database, table = split_table_name(table_name, database, "paimon")
         if bucket < 1:
@@ -100,6 +89,11 @@ class PaimonTableWriter(TableWriter):
         self.bucket = bucket
         self.commit_user = commit_user or f"beam-pixels:{self.table_name}"
         self._catalog_options = _catalog_options(catalog_properties)
+        self.table_options = dict(table_options or {})
+        self.compaction_trigger = compaction_trigger
+        self.compaction_max_bytes = compaction_max_bytes
+        self.write_only = write_only
+        self._maintenance: MaintenanceOptions | None = None
         self._table = None
         self._write_schema: pa.Schema | None = None
 
@@ -116,6 +110,14 @@ class PaimonTableWriter(TableWriter):
         _check_fits(table, self._paimon_schema(), self.table_name)
         self._table = table
         self._write_schema = PyarrowFieldParser.from_paimon_schema(table.table_schema.fields)
+        options = table.options.options.to_map()
+        write_only = self.write_only or str(options.get("write-only", "false")).lower() == "true"
+        if not write_only:
+            try:
+                self._maintenance = MaintenanceOptions.of(
+                    options, self.compaction_trigger, self.compaction_max_bytes, bool(self.schema.primary_key))
+            except ValueError as error:
+                raise SinkConfigurationError(f"Paimon table {self.table_name}: {error}") from None
         _LOG.info(
             "Paimon warehouse %s: %s table %s (%s, commit user %s)",
             _redact(self._catalog_options["warehouse"]),
@@ -146,7 +148,7 @@ class PaimonTableWriter(TableWriter):
         else:
             rows = changelog_rows(records, self.schema)
         rows = rows.select(self._write_schema.names).cast(self._write_schema)
-        write = _StreamWrite(self._table, self.commit_user)
+        write = StreamWrite(self._table, self.commit_user)
         try:
             self._write(write, rows)
             # The identifier is the commit's business (commit_prepared); messages do not keep it.
@@ -175,7 +177,22 @@ class PaimonTableWriter(TableWriter):
             raise
         finally:
             commit.close()
-        return self._last_own_snapshot().id
+        snapshot = self._last_own_snapshot()
+        if self._maintenance is not None:
+            self.maintain(snapshot)
+        return snapshot.id
+
+    def maintain(self, own_snapshot=None) -> PassReport | None:
+        """One maintenance pass (bucket compaction for primary-key tables, manifests, snapshot
+        expiration) unless the table is write-only; the committer runs it after each commit."""
+        if self._maintenance is None:
+            return None
+        own_snapshot = own_snapshot or self._last_own_snapshot()
+        if own_snapshot is None:
+            return None
+        report = run_pass(self._table, self.table_name, self.commit_user, own_snapshot, self._maintenance)
+        _LOG.info(report.line())
+        return report
 
     def close(self) -> None:
         self._table = None
@@ -188,14 +205,14 @@ class PaimonTableWriter(TableWriter):
         if key:
             columns = [(c.name, c.type.to_paimon(), c.name not in key) for c in self.schema.columns]
             columns.append((ROW_KIND_COLUMN, "STRING", False))
-            options = {"bucket": str(self.bucket), "rowkind.field": ROW_KIND_COLUMN}
+            options = {**self.table_options, "bucket": str(self.bucket), "rowkind.field": ROW_KIND_COLUMN}
         else:
             source_types = {c.name: c.type.to_paimon() for c in self.schema.columns}
             columns = [
                 (f.name, source_types.get(f.name) or PyarrowFieldParser.to_paimon_type(f.type, True).type, f.nullable)
                 for f in changelog_schema(self.schema)
             ]
-            options = {}
+            options = dict(self.table_options)
         fields = [DataField(i, name, AtomicType(kind, nullable)) for i, (name, kind, nullable) in enumerate(columns)]
         return Schema(fields, primary_keys=list(key), options=options)
 
@@ -246,7 +263,6 @@ class PaimonTableWriter(TableWriter):
         return snapshot
 
 
-
 class WriteToPaimon(beam.PTransform):
     """Commit a PCollection of ``ChangeBatch`` to a Paimon table exactly once.
 
@@ -264,9 +280,17 @@ class WriteToPaimon(beam.PTransform):
         bucket: int = 4,
         window_ms: int | None = None,
         commit_retries: int = 5,
+        table_options: dict[str, str] | None = None,
+        compaction_trigger: int | None = None,
+        compaction_max_bytes: int = 256 * 2**20,
+        write_only: bool = False,
     ):
         super().__init__()
-        self._writer = PaimonTableWriter(schema, table_name, catalog_properties, database=database, bucket=bucket)
+        self._writer = PaimonTableWriter(
+            schema, table_name, catalog_properties, database=database, bucket=bucket,
+            table_options=table_options, compaction_trigger=compaction_trigger,
+            compaction_max_bytes=compaction_max_bytes, write_only=write_only,
+        )
         self._window_ms = window_ms
         self._commit_retries = commit_retries
 
@@ -281,6 +305,10 @@ class WriteToPaimon(beam.PTransform):
             bucket=config.paimon_bucket,
             window_ms=window_ms,
             commit_retries=config.paimon_commit_retries,
+            table_options=config.table_properties("paimon"),
+            compaction_trigger=config.paimon_compaction_trigger,
+            compaction_max_bytes=config.paimon_compaction_max_mb * 2**20,
+            write_only=config.paimon_write_only,
         )
 
     @property
@@ -350,198 +378,3 @@ def _check_fits(table, expected: Schema, name: str) -> None:
 
 def _normal(type_name: str) -> str:
     return type_name.replace(" ", "").upper()
-
-
-# -- pypaimon 2.1 write path: a delete-count fix and vectorised routing ---------------
-
-
-class _KeyValueWriter(KeyValueDataWriter):
-    """pypaimon 2.1's primary-key file writer with two fixes.
-
-    It records retractions (``-U``/``-D``) in the file's ``delete_row_count``:
-    pypaimon writes 0, and every Paimon reader then takes a bucket's lone
-    level-0 file as raw-convertible and returns its ``-D`` rows as live rows.
-    And it skips the row-by-row buffer fold when the keys are already unique.
-    """
-
-    def _write_data_to_file(self, data: pa.Table) -> None:
-        written = len(self.committed_files)
-        super()._write_data_to_file(data)
-        if len(self.committed_files) > written:
-            kinds = data.column("_VALUE_KIND").to_numpy()
-            self.committed_files[-1].delete_row_count = int(np.count_nonzero((kinds == 1) | (kinds == 3)))
-
-    def _add_system_fields(self, data: pa.RecordBatch) -> pa.RecordBatch:
-        """pypaimon's ``_KEY_*``, ``_SEQUENCE_NUMBER`` and ``_VALUE_KIND`` columns, built
-        with numpy and Arrow instead of a Python call per row."""
-        if not ROW_KINDS_SUPPORTED:
-            return super()._add_system_fields(data)
-        n = data.num_rows
-        names, arrays = [], []
-        for pk_key in self.trimmed_primary_keys:
-            if pk_key in data.schema.names:
-                field = data.schema.field(pk_key)
-                names.append(pa.field(f"_KEY_{pk_key}", field.type, nullable=field.nullable))
-                arrays.append(data.column(pk_key))
-        generator = self.sequence_generator
-        arrays.append(pa.array(np.arange(generator.current + 1, generator.current + 1 + n, dtype=np.int64)))
-        generator.current += n
-        names.append(pa.field("_SEQUENCE_NUMBER", pa.int64(), nullable=False))
-        arrays.append(pa.array(_row_kinds(self.options, data), type=pa.int8()))
-        names.append(pa.field("_VALUE_KIND", pa.int8(), nullable=False))
-        names.extend(data.schema)
-        arrays.extend(data.columns)
-        return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(names))
-
-    def _merge_pending_by_pk(self, data: pa.Table) -> pa.Table:
-        n = data.num_rows
-        if n < 2:
-            return data
-        repeated = None
-        for name in self.trimmed_primary_keys:
-            column = data.column(name)
-            same = pc.equal(column.slice(1), column.slice(0, n - 1))
-            repeated = same if repeated is None else pc.and_(repeated, same)
-        if not pc.any(repeated).as_py():  # sorted by key: no neighbours equal, no duplicates
-            return data
-        return super()._merge_pending_by_pk(data)
-
-
-class _FileStoreWrite(FileStoreWrite):
-    def _create_data_writer(self, partition, bucket, options):
-        writer = super()._create_data_writer(partition, bucket, options)
-        if type(writer) is KeyValueDataWriter:
-            writer.__class__ = _KeyValueWriter
-        return writer
-
-    def _prepare_commit_messages(self, commit_identifier):
-        """pypaimon's, with the buckets' pending rows written to their files at once (a
-        thread per bucket, up to the cores: pyarrow writes Parquet without the GIL).
-        A writer's ``prepare_commit`` only writes what is pending, so pypaimon then
-        finds every bucket written and collects the files."""
-        writers = list(self.data_writers.values())
-        workers = min(len(writers), os.cpu_count() or 1)
-        if workers > 1:
-            with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="paimon-write") as pool:
-                list(pool.map(lambda writer: writer.prepare_commit(), writers))
-        return super()._prepare_commit_messages(commit_identifier)
-
-
-class _StreamWrite(StreamTableWrite):
-    """A stream write whose primary-key buckets use :class:`_KeyValueWriter`, and whose
-    row-kind check runs on whole columns."""
-
-    def _create_file_store_write(self, commit_user):
-        return _FileStoreWrite(self.table, commit_user)
-
-    def _prepare_arrow_data(self, data):
-        """pypaimon's checks and ``rowkind.field`` filter (``pypaimon.write.row_kind.
-        filter_write_batch``) with the row kinds computed per column, not per row."""
-        table = getattr(self, "table", None)
-        if table is None or not ROW_KINDS_SUPPORTED:
-            return super()._prepare_arrow_data(data)
-        from pypaimon.schema.arrow_schema import normalize_arrow_strings
-
-        self._validate_pyarrow_schema(data.schema)
-        data = normalize_arrow_strings(data)
-        raw = table.options.options.to_map()
-        if not table.is_primary_key_table or "rowkind.field" not in raw:
-            return data
-        kinds = _row_kinds(table.options, data)
-        ignore_delete = table.options.ignore_delete()
-        ignore_before = str(raw.get("ignore-update-before", "false")).lower() == "true"
-        if not ignore_delete and not ignore_before:
-            return data
-        dropped = (ignore_delete & np.isin(kinds, (1, 3))) | (ignore_before & (kinds == 1))
-        return data.filter(pa.array(~dropped))
-
-
-# RowKind values in order: +I 0, -U 1, +U 2, -D 3.
-_ROW_KIND_STRINGS = pa.array(["+I", "-U", "+U", "-D"])
-
-
-def _row_kinds(options, data) -> np.ndarray:
-    """``pypaimon.write.row_kind.row_kinds`` as an int8 array, with its errors."""
-    name = options.options.to_map().get("rowkind.field")
-    if name is None:
-        return np.zeros(data.num_rows, dtype=np.int8)
-    if name not in data.schema.names:
-        raise ValueError("Cannot find rowkind field %s in table schema" % name)
-    column = data.column(name)
-    if not pa.types.is_string(column.type):
-        raise ValueError("rowkind.field column must be a string")
-    kinds = pc.index_in(column, value_set=_ROW_KIND_STRINGS)
-    if kinds.null_count:
-        first = column[pc.index(pc.is_null(kinds), True).as_py()].as_py()
-        raise ValueError(f"Unknown row kind string: {first}")
-    return kinds.to_numpy(zero_copy_only=False).astype(np.int8)
-
-
-_INT_KEYS = {"TINYINT": "<i1", "SMALLINT": "<i2", "INT": "<i4", "INTEGER": "<i4", "BIGINT": "<i8", "DATE": "<i4"}
-_BYTES_KEYS = ("CHAR", "VARCHAR", "STRING", "BINARY", "VARBINARY", "BYTES")
-_MAX_KEY_ROW_BYTES = 512
-_C1, _C2 = np.uint32(0xCC9E2D51), np.uint32(0x1B873593)
-
-
-def bucket_ids(keys: pa.Table, type_names: list[str], num_buckets: int) -> np.ndarray | None:
-    """Paimon's fixed bucket of each key row, or None for key types not covered here.
-
-    Paimon hashes the key's BinaryRow bytes (8-byte header, one 8-byte slot per
-    field, text/binary over 7 bytes in a word-aligned tail) with murmur3-32 over
-    4-byte words, seed 42, and takes ``abs(hash % buckets)`` in Java arithmetic.
-    """
-    n, arity = keys.num_rows, keys.num_columns
-    header = ((arity + 63 + 8) // 64) * 8
-    fixed = header + 8 * arity
-    plans = []
-    tail = np.zeros(n, np.int64)
-    for column, type_name in zip(keys.columns, type_names):
-        column = column.combine_chunks()
-        base = type_name.split("(")[0].upper()
-        if column.null_count or not (base in _INT_KEYS or base in _BYTES_KEYS):
-            return None
-        if base in _INT_KEYS:
-            plans.append((column.to_numpy(zero_copy_only=False).astype(_INT_KEYS[base]), None))
-            continue
-        column = column.cast(pa.binary())
-        offsets = np.frombuffer(column.buffers()[1], np.int32)[column.offset : column.offset + n + 1]
-        lengths = np.diff(offsets).astype(np.int64)
-        plans.append((column, (offsets, lengths, tail.copy())))
-        tail += np.where(lengths > 7, (lengths + 7) // 8 * 8, 0)
-    width = fixed + int(tail.max(initial=0))
-    if width > _MAX_KEY_ROW_BYTES:
-        return None
-
-    rows = np.zeros((n, width), np.uint8)
-    for i, (values, var) in enumerate(plans):
-        slot = header + 8 * i
-        if var is None:
-            rows[:, slot : slot + values.itemsize] = values.view(np.uint8).reshape(n, values.itemsize)
-            continue
-        offsets, lengths, tail_before = var
-        long = lengths > 7
-        start = np.where(long, fixed + tail_before, slot)
-        data = np.frombuffer(values.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
-        row_of_byte = np.repeat(np.arange(n), lengths)
-        position = np.arange(len(data)) - np.repeat(offsets[:-1] - offsets[0], lengths)
-        rows[row_of_byte, start[row_of_byte] + position] = data
-        rows[~long, slot + 7] = 0x80 | lengths[~long]
-        pointer = ((fixed + tail_before) << 32 | lengths).astype("<i8")
-        rows[long, slot : slot + 8] = pointer[long].view(np.uint8).reshape(-1, 8)
-
-    words = rows.view("<u4")
-    word_count = (fixed + tail) // 4
-    h = np.full(n, 42, np.uint32)
-    for j in range(words.shape[1]):
-        k = words[:, j] * _C1
-        k = ((k << np.uint32(15)) | (k >> np.uint32(17))) * _C2
-        mixed = h ^ k
-        mixed = ((mixed << np.uint32(13)) | (mixed >> np.uint32(19))) * np.uint32(5) + np.uint32(0xE6546B64)
-        h = np.where(j < word_count, mixed, h)
-    h ^= (word_count * 4).astype(np.uint32)
-    h ^= h >> np.uint32(16)
-    h *= np.uint32(0x85EBCA6B)
-    h ^= h >> np.uint32(13)
-    h *= np.uint32(0xC2B2AE35)
-    h ^= h >> np.uint32(16)
-    return np.abs(np.fmod(h.view(np.int32).astype(np.int64), num_buckets))

@@ -1,0 +1,15 @@
+"""Apache Paimon sink: commit the change stream to a Paimon table exactly once, and keep
+the table healthy under a stream that never ends.
+
+- :mod:`.writer`: :class:`WriteToPaimon` and the table writer (commits, checkpoints).
+- :mod:`.compaction`: bucket compaction between commits (Paimon's universal compaction).
+- :mod:`.expiration`: snapshot expiration by the table's retention options.
+- :mod:`.maintenance`: one maintenance pass after a commit, its log line and metrics.
+- :mod:`.bucketing`: Paimon's fixed bucket hash on whole columns.
+- :mod:`._pypaimon_private`: every use of pypaimon's private API.
+"""
+
+from beam_pixels.sinks.paimon.bucketing import bucket_ids
+from beam_pixels.sinks.paimon.writer import ROW_KIND_COLUMN, PaimonTableWriter, WriteToPaimon
+
+__all__ = ["ROW_KIND_COLUMN", "PaimonTableWriter", "WriteToPaimon", "bucket_ids"]

@@ -1,0 +1,413 @@
+"""Every use of pypaimon's private API, in one place (pypaimon 2.1).
+
+The public API of pypaimon cannot do what the connector needs here; each hook
+is listed with why, and ``tests/test_pypaimon_private.py`` fails loudly when a
+pypaimon upgrade changes one of them.
+
+Write path (:class:`StreamWrite`): ``TableWrite._create_file_store_write``,
+``FileStoreWrite._create_data_writer`` / ``_prepare_commit_messages``,
+``KeyValueDataWriter._write_data_to_file`` / ``_add_system_fields`` /
+``_merge_pending_by_pk``, ``TableWrite._prepare_arrow_data``:
+
+- Correctness: pypaimon records ``delete_row_count=0`` for files holding ``-D``
+  rows, so a bucket whose only file holds deletes would read them back as live
+  rows. :class:`KeyValueWriter` counts them, as Java Paimon does.
+- Speed: pypaimon folds its write buffer and computes row kinds and system
+  fields row by row in Python (~30k rows/s); here they run on whole columns,
+  and the buckets' files are written in parallel.
+
+Maintenance (compaction and snapshot expiration, which pypaimon 2.1 does not
+have): reading a bucket's live files (manifest lists and manifests), reading a
+data file's raw key-value rows, writing a compacted file that keeps the rows'
+sequence numbers, committing a ``COMPACT`` snapshot through the table's
+snapshot commit, and the table's path layout for deleting files.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pypaimon.write.file_store_write import FileStoreWrite
+from pypaimon.write.table_write import StreamTableWrite
+from pypaimon.write.writer.key_value_data_writer import KeyValueDataWriter
+
+# pypaimon honours ``rowkind.field`` on write (and so can delete) only from 2.1 on.
+ROW_KINDS_SUPPORTED = importlib.util.find_spec("pypaimon.write.row_kind") is not None
+
+
+# -- write path: a delete-count fix and vectorised routing ----------------------------
+
+
+class KeyValueWriter(KeyValueDataWriter):
+    """pypaimon 2.1's primary-key file writer with two fixes.
+
+    It records retractions (``-U``/``-D``) in the file's ``delete_row_count``:
+    pypaimon writes 0, and every Paimon reader then takes a bucket's lone
+    level-0 file as raw-convertible and returns its ``-D`` rows as live rows.
+    And it skips the row-by-row buffer fold when the keys are already unique.
+    """
+
+    def _write_data_to_file(self, data: pa.Table) -> None:
+        written = len(self.committed_files)
+        super()._write_data_to_file(data)
+        if len(self.committed_files) > written:
+            kinds = data.column("_VALUE_KIND").to_numpy()
+            self.committed_files[-1].delete_row_count = int(np.count_nonzero((kinds == 1) | (kinds == 3)))
+
+    def _add_system_fields(self, data: pa.RecordBatch) -> pa.RecordBatch:
+        """pypaimon's ``_KEY_*``, ``_SEQUENCE_NUMBER`` and ``_VALUE_KIND`` columns, built
+        with numpy and Arrow instead of a Python call per row."""
+        if not ROW_KINDS_SUPPORTED:
+            return super()._add_system_fields(data)
+        n = data.num_rows
+        names, arrays = [], []
+        for pk_key in self.trimmed_primary_keys:
+            if pk_key in data.schema.names:
+                field = data.schema.field(pk_key)
+                names.append(pa.field(f"_KEY_{pk_key}", field.type, nullable=field.nullable))
+                arrays.append(data.column(pk_key))
+        generator = self.sequence_generator
+        arrays.append(pa.array(np.arange(generator.current + 1, generator.current + 1 + n, dtype=np.int64)))
+        generator.current += n
+        names.append(pa.field("_SEQUENCE_NUMBER", pa.int64(), nullable=False))
+        arrays.append(pa.array(row_kinds(self.options, data), type=pa.int8()))
+        names.append(pa.field("_VALUE_KIND", pa.int8(), nullable=False))
+        names.extend(data.schema)
+        arrays.extend(data.columns)
+        return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(names))
+
+    def _merge_pending_by_pk(self, data: pa.Table) -> pa.Table:
+        n = data.num_rows
+        if n < 2:
+            return data
+        repeated = None
+        for name in self.trimmed_primary_keys:
+            column = data.column(name)
+            same = pc.equal(column.slice(1), column.slice(0, n - 1))
+            repeated = same if repeated is None else pc.and_(repeated, same)
+        if not pc.any(repeated).as_py():  # sorted by key: no neighbours equal, no duplicates
+            return data
+        return super()._merge_pending_by_pk(data)
+
+
+class _FileStoreWrite(FileStoreWrite):
+    def _create_data_writer(self, partition, bucket, options):
+        writer = super()._create_data_writer(partition, bucket, options)
+        if type(writer) is KeyValueDataWriter:
+            writer.__class__ = KeyValueWriter
+        return writer
+
+    def _prepare_commit_messages(self, commit_identifier):
+        """pypaimon's, with the buckets' pending rows written to their files at once (a
+        thread per bucket, up to the cores: pyarrow writes Parquet without the GIL).
+        A writer's ``prepare_commit`` only writes what is pending, so pypaimon then
+        finds every bucket written and collects the files."""
+        writers = list(self.data_writers.values())
+        workers = min(len(writers), os.cpu_count() or 1)
+        if workers > 1:
+            with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="paimon-write") as pool:
+                list(pool.map(lambda writer: writer.prepare_commit(), writers))
+        return super()._prepare_commit_messages(commit_identifier)
+
+
+class StreamWrite(StreamTableWrite):
+    """A stream write whose primary-key buckets use :class:`KeyValueWriter`, and whose
+    row-kind check runs on whole columns."""
+
+    def _create_file_store_write(self, commit_user):
+        return _FileStoreWrite(self.table, commit_user)
+
+    def _prepare_arrow_data(self, data):
+        """pypaimon's checks and ``rowkind.field`` filter (``pypaimon.write.row_kind.
+        filter_write_batch``) with the row kinds computed per column, not per row."""
+        table = getattr(self, "table", None)
+        if table is None or not ROW_KINDS_SUPPORTED:
+            return super()._prepare_arrow_data(data)
+        from pypaimon.schema.arrow_schema import normalize_arrow_strings
+
+        self._validate_pyarrow_schema(data.schema)
+        data = normalize_arrow_strings(data)
+        raw = table.options.options.to_map()
+        if not table.is_primary_key_table or "rowkind.field" not in raw:
+            return data
+        kinds = row_kinds(table.options, data)
+        ignore_delete = table.options.ignore_delete()
+        ignore_before = str(raw.get("ignore-update-before", "false")).lower() == "true"
+        if not ignore_delete and not ignore_before:
+            return data
+        dropped = (ignore_delete & np.isin(kinds, (1, 3))) | (ignore_before & (kinds == 1))
+        return data.filter(pa.array(~dropped))
+
+
+# RowKind values in order: +I 0, -U 1, +U 2, -D 3.
+_ROW_KIND_STRINGS = pa.array(["+I", "-U", "+U", "-D"])
+
+
+def row_kinds(options, data) -> np.ndarray:
+    """``pypaimon.write.row_kind.row_kinds`` as an int8 array, with its errors."""
+    name = options.options.to_map().get("rowkind.field")
+    if name is None:
+        return np.zeros(data.num_rows, dtype=np.int8)
+    if name not in data.schema.names:
+        raise ValueError("Cannot find rowkind field %s in table schema" % name)
+    column = data.column(name)
+    if not pa.types.is_string(column.type):
+        raise ValueError("rowkind.field column must be a string")
+    kinds = pc.index_in(column, value_set=_ROW_KIND_STRINGS)
+    if kinds.null_count:
+        first = column[pc.index(pc.is_null(kinds), True).as_py()].as_py()
+        raise ValueError(f"Unknown row kind string: {first}")
+    return kinds.to_numpy(zero_copy_only=False).astype(np.int8)
+
+
+
+# -- maintenance: live files, raw key-value rows, compacted files, COMPACT snapshots ---
+
+SEQUENCE_COLUMN = "_SEQUENCE_NUMBER"
+VALUE_KIND_COLUMN = "_VALUE_KIND"
+KEY_PREFIX = "_KEY_"
+FILE_SOURCE_COMPACT = 1  # DataFileMeta.file_source: 0 append, 1 compact
+
+
+class CompactionConflict(Exception):
+    """Another commit removed a file this compaction meant to replace; nothing was committed."""
+
+
+def table_options(table) -> dict[str, str]:
+    """The table's options as a plain map."""
+    return dict(table.options.options.to_map())
+
+
+def latest_snapshot(table):
+    return table.snapshot_manager().get_latest_snapshot()
+
+
+def snapshot_by_id(table, snapshot_id: int):
+    return table.snapshot_manager().get_snapshot_by_id(snapshot_id)
+
+
+def earliest_snapshot_id(table) -> int | None:
+    """The id of the oldest snapshot file present (the ``EARLIEST`` hint, then a probe)."""
+    manager = table.snapshot_manager()
+    hint = f"{manager.snapshot_dir}/EARLIEST"
+    start = 1
+    if manager.file_io.exists(hint):
+        text = manager.file_io.read_file_utf8(hint).strip()
+        start = int(text) if text.isdigit() else 1
+    latest = manager.get_latest_snapshot()
+    if latest is None:
+        return None
+    for snapshot_id in range(start, latest.id + 1):
+        if manager.file_io.exists(manager.get_snapshot_path(snapshot_id)):
+            return snapshot_id
+    return latest.id
+
+
+def write_earliest_hint(table, snapshot_id: int) -> None:
+    manager = table.snapshot_manager()
+    manager.file_io.write_file(f"{manager.snapshot_dir}/EARLIEST", str(snapshot_id), overwrite=True)
+
+
+def snapshot_path(table, snapshot_id: int) -> str:
+    return table.snapshot_manager().get_snapshot_path(snapshot_id)
+
+
+def _manifest_lists():
+    from pypaimon.manifest.manifest_list_manager import ManifestListManager
+
+    return ManifestListManager
+
+
+def manifest_path(table, name: str) -> str:
+    return f"{table.table_path.rstrip('/')}/manifest/{name}"
+
+
+def manifest_list(table, snapshot) -> list:
+    """The manifests (base and delta) a snapshot's data files are listed in."""
+    return _manifest_lists()(table).read_all(snapshot)
+
+
+def snapshot_metadata_files(table, snapshot) -> tuple[list[str], list[str]]:
+    """(manifest list names, manifest file names) a snapshot references."""
+    lists = _manifest_lists()(table)
+    list_names = [n for n in (snapshot.base_manifest_list, snapshot.delta_manifest_list,
+                              snapshot.changelog_manifest_list) if n]
+    manifests = []
+    for name, size in ((snapshot.base_manifest_list, snapshot.base_manifest_list_size),
+                       (snapshot.delta_manifest_list, snapshot.delta_manifest_list_size),
+                       (snapshot.changelog_manifest_list, snapshot.changelog_manifest_list_size)):
+        if name:
+            manifests += [m.file_name for m in lists.read(name, size)]
+    return list_names, manifests
+
+
+def delta_entries(table, snapshot) -> list:
+    """The manifest entries (ADD kind 0, DELETE kind 1) a snapshot's delta records."""
+    from pypaimon.manifest.manifest_file_manager import ManifestFileManager
+
+    files = ManifestFileManager(table)
+    entries = []
+    for manifest in _manifest_lists()(table).read_delta(snapshot):
+        entries += files.read(manifest.file_name, drop_stats=False, file_size=manifest.file_size)
+    return entries
+
+
+def live_entries(table, snapshot) -> list:
+    """Every data file of ``snapshot`` as ADD manifest entries, with their stats."""
+    from pypaimon.manifest.manifest_file_manager import ManifestFileManager
+
+    manifests = _manifest_lists()(table).read_all(snapshot)
+    return ManifestFileManager(table).read_entries_parallel(manifests, drop_stats=False, max_workers=4)
+
+
+def entry_key(entry):
+    """What makes two manifest entries the same file (hashable)."""
+    return entry.identifier()
+
+
+def entry_partition(entry) -> tuple:
+    return tuple(entry.partition.values)
+
+
+def data_file_paths(table, entry) -> list[str]:
+    """The files on storage of one data file entry (the data file and its sidecars)."""
+    from pypaimon.utils.file_store_path_factory import canonical_data_file_path
+
+    meta = entry.file
+    if not meta.external_path:
+        meta.file_path = canonical_data_file_path(table, entry_partition(entry), entry.bucket, meta.file_name)
+    return meta.collect_files()
+
+
+def read_key_values(table, entry) -> pa.Table:
+    """A primary-key data file's raw rows: ``_KEY_*``, ``_SEQUENCE_NUMBER``, ``_VALUE_KIND``
+    and the value columns, as written."""
+    import pyarrow.parquet as pq
+
+    path = data_file_paths(table, entry)[0]
+    if not path.endswith(".parquet"):
+        raise NotImplementedError(f"compaction reads Parquet data files only, not {path}")
+    with table.file_io.new_input_stream(path) as stream:
+        return pq.read_table(pa.BufferReader(stream.read()))
+
+
+def write_compacted(table, partition: tuple, bucket: int, rows: pa.Table, level: int) -> list:
+    """Write ``rows`` (sorted by key, one row per key, sequence numbers kept) as files of
+    ``level`` (rolled at the table's target file size); returns their metas, uncommitted."""
+    writer = KeyValueWriter(table=table, partition=partition, bucket=bucket, max_seq_number=0,
+                            options=table.options)
+    try:
+        writer._roll_write(rows)
+    except BaseException:
+        writer.abort()
+        raise
+    files = list(writer.committed_files)
+    for meta in files:
+        meta.level = level
+        meta.file_source = FILE_SOURCE_COMPACT
+    return files
+
+
+def delete_written(table, partition: tuple, bucket: int, files: list) -> None:
+    """Delete files :func:`write_compacted` wrote that will not be committed."""
+    for meta in files:
+        for path in meta.collect_files():
+            table.file_io.delete_quietly(path)
+
+
+def new_entry(table, kind: int, partition: tuple, bucket: int, total_buckets: int, meta):
+    from pypaimon.manifest.schema.manifest_entry import ManifestEntry
+    from pypaimon.table.row.generic_row import GenericRow
+
+    return ManifestEntry(kind=kind, partition=GenericRow(list(partition), table.partition_keys_fields),
+                         bucket=bucket, total_buckets=total_buckets, file=meta)
+
+
+def deleting(entry):
+    """A DELETE entry for the file of ADD entry ``entry``."""
+    from pypaimon.manifest.schema.manifest_entry import ManifestEntry
+
+    return ManifestEntry(kind=1, partition=entry.partition, bucket=entry.bucket,
+                         total_buckets=entry.total_buckets, file=entry.file)
+
+
+def commit_compact(table, commit_user: str, commit_identifier: int, properties: dict | None, planned_on,
+                   deleted: list, added: list, rewrite_manifests: bool, retries: int = 10):
+    """One atomic ``COMPACT`` snapshot: ``deleted`` (ADD entries live at ``planned_on``)
+    replaced by ``added``. With ``rewrite_manifests`` the new snapshot's base manifests
+    are rewritten as a fresh set holding every live file, bounding the manifest list.
+
+    The snapshot carries ``commit_identifier`` and ``properties`` (the connector's last
+    checkpoint, so it stays on the latest snapshot). Raises
+    :class:`CompactionConflict` when a newer snapshot deleted one of ``deleted``;
+    returns the new snapshot, or None when it lost the atomic race ``retries`` times.
+    """
+    import time
+    import uuid
+
+    from pypaimon.manifest.manifest_file_manager import ManifestFileManager
+    from pypaimon.snapshot.snapshot import Snapshot
+
+    lists = _manifest_lists()(table)
+    manifests = ManifestFileManager(table)
+    target_size = table.options.manifest_target_size()
+    changes = [deleting(e) for e in deleted] + list(added)
+    wanted = {entry_key(e) for e in deleted}
+    checked_up_to = planned_on.id
+    for _ in range(retries):
+        latest = latest_snapshot(table)
+        for snapshot_id in range(checked_up_to + 1, latest.id + 1):
+            between = snapshot_by_id(table, snapshot_id)
+            if between is None:
+                raise CompactionConflict(f"snapshot {snapshot_id} is gone; cannot check the compaction against it")
+            gone = [e for e in delta_entries(table, between) if e.kind == 1 and entry_key(e) in wanted]
+            if gone:
+                raise CompactionConflict(
+                    f"snapshot {snapshot_id} ({between.commit_kind} by {between.commit_user}) already removed "
+                    f"{gone[0].file.file_name}")
+        checked_up_to = latest.id
+        name = uuid.uuid4()
+        written_manifests, written_lists = [], []
+        try:
+            delta = manifests.rolling_write(changes, target_size, f"manifest-{name}-delta") if changes else []
+            written_manifests += [m.file_name for m in delta]
+            if rewrite_manifests:
+                base = manifests.rolling_write(live_entries(table, latest), target_size, f"manifest-{name}-base")
+                written_manifests += [m.file_name for m in base]
+            else:
+                base = lists.read_all(latest)
+            base_list, delta_list = f"manifest-list-{name}-0", f"manifest-list-{name}-1"
+            base_size = lists.write(base_list, base)
+            written_lists.append(base_list)
+            delta_size = lists.write(delta_list, delta)
+            written_lists.append(delta_list)
+            delta_rows = sum(e.file.row_count for e in added) - sum(e.file.row_count for e in deleted)
+            snapshot = Snapshot(
+                version=3, id=latest.id + 1, schema_id=table.table_schema.id,
+                base_manifest_list=base_list, base_manifest_list_size=base_size,
+                delta_manifest_list=delta_list, delta_manifest_list_size=delta_size,
+                total_record_count=(latest.total_record_count or 0) + delta_rows, delta_record_count=delta_rows,
+                commit_user=commit_user, commit_identifier=commit_identifier,
+                commit_kind="COMPACT", time_millis=int(time.time() * 1000),
+                watermark=latest.watermark, index_manifest=latest.index_manifest, next_row_id=latest.next_row_id,
+                properties=dict(properties) if properties else None,
+            )
+            commit = table.new_snapshot_commit()
+            with commit:
+                if commit.commit(latest.uuid, snapshot, []):
+                    return snapshot
+        except BaseException:
+            _delete_metadata(table, written_manifests, written_lists)
+            raise
+        _delete_metadata(table, written_manifests, written_lists)
+    return None
+
+
+def _delete_metadata(table, manifests: list[str], lists: list[str]) -> None:
+    for name in manifests + lists:
+        table.file_io.delete_quietly(manifest_path(table, name))

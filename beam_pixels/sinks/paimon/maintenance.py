@@ -1,0 +1,248 @@
+"""One maintenance pass of a primary-key table, run by the committer right after its commit.
+
+A pass compacts the buckets that :func:`compaction.pick` says need it (the most
+runs first, up to ``max_bytes_per_pass`` of input, at least one bucket; every
+bucket on the commits ``full-compaction.delta-commits`` asks for a full one), commits
+them in one atomic ``COMPACT`` snapshot, rewrites the manifests into a fresh base
+when the snapshot's manifest list holds more than ``manifest.merge-min-count`` (30)
+manifests, then expires snapshots (:mod:`.expiration`). It logs one line and
+updates Beam metrics. The committer runs it between its own commits, so it never
+races them; a commit of another writer that removes a file the pass meant to
+replace makes the pass refuse its compaction (it is planned again next pass).
+
+Which files each bucket holds is kept in a process-wide cache keyed by the table
+location, checked against the latest snapshot and brought up to date from the
+snapshots' deltas: local runs build new writers every round, and reading every
+manifest each pass would cost more as the table ages.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from apache_beam.metrics import Metrics
+
+from beam_pixels.sinks.committing import METRICS_NAMESPACE
+from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon.compaction import CompactionOptions, compact_bucket, pick, pick_full, sorted_runs
+from beam_pixels.sinks.paimon.expiration import RetentionOptions, expire
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MaintenanceOptions:
+    """What a pass does, from the table's options and the connector's keys."""
+
+    compaction: CompactionOptions
+    retention: RetentionOptions
+    manifest_merge_min_count: int = 30
+    compact_buckets: bool = True  # primary-key tables; append tables only get manifests and expiration
+
+    @classmethod
+    def of(cls, table_options: dict[str, str], trigger: int | None, max_bytes_per_pass: int,
+           compact_buckets: bool = True) -> "MaintenanceOptions":
+        merge = table_options.get("manifest.merge-min-count", "30")
+        if not str(merge).strip().isdigit() or int(merge) < 1:
+            raise ValueError(f"Paimon table option manifest.merge-min-count={merge!r} is not valid; "
+                             f"accepted: an integer >= 1")
+        return cls(
+            CompactionOptions.of(table_options, trigger, max_bytes_per_pass),
+            RetentionOptions.of(table_options),
+            int(merge),
+            compact_buckets,
+        )
+
+
+@dataclass
+class PassReport:
+    """What one pass did."""
+
+    table: str
+    buckets: int = 0
+    files_in: int = 0
+    files_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    buckets_waiting: int = 0
+    manifests_rewritten: bool = False
+    snapshot_id: int | None = None
+    refused: str = ""
+    snapshots_expired: int = 0
+    files_deleted: int = 0
+    bytes_reclaimed: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        compacted = (
+            f"compacted {self.buckets} bucket(s), {self.files_in} files ({self.bytes_in / 2**20:.1f} MB) into "
+            f"{self.files_out} ({self.bytes_out / 2**20:.1f} MB)"
+        )
+        if self.buckets_waiting:
+            compacted += f", {self.buckets_waiting} more waiting"
+        if self.manifests_rewritten:
+            compacted += ", manifests rewritten"
+        if self.snapshot_id is not None:
+            compacted += f" in snapshot {self.snapshot_id}"
+        if self.refused:
+            compacted += f"; compaction refused: {self.refused}"
+        return (
+            f"maintained {self.table}: {compacted}; expired {self.snapshots_expired} snapshot(s), deleted "
+            f"{self.files_deleted} files, reclaimed {self.bytes_reclaimed / 2**20:.1f} MB; {self.seconds:.2f}s"
+            + (f"; errors: {'; '.join(self.errors)}" if self.errors else "")
+        )
+
+
+class _Metrics:
+    def __init__(self):
+        self.passes = Metrics.counter(METRICS_NAMESPACE, "paimon_maintenance_passes")
+        self.buckets = Metrics.counter(METRICS_NAMESPACE, "paimon_buckets_compacted")
+        self.files_in = Metrics.counter(METRICS_NAMESPACE, "paimon_compaction_files_in")
+        self.files_out = Metrics.counter(METRICS_NAMESPACE, "paimon_compaction_files_out")
+        self.refused = Metrics.counter(METRICS_NAMESPACE, "paimon_compactions_refused")
+        self.expired = Metrics.counter(METRICS_NAMESPACE, "paimon_snapshots_expired")
+        self.reclaimed = Metrics.counter(METRICS_NAMESPACE, "paimon_bytes_reclaimed")
+        self.errors = Metrics.counter(METRICS_NAMESPACE, "paimon_maintenance_errors")
+        self.latency = Metrics.distribution(METRICS_NAMESPACE, "paimon_maintenance_ms")
+
+    def record(self, report: PassReport) -> None:
+        self.passes.inc()
+        self.buckets.inc(report.buckets)
+        self.files_in.inc(report.files_in)
+        self.files_out.inc(report.files_out)
+        self.refused.inc(bool(report.refused))
+        self.expired.inc(report.snapshots_expired)
+        self.reclaimed.inc(report.bytes_reclaimed)
+        self.errors.inc(len(report.errors))
+        self.latency.update(int(report.seconds * 1000))
+
+
+# -- which files each bucket holds, per table, for the whole process ----------------------
+
+_LIVE: dict[str, tuple[int, str, dict]] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def live_files(table, snapshot) -> dict[tuple, list]:
+    """``{(partition, bucket): [ADD entries]}`` of ``snapshot``, from the cache when it
+    can be brought up to date from deltas, else read from the manifests."""
+    location = table.table_path
+    with _LIVE_LOCK:
+        cached = _LIVE.get(location)
+    files = None
+    if cached is not None and cached[0] <= snapshot.id:
+        base = private.snapshot_by_id(table, cached[0])
+        if base is not None and base.uuid == cached[1]:
+            files = {bucket: dict(entries) for bucket, entries in cached[2].items()}
+            for snapshot_id in range(cached[0] + 1, snapshot.id + 1):
+                step = private.snapshot_by_id(table, snapshot_id)
+                if step is None:
+                    files = None
+                    break
+                for entry in private.delta_entries(table, step):
+                    bucket = files.setdefault((private.entry_partition(entry), entry.bucket), {})
+                    if entry.kind == 0:
+                        bucket[private.entry_key(entry)] = entry
+                    else:
+                        bucket.pop(private.entry_key(entry), None)
+    if files is None:
+        files = {}
+        for entry in private.live_entries(table, snapshot):
+            files.setdefault((private.entry_partition(entry), entry.bucket), {})[private.entry_key(entry)] = entry
+    with _LIVE_LOCK:
+        _LIVE[location] = (snapshot.id, snapshot.uuid, files)
+    return {bucket: list(entries.values()) for bucket, entries in files.items() if entries}
+
+
+def run_pass(table, table_name: str, commit_user: str, checkpoint_snapshot, options: MaintenanceOptions) -> PassReport:
+    """Compact, rewrite manifests when due, expire; never raises (errors go in the report).
+
+    ``checkpoint_snapshot`` is the connector's own latest snapshot: a compaction snapshot
+    repeats its commit identifier and properties, so the checkpoint stays on the latest."""
+    started = time.monotonic()
+    report = PassReport(table_name)
+    try:
+        _compact(table, commit_user, checkpoint_snapshot, options, report)
+    except Exception as error:  # the data is committed; maintenance retries next pass
+        _LOG.warning("%s: compaction failed: %s", table_name, error, exc_info=True)
+        report.errors.append(f"compaction: {error}")
+    try:
+        expired = expire(table, options.retention)
+        report.snapshots_expired, report.files_deleted, report.bytes_reclaimed = (
+            expired.snapshots, expired.files, expired.bytes)
+    except Exception as error:
+        _LOG.warning("%s: snapshot expiration failed: %s", table_name, error, exc_info=True)
+        report.errors.append(f"expiration: {error}")
+    report.seconds = time.monotonic() - started
+    _METRICS.record(report)
+    return report
+
+
+def _compact(table, commit_user: str, checkpoint_snapshot, options: MaintenanceOptions, report: PassReport) -> None:
+    latest = private.latest_snapshot(table)
+    if latest is None:
+        return
+    every = options.compaction.full_compaction_delta_commits
+    full = bool(every) and checkpoint_snapshot.commit_identifier % every == 0
+    due = []
+    for (partition, bucket), entries in live_files(table, latest).items() if options.compact_buckets else ():
+        runs = sorted_runs(entries)
+        unit = pick_full(runs, options.compaction) if full else pick(runs, options.compaction)
+        if unit is not None:
+            due.append((len(runs), partition, bucket, unit))
+    due.sort(key=lambda d: (-d[0], -d[3].size))
+    chosen, budget = [], options.compaction.max_bytes_per_pass
+    for _, partition, bucket, unit in due:
+        if chosen and unit.size > budget and not full:
+            continue
+        chosen.append((partition, bucket, unit))
+        budget -= unit.size
+    report.buckets_waiting = len(due) - len(chosen)
+    manifests = len(private.manifest_list(table, latest))
+    rewrite = manifests > options.manifest_merge_min_count
+    if not chosen and not rewrite:
+        return
+    workers = max(1, min(len(chosen), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="paimon-compact") as pool:
+        done = list(pool.map(lambda c: compact_bucket(table, *c), chosen))
+    deleted = [e for c in done for e in c.inputs]
+    added = [
+        private.new_entry(table, 0, c.partition, c.bucket, c.inputs[0].total_buckets, meta)
+        for c in done
+        for meta in c.outputs
+    ]
+    try:
+        snapshot = private.commit_compact(
+            table, commit_user, checkpoint_snapshot.commit_identifier, checkpoint_snapshot.properties, latest,
+            deleted, added, rewrite_manifests=rewrite,
+        )
+    except private.CompactionConflict as conflict:
+        snapshot, report.refused = None, str(conflict)
+    except BaseException:
+        _delete_outputs(table, done)
+        raise
+    if snapshot is None:
+        report.refused = report.refused or "lost the snapshot commit race too often"
+        _delete_outputs(table, done)
+        return
+    report.snapshot_id = snapshot.id
+    report.manifests_rewritten = rewrite
+    report.buckets = len(done)
+    report.files_in = len(deleted)
+    report.files_out = len(added)
+    report.bytes_in = sum(e.file.file_size for e in deleted)
+    report.bytes_out = sum(e.file.file_size for e in added)
+
+
+def _delete_outputs(table, done) -> None:
+    for c in done:
+        private.delete_written(table, c.partition, c.bucket, c.outputs)
+
+
+_METRICS = _Metrics()

@@ -1,0 +1,129 @@
+"""pypaimon internals the connector relies on (``beam_pixels.sinks.paimon._pypaimon_private``).
+
+Each test fails loudly when a pypaimon upgrade changes one of them: the
+connector's overrides must compute what pypaimon computes, and the private
+names and signatures it calls must still exist.
+"""
+
+import pyarrow as pa
+import pytest
+
+from beam_pixels.schema import SourceSchema
+from beam_pixels.sinks.paimon import PaimonTableWriter
+from beam_pixels.sinks.paimon import _pypaimon_private as private
+
+ORDERS = SourceSchema.parse("region:STRING, id:INT, qty:INT, note:STRING", primary_key=["region", "id"])
+
+
+def catalog_properties(tmp_path) -> dict[str, str]:
+    return {"type": "paimon", "warehouse": str(tmp_path / "warehouse")}
+
+
+def test_vectorised_row_kinds_equal_pypaimons():
+    """StreamWrite / KeyValueWriter overrides compute what pypaimon computes row by row."""
+    from types import SimpleNamespace
+
+    from pypaimon.write.row_kind import row_kinds
+
+    rowkind = SimpleNamespace(options=SimpleNamespace(to_map=lambda: {"rowkind.field": "_rowkind"}))
+    plain = SimpleNamespace(options=SimpleNamespace(to_map=lambda: {}))
+    data = pa.table({"id": [1, 2, 3, 4, 5], "_rowkind": ["+I", "-D", "+U", "-U", "+I"]})
+    assert private.row_kinds(rowkind, data).tolist() == row_kinds(rowkind, data) == [0, 3, 2, 1, 0]
+    assert private.row_kinds(plain, data).tolist() == row_kinds(plain, data)
+    for bad in (["+I", "??"], ["+I", None]):
+        table = pa.table({"_rowkind": pa.array(bad, pa.string())})
+        with pytest.raises(ValueError) as theirs:
+            row_kinds(rowkind, table)
+        with pytest.raises(ValueError) as ours:
+            private.row_kinds(rowkind, table)
+        assert str(ours.value) == str(theirs.value)
+    with pytest.raises(ValueError, match="must be a string"):
+        private.row_kinds(rowkind, pa.table({"_rowkind": [1]}))
+
+
+def test_vectorised_system_fields_equal_pypaimons(tmp_path):
+    from pypaimon.write.writer.key_value_data_writer import KeyValueDataWriter
+
+    writer = PaimonTableWriter(ORDERS, "pixels.kinds", catalog_properties(tmp_path))
+    writer.open()
+    rows = pa.table({"region": ["EU", "US", "EU"], "id": pa.array([3, 1, 2], pa.int32()),
+                     "_rowkind": ["+I", "-D", "+I"]})
+    write = private.StreamWrite(writer._table, "test")
+    try:
+        ours = write.file_store_write._create_data_writer((), 0, writer._table.options)
+        assert type(ours) is private.KeyValueWriter
+        theirs = write.file_store_write._create_data_writer((), 0, writer._table.options)
+        theirs.__class__ = KeyValueDataWriter
+        full = pa.table({f.name: rows.column(f.name) if f.name in rows.column_names else pa.nulls(3, f.type)
+                         for f in writer._write_schema}).cast(writer._write_schema)
+        batch = full.to_batches()[0]
+        for _ in range(2):  # sequence numbers continue across calls
+            assert ours._add_system_fields(batch).equals(theirs._add_system_fields(batch))
+        assert write._prepare_arrow_data(batch).equals(super(private.StreamWrite, write)._prepare_arrow_data(batch))
+    finally:
+        write.close()
+
+
+def test_maintenance_internals_keep_their_shape():
+    """The private names, fields and signatures compaction and expiration call."""
+    import dataclasses
+    import inspect
+
+    from pypaimon.manifest.manifest_file_manager import ManifestFileManager
+    from pypaimon.manifest.manifest_list_manager import ManifestListManager
+    from pypaimon.manifest.schema.data_file_meta import DataFileMeta
+    from pypaimon.manifest.schema.manifest_entry import ManifestEntry
+    from pypaimon.snapshot.snapshot import Snapshot
+    from pypaimon.snapshot.snapshot_manager import SnapshotManager
+    from pypaimon.utils.file_store_path_factory import canonical_data_file_path
+    from pypaimon.write.writer.key_value_data_writer import KeyValueDataWriter
+
+    def params(function):
+        return list(inspect.signature(function).parameters)
+
+    assert params(KeyValueDataWriter._roll_write) == ["self", "data"]
+    assert params(KeyValueDataWriter.__init__)[:6] == ["self", "table", "partition", "bucket", "max_seq_number", "options"]
+    assert {"level", "file_source", "max_sequence_number", "file_size", "delete_row_count"} <= {
+        f.name for f in dataclasses.fields(DataFileMeta)}
+    assert {"kind", "partition", "bucket", "total_buckets", "file"} <= {f.name for f in dataclasses.fields(ManifestEntry)}
+    assert {"base_manifest_list", "delta_manifest_list", "commit_kind", "properties", "uuid", "time_millis"} <= {
+        f.name for f in dataclasses.fields(Snapshot)}
+    for method in ("read_all", "read_delta", "read", "write"):
+        assert callable(getattr(ManifestListManager, method))
+    assert params(ManifestFileManager.rolling_write) == ["self", "entries", "suggested_file_size", "name_prefix"]
+    assert "drop_stats" in params(ManifestFileManager.read_entries_parallel)
+    assert params(SnapshotManager.get_snapshot_path) == ["self", "snapshot_id"]
+    assert params(canonical_data_file_path) == ["table", "partition", "bucket", "file_name"]
+
+
+def test_compacted_files_and_compact_snapshots_read_back_as_pypaimon_reads_its_own(tmp_path):
+    """A bucket's raw key-value rows, rewritten as one top-level file and committed as a
+    COMPACT snapshot, read back the same; the file is read raw (no merge), which is what
+    makes compacted tables fast to read; the snapshot keeps its kind and properties."""
+    from beam_pixels.checkpoint import Checkpoint
+    from beam_pixels.sinks.paimon.compaction import merge_runs
+
+    writer = PaimonTableWriter(ORDERS, "pixels.raw", catalog_properties(tmp_path), bucket=1, write_only=True)
+    writer.open()
+    table = writer._table
+    for i, kind in enumerate(["+I", "+I", "-D"]):
+        rows = pa.table({"region": ["EU"], "id": pa.array([i % 2], pa.int32()), "qty": pa.array([i], pa.int32()),
+                         "note": pa.array([None], pa.string()), "_rowkind": [kind]}).cast(writer._write_schema)
+        write = private.StreamWrite(table, writer.commit_user)
+        write.write_arrow(rows)
+        writer.commit_prepared([write.prepare_commit(i + 1)], Checkpoint(i + 1, {0: i + 1}))
+        write.close()
+    before = writer.read_table().to_pylist()
+    latest = private.latest_snapshot(table)
+    entries = private.live_entries(table, latest)
+    raw = [private.read_key_values(table, e) for e in sorted(entries, key=lambda e: e.file.max_sequence_number)]
+    assert {"_KEY_region", "_KEY_id", "_SEQUENCE_NUMBER", "_VALUE_KIND", "qty"} <= set(raw[0].column_names)
+    merged = merge_runs(raw, ["_KEY_region", "_KEY_id"], drop_retractions=True)
+    files = private.write_compacted(table, (), 0, merged, 5)
+    added = [private.new_entry(table, 0, (), 0, entries[0].total_buckets, m) for m in files]
+    snapshot = private.commit_compact(table, writer.commit_user, 3, {"k": "v"}, latest, entries, added, True)
+    committed = private.snapshot_by_id(table, snapshot.id)
+    assert (committed.commit_kind, committed.properties, committed.commit_identifier) == ("COMPACT", {"k": "v"}, 3)
+    assert writer.read_table().to_pylist() == before == [{"region": "EU", "id": 1, "qty": 1, "note": None}]
+    splits = table.new_read_builder().new_scan().plan().splits()
+    assert [s.raw_convertible for s in splits] == [True]
