@@ -95,6 +95,7 @@ rest.bind-address: 127.0.0.1
 rest.port: $1
 blob.server.port: 0
 parallelism.default: 1
+cluster.evenly-spread-out-slots: true
 # a killed TaskManager is noticed within seconds, and the job restarts from its latest checkpoint
 heartbeat.interval: 1000
 heartbeat.timeout: 8000
@@ -102,10 +103,10 @@ restart-strategy.type: fixed-delay
 restart-strategy.fixed-delay.attempts: 1000
 restart-strategy.fixed-delay.delay: 2 s
 state.backend.type: hashmap
-execution.checkpointing.dir: file://$STATE/checkpoints
-execution.checkpointing.savepoint-dir: file://$STATE/savepoints
+state.checkpoints.dir: file://$STATE/checkpoints
+state.savepoints.dir: file://$STATE/savepoints
 execution.checkpointing.externalized-checkpoint-retention: RETAIN_ON_CANCELLATION
-execution.checkpointing.num-retained: 3
+state.checkpoints.num-retained: 3
 EOF
 }
 
