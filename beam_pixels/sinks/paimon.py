@@ -43,6 +43,7 @@ import importlib.util
 import logging
 import os
 import re
+import time
 from typing import Any
 
 import apache_beam as beam
@@ -355,6 +356,19 @@ def _normal(type_name: str) -> str:
 # -- pypaimon 2.1 write path: a delete-count fix and vectorised routing ---------------
 
 
+def _sequence_floor() -> int:
+    """The lowest sequence number a write may start from: the wall clock in nanoseconds.
+
+    pypaimon starts a write's sequence numbers after the highest one the table's latest
+    snapshot holds. On a streaming runner the next window's data files are written while
+    the previous window's commit is still pending, so both would start from the same
+    snapshot and a key changed in both could keep its older value. Windows of one poll
+    group are written one after the other, so the clock orders them (with room for a
+    million rows per millisecond between writes).
+    """
+    return time.time_ns()
+
+
 class _KeyValueWriter(KeyValueDataWriter):
     """pypaimon 2.1's primary-key file writer with two fixes.
 
@@ -384,6 +398,7 @@ class _KeyValueWriter(KeyValueDataWriter):
                 names.append(pa.field(f"_KEY_{pk_key}", field.type, nullable=field.nullable))
                 arrays.append(data.column(pk_key))
         generator = self.sequence_generator
+        generator.current = max(generator.current, _sequence_floor())
         arrays.append(pa.array(np.arange(generator.current + 1, generator.current + 1 + n, dtype=np.int64)))
         generator.current += n
         names.append(pa.field("_SEQUENCE_NUMBER", pa.int64(), nullable=False))
