@@ -398,7 +398,6 @@ class _KeyValueWriter(KeyValueDataWriter):
                 names.append(pa.field(f"_KEY_{pk_key}", field.type, nullable=field.nullable))
                 arrays.append(data.column(pk_key))
         generator = self.sequence_generator
-        generator.current = max(generator.current, _sequence_floor())
         arrays.append(pa.array(np.arange(generator.current + 1, generator.current + 1 + n, dtype=np.int64)))
         generator.current += n
         names.append(pa.field("_SEQUENCE_NUMBER", pa.int64(), nullable=False))
@@ -427,6 +426,10 @@ class _FileStoreWrite(FileStoreWrite):
         writer = super()._create_data_writer(partition, bucket, options)
         if type(writer) is KeyValueDataWriter:
             writer.__class__ = _KeyValueWriter
+            if not hasattr(self, "_floor"):
+                self._floor = _sequence_floor()  # one per write: its buckets start alike
+            generator = writer.sequence_generator
+            generator.start = generator.current = max(generator.current, self._floor)
         return writer
 
     def _prepare_commit_messages(self, commit_identifier):
