@@ -123,8 +123,8 @@ def flink(tmp_path_factory):
         if shutil.which(tool) is None:
             _unavailable(f"{tool} not found: the Flink tests need Java 11/17 and Maven")
     state = tmp_path_factory.mktemp("flink-cluster")
-    # One TaskManager: LOOPBACK SDK workers of two TaskManagers get the same worker id ("1-1")
-    # in the one submitting process, and jobs then intermittently stalled before their first poll.
+    # One TaskManager with four slots: less memory and CPU on a small machine; the kill test
+    # starts a replacement for it.
     env = dict(os.environ, FLINK_CLUSTER_DIR=str(state), FLINK_TASKMANAGERS="1", FLINK_SLOTS="4")
     started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=1200)
     if started.returncode != 0:
