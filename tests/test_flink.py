@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -43,8 +44,12 @@ from beam_pixels.buckets import partition_buckets
 from beam_pixels.mock_server import MockPixelsServer
 
 SCRIPT = REPO / "scripts" / "flink-local-cluster.sh"
+PIPELINE_FILE = REPO / "pipelines" / "pixels_to_lakehouse.py"
 REQUIRE_FLINK = os.environ.get("BEAM_PIXELS_REQUIRE_FLINK") == "1"
 PARALLELISM = 2
+# From RUNNING to the first poll: a job's first bundles start its SDK workers; on a loaded
+# 2-core machine that took from 40 s to more than two minutes.
+FIRST_POLL_S = 300
 
 
 def _unavailable(reason: str):
@@ -147,7 +152,9 @@ class Feeder:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._feed, daemon=True)
 
-    def start(self) -> Feeder:
+    def start_once_polled(self, run: Run) -> Feeder:
+        """Start feeding once the job polls (its start-up time varies a lot)."""
+        wait_until(lambda: self.server.polled_bucket_sets(), FIRST_POLL_S, "a first poll", run)
         self._thread.start()
         return self
 
@@ -188,12 +195,16 @@ def submit(flink, tmp_path):
     """Submit ``beam-pixels run`` to the cluster; at the end every job is cancelled and every run killed."""
     runs = []
 
-    def start(properties: Path, port: int) -> Run:
-        run = Run.cli(
+    def start(properties: Path, port: int, *, pipeline_file: bool = False) -> Run:
+        """``beam-pixels run`` (or ``pipelines/pixels_to_lakehouse.py``) with the Flink options."""
+        program = [sys.executable, str(PIPELINE_FILE)] if pipeline_file else [sys.executable, "-m", "beam_pixels", "run"]
+        run = Run(
+            [
+                *program, "--config", str(properties), "--set", f"pixels.server.port={port}",
+                "--runner", "PortableRunner", "--job_endpoint", flink.job_endpoint,
+                "--environment_type", "LOOPBACK", "--parallelism", str(PARALLELISM),
+            ],
             tmp_path,
-            "run", "--config", str(properties), "--set", f"pixels.server.port={port}",
-            "--runner", "PortableRunner", "--job_endpoint", flink.job_endpoint,
-            "--environment_type", "LOOPBACK", "--parallelism", str(PARALLELISM),
         )  # fmt: skip
         runs.append(run)
         return run
@@ -280,7 +291,7 @@ def test_windows_commit_while_the_source_runs_and_the_table_ends_exact(tmp_path,
     config = load_config(properties, feeder.server.port)
     run = submit(properties, feeder.server.port)
     job = flink.running_job()
-    feeder.start()
+    feeder.start_once_polled(run)
 
     # Two commits while records still arrive, each a consistent prefix of the stream.
     first, first_state = wait_until(
@@ -315,7 +326,7 @@ def test_a_killed_taskmanager_restores_from_its_checkpoint_with_the_table_exact(
     config = load_config(properties, feeder.server.port)
     run = submit(properties, feeder.server.port)
     job = flink.running_job()
-    feeder.start()
+    feeder.start_once_polled(run)
     wait_until(lambda: last_checkpoint(config).batch_id >= 1, 120, "a first commit", run)
     wait_until(lambda: flink.checkpoint_counts(job)["completed"] >= 1, 60, "a completed Flink checkpoint")
 
@@ -324,27 +335,28 @@ def test_a_killed_taskmanager_restores_from_its_checkpoint_with_the_table_exact(
     wait_until(lambda: flink.checkpoint_counts(job)["restored"] >= 1, 120, "a restore from the checkpoint", run)
     assert feeder.arriving, "the kill came after the stream stopped arriving"
 
-    wait_all_committed(feeder, config, run, timeout=180)
+    wait_all_committed(feeder, config, run, timeout=FIRST_POLL_S + 120)
     assert_table_is_exactly_what_was_handed_out(config, feeder.server)
 
 
 @pytest.mark.parametrize("sink", ["paimon"])
-def test_cancel_and_resubmit_resumes_from_the_tables_positions(tmp_path, flink, feeders, submit, sink):
+def test_cancel_and_resubmit_as_the_pipeline_file_resumes_from_the_tables_positions(tmp_path, flink, feeders, submit, sink):
     properties = streaming_properties(tmp_path, sink)
     feeder = feeders(cdc_history(3000, seed=23), chunk=100, every_s=0.5)
     config = load_config(properties, feeder.server.port)
     first_run = submit(properties, feeder.server.port)
     flink.running_job()
-    feeder.start()
+    feeder.start_once_polled(first_run)
     wait_until(lambda: last_checkpoint(config).batch_id >= 2, 120, "two commits", first_run)
 
     flink.cancel_all()
     first_run.wait(60)
     at_cancel = last_checkpoint(config)
-    second_run = submit(properties, feeder.server.port)
+    # resubmitted as the pipeline file, which must run on Flink as well
+    second_run = submit(properties, feeder.server.port, pipeline_file=True)
     flink.running_job()
 
-    wait_all_committed(feeder, config, second_run, timeout=180)
+    wait_all_committed(feeder, config, second_run, timeout=FIRST_POLL_S + 120)
     assert_table_is_exactly_what_was_handed_out(config, feeder.server)
     assert last_checkpoint(config).batch_id > at_cancel.batch_id
-    assert f"from batch {at_cancel.batch_id}, positions {at_cancel.positions}" in second_run.output
+    assert f"resuming from positions {at_cancel.positions}" in second_run.output, second_run.describe()
