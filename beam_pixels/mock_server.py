@@ -98,6 +98,7 @@ class MockPixelsServer:
         self._handed_out: list[HandedOut] = []
         # every distinct set of buckets a poll asked for (which readers poll what)
         self._bucket_sets: set[tuple[int, ...]] = set()
+        self._polls = 0
         # (client connection, buckets) -> indexes into _handed_out of its last non-empty response
         self._unconfirmed: dict[tuple[str, tuple[int, ...]], range] = {}
         self._sequence = 0
@@ -170,6 +171,11 @@ class MockPixelsServer:
         with self._lock:
             return set(self._bucket_sets)
 
+    def polls(self) -> int:
+        """How many poll requests the server has answered."""
+        with self._lock:
+            return self._polls
+
     def pending(self) -> int:
         """Records queued and not yet delivered."""
         with self._lock:
@@ -241,6 +247,7 @@ class MockPixelsServer:
         poller = (peer, tuple(request.buckets))
         with self._lock:
             self._bucket_sets.add(tuple(request.buckets))
+            self._polls += 1
             self._unconfirmed.pop(poller, None)
             first = len(self._handed_out)
             for bucket in request.buckets:

@@ -47,9 +47,14 @@ SCRIPT = REPO / "scripts" / "flink-local-cluster.sh"
 PIPELINE_FILE = REPO / "pipelines" / "pixels_to_lakehouse.py"
 REQUIRE_FLINK = os.environ.get("BEAM_PIXELS_REQUIRE_FLINK") == "1"
 PARALLELISM = 2
-# From RUNNING to the first poll: a job's first bundles start its SDK workers; on a loaded
-# 2-core machine that took from 40 s to more than two minutes.
-FIRST_POLL_S = 300
+# From RUNNING to the first poll: a job's first bundles start its SDK workers, 40 s on a quiet
+# machine. Under load some jobs never got there: the first stage got Beam's impulse, asked the
+# SDK worker for its bundle, and neither side had work in flight afterwards (2.62 job server,
+# apache-beam 2.77). Such a submission is cancelled and made again, at most SUBMISSIONS times;
+# STALLS lists them (printed with -s).
+FIRST_POLL_S = 150
+SUBMISSIONS = 3
+STALLS: list[str] = []
 
 
 def _unavailable(reason: str):
@@ -152,9 +157,7 @@ class Feeder:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._feed, daemon=True)
 
-    def start_once_polled(self, run: Run) -> Feeder:
-        """Start feeding once the job polls (its start-up time varies a lot)."""
-        wait_until(lambda: self.server.polled_bucket_sets(), FIRST_POLL_S, "a first poll", run)
+    def start(self) -> Feeder:
         self._thread.start()
         return self
 
@@ -195,19 +198,34 @@ def submit(flink, tmp_path):
     """Submit ``beam-pixels run`` to the cluster; at the end every job is cancelled and every run killed."""
     runs = []
 
-    def start(properties: Path, port: int, *, pipeline_file: bool = False) -> Run:
-        """``beam-pixels run`` (or ``pipelines/pixels_to_lakehouse.py``) with the Flink options."""
+    def start(properties: Path, server, *, pipeline_file: bool = False) -> tuple[Run, str]:
+        """``beam-pixels run`` (or ``pipelines/pixels_to_lakehouse.py``) with the Flink options,
+        once the job polls ``server``: (the run, the Flink job id). A submission that does not
+        poll within :data:`FIRST_POLL_S` is cancelled and made again (see STALLS)."""
         program = [sys.executable, str(PIPELINE_FILE)] if pipeline_file else [sys.executable, "-m", "beam_pixels", "run"]
-        run = Run(
-            [
-                *program, "--config", str(properties), "--set", f"pixels.server.port={port}",
-                "--runner", "PortableRunner", "--job_endpoint", flink.job_endpoint,
-                "--environment_type", "LOOPBACK", "--parallelism", str(PARALLELISM),
-            ],
-            tmp_path,
-        )  # fmt: skip
-        runs.append(run)
-        return run
+        for attempt in range(SUBMISSIONS):
+            polls = server.polls()
+            run = Run(
+                [
+                    *program, "--config", str(properties), "--set", f"pixels.server.port={server.port}",
+                    "--runner", "PortableRunner", "--job_endpoint", flink.job_endpoint,
+                    "--environment_type", "LOOPBACK", "--parallelism", str(PARALLELISM),
+                ],
+                tmp_path,
+            )  # fmt: skip
+            runs.append(run)
+            job = flink.running_job()
+            deadline = time.monotonic() + FIRST_POLL_S
+            while server.polls() == polls and time.monotonic() < deadline and run.proc.poll() is None:
+                time.sleep(0.5)
+            if server.polls() > polls:
+                return run, job
+            assert run.proc.poll() is None, f"the run exited before polling:\n{run.describe()}"
+            STALLS.append(job)
+            print(f"job {job} did not poll within {FIRST_POLL_S}s (attempt {attempt + 1}); cancelling, resubmitting")
+            flink.cancel_all()
+            run.kill()
+        raise AssertionError(f"{SUBMISSIONS} submissions in a row never polled: {STALLS}")
 
     yield start
     with contextlib.suppress(Exception):
@@ -289,9 +307,8 @@ def test_windows_commit_while_the_source_runs_and_the_table_ends_exact(tmp_path,
     properties = streaming_properties(tmp_path, sink)
     feeder = feeders(cdc_history(3000, seed=21), chunk=100, every_s=0.5)
     config = load_config(properties, feeder.server.port)
-    run = submit(properties, feeder.server.port)
-    job = flink.running_job()
-    feeder.start_once_polled(run)
+    run, job = submit(properties, feeder.server)
+    feeder.start()
 
     # Two commits while records still arrive, each a consistent prefix of the stream.
     first, first_state = wait_until(
@@ -324,9 +341,8 @@ def test_a_killed_taskmanager_restores_from_its_checkpoint_with_the_table_exact(
     properties = streaming_properties(tmp_path, sink)
     feeder = feeders(cdc_history(4000, seed=22), chunk=100, every_s=0.5)
     config = load_config(properties, feeder.server.port)
-    run = submit(properties, feeder.server.port)
-    job = flink.running_job()
-    feeder.start_once_polled(run)
+    run, job = submit(properties, feeder.server)
+    feeder.start()
     wait_until(lambda: last_checkpoint(config).batch_id >= 1, 120, "a first commit", run)
     wait_until(lambda: flink.checkpoint_counts(job)["completed"] >= 1, 60, "a completed Flink checkpoint")
 
@@ -344,17 +360,15 @@ def test_cancel_and_resubmit_as_the_pipeline_file_resumes_from_the_tables_positi
     properties = streaming_properties(tmp_path, sink)
     feeder = feeders(cdc_history(3000, seed=23), chunk=100, every_s=0.5)
     config = load_config(properties, feeder.server.port)
-    first_run = submit(properties, feeder.server.port)
-    flink.running_job()
-    feeder.start_once_polled(first_run)
+    first_run, _ = submit(properties, feeder.server)
+    feeder.start()
     wait_until(lambda: last_checkpoint(config).batch_id >= 2, 120, "two commits", first_run)
 
     flink.cancel_all()
     first_run.wait(60)
     at_cancel = last_checkpoint(config)
     # resubmitted as the pipeline file, which must run on Flink as well
-    second_run = submit(properties, feeder.server.port, pipeline_file=True)
-    flink.running_job()
+    second_run, _ = submit(properties, feeder.server, pipeline_file=True)
 
     wait_all_committed(feeder, config, second_run, timeout=FIRST_POLL_S + 120)
     assert_table_is_exactly_what_was_handed_out(config, feeder.server)
