@@ -177,10 +177,18 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str]) -> None:
     options = PipelineOptions(pipeline_args, streaming=True, checkpointing_interval=config.checkpoint_interval_ms)
     bounded = config.stop_after_idle_ms or config.max_records
     with contextlib.closing(open_table_writer(config)) as writer:
-        start = writer.last_checkpoint().positions
+        checkpoint = writer.last_checkpoint()
+    _LOG.info("resuming %s from batch %d, positions %s", writer.table_name, checkpoint.batch_id, checkpoint.positions)
+    if not config.journal_location(local_run=False):
+        _LOG.warning("no poll journal (source.journal.dir): records polled but not yet committed are lost "
+                     "when a task fails or the job is cancelled")
     p = beam.Pipeline(options=options)
     build_pipeline(
-        p, config, local_run=False, start_positions=start, window_ms=None if bounded else config.checkpoint_interval_ms
+        p,
+        config,
+        local_run=False,
+        start_positions=checkpoint.positions,
+        window_ms=None if bounded else config.checkpoint_interval_ms,
     )
     result = p.run()
     result.wait_until_finish()

@@ -6,7 +6,8 @@ is stored before any of it is emitted, as one segment per response named by the
 record positions it holds (``<start>-<count>.pb`` under ``group-<n>/``). A
 restarted run first replays the segments at or after the table's committed
 positions, then polls anew; after each commit, segments wholly below the
-committed positions are deleted.
+committed positions are deleted and the committed position is recorded as an
+empty marker segment (see :meth:`PollJournal.trim`).
 
 Segments are written durably by :class:`beam_pixels.storage.Location` (local
 paths, ``file://`` or object-store URIs).
@@ -54,6 +55,15 @@ class PollJournal:
 
     def segments(self, group: int) -> list[Segment]:
         """The group's segments in position order."""
+        return [s for s in self._entries(group) if s.count]
+
+    def committed_floor(self, group: int) -> int:
+        """The highest committed position a trim recorded for the group (0 if none): every
+        position below it is in the table."""
+        return max((s.start for s in self._entries(group) if not s.count), default=0)
+
+    def _entries(self, group: int) -> list[Segment]:
+        """Segments and commit markers (empty segments at a committed position), sorted."""
         found = []
         for info in self._files.list(_group_dir(group)):
             match = _SEGMENT_RE.match(info.base_name)
@@ -65,13 +75,21 @@ class PollJournal:
         return self._files.read(segment.path)
 
     def trim(self, positions: typing.Mapping[int, int]) -> int:
-        """Delete segments wholly below each group's committed position; returns how many."""
+        """Delete segments wholly below each group's committed position; returns how many.
+
+        First records the committed position as a marker (an empty segment there, older
+        markers deleted): a poller restored from an older runner checkpoint (Flink) resumes
+        numbering at the marker instead of giving new records positions the table holds.
+        """
         removed = 0
         for group, committed in positions.items():
-            for segment in self.segments(group):
-                if segment.end <= committed:
+            entries = self._entries(group)
+            if committed and not any(s.start == committed and not s.count for s in entries):
+                self._files.write(f"{_group_dir(group)}/{committed:020d}-{0:010d}.pb", b"")
+            for segment in entries:
+                if segment.end <= committed and not (segment.start == committed and not segment.count):
                     self._files.delete(segment.path)
-                    removed += 1
+                    removed += segment.count > 0
         if removed:
             _LOG.debug("journal %s: removed %d committed segment(s)", self.location, removed)
         return removed

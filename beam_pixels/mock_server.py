@@ -96,6 +96,9 @@ class MockPixelsServer:
             collections.defaultdict(collections.deque)
         )
         self._handed_out: list[HandedOut] = []
+        # every distinct set of buckets a poll asked for (which readers poll what)
+        self._bucket_sets: set[tuple[int, ...]] = set()
+        self._polls = 0
         # (client connection, buckets) -> indexes into _handed_out of its last non-empty response
         self._unconfirmed: dict[tuple[str, tuple[int, ...]], range] = {}
         self._sequence = 0
@@ -162,6 +165,16 @@ class MockPixelsServer:
         """
         with self._lock:
             return [self._handed_out[i] for indexes in self._unconfirmed.values() for i in indexes]
+
+    def polled_bucket_sets(self) -> set[tuple[int, ...]]:
+        """Every distinct set of buckets a poll request named, so far."""
+        with self._lock:
+            return set(self._bucket_sets)
+
+    def polls(self) -> int:
+        """How many poll requests the server has answered."""
+        with self._lock:
+            return self._polls
 
     def pending(self) -> int:
         """Records queued and not yet delivered."""
@@ -233,6 +246,8 @@ class MockPixelsServer:
             return response
         poller = (peer, tuple(request.buckets))
         with self._lock:
+            self._bucket_sets.add(tuple(request.buckets))
+            self._polls += 1
             self._unconfirmed.pop(poller, None)
             first = len(self._handed_out)
             for bucket in request.buckets:

@@ -284,6 +284,8 @@ class _PollPixelsFn(beam.DoFn):
         # Per poll group: a response polled while the runner checkpointed the restriction
         # (its positions could not be claimed); emitted first when the group resumes here.
         self._unclaimed: dict[int, _Response] = {}
+        # Per poll group: the committed position the journal recorded when this worker started it.
+        self._floors: dict[int, int] = {}
 
     def teardown(self):
         self._fetcher.shutdown(wait=True)
@@ -302,6 +304,13 @@ class _PollPixelsFn(beam.DoFn):
         if self._bounded_stop(group, position):
             _finish(tracker)
             return
+        floor = self._committed_floor(gid)
+        if floor > position:  # restored from a runner checkpoint older than the table's last commit
+            _LOG.info("poll group %d: positions %d..%d are already in the table (journal); resuming at %d",
+                      gid, position, floor - 1, floor)
+            if not tracker.try_claim(floor - 1):
+                return
+            position = floor
         call_ends = time.monotonic() + self._max_call_s
         next_response = functools.partial(self._next_response, group, position)
         while True:
@@ -356,6 +365,14 @@ class _PollPixelsFn(beam.DoFn):
             return replayed
         self._wait_after_empty_poll(gid)
         return self._fetch(group, position)
+
+    def _committed_floor(self, group_id: int) -> int:
+        """The journal's committed position for the group, read once per worker (0 without a journal)."""
+        if self._journal is None:
+            return 0
+        if group_id not in self._floors:
+            self._floors[group_id] = self._journal.committed_floor(group_id)
+        return self._floors[group_id]
 
     def _polls_next(self, group_id: int) -> bool:
         """Whether this group's next response comes from the server (nothing left to replay)."""

@@ -138,3 +138,20 @@ def test_without_a_location_dead_letters_are_logged_with_their_reason(caplog):
         with beam.Pipeline(runner="FnApiRunner") as p:
             _ = p | beam.Create([letter]) | WriteDeadLetters(None)
     assert any("poll group 2 position 41" in r.getMessage() and "'code'" in r.getMessage() for r in caplog.records)
+
+
+def test_a_poller_restored_behind_the_table_resumes_numbering_at_the_committed_position(tmp_path):
+    """A Flink restore hands the poller the position of an older checkpoint; commits since then
+    trimmed the journal. New records must not get positions the table already holds (the
+    committer would skip them as committed): the trim's marker moves the poller past them."""
+    with MockPixelsServer(SCHEMA, batch_size=5, bucket_count=1).start() as server:
+        server.load_rows([(i, f"n{i}") for i in range(20)])
+        first = _read_all(server, str(tmp_path))
+        assert PollJournal(str(tmp_path / "j")).trim({0: 20}) == 4  # a commit took all 20
+
+        server.load_rows([(i, f"n{i}") for i in range(20, 30)])
+        restored = _read_all(server, str(tmp_path), start_positions={0: 5})  # the older checkpoint
+
+    assert [p for p, _ in first] == list(range(20))
+    assert [p for p, _ in restored] == list(range(20, 30))
+    assert sorted(i for _, i in restored) == list(range(20, 30))

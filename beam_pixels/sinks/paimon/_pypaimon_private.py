@@ -28,6 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib.util
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -95,11 +96,28 @@ class KeyValueWriter(KeyValueDataWriter):
         return super()._merge_pending_by_pk(data)
 
 
+def _sequence_floor() -> int:
+    """The lowest sequence number a write may start from: the wall clock in nanoseconds.
+
+    pypaimon starts a write's sequence numbers after the highest one the table's latest
+    snapshot holds. On a streaming runner the next window's data files are written while
+    the previous window's commit is still pending, so both would start from the same
+    snapshot and a key changed in both could keep its older value. Windows of one poll
+    group are written one after the other, so the clock orders them (with room for a
+    million rows per millisecond between writes).
+    """
+    return time.time_ns()
+
+
 class _FileStoreWrite(FileStoreWrite):
     def _create_data_writer(self, partition, bucket, options):
         writer = super()._create_data_writer(partition, bucket, options)
         if type(writer) is KeyValueDataWriter:
             writer.__class__ = KeyValueWriter
+            if not hasattr(self, "_floor"):
+                self._floor = _sequence_floor()  # one per write: its buckets start alike
+            generator = writer.sequence_generator
+            generator.start = generator.current = max(generator.current, self._floor)
         return writer
 
     def _prepare_commit_messages(self, commit_identifier):

@@ -1,0 +1,122 @@
+"""Throughput of the pipeline on a Flink cluster started by ``scripts/flink-local-cluster.sh``.
+
+    scripts/flink-local-cluster.sh start
+    python benchmarks/flink_throughput.py [--rows 200000] [--sinks iceberg paimon] [--parallelism 2]
+
+For each sink: the benchmark server (prebuilt responses, its own process, see
+:mod:`beam_pixels.bench_server`) holds ``--rows`` INSERTs; ``beam-pixels run`` submits the
+unbounded pipeline (PortableRunner, LOOPBACK) with ``--parallelism`` poll groups and Flink
+parallelism; the time runs from the first poll the server sees until the table's committed
+positions account for every row (a commit per window of ``--window-ms``). The table must then
+hold exactly ``--rows`` distinct keys. Job submission and start-up are not timed. Prints one
+line per sink and a ``RESULT`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from beam_pixels import app
+from beam_pixels.bench import KEY, SCHEMA, SCHEMA_NAME, TABLE_NAME
+from beam_pixels.bench_server import ServerProcess, build_chunks, save_chunks
+from beam_pixels.config import PixelsConfig
+from beam_pixels.schema import SourceSchema
+
+DEFAULT_STATE = Path.home() / ".cache" / "beam-pixels" / "flink-cluster"
+
+
+def cluster_settings(state_dir: Path) -> dict[str, str]:
+    env = state_dir / "cluster.env"
+    if not env.exists():
+        sys.exit(f"no cluster in {state_dir}: run scripts/flink-local-cluster.sh start first")
+    return dict(line.split("=", 1) for line in env.read_text().splitlines() if "=" in line)
+
+
+def cancel_running_jobs(rest_url: str) -> None:
+    with urllib.request.urlopen(rest_url + "/jobs", timeout=10) as response:
+        jobs = json.load(response)["jobs"]
+    for job in jobs:
+        if job["status"] == "RUNNING":
+            urllib.request.urlopen(urllib.request.Request(f"{rest_url}/jobs/{job['id']}?mode=cancel", method="PATCH"))
+
+
+def measure(sink: str, chunks_path: Path, rows: int, args, cluster: dict[str, str], workdir: Path) -> float:
+    """Rows per second into ``sink``, from the first poll to the commit holding the last row."""
+    properties = {
+        "pixels.server.host": "127.0.0.1",
+        "source.schema": SCHEMA,
+        "source.primary.key": KEY,
+        "source.poll.interval.ms": "10",
+        "source.stop.after.idle.ms": "0",
+        "source.parallelism": str(args.parallelism),
+        "source.journal.dir": str(workdir / sink / "journal"),
+        "checkpoint.interval.ms": str(args.window_ms),
+        "sink.type": sink,
+        "iceberg.catalog.warehouse": str(workdir / sink / "iceberg"),
+        "paimon.catalog.warehouse": str(workdir / sink / "paimon"),
+        "iceberg.table.name": "pixels.bench",
+        "paimon.table.name": "pixels.bench",
+    }
+    path = workdir / f"{sink}.properties"
+    path.write_text("".join(f"{k}={v}\n" for k, v in properties.items()), encoding="utf-8")
+    with ServerProcess(chunks_path, SCHEMA_NAME, TABLE_NAME) as server:
+        config = PixelsConfig.load(path, [f"pixels.server.port={server.port}"])
+        log = open(workdir / f"{sink}.log", "wb")
+        run = subprocess.Popen(
+            [sys.executable, "-m", "beam_pixels", "run", "--config", str(path), "--set", f"pixels.server.port={server.port}",
+             "--runner", "PortableRunner", "--job_endpoint", cluster["BEAM_JOB_ENDPOINT"],
+             "--environment_type", "LOOPBACK", "--parallelism", str(args.parallelism)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            with contextlib.closing(app.open_table_writer(config)) as writer:
+                deadline = time.monotonic() + args.timeout_s
+                while sum(writer.last_checkpoint().positions.values()) < rows:
+                    if run.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"{sink}: the run ended or timed out; see {workdir / f'{sink}.log'}")
+                    time.sleep(0.2)
+                seconds = time.time() - server.first_poll
+                keys = writer.read_table().column(KEY).unique()
+            if len(keys) != rows:
+                raise RuntimeError(f"{sink}: the table holds {len(keys)} distinct keys, {rows} expected")
+        finally:
+            cancel_running_jobs(cluster["FLINK_REST_URL"])
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.wait(60)
+            run.kill()
+            log.close()
+    print(f"{sink}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f} rows/s", flush=True)
+    return rows / seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--sinks", nargs="+", default=["iceberg", "paimon"], choices=["iceberg", "paimon"])
+    parser.add_argument("--parallelism", type=int, default=2, help="poll groups and Flink parallelism")
+    parser.add_argument("--window-ms", type=int, default=5000, help="checkpoint.interval.ms: window and checkpoint")
+    parser.add_argument("--timeout-s", type=float, default=900)
+    parser.add_argument("--cluster-dir", type=Path, default=Path(os.environ.get("FLINK_CLUSTER_DIR", DEFAULT_STATE)))
+    args = parser.parse_args(argv)
+    cluster = cluster_settings(args.cluster_dir)
+    cancel_running_jobs(cluster["FLINK_REST_URL"])
+    with tempfile.TemporaryDirectory(prefix="flink-bench-") as tmp:
+        workdir = Path(tmp)
+        chunks_path = workdir / "chunks.pickle"
+        save_chunks(build_chunks(SourceSchema.parse(SCHEMA, [KEY]), args.rows), chunks_path)
+        rates = {sink: measure(sink, chunks_path, args.rows, args, cluster, workdir) for sink in args.sinks}
+    print("RESULT " + " ".join(f"flink_{sink}_rows_per_s={rate:.0f}" for sink, rate in rates.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

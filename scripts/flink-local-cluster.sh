@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# A Flink cluster and Beam's Flink job server on 127.0.0.1, for tests and for trying the
+# pipeline on a real Flink.
+#
+#   scripts/flink-local-cluster.sh install          # Flink (PyPI) + job server classpath (Maven), cached
+#   scripts/flink-local-cluster.sh start [--local]  # start what is not running; prints the addresses
+#   scripts/flink-local-cluster.sh status           # the addresses, and which processes run
+#   scripts/flink-local-cluster.sh stop
+#
+# Standalone (default): a JobManager, FLINK_TASKMANAGERS TaskManagers (default 2) with
+# FLINK_SLOTS slots each (default 2), and the Beam job server submitting to them. `start` is
+# idempotent: run it again and it starts only what is missing (e.g. a killed TaskManager).
+# --local: only the job server, running Flink as a MiniCluster in its own JVM (--flink-master [local]).
+#
+# Versions: no beam-runners-flink-*-job-server jar is served by the Maven Central these
+# machines reach, so the job server runs from the dependency closure of
+# org.apache.beam:beam-runners-flink-1.19:2.62.0 (scripts/flink/pom.xml), the newest Flink
+# runner that resolves completely; its Flink is 1.19.0, so the cluster is apache-flink 1.19.0.
+#
+# Environment: FLINK_CLUSTER_DIR (state: conf, logs, pids, checkpoints, cluster.env; default
+# ~/.cache/beam-pixels/flink-cluster), FLINK_CACHE_DIR (installs; default ~/.cache/beam-pixels).
+set -euo pipefail
+
+FLINK_VERSION=1.19.0
+BEAM_RUNNER_VERSION=2.62.0
+HERE="$(cd "$(dirname "$0")" && pwd)"
+CACHE="${FLINK_CACHE_DIR:-$HOME/.cache/beam-pixels}"
+STATE="${FLINK_CLUSTER_DIR:-$HOME/.cache/beam-pixels/flink-cluster}"
+TASKMANAGERS="${FLINK_TASKMANAGERS:-2}"
+SLOTS="${FLINK_SLOTS:-2}"
+FLINK_VENV="$CACHE/flink-$FLINK_VERSION"
+CLASSPATH_FILE="$CACHE/beam-flink-job-server-$BEAM_RUNNER_VERSION.classpath"
+JAVA_OPENS=(--add-opens=java.base/java.lang=ALL-UNNAMED --add-opens=java.base/java.nio=ALL-UNNAMED
+  --add-opens=java.base/java.util=ALL-UNNAMED --add-opens=java.base/java.lang.reflect=ALL-UNNAMED
+  --add-opens=java.base/java.io=ALL-UNNAMED --add-opens=java.base/java.net=ALL-UNNAMED
+  --add-opens=java.base/java.time=ALL-UNNAMED --add-opens=java.base/sun.nio.ch=ALL-UNNAMED
+  --add-opens=java.base/java.util.concurrent=ALL-UNNAMED)
+
+die() { echo "flink-local-cluster: $*" >&2; exit 1; }
+
+flink_home() { echo "$FLINK_VENV"/lib/python3*/site-packages/pyflink; }
+
+install() {
+  command -v java >/dev/null || die "java not found (Java 11 or 17 is needed)"
+  command -v mvn >/dev/null || die "mvn not found (Maven fetches the job server's classpath)"
+  mkdir -p "$CACHE"
+  if [ ! -x "$(flink_home)/bin/jobmanager.sh" ]; then
+    echo "installing Flink $FLINK_VERSION from PyPI into $FLINK_VENV" >&2
+    python3 -m venv "$FLINK_VENV"
+    # --no-deps: PyFlink pins an old apache-beam; only its scripts, conf and jars are used.
+    "$FLINK_VENV/bin/pip" install --quiet --no-deps "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
+  fi
+  if [ ! -s "$CLASSPATH_FILE" ]; then
+    echo "resolving Beam's Flink job server $BEAM_RUNNER_VERSION with Maven" >&2
+    mvn --batch-mode --quiet -Dstyle.color=never -f "$HERE/flink/pom.xml" dependency:build-classpath \
+      -Dmdep.outputFile="$CLASSPATH_FILE.tmp" >&2
+    mv "$CLASSPATH_FILE.tmp" "$CLASSPATH_FILE"
+  fi
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_port() {  # host port what
+  for _ in $(seq 1 240); do
+    if python3 -c "import socket,sys; socket.create_connection(('$1', $2), 1).close()" 2>/dev/null; then return 0; fi
+    sleep 0.25
+  done
+  die "$3 did not open port $2 (logs in $STATE/log)"
+}
+
+write_conf() {  # rest_port rpc_port
+  local conf="$STATE/conf"
+  mkdir -p "$conf" "$STATE/checkpoints" "$STATE/savepoints" "$STATE/log" "$STATE/tmp"
+  cp "$(flink_home)"/conf/log4j*.properties "$conf/"
+  cat >"$conf/config.yaml" <<EOF
+env.java.opts.all: $(sed -n 's/^ *all: //p' "$(flink_home)/conf/config.yaml")
+env.log.dir: $STATE/log
+env.pid.dir: $STATE
+io.tmp.dirs: $STATE/tmp
+jobmanager.rpc.address: 127.0.0.1
+jobmanager.rpc.port: $2
+jobmanager.bind-host: 127.0.0.1
+jobmanager.memory.process.size: 768m
+jobmanager.execution.failover-strategy: region
+taskmanager.host: 127.0.0.1
+taskmanager.bind-host: 127.0.0.1
+taskmanager.numberOfTaskSlots: $SLOTS
+taskmanager.memory.process.size: 1024m
+taskmanager.rpc.port: 0
+taskmanager.data.port: 0
+rest.address: 127.0.0.1
+rest.bind-address: 127.0.0.1
+rest.port: $1
+blob.server.port: 0
+parallelism.default: 1
+cluster.evenly-spread-out-slots: true
+# a killed TaskManager is noticed within seconds, and the job restarts from its latest checkpoint
+heartbeat.interval: 1000
+heartbeat.timeout: 8000
+restart-strategy.type: fixed-delay
+restart-strategy.fixed-delay.attempts: 1000
+restart-strategy.fixed-delay.delay: 2 s
+state.backend.type: hashmap
+state.checkpoints.dir: file://$STATE/checkpoints
+state.savepoints.dir: file://$STATE/savepoints
+execution.checkpointing.externalized-checkpoint-retention: RETAIN_ON_CANCELLATION
+state.checkpoints.num-retained: 3
+EOF
+}
+
+start() {
+  local mode="${1:-standalone}"
+  install
+  mkdir -p "$STATE"
+  local home; home="$(flink_home)"
+  export FLINK_CONF_DIR="$STATE/conf" FLINK_LOG_DIR="$STATE/log" FLINK_PID_DIR="$STATE"
+  if [ -s "$STATE/cluster.env" ] && ! grep -q "^FLINK_MODE=$mode\$" "$STATE/cluster.env"; then
+    die "a cluster of another mode is running from $STATE; stop it first"
+  fi
+  local rest_port rpc_port job_port flink_master
+  if [ -s "$STATE/cluster.env" ]; then
+    # shellcheck disable=SC1091
+    . "$STATE/cluster.env"
+    rest_port="${FLINK_REST_PORT:-}" rpc_port="${FLINK_RPC_PORT:-}" job_port="${BEAM_JOB_PORT}"
+  else
+    rest_port="$(free_port)" rpc_port="$(free_port)" job_port="$(free_port)"
+    [ "$mode" = standalone ] && write_conf "$rest_port" "$rpc_port"
+  fi
+  if [ "$mode" = standalone ]; then
+    if ! alive "$STATE/jobmanager.pid"; then
+      rm -f "$STATE"/flink-*-standalonesession.pid
+      "$home/bin/jobmanager.sh" start >/dev/null
+      cp "$(ls "$STATE"/flink-*-standalonesession.pid)" "$STATE/jobmanager.pid"
+    fi
+    wait_port 127.0.0.1 "$rest_port" "the JobManager"
+    local i
+    for i in $(seq 1 "$TASKMANAGERS"); do
+      if ! alive "$STATE/taskmanager-$i.pid"; then
+        "$home/bin/taskmanager.sh" start >/dev/null  # appends its pid to Flink's own pid file
+        tail -n 1 "$(ls "$STATE"/flink-*-taskexecutor.pid)" >"$STATE/taskmanager-$i.pid"
+      fi
+    done
+    flink_master="127.0.0.1:$rest_port"
+  else
+    mkdir -p "$STATE/log"
+    flink_master="[local]"
+  fi
+  if ! alive "$STATE/jobserver.pid"; then
+    local conf_args=()
+    [ "$mode" = standalone ] && conf_args=(--flink-conf-dir "$STATE/conf")
+    nohup java "${JAVA_OPENS[@]}" -Xmx1g -cp "$(cat "$CLASSPATH_FILE")" \
+      org.apache.beam.runners.flink.FlinkJobServerDriver --flink-master "$flink_master" \
+      "${conf_args[@]}" --job-host 127.0.0.1 --job-port "$job_port" --artifact-port 0 --expansion-port 0 \
+      >"$STATE/log/jobserver.log" 2>&1 &
+    echo $! >"$STATE/jobserver.pid"
+  fi
+  wait_port 127.0.0.1 "$job_port" "the Beam job server"
+  {
+    echo "FLINK_MODE=$mode"
+    echo "FLINK_VERSION=$FLINK_VERSION"
+    echo "FLINK_HOME=$home"
+    echo "FLINK_CONF_DIR=$STATE/conf"
+    echo "BEAM_JOB_PORT=$job_port"
+    echo "BEAM_JOB_ENDPOINT=127.0.0.1:$job_port"
+    echo "FLINK_CHECKPOINT_DIR=$STATE/checkpoints"
+    if [ "$mode" = standalone ]; then
+      echo "FLINK_REST_PORT=$rest_port"
+      echo "FLINK_RPC_PORT=$rpc_port"
+      echo "FLINK_MASTER=127.0.0.1:$rest_port"
+      echo "FLINK_REST_URL=http://127.0.0.1:$rest_port"
+    fi
+  } >"$STATE/cluster.env"
+  status
+}
+
+status() {
+  [ -s "$STATE/cluster.env" ] || { echo "no cluster in $STATE"; return 1; }
+  cat "$STATE/cluster.env"
+  local pid
+  for pid in "$STATE"/jobmanager.pid "$STATE"/taskmanager-*.pid "$STATE"/jobserver.pid; do
+    [ -e "$pid" ] || continue
+    if alive "$pid"; then echo "# $(basename "$pid" .pid): running (pid $(cat "$pid"))"
+    else echo "# $(basename "$pid" .pid): not running"; fi
+  done
+  echo "# submit with: --runner PortableRunner --job_endpoint 127.0.0.1:\$BEAM_JOB_PORT --environment_type LOOPBACK --streaming"
+}
+
+stop() {
+  local pid
+  for pid in "$STATE"/jobserver.pid "$STATE"/taskmanager-*.pid "$STATE"/jobmanager.pid; do
+    [ -e "$pid" ] || continue
+    if alive "$pid"; then
+      kill "$(cat "$pid")"
+      for _ in $(seq 1 60); do alive "$pid" || break; sleep 0.25; done
+      alive "$pid" && kill -9 "$(cat "$pid")"
+    fi
+    rm -f "$pid"
+  done
+  rm -f "$STATE/cluster.env" "$STATE"/flink-*.pid
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) shift; if [ "${1:-}" = "--local" ]; then start local; else start standalone; fi ;;
+  status) status ;;
+  stop) stop ;;
+  *) die "usage: $0 install | start [--local] | status | stop" ;;
+esac
