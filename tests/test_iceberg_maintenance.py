@@ -11,7 +11,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pyiceberg.catalog import load_catalog
 from pyiceberg.manifest import DataFileContent
 from pyiceberg.schema import Schema
@@ -19,7 +22,7 @@ from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from beam_pixels import cli
 from beam_pixels.config import SinkConfigurationError
-from beam_pixels.sinks.iceberg import IcebergTableWriter, files
+from beam_pixels.sinks.iceberg import IcebergTableWriter, WriteToIceberg, files
 from beam_pixels.sinks.iceberg.maintenance import Settings
 from tests.iceberg_stream import ORDERS, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
 
@@ -299,3 +302,28 @@ def test_merge_on_read_refuses_a_format_v1_table_naming_the_way_out(tmp_path):
     churn(cow, stream, 2, changes=50)
     assert stream.sort(pyiceberg_rows(cow)) == stream.expected()
     cow.close()
+
+
+def test_the_committer_of_a_running_job_runs_passes_and_reports_beam_metrics(tmp_path):
+    stream = Stream(ORDERS)
+    results = []
+    for n in range(3):  # rounds: a new pipeline (and new writers) each, as local runs do
+        batch = stream.batch(stream.changes(300 if n == 0 else 100, inserts=1.0 if n == 0 else 0.3))
+        p = beam.Pipeline(runner=FnApiRunner())
+        _ = p | beam.Create([batch]) | WriteToIceberg(
+            ORDERS, TABLE, sql_catalog(tmp_path), maintenance_settings=Settings(interval_ms=1, deleted_percent=1)
+        )
+        result = p.run()
+        result.wait_until_finish()
+        results.append(result)
+        time.sleep(0.01)
+    passes = [
+        sum(d.committed.count for d in r.metrics().query(MetricsFilter().with_name("pass_ms"))["distributions"])
+        for r in results
+    ]
+    assert passes == [0, 1, 1]  # the first commit of the process starts the clock
+    compacted = results[-1].metrics().query(MetricsFilter().with_name("files_compacted"))["counters"]
+    assert sum(c.committed for c in compacted) > 0
+    reader = open_writer(tmp_path, Settings(enabled=False))
+    assert stream.sort(duckdb_table_rows(reader)) == stream.expected()
+    reader.close()

@@ -134,6 +134,8 @@ class KeyIndex:
     def find(self, codes: np.ndarray) -> Hits:
         """Every live entry whose code is one of ``codes`` (hashed keys: candidates to verify)."""
         queries, files, positions, entries = [], [], [], []
+        order = np.argsort(codes, kind="stable")  # sorted needles: a binary search walks the same path
+        codes = codes[order]
         for number, run in enumerate(self._runs):
             lo = np.searchsorted(run.codes, codes, "left")
             counts = np.searchsorted(run.codes, codes, "right") - lo
@@ -142,7 +144,7 @@ class KeyIndex:
                 continue
             starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
             entry = starts + np.arange(total)
-            query = np.repeat(np.arange(len(codes)), counts)
+            query = np.repeat(order, counts)
             live = run.files[entry] >= 0
             entry, query = entry[live], query[live]
             queries.append(query)
