@@ -353,3 +353,33 @@ def test_append_tables_get_snapshot_expiration(tmp_path):
     builder = table.new_read_builder()
     assert sorted(builder.new_read().to_arrow(builder.new_scan().plan().splits()).column("id").to_pylist()) == list(range(1, 8))
     assert writer.last_checkpoint().batch_id == 7
+
+
+def runs_of(*spec):
+    """Sorted runs from (level, size) pairs, newest first."""
+    from types import SimpleNamespace
+
+    entries = [SimpleNamespace(file=SimpleNamespace(level=level, file_size=size, max_sequence_number=100 - i,
+                                                    delete_row_count=0))
+               for i, (level, size) in enumerate(spec)]
+    return sorted_runs(entries)
+
+
+@pytest.mark.parametrize(
+    "spec, picked, level",
+    [
+        ([(0, 10), (0, 10), (0, 10), (5, 1000)], None, None),  # fewer runs than the trigger (5)
+        ([(0, 10), (0, 11), (0, 12), (0, 13), (5, 1000)], None, None),  # no size ratio, not more than 5
+        ([(0, 10), (0, 10), (0, 10), (0, 10), (5, 1000)], 4, 4),  # size ratio: equal small runs merge
+        ([(0, 10), (0, 11), (0, 12), (0, 13), (0, 14), (5, 1000)], 5, 4),  # more than 5: newest two, then by size ratio
+        ([(0, 10), (0, 30), (0, 90), (0, 270), (0, 810), (5, 9000)], 6, 5),  # never into level 0: up to a level run
+        ([(0, 300), (0, 300), (0, 300), (4, 300), (5, 400)], 5, 5),  # newer runs over 200% of the oldest: all
+        ([(0, 10), (0, 10), (2, 30), (3, 100), (5, 1000)], 2, 1),  # into the level below the next older run
+    ],
+)
+def test_universal_compaction_picks_as_paimon_does(spec, picked, level):
+    unit = pick(runs_of(*spec), CompactionOptions())
+    assert (None if unit is None else len(unit.runs)) == picked
+    assert (None if unit is None else unit.output_level) == level
+    if unit is not None:
+        assert unit.every_run == (picked == len(spec))
