@@ -2,6 +2,9 @@
 
 from setuptools import find_packages, setup
 
+# DuckDB's Iceberg reader: the soak benchmark's and the tests' reader the project did not write.
+DUCKDB = ["duckdb==1.5.5", "duckdb-extension-iceberg==1.5.5", "duckdb-extension-avro==1.5.5"]
+
 setup(
     name="beam-pixels",
     version="0.1.0",
@@ -25,20 +28,13 @@ setup(
         "jproperties>=2.1",
     ],
     extras_require={
-        # the soak benchmark's outside Iceberg reader (beam-pixels soak --sink iceberg)
-        "bench": [
-            "duckdb==1.5.5",
-            "duckdb-extension-iceberg==1.5.5",
-            "duckdb-extension-avro==1.5.5",
-        ],
+        "bench": DUCKDB,  # beam-pixels soak --sink iceberg
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
             "moto[server,s3,glue]>=5",
-            "duckdb==1.5.5",
-            "duckdb-extension-iceberg==1.5.5",
-            "duckdb-extension-avro==1.5.5",
+            *DUCKDB,
             "grpcio-tools==1.76.*",  # the check that generated protocol code is current
         ],
     },
