@@ -43,6 +43,9 @@ from beam_pixels import mock_data
 from beam_pixels.buckets import partition_buckets
 from beam_pixels.mock_server import MockPixelsServer
 
+# A Flink test submits up to SUBMISSIONS jobs and waits for their windows: beyond the suite's 300 s.
+pytestmark = pytest.mark.timeout(1200)
+
 SCRIPT = REPO / "scripts" / "flink-local-cluster.sh"
 PIPELINE_FILE = REPO / "pipelines" / "pixels_to_lakehouse.py"
 REQUIRE_FLINK = os.environ.get("BEAM_PIXELS_REQUIRE_FLINK") == "1"
