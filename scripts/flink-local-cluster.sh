@@ -60,7 +60,9 @@ install() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() {  # a pid file whose process runs (a killed one not yet reaped counts as gone)
+  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null && [[ "$(ps -o stat= -p "$(cat "$1")")" != Z* ]]
+}
 
 wait_port() {  # host port what
   for _ in $(seq 1 240); do

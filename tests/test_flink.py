@@ -349,8 +349,11 @@ def test_a_killed_taskmanager_restores_from_its_checkpoint_with_the_table_exact(
     wait_until(lambda: last_checkpoint(config).batch_id >= 1, 120, "a first commit", run)
     wait_until(lambda: flink.checkpoint_counts(job)["completed"] >= 1, 60, "a completed Flink checkpoint")
 
-    os.kill(flink.taskmanager_pid(1), signal.SIGKILL)
+    killed = flink.taskmanager_pid(1)
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{killed}").exists(), 30, "the killed TaskManager gone")
     flink.script("start")  # a replacement TaskManager, as a supervisor would start one
+    assert flink.taskmanager_pid(1) != killed
     wait_until(lambda: flink.checkpoint_counts(job)["restored"] >= 1, 120, "a restore from the checkpoint", run)
     assert feeder.arriving, "the kill came after the stream stopped arriving"
 
