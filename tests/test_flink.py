@@ -379,4 +379,4 @@ def test_cancel_and_resubmit_as_the_pipeline_file_resumes_from_the_tables_positi
     wait_all_committed(feeder, config, second_run, timeout=FIRST_POLL_S + 120)
     assert_table_is_exactly_what_was_handed_out(config, feeder.server)
     assert last_checkpoint(config).batch_id > at_cancel.batch_id
-    assert f"resuming from positions {at_cancel.positions}" in second_run.output, second_run.describe()
+    assert second_run.commits()[0].batch_id == at_cancel.batch_id + 1, second_run.describe()
