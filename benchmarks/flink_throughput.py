@@ -49,6 +49,28 @@ def cancel_running_jobs(rest_url: str) -> None:
             urllib.request.urlopen(urllib.request.Request(f"{rest_url}/jobs/{job['id']}?mode=cancel", method="PATCH"))
 
 
+def submit_until_polled(path: Path, server: ServerProcess, args, cluster: dict[str, str], log):
+    """Submit ``beam-pixels run``; a job that does not poll within 150 s is cancelled and submitted
+    again, up to 3 times (see the README: some submissions stall before their first bundle)."""
+    for attempt in range(3):
+        run = subprocess.Popen(
+            [sys.executable, "-m", "beam_pixels", "run", "--config", str(path), "--set", f"pixels.server.port={server.port}",
+             "--runner", "PortableRunner", "--job_endpoint", cluster["BEAM_JOB_ENDPOINT"],
+             "--environment_type", "LOOPBACK", "--parallelism", str(args.parallelism)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 150
+        while not server.first_poll and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.2)
+        if server.first_poll:
+            return run
+        print(f"submission {attempt + 1} did not poll within 150 s; cancelling and submitting again", flush=True)
+        cancel_running_jobs(cluster["FLINK_REST_URL"])
+        run.kill()
+        run.wait()
+    raise RuntimeError("three submissions in a row never polled")
+
+
 def measure(sink: str, chunks_path: Path, rows: int, args, cluster: dict[str, str], workdir: Path) -> float:
     """Rows per second into ``sink``, from the first poll to the commit holding the last row."""
     properties = {
@@ -71,13 +93,9 @@ def measure(sink: str, chunks_path: Path, rows: int, args, cluster: dict[str, st
     with ServerProcess(chunks_path, SCHEMA_NAME, TABLE_NAME) as server:
         config = PixelsConfig.load(path, [f"pixels.server.port={server.port}"])
         log = open(workdir / f"{sink}.log", "wb")
-        run = subprocess.Popen(
-            [sys.executable, "-m", "beam_pixels", "run", "--config", str(path), "--set", f"pixels.server.port={server.port}",
-             "--runner", "PortableRunner", "--job_endpoint", cluster["BEAM_JOB_ENDPOINT"],
-             "--environment_type", "LOOPBACK", "--parallelism", str(args.parallelism)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        run = None
         try:
+            run = submit_until_polled(path, server, args, cluster, log)
             with contextlib.closing(app.open_table_writer(config)) as writer:
                 deadline = time.monotonic() + args.timeout_s
                 while sum(writer.last_checkpoint().positions.values()) < rows:
@@ -90,9 +108,10 @@ def measure(sink: str, chunks_path: Path, rows: int, args, cluster: dict[str, st
                 raise RuntimeError(f"{sink}: the table holds {len(keys)} distinct keys, {rows} expected")
         finally:
             cancel_running_jobs(cluster["FLINK_REST_URL"])
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                run.wait(60)
-            run.kill()
+            if run is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    run.wait(60)
+                run.kill()
             log.close()
     print(f"{sink}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f} rows/s", flush=True)
     return rows / seconds

@@ -61,7 +61,13 @@ def main(argv=None) -> int:
 
     # A bounded read commits once at its end; an unbounded one once per checkpoint interval.
     bounded = bool(config.stop_after_idle_ms or config.max_records)
-    options = PipelineOptions(beam_args, streaming=not bounded, checkpointing_interval=config.checkpoint_interval_ms)
+    # Flink: finish_bundle_before_checkpointing, or the first bundle can stay open (see README).
+    options = PipelineOptions(
+        beam_args,
+        streaming=not bounded,
+        checkpointing_interval=config.checkpoint_interval_ms,
+        finish_bundle_before_checkpointing=True,
+    )
     local_run = options.view_as(StandardOptions).runner in IN_PROCESS_RUNNERS
     with beam.Pipeline(options=options) as p:
         build(

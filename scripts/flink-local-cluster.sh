@@ -60,7 +60,9 @@ install() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() {  # a pid file whose process runs (a killed one not yet reaped counts as gone)
+  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null && [[ "$(ps -o stat= -p "$(cat "$1")")" != Z* ]]
+}
 
 wait_port() {  # host port what
   for _ in $(seq 1 240); do
@@ -126,7 +128,7 @@ start() {
     rest_port="${FLINK_REST_PORT:-}" rpc_port="${FLINK_RPC_PORT:-}" job_port="${BEAM_JOB_PORT}"
   else
     rest_port="$(free_port)" rpc_port="$(free_port)" job_port="$(free_port)"
-    [ "$mode" = standalone ] && write_conf "$rest_port" "$rpc_port"
+    write_conf "$rest_port" "$rpc_port"  # --local: the MiniCluster reads it too (checkpoints, REST port)
   fi
   if [ "$mode" = standalone ]; then
     if ! alive "$STATE/jobmanager.pid"; then
@@ -148,11 +150,9 @@ start() {
     flink_master="[local]"
   fi
   if ! alive "$STATE/jobserver.pid"; then
-    local conf_args=()
-    [ "$mode" = standalone ] && conf_args=(--flink-conf-dir "$STATE/conf")
     nohup java "${JAVA_OPENS[@]}" -Xmx1g -cp "$(cat "$CLASSPATH_FILE")" \
       org.apache.beam.runners.flink.FlinkJobServerDriver --flink-master "$flink_master" \
-      "${conf_args[@]}" --job-host 127.0.0.1 --job-port "$job_port" --artifact-port 0 --expansion-port 0 \
+      --flink-conf-dir "$STATE/conf" --job-host 127.0.0.1 --job-port "$job_port" --artifact-port 0 --expansion-port 0 \
       >"$STATE/log/jobserver.log" 2>&1 &
     echo $! >"$STATE/jobserver.pid"
   fi
@@ -165,12 +165,10 @@ start() {
     echo "BEAM_JOB_PORT=$job_port"
     echo "BEAM_JOB_ENDPOINT=127.0.0.1:$job_port"
     echo "FLINK_CHECKPOINT_DIR=$STATE/checkpoints"
-    if [ "$mode" = standalone ]; then
-      echo "FLINK_REST_PORT=$rest_port"
-      echo "FLINK_RPC_PORT=$rpc_port"
-      echo "FLINK_MASTER=127.0.0.1:$rest_port"
-      echo "FLINK_REST_URL=http://127.0.0.1:$rest_port"
-    fi
+    echo "FLINK_REST_PORT=$rest_port"
+    echo "FLINK_RPC_PORT=$rpc_port"
+    echo "FLINK_REST_URL=http://127.0.0.1:$rest_port"
+    if [ "$mode" = standalone ]; then echo "FLINK_MASTER=127.0.0.1:$rest_port"; else echo "FLINK_MASTER=[local]"; fi
   } >"$STATE/cluster.env"
   status
 }
