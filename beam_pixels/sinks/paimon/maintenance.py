@@ -79,6 +79,14 @@ class PassReport:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
+    @property
+    def idle(self) -> bool:
+        """Whether the pass found nothing to do (such passes are logged at DEBUG only)."""
+        return not (
+            self.buckets or self.manifests_rewritten or self.refused or self.snapshots_expired
+            or self.files_deleted or self.errors
+        )
+
     def line(self) -> str:
         compacted = (
             f"compacted {self.buckets} bucket(s), {self.files_in} files ({self.bytes_in / 2**20:.1f} MB) into "

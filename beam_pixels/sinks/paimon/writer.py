@@ -191,7 +191,7 @@ class PaimonTableWriter(TableWriter):
         if own_snapshot is None:
             return None
         report = run_pass(self._table, self.table_name, self.commit_user, own_snapshot, self._maintenance)
-        _LOG.info(report.line())
+        _LOG.log(logging.DEBUG if report.idle else logging.INFO, report.line())
         return report
 
     def close(self) -> None:
