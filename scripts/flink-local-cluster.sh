@@ -30,11 +30,11 @@ TASKMANAGERS="${FLINK_TASKMANAGERS:-2}"
 SLOTS="${FLINK_SLOTS:-2}"
 FLINK_VENV="$CACHE/flink-$FLINK_VERSION"
 CLASSPATH_FILE="$CACHE/beam-flink-job-server-$BEAM_RUNNER_VERSION.classpath"
-JAVA_OPENS=(--add-opens=java.base/java.lang=ALL-UNNAMED --add-opens=java.base/java.nio=ALL-UNNAMED
-  --add-opens=java.base/java.util=ALL-UNNAMED --add-opens=java.base/java.lang.reflect=ALL-UNNAMED
-  --add-opens=java.base/java.io=ALL-UNNAMED --add-opens=java.base/java.net=ALL-UNNAMED
-  --add-opens=java.base/java.time=ALL-UNNAMED --add-opens=java.base/sun.nio.ch=ALL-UNNAMED
-  --add-opens=java.base/java.util.concurrent=ALL-UNNAMED)
+# A launcher jar for Beam's FlinkRunner (--flink_job_server_jar): no classes, only a manifest
+# naming the main class, the classpath above and the --add-opens Java 17 needs.
+LAUNCHER_JAR="$CACHE/beam-flink-job-server-$BEAM_RUNNER_VERSION.jar"
+# Java 17: the packages the job server opens to reflection (as Beam's own Flink tests do).
+ADD_OPENS="java.base/java.lang java.base/java.nio java.base/java.util java.base/java.lang.reflect java.base/java.io java.base/java.net java.base/java.time java.base/sun.nio.ch java.base/java.util.concurrent"
 
 die() { echo "flink-local-cluster: $*" >&2; exit 1; }
 
@@ -56,6 +56,26 @@ install() {
       -Dmdep.outputFile="$CLASSPATH_FILE.tmp" >&2
     mv "$CLASSPATH_FILE.tmp" "$CLASSPATH_FILE"
   fi
+  if [ ! -s "$LAUNCHER_JAR" ] || [ "$CLASSPATH_FILE" -nt "$LAUNCHER_JAR" ]; then
+    write_launcher_jar
+  fi
+}
+
+write_launcher_jar() {
+  python3 - "$CLASSPATH_FILE" "$LAUNCHER_JAR" "$ADD_OPENS" <<'PY'
+import pathlib, sys, zipfile
+classpath, jar, opens = sys.argv[1:4]
+urls = " ".join(pathlib.Path(p).as_uri() for p in pathlib.Path(classpath).read_text().strip().split(":"))
+def header(name, value):  # manifest lines hold at most 72 bytes; continuations start with a space
+    line = f"{name}: {value}".encode()
+    parts = [line[:72]] + [b" " + line[i:i + 71] for i in range(72, len(line), 71)]
+    return b"\r\n".join(parts) + b"\r\n"
+manifest = (header("Manifest-Version", "1.0") + header("Main-Class", "org.apache.beam.runners.flink.FlinkJobServerDriver")
+            + header("Add-Opens", opens) + header("Class-Path", urls) + b"\r\n")
+with zipfile.ZipFile(jar + ".tmp", "w") as out:
+    out.writestr("META-INF/MANIFEST.MF", manifest)
+pathlib.Path(jar + ".tmp").replace(jar)
+PY
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -150,8 +170,7 @@ start() {
     flink_master="[local]"
   fi
   if ! alive "$STATE/jobserver.pid"; then
-    nohup java "${JAVA_OPENS[@]}" -Xmx1g -cp "$(cat "$CLASSPATH_FILE")" \
-      org.apache.beam.runners.flink.FlinkJobServerDriver --flink-master "$flink_master" \
+    nohup java -Xmx1g -jar "$LAUNCHER_JAR" --flink-master "$flink_master" \
       --flink-conf-dir "$STATE/conf" --job-host 127.0.0.1 --job-port "$job_port" --artifact-port 0 --expansion-port 0 \
       >"$STATE/log/jobserver.log" 2>&1 &
     echo $! >"$STATE/jobserver.pid"
@@ -165,6 +184,7 @@ start() {
     echo "BEAM_JOB_PORT=$job_port"
     echo "BEAM_JOB_ENDPOINT=127.0.0.1:$job_port"
     echo "FLINK_CHECKPOINT_DIR=$STATE/checkpoints"
+    echo "BEAM_FLINK_JOB_SERVER_JAR=$LAUNCHER_JAR"
     echo "FLINK_REST_PORT=$rest_port"
     echo "FLINK_RPC_PORT=$rpc_port"
     echo "FLINK_REST_URL=http://127.0.0.1:$rest_port"
@@ -182,7 +202,9 @@ status() {
     if alive "$pid"; then echo "# $(basename "$pid" .pid): running (pid $(cat "$pid"))"
     else echo "# $(basename "$pid" .pid): not running"; fi
   done
-  echo "# submit with: --runner PortableRunner --job_endpoint 127.0.0.1:\$BEAM_JOB_PORT --environment_type LOOPBACK --streaming"
+  echo "# submit with: --runner PortableRunner --job_endpoint 127.0.0.1:\$BEAM_JOB_PORT --environment_type LOOPBACK"
+  echo "# or let FlinkRunner start its own job server: --runner FlinkRunner --flink_version 1.19 \\"
+  echo "#   --flink_job_server_jar \$BEAM_FLINK_JOB_SERVER_JAR --flink_master \$FLINK_MASTER (or [local]) --environment_type LOOPBACK"
 }
 
 stop() {
@@ -200,7 +222,7 @@ stop() {
 }
 
 case "${1:-}" in
-  install) install ;;
+  install) install; echo "BEAM_FLINK_JOB_SERVER_JAR=$LAUNCHER_JAR" ;;
   start) shift; if [ "${1:-}" = "--local" ]; then start local; else start standalone; fi ;;
   status) status ;;
   stop) stop ;;
