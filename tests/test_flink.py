@@ -79,6 +79,8 @@ class FlinkCluster:
         )
         self.rest_url = settings["FLINK_REST_URL"]
         self.job_endpoint = settings["BEAM_JOB_ENDPOINT"]
+        self.flink_master = settings["FLINK_MASTER"]
+        self.job_server_jar = settings["BEAM_FLINK_JOB_SERVER_JAR"]
 
     def script(self, *args: str) -> str:
         done = subprocess.run(["bash", str(SCRIPT), *args], env=self.env, capture_output=True, text=True, timeout=600)
@@ -380,3 +382,51 @@ def test_cancel_and_resubmit_as_the_pipeline_file_resumes_from_the_tables_positi
     assert_table_is_exactly_what_was_handed_out(config, feeder.server)
     assert last_checkpoint(config).batch_id > at_cancel.batch_id
     assert second_run.commits()[0].batch_id == at_cancel.batch_id + 1, second_run.describe()
+
+
+def _launcher_jvms(jar: str) -> set[int]:
+    """Pids of the JVMs running the job server launcher jar."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if jar.encode() in cmdline.read_bytes():
+                found.add(int(cmdline.parent.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    "sink, master, program",
+    [("iceberg", "[local]", "pipeline file"), ("paimon", "cluster", "beam-pixels run")],
+)
+def test_flink_runner_starts_its_job_server_from_the_launcher_jar(tmp_path, flink, feeders, sink, master, program):
+    """The README's FlinkRunner recipe: Beam starts the job server itself from the launcher jar
+    the script builds (``--flink_job_server_jar``), running Flink as a MiniCluster in that JVM
+    (``--flink_master [local]``) or submitting to the standalone cluster; from the pipeline file
+    and from ``beam-pixels run``."""
+    properties = streaming_properties(tmp_path, sink)
+    feeder = feeders(cdc_history(1500, seed=24), chunk=100, every_s=0.5)
+    config = load_config(properties, feeder.server.port)
+    before = _launcher_jvms(flink.job_server_jar)
+    run = Run(
+        [
+            *([sys.executable, str(PIPELINE_FILE)] if program == "pipeline file" else [sys.executable, "-m", "beam_pixels", "run"]),
+            "--config", str(properties),
+            "--set", f"pixels.server.port={feeder.server.port}",
+            "--runner", "FlinkRunner", "--flink_version", "1.19", "--flink_job_server_jar", flink.job_server_jar,
+            "--flink_master", flink.flink_master if master == "cluster" else "[local]",
+            "--environment_type", "LOOPBACK", "--parallelism", str(PARALLELISM),
+        ],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        feeder.start()
+        wait_until(lambda: last_checkpoint(config).batch_id >= 1, FIRST_POLL_S + 120, "a first commit", run)
+        wait_all_committed(feeder, config, run, timeout=180)
+        assert_table_is_exactly_what_was_handed_out(config, feeder.server)
+    finally:
+        if master == "cluster":
+            flink.cancel_all()
+        run.kill()
+        for pid in _launcher_jvms(flink.job_server_jar) - before:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
