@@ -187,9 +187,9 @@ class SinkTable:
     def read(self) -> pa.Table:
         """The whole table (id, version, amount, note) with the outside reader."""
         if self.sink == "iceberg":
-            from beam_pixels.soak_readers import duckdb_iceberg_read
+            from beam_pixels.duckdb_reader import read_iceberg
 
-            return duckdb_iceberg_read(self._iceberg().metadata_location)
+            return read_iceberg(self._iceberg().metadata_location, "id, version, amount, note")
         table = self._paimon()
         builder = table.new_read_builder().with_projection(["id", "version", "amount", "note"])
         return builder.new_read().to_arrow(builder.new_scan().plan().splits())
@@ -429,9 +429,9 @@ def _timed_read(sink: str, warehouse: Path, table: str) -> tuple[float, int]:
     if sink == "iceberg":
         import pyiceberg.catalog.sql  # noqa: F401
 
-        from beam_pixels.soak_readers import _duckdb
+        from beam_pixels.duckdb_reader import connect
 
-        _duckdb()
+        connect().close()
     else:
         import pypaimon  # noqa: F401
     seconds, rows = SinkTable(sink, warehouse, table).timed_read()

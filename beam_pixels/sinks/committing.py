@@ -71,7 +71,7 @@ class CommitResult:
         return (
             f"committed batch {self.batch_id} to {self.table}: {self.rows} changes "
             f"(+{self.inserts} ~{self.updates} -{self.deletes}), snapshot {self.snapshot_id}, "
-            f"{self.skipped} already committed, {self.seconds:.2f}s ({rate:,.0f} changes/s) commit_s={self.seconds:.3f}"
+            f"{self.skipped} already committed, commit_s={self.seconds:.3f} ({rate:,.0f} changes/s)"
         )
 
 
