@@ -122,11 +122,9 @@ def commit(
         positions = hits.positions if keep is None else hits.positions[keep]
         new_files = list(added)
         if len(positions):
-            paths = pa.array(sorted({index.path(int(f)) for f in np.unique(found_files)}))
-            lookup = {p: i for i, p in enumerate(paths.to_pylist())}
-            path_of = np.array([lookup[index.path(int(f))] for f in np.unique(found_files)])
-            rank = path_of[np.searchsorted(np.unique(found_files), found_files)]
-            new_files.append(files.write_position_deletes(table, paths.take(pa.array(rank)), positions, uuid.uuid4()))
+            file_ids, file_of_hit = np.unique(found_files, return_inverse=True)
+            paths = pa.array([index.path(int(f)) for f in file_ids]).take(pa.array(file_of_hit))
+            new_files.append(files.write_position_deletes(table, paths, positions, uuid.uuid4()))
         operation = Operation.OVERWRITE if len(positions) else Operation.APPEND
         try:
             snapshot_id = commit_file_changes(table, properties, added=new_files, operation=operation)
