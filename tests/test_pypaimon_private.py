@@ -127,3 +127,12 @@ def test_compacted_files_and_compact_snapshots_read_back_as_pypaimon_reads_its_o
     assert writer.read_table().to_pylist() == before == [{"region": "EU", "id": 1, "qty": 1, "note": None}]
     splits = table.new_read_builder().new_scan().plan().splits()
     assert [s.raw_convertible for s in splits] == [True]
+
+
+def test_paimons_duration_syntax_for_retention_options():
+    # snapshot.time-retained is read with pypaimon's parser, so it accepts what Paimon accepts
+    assert [private.parse_duration(t) for t in ("1 min", "1h", "30 s", "500 ms", "2 d")] == [
+        60_000, 3_600_000, 30_000, 500, 172_800_000
+    ]
+    with pytest.raises(ValueError):
+        private.parse_duration("an hour")

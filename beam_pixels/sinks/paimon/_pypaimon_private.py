@@ -33,6 +33,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pypaimon.common.time_utils import parse_duration  # Paimon's duration syntax, e.g. "1 h", "30 min"
 from pypaimon.write.file_store_write import FileStoreWrite
 from pypaimon.write.table_write import StreamTableWrite
 from pypaimon.write.writer.key_value_data_writer import KeyValueDataWriter

@@ -21,30 +21,20 @@ A crash between 2 and 3 leaves that snapshot's files behind as orphans (Paimon's
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 
-_DURATION = re.compile(r"\s*(\d+)\s*([a-z]*)\s*")
-_UNITS_MS = {
-    "": 1, "ms": 1, "milli": 1, "millis": 1, "millisecond": 1, "milliseconds": 1,
-    "s": 1000, "sec": 1000, "secs": 1000, "second": 1000, "seconds": 1000,
-    "min": 60_000, "mins": 60_000, "minute": 60_000, "minutes": 60_000, "m": 60_000,
-    "h": 3_600_000, "hour": 3_600_000, "hours": 3_600_000,
-    "d": 86_400_000, "day": 86_400_000, "days": 86_400_000,
-}
-
 
 def parse_duration_ms(text: str, name: str) -> int:
-    """A Paimon duration option (``1 h``, ``30min``, ``500 ms``, ``2d``) in milliseconds."""
-    match = _DURATION.fullmatch(str(text).lower())
-    if not match or match.group(2) not in _UNITS_MS:
+    """A Paimon duration option (``1 h``, ``30min``, ``500 ms``, ``2d``) in milliseconds, parsed as Paimon does."""
+    try:
+        return private.parse_duration(str(text))
+    except ValueError as error:
         raise ValueError(
-            f"Paimon table option {name}={text!r} is not valid; accepted: a duration such as 1 h, 30 min, 10 s, 500 ms"
-        )
-    return int(match.group(1)) * _UNITS_MS[match.group(2)]
+            f"Paimon table option {name}={text!r} is not valid ({error}); accepted: a duration such as 1 h, 30 min, 10 s, 500 ms"
+        ) from None
 
 
 @dataclass(frozen=True)
