@@ -481,10 +481,7 @@ def write_fresh(options: Options, props: dict[str, str], keys: np.ndarray, versi
     from beam_pixels.config import PixelsConfig
 
     overrides = dict(props, **{f"{options.sink}.table.name": f"{DATABASE}.{FRESH_TABLE}"})
-    with tempfile.NamedTemporaryFile("w", suffix=".properties", delete=False) as f:
-        f.write("".join(f"{k}={v}\n" for k, v in overrides.items()))
-    config = PixelsConfig.load(f.name)
-    os.unlink(f.name)
+    config = PixelsConfig.from_properties(overrides)
     writer = open_table_writer(config)
     try:
         ids, vs, amount, note = soak_server.row_values(keys, versions)
