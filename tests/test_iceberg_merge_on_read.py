@@ -21,7 +21,7 @@ from pyiceberg.manifest import DataFileContent
 from beam_pixels.changes import ChangeBatch, Op, concat_records
 from beam_pixels.sinks.committing import CommitConflict
 from beam_pixels.sinks.iceberg import IcebergTableWriter
-from beam_pixels.sinks.iceberg.key_index import KeyIndex, key_codes, verify
+from beam_pixels.sinks.key_index import KeyIndex, key_codes, verify
 from tests.iceberg_stream import ORDERS, REGIONAL, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
 
 TABLE = "db.orders"

@@ -36,7 +36,7 @@ from pyiceberg.table.snapshots import Operation, Snapshot
 
 from beam_pixels.sinks.iceberg import files, merge_on_read
 from beam_pixels.sinks.iceberg._pyiceberg_private import commit_file_changes
-from beam_pixels.sinks.iceberg.key_index import key_codes
+from beam_pixels.sinks.key_index import key_codes
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = "beam_pixels.iceberg.maintenance"

@@ -2,7 +2,7 @@
 
 It adds the surviving after-images as new data files and deletes the older rows
 of every touched key by position, in one position-delete file, in one snapshot.
-The touched rows are found in a :class:`~beam_pixels.sinks.iceberg.key_index.KeyIndex`
+The touched rows are found in a :class:`~beam_pixels.sinks.key_index.KeyIndex`
 built from the table once per process and kept current with every commit this
 process makes. A local run builds new pipelines (and writers) every round, so
 the index lives in a process-wide cache keyed by the table's UUID and is used
@@ -29,7 +29,7 @@ from pyiceberg.table.snapshots import Operation
 
 from beam_pixels.sinks.iceberg import files
 from beam_pixels.sinks.iceberg._pyiceberg_private import commit_file_changes
-from beam_pixels.sinks.iceberg.key_index import KeyIndex, is_exact, key_codes, verify
+from beam_pixels.sinks.key_index import KeyIndex, is_exact, key_codes, verify
 
 _LOG = logging.getLogger(__name__)
 _INDEXES: dict[str, KeyIndex] = {}

@@ -43,7 +43,7 @@ from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.schema import SourceSchema, TypeKind
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, split_table_name
 from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read
-from beam_pixels.sinks.iceberg.key_index import key_codes
+from beam_pixels.sinks.key_index import key_codes
 
 _LOG = logging.getLogger(__name__)
 
