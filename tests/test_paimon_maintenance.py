@@ -95,9 +95,11 @@ def reachable_data_files(table) -> set[str]:
     }
 
 
-def test_compaction_keeps_exact_rows_and_bounds_sorted_runs(tmp_path):
+@pytest.mark.parametrize("deletion_vectors", ["true", "false"])
+def test_compaction_keeps_exact_rows_and_bounds_sorted_runs(tmp_path, deletion_vectors):
     properties = catalog_properties(tmp_path)
-    writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=2, compaction_trigger=3)
+    writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=2, compaction_trigger=3,
+                               table_options={"deletion-vectors.enabled": deletion_vectors})
     writer.open()
     state = {}
     for batch in range(1, 31):
@@ -161,11 +163,17 @@ def test_expiration_deletes_only_what_no_retained_snapshot_reaches(tmp_path):
     assert read_rows(table) == expected(state)
     assert len(private.manifest_list(table, latest)) <= 5 + 2, "manifest lists stay bounded"
     manifests = {p.name for p in (Path(table.table_path) / "manifest").iterdir()}
-    referenced = set()
+    referenced, index_files = set(), set()
     for sid in range(earliest, latest.id + 1):
-        lists, files = private.snapshot_metadata_files(table, private.snapshot_by_id(table, sid))
-        referenced |= set(lists) | set(files)
+        snapshot = private.snapshot_by_id(table, sid)
+        lists, files = private.snapshot_metadata_files(table, snapshot)
+        index_manifest, paths = private.index_files(table, snapshot)
+        referenced |= set(lists) | set(files) | ({index_manifest} if index_manifest else set())
+        index_files |= {str(Path(p.replace("file://", ""))) for p in paths}
     assert manifests == referenced
+    assert index_files, "deletion vectors were written"
+    on_disk = {str(p) for p in Path(table.table_path).rglob("index-*") if p.parent.name != "manifest"}
+    assert on_disk == index_files, "deletion-vector index files no retained snapshot lists are deleted"
 
 
 def test_time_retained_keeps_recent_snapshots(tmp_path):
@@ -230,7 +238,7 @@ _CHILD = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from test_paimon_maintenance import ORDERS, catalog_properties, commit_batches
-from beam_pixels.sinks.paimon import PaimonTableWriter, _pypaimon_private as private, maintenance
+from beam_pixels.sinks.paimon import PaimonTableWriter, _pypaimon_private as private, maintenance, merge_on_read
 
 def slowly(function, marker):
     def wrapped(*args, **kwargs):
@@ -239,14 +247,17 @@ def slowly(function, marker):
         return function(*args, **kwargs)
     return wrapped
 
-# Markers (and a little time) between the steps of a pass, for the parent to kill in.
+# Markers (and a little time) between the steps of a pass, for the parent to kill in
+# (deletion-vector tables commit their data through commit_compact too).
 private.commit_compact = slowly(private.commit_compact, "committing-compaction")
 maintenance.compact_bucket = slowly(maintenance.compact_bucket, "compacting")
+maintenance.merge_live_runs = slowly(maintenance.merge_live_runs, "compacting")
+merge_on_read.merge_live_runs = slowly(merge_on_read.merge_live_runs, "compacting")
 private.snapshot_path = slowly(private.snapshot_path, "expiring")
 
 writer = PaimonTableWriter(ORDERS, "orders", catalog_properties({warehouse!r}), bucket=2, compaction_trigger=2,
                            table_options={{"snapshot.num-retained.min": "2", "snapshot.time-retained": "1 ms",
-                                           "manifest.merge-min-count": "3"}})
+                                           "manifest.merge-min-count": "3", "deletion-vectors.enabled": {dv!r}}})
 writer.open()
 state = {{}}
 for batch in range(1, writer.last_checkpoint().batch_id + 1):  # the state the table holds
@@ -258,10 +269,11 @@ commit_batches(writer, state, first, 1000)
 """
 
 
-def test_sigkill_during_compaction_or_expiration_leaves_a_readable_table_and_loses_nothing(tmp_path):
+@pytest.mark.parametrize("deletion_vectors", ["true", "false"])
+def test_sigkill_during_compaction_or_expiration_leaves_a_readable_table_and_loses_nothing(tmp_path, deletion_vectors):
     properties = catalog_properties(tmp_path)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    code = _CHILD.format(tests=str(REPO / "tests"), warehouse=str(tmp_path))
+    code = _CHILD.format(tests=str(REPO / "tests"), warehouse=str(tmp_path), dv=deletion_vectors)
     rng = random.Random(7)
     kills = {"compacting": 0, "committing-compaction": 0, "expiring": 0}
     for attempt in range(9):
@@ -282,7 +294,8 @@ def test_sigkill_during_compaction_or_expiration_leaves_a_readable_table_and_los
         child.wait()
         assert child.returncode == -signal.SIGKILL
 
-        writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=2, compaction_trigger=2)
+        writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=2, compaction_trigger=2,
+                                   table_options={"deletion-vectors.enabled": deletion_vectors})
         writer.open()
         committed = writer.last_checkpoint()
         state = {}
@@ -302,9 +315,10 @@ def test_sigkill_during_compaction_or_expiration_leaves_a_readable_table_and_los
 
 
 def test_full_compaction_every_n_commits_leaves_one_raw_read_run_per_bucket(tmp_path):
+    """Without deletion vectors (which read every bucket raw anyway)."""
     properties = catalog_properties(tmp_path)
     writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=2,
-                               table_options={"full-compaction.delta-commits": "3"})
+                               table_options={"full-compaction.delta-commits": "3", "deletion-vectors.enabled": "false"})
     writer.open()
     state = {}
     for batch in range(1, 10):

@@ -303,16 +303,16 @@ def data_file_paths(table, entry) -> list[str]:
     return meta.collect_files()
 
 
-def read_key_values(table, entry) -> pa.Table:
+def read_key_values(table, entry, columns: list[str] | None = None) -> pa.Table:
     """A primary-key data file's raw rows: ``_KEY_*``, ``_SEQUENCE_NUMBER``, ``_VALUE_KIND``
-    and the value columns, as written."""
+    and the value columns, as written (only ``columns`` when given)."""
     import pyarrow.parquet as pq
 
     path = data_file_paths(table, entry)[0]
     if not path.endswith(".parquet"):
         raise NotImplementedError(f"compaction reads Parquet data files only, not {path}")
     with table.file_io.new_input_stream(path) as stream:
-        return pq.read_table(pa.BufferReader(stream.read()))
+        return pq.read_table(pa.BufferReader(stream.read()), columns=columns)
 
 
 def write_compacted(table, partition: tuple, bucket: int, rows: pa.Table, level: int) -> list:
@@ -356,19 +356,25 @@ def deleting(entry):
 
 
 def commit_compact(table, commit_user: str, commit_identifier: int, properties: dict | None, planned_on,
-                   deleted: list, added: list, rewrite_manifests: bool, retries: int = 10):
-    """One atomic ``COMPACT`` snapshot: ``deleted`` (ADD entries live at ``planned_on``)
-    replaced by ``added``. With ``rewrite_manifests`` the new snapshot's base manifests
-    are rewritten as a fresh set holding every live file, bounding the manifest list.
+                   deleted: list, added: list, rewrite_manifests: bool, retries: int = 10, *,
+                   commit_kind: str = "COMPACT", index_adds: list = (), index_deletes: list = (),
+                   exclusive: bool = False):
+    """One atomic snapshot (``COMPACT`` unless ``commit_kind`` says otherwise): ``deleted``
+    (ADD entries live at ``planned_on``) replaced by ``added``, and the deletion-vector
+    index files ``index_deletes`` replaced by ``index_adds``. With ``rewrite_manifests``
+    the new snapshot's base manifests are rewritten as a fresh set holding every live
+    file, bounding the manifest list.
 
-    The snapshot carries ``commit_identifier`` and ``properties`` (the connector's last
-    checkpoint, so it stays on the latest snapshot). Raises
-    :class:`CompactionConflict` when a newer snapshot deleted one of ``deleted``;
-    returns the new snapshot, or None when it lost the atomic race ``retries`` times.
+    The snapshot carries ``commit_identifier`` and ``properties`` (the connector's
+    checkpoint). Raises :class:`CompactionConflict` when a newer snapshot deleted one of
+    ``deleted`` or, with ``exclusive``, when any snapshot follows ``planned_on`` (changes
+    planned from a deletion-vector index must see every commit); returns the new
+    snapshot, or None when it lost the atomic race ``retries`` times.
     """
     import time
     import uuid
 
+    from pypaimon.manifest.index_manifest_file import IndexManifestFile
     from pypaimon.manifest.manifest_file_manager import ManifestFileManager
     from pypaimon.snapshot.snapshot import Snapshot
 
@@ -377,10 +383,13 @@ def commit_compact(table, commit_user: str, commit_identifier: int, properties: 
     target_size = table.options.manifest_target_size()
     changes = [deleting(e) for e in deleted] + list(added)
     wanted = {entry_key(e) for e in deleted}
-    checked_up_to = planned_on.id
+    checked_up_to = planned_on.id if planned_on else 0
     for _ in range(retries):
         latest = latest_snapshot(table)
-        for snapshot_id in range(checked_up_to + 1, latest.id + 1):
+        if exclusive and (latest.id if latest else 0) != checked_up_to:
+            raise CompactionConflict(f"snapshot {latest.id} ({latest.commit_kind} by {latest.commit_user}) "
+                                     f"was committed after snapshot {planned_on.id} these changes were planned on")
+        for snapshot_id in range(checked_up_to + 1, (latest.id if latest else 0) + 1):
             between = snapshot_by_id(table, snapshot_id)
             if between is None:
                 raise CompactionConflict(f"snapshot {snapshot_id} is gone; cannot check the compaction against it")
@@ -389,7 +398,7 @@ def commit_compact(table, commit_user: str, commit_identifier: int, properties: 
                 raise CompactionConflict(
                     f"snapshot {snapshot_id} ({between.commit_kind} by {between.commit_user}) already removed "
                     f"{gone[0].file.file_name}")
-        checked_up_to = latest.id
+        checked_up_to = latest.id if latest else 0
         name = uuid.uuid4()
         written_manifests, written_lists = [], []
         try:
@@ -399,32 +408,138 @@ def commit_compact(table, commit_user: str, commit_identifier: int, properties: 
                 base = manifests.rolling_write(live_entries(table, latest), target_size, f"manifest-{name}-base")
                 written_manifests += [m.file_name for m in base]
             else:
-                base = lists.read_all(latest)
+                base = lists.read_all(latest) if latest else []
             base_list, delta_list = f"manifest-list-{name}-0", f"manifest-list-{name}-1"
             base_size = lists.write(base_list, base)
             written_lists.append(base_list)
             delta_size = lists.write(delta_list, delta)
             written_lists.append(delta_list)
+            index_manifest = latest.index_manifest if latest else None
+            if index_adds or index_deletes:
+                previous = index_manifest
+                index_manifest = IndexManifestFile(table).combine_changes(previous, list(index_adds), list(index_deletes))
+                if index_manifest != previous:
+                    written_manifests.append(index_manifest)
             delta_rows = sum(e.file.row_count for e in added) - sum(e.file.row_count for e in deleted)
             snapshot = Snapshot(
-                version=3, id=latest.id + 1, schema_id=table.table_schema.id,
+                version=3, id=checked_up_to + 1, schema_id=table.table_schema.id,
                 base_manifest_list=base_list, base_manifest_list_size=base_size,
                 delta_manifest_list=delta_list, delta_manifest_list_size=delta_size,
-                total_record_count=(latest.total_record_count or 0) + delta_rows, delta_record_count=delta_rows,
+                total_record_count=((latest.total_record_count or 0) if latest else 0) + delta_rows,
+                delta_record_count=delta_rows,
                 commit_user=commit_user, commit_identifier=commit_identifier,
-                commit_kind="COMPACT", time_millis=int(time.time() * 1000),
-                watermark=latest.watermark, index_manifest=latest.index_manifest, next_row_id=latest.next_row_id,
+                commit_kind=commit_kind, time_millis=int(time.time() * 1000),
+                watermark=latest.watermark if latest else None, index_manifest=index_manifest,
+                next_row_id=latest.next_row_id if latest else None,
                 properties=dict(properties) if properties else None,
             )
             commit = table.new_snapshot_commit()
             with commit:
-                if commit.commit(latest.uuid, snapshot, []):
+                if commit.commit(latest.uuid if latest else None, snapshot, []):
                     return snapshot
         except BaseException:
             _delete_metadata(table, written_manifests, written_lists)
             raise
-        _delete_metadata(table, written_manifests, written_lists)
+        _delete_metadata(table, [m for m in written_manifests if m], written_lists)
     return None
+
+
+# -- deletion vectors: the index manifest, DV index files ------------------------------
+
+DV_INDEX_VERSION = 1  # the first byte of a deletion-vector index file, as Paimon writes it
+
+
+def deletion_vector_index(table, snapshot) -> dict[tuple, list]:
+    """``{(partition, bucket): [index manifest entries]}`` of the snapshot's deletion-vector index files."""
+    from pypaimon.manifest.index_manifest_file import IndexManifestFile
+
+    if snapshot is None or not snapshot.index_manifest:
+        return {}
+    found: dict[tuple, list] = {}
+    for entry in IndexManifestFile(table).read(snapshot.index_manifest):
+        if entry.kind == 0 and entry.index_file.index_type == IndexManifestFile.DELETION_VECTORS_INDEX:
+            found.setdefault((tuple(entry.partition.values), entry.bucket), []).append(entry)
+    return found
+
+
+def index_files(table, snapshot) -> tuple[str | None, list[str]]:
+    """(index manifest name, paths of every index file it lists) of ``snapshot``."""
+    from pypaimon.manifest.index_manifest_file import IndexManifestFile
+
+    if snapshot is None or not snapshot.index_manifest:
+        return None, []
+    factory = table.path_factory()
+    paths = [factory.bucket_index_path(tuple(e.partition.values), e.bucket, e.index_file, table.file_io)
+             for e in IndexManifestFile(table).read(snapshot.index_manifest) if e.kind == 0]
+    return snapshot.index_manifest, paths
+
+
+def read_deletion_vectors(table, entry) -> dict[str, np.ndarray]:
+    """``{data file name: deleted positions (sorted uint32)}`` of one deletion-vector index file."""
+    from pypaimon.deletionvectors.deletion_vector import DeletionVector
+    from pypaimon.table.source.deletion_file import DeletionFile
+
+    path = table.path_factory().bucket_index_path(tuple(entry.partition.values), entry.bucket, entry.index_file,
+                                                  table.file_io)
+    vectors = {}
+    for name, meta in (entry.index_file.dv_ranges or {}).items():
+        vector = DeletionVector.read(table.file_io, DeletionFile(path, meta.offset, meta.length, meta.cardinality))
+        vectors[name] = np.asarray(vector.bit_map()._data.to_array(), dtype=np.uint32)
+    return vectors
+
+
+def write_deletion_vectors(table, partition: tuple, bucket: int, vectors: dict[str, np.ndarray]):
+    """Write one bucket's deletion vectors (data file name -> deleted positions) as one
+    index file in Paimon's format; returns its ADD index manifest entry."""
+    import uuid
+
+    from pyroaring import BitMap
+    from pypaimon.deletionvectors.bitmap_deletion_vector import BitmapDeletionVector
+    from pypaimon.index.deletion_vector_meta import DeletionVectorMeta
+    from pypaimon.index.index_file_meta import IndexFileMeta
+    from pypaimon.manifest.index_manifest_entry import IndexManifestEntry
+    from pypaimon.manifest.index_manifest_file import IndexManifestFile
+    from pypaimon.table.row.generic_row import GenericRow
+    from pypaimon.utils.file_store_path_factory import FileStorePathFactory
+    from pypaimon.utils.roaring_bitmap import RoaringBitmap
+
+    file_name = f"{FileStorePathFactory.INDEX_PREFIX}{uuid.uuid4()}-0"
+    path, external = table.path_factory().new_bucket_index_path(partition, bucket, file_name)
+    chunks, ranges, position = [bytes([DV_INDEX_VERSION])], {}, 1
+    for name in sorted(vectors):
+        bitmap = RoaringBitmap()
+        bitmap._data = BitMap(vectors[name])
+        serialized = BitmapDeletionVector(bitmap).serialize()
+        ranges[name] = DeletionVectorMeta(data_file_name=name, offset=position,
+                                          length=int.from_bytes(serialized[:4], "big"),
+                                          cardinality=len(vectors[name]))
+        chunks.append(serialized)
+        position += len(serialized)
+    data = b"".join(chunks)
+    try:
+        with table.file_io.new_output_stream(path) as stream:
+            stream.write(data)
+    except BaseException:
+        table.file_io.delete_quietly(path)
+        raise
+    meta = IndexFileMeta(index_type=IndexManifestFile.DELETION_VECTORS_INDEX, file_name=file_name,
+                         file_size=len(data), row_count=len(ranges), dv_ranges=ranges,
+                         external_path=path if external else None)
+    return IndexManifestEntry(kind=0, partition=GenericRow(list(partition), table.partition_keys_fields),
+                              bucket=bucket, index_file=meta)
+
+
+def deleting_index(entry):
+    """A DELETE index manifest entry for the index file of ADD entry ``entry``."""
+    from pypaimon.manifest.index_manifest_entry import IndexManifestEntry
+
+    return IndexManifestEntry(kind=1, partition=entry.partition, bucket=entry.bucket, index_file=entry.index_file)
+
+
+def delete_index_file(table, entry) -> None:
+    """Delete an index file :func:`write_deletion_vectors` wrote that will not be committed."""
+    table.file_io.delete_quietly(table.path_factory().bucket_index_path(
+        tuple(entry.partition.values), entry.bucket, entry.index_file, table.file_io))
 
 
 def _delete_metadata(table, manifests: list[str], lists: list[str]) -> None:

@@ -93,9 +93,12 @@ class SortedRun:
 
     level: int
     files: tuple
+    live_bytes: int | None = None  # deletion-vector tables: the bytes of its live rows
 
     @property
     def size(self) -> int:
+        if self.live_bytes is not None:
+            return self.live_bytes
         return sum(e.file.file_size for e in self.files)
 
 
@@ -225,3 +228,95 @@ def compact_bucket(table, partition: tuple, bucket: int, unit: CompactUnit) -> B
     if merged.num_rows:
         outputs = private.write_compacted(table, partition, bucket, merged, unit.output_level)
     return BucketCompaction(partition, bucket, unit, outputs)
+
+
+# -- deletion-vector tables: runs hold live rows only --------------------------------------
+
+DELETE_RATIO_OPTION = "compaction.delete-ratio-threshold"
+DEFAULT_DELETE_RATIO = 0.2
+
+
+def delete_ratio(options: dict[str, str]) -> float:
+    """Paimon's ``compaction.delete-ratio-threshold``: rewrite a file once this share of its rows is deleted."""
+    text = options.get(DELETE_RATIO_OPTION)
+    if text is None:
+        return DEFAULT_DELETE_RATIO
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise ValueError(f"Paimon table option {DELETE_RATIO_OPTION}={text!r} is not valid; accepted: a number in (0, 1]")
+    return value
+
+
+@dataclass
+class DvMerge:
+    """One bucket's rewrite in a deletion-vector table: input entries, output entries
+    (uncommitted) and the key code of every output row, per output file."""
+
+    bucket: tuple
+    inputs: list
+    outputs: list
+    codes: dict
+
+    @property
+    def input_names(self) -> list[str]:
+        return [e.file.file_name for e in self.inputs]
+
+
+def merge_live_runs(table, bucket: tuple, inputs: list, vectors: dict, output_level: int,
+                    key_columns: list[str]) -> DvMerge:
+    """Rewrite ``inputs`` (whole runs, or files of one run) without their deleted rows,
+    sorted by key, as files of ``output_level``; ``vectors`` maps a file name to its
+    deleted positions. Each key is live in one file only, so the inputs just interleave."""
+    stored = [private.KEY_PREFIX + k for k in key_columns]
+    tables = []
+    for entry in sorted(inputs, key=lambda e: -e.file.level):  # oldest (highest level) first
+        rows = private.read_key_values(table, entry)
+        deleted = vectors.get(entry.file.file_name)
+        if deleted is not None and len(deleted):
+            live = np.ones(rows.num_rows, bool)
+            live[deleted] = False
+            rows = rows.filter(pa.array(live))
+        tables.append(rows)
+    merged = merge_runs(tables, stored, drop_retractions=True)
+    outputs, codes = [], {}
+    if merged.num_rows:
+        from beam_pixels.sinks.key_index import key_codes
+
+        all_codes = key_codes(merged.select(stored))
+        start = 0
+        total_buckets = inputs[0].total_buckets
+        for meta in private.write_compacted(table, bucket[0], bucket[1], merged, output_level):
+            outputs.append(private.new_entry(table, 0, bucket[0], bucket[1], total_buckets, meta))
+            codes[meta.file_name] = all_codes[start:start + meta.row_count]
+            start += meta.row_count
+    return DvMerge(bucket, list(inputs), outputs, codes)
+
+
+def pick_dv(entries: list, live_rows, options: CompactionOptions, ratio: float) -> list[tuple[list, int]]:
+    """What to rewrite in one bucket of a deletion-vector table: ``[(input entries, output level)]``.
+
+    Runs are sized by their live bytes. Universal compaction (:func:`pick`) bounds the
+    number of runs and the size amplification; besides, every file with at least
+    ``ratio`` of its rows deleted is rewritten alone, at its level (its rows are a
+    subset of its key range, so its run stays non-overlapping)."""
+    def live_bytes(entry) -> int:
+        meta = entry.file
+        return meta.file_size * live_rows.live_count(meta.file_name) // meta.row_count if meta.row_count else 0
+
+    runs = [SortedRun(run.level, run.files, sum(live_bytes(e) for e in run.files)) for run in sorted_runs(entries)]
+    unit = pick(runs, options)
+    chosen, taken = [], set()
+    if unit is not None:
+        files = unit.files
+        chosen.append((files, unit.output_level))
+        taken = {e.file.file_name for e in files}
+    for entry in entries:
+        name = entry.file.file_name
+        rows = entry.file.row_count
+        if name not in taken and rows and (rows - live_rows.live_count(name)) >= ratio * rows:
+            chosen.append(([entry], entry.file.level))
+    return chosen
+

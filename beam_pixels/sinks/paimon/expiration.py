@@ -112,6 +112,11 @@ def expire(table, retention: RetentionOptions, now_ms: int | None = None) -> Exp
         paths = [private.manifest_path(table, n) for n in manifests + lists if n not in keep]
         paths += [path for e in private.delta_entries(table, following) if e.kind == 1
                   for path in private.data_file_paths(table, e)]
+        index_manifest, index_paths = private.index_files(table, snapshot)
+        keep_index_manifest, keep_index_paths = private.index_files(table, following)
+        if index_manifest and index_manifest != keep_index_manifest:
+            paths.append(private.manifest_path(table, index_manifest))
+        paths += sorted(set(index_paths) - set(keep_index_paths))
         io.delete_quietly(private.snapshot_path(table, snapshot_id))
         private.write_earliest_hint(table, snapshot_id + 1)
         expired += 1

@@ -29,7 +29,18 @@ from apache_beam.metrics import Metrics
 
 from beam_pixels.sinks.committing import METRICS_NAMESPACE
 from beam_pixels.sinks.paimon import _pypaimon_private as private
-from beam_pixels.sinks.paimon.compaction import CompactionOptions, compact_bucket, pick, pick_full, sorted_runs
+from beam_pixels.sinks.paimon import deletion_vectors
+from beam_pixels.sinks.paimon.compaction import (
+    DEFAULT_DELETE_RATIO,
+    CompactionOptions,
+    compact_bucket,
+    delete_ratio,
+    merge_live_runs,
+    pick,
+    pick_dv,
+    pick_full,
+    sorted_runs,
+)
 from beam_pixels.sinks.paimon.expiration import RetentionOptions, expire
 
 _LOG = logging.getLogger(__name__)
@@ -43,10 +54,16 @@ class MaintenanceOptions:
     retention: RetentionOptions
     manifest_merge_min_count: int = 30
     compact_buckets: bool = True  # primary-key tables; append tables only get manifests and expiration
+    key_columns: tuple = ()  # deletion-vector tables: the primary key (their compaction keeps the key index)
+    delete_ratio: float = DEFAULT_DELETE_RATIO
+
+    @property
+    def deletion_vectors(self) -> bool:
+        return bool(self.key_columns)
 
     @classmethod
     def of(cls, table_options: dict[str, str], trigger: int | None, max_bytes_per_pass: int,
-           compact_buckets: bool = True) -> "MaintenanceOptions":
+           compact_buckets: bool = True, key_columns: tuple = ()) -> "MaintenanceOptions":
         merge = table_options.get("manifest.merge-min-count", "30")
         if not str(merge).strip().isdigit() or int(merge) < 1:
             raise ValueError(f"Paimon table option manifest.merge-min-count={merge!r} is not valid; "
@@ -56,6 +73,8 @@ class MaintenanceOptions:
             RetentionOptions.of(table_options),
             int(merge),
             compact_buckets,
+            tuple(key_columns) if deletion_vectors.enabled(table_options) else (),
+            delete_ratio(table_options),
         )
 
 
@@ -176,7 +195,10 @@ def run_pass(table, table_name: str, commit_user: str, checkpoint_snapshot, opti
     started = time.monotonic()
     report = PassReport(table_name)
     try:
-        _compact(table, commit_user, checkpoint_snapshot, options, report)
+        if options.deletion_vectors:
+            _compact_dv(table, commit_user, checkpoint_snapshot, options, report)
+        else:
+            _compact(table, commit_user, checkpoint_snapshot, options, report)
     except Exception as error:  # the data is committed; maintenance retries next pass
         _LOG.warning("%s: compaction failed: %s", table_name, error, exc_info=True)
         report.errors.append(f"compaction: {error}")
@@ -246,6 +268,84 @@ def _compact(table, commit_user: str, checkpoint_snapshot, options: MaintenanceO
     report.files_out = len(added)
     report.bytes_in = sum(e.file.file_size for e in deleted)
     report.bytes_out = sum(e.file.file_size for e in added)
+
+
+def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: MaintenanceOptions, report: PassReport) -> None:
+    """A deletion-vector table's compaction (:func:`compaction.pick_dv`), committed with the
+    buckets' new deletion-vector index files, keeping the key index current."""
+    key_columns = list(options.key_columns)
+    state = deletion_vectors.live_rows(table, key_columns, live_files)
+    with state.lock:
+        latest = private.latest_snapshot(table)
+        if latest is None:
+            return
+        buckets = {}
+        for entry in state.entries.values():
+            buckets.setdefault((private.entry_partition(entry), entry.bucket), []).append(entry)
+        due = [(bucket, inputs, level) for bucket, entries in buckets.items()
+               for inputs, level in pick_dv(entries, state, options.compaction, options.delete_ratio)]
+        due.sort(key=lambda d: sum(e.file.file_size for e in d[1]))  # the cheapest first: most files per byte
+        chosen, budget = [], options.compaction.max_bytes_per_pass
+        for bucket, inputs, level in due:
+            size = sum(e.file.file_size for e in inputs)
+            if chosen and size > budget:
+                continue
+            chosen.append((bucket, inputs, level))
+            budget -= size
+        report.buckets_waiting = len({d[0] for d in due} - {c[0] for c in chosen})
+        rewrite = len(private.manifest_list(table, latest)) > options.manifest_merge_min_count
+        if not chosen and not rewrite:
+            return
+        workers = max(1, min(len(chosen), os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="paimon-compact") as pool:
+            done = list(pool.map(
+                lambda c: merge_live_runs(table, c[0], c[1], state.vectors.get(c[0], {}), c[2], key_columns), chosen))
+        deleted = [e for m in done for e in m.inputs]
+        added = [e for m in done for e in m.outputs]
+        changed = {m.bucket for m in done}
+        vectors = {b: {n: p for n, p in state.vectors.get(b, {}).items()
+                       if n not in {e.file.file_name for e in deleted}} for b in changed}
+        index_adds, index_deletes = [], []
+        try:
+            for bucket in changed:
+                index_deletes += [private.deleting_index(e) for e in state.index_entries.get(bucket, [])]
+                if vectors[bucket]:
+                    index_adds.append(private.write_deletion_vectors(table, bucket[0], bucket[1], vectors[bucket]))
+            snapshot = private.commit_compact(
+                table, commit_user, checkpoint_snapshot.commit_identifier, checkpoint_snapshot.properties, latest,
+                deleted, added, rewrite_manifests=rewrite, index_adds=index_adds, index_deletes=index_deletes,
+                exclusive=True)
+        except private.CompactionConflict as conflict:
+            snapshot, report.refused = None, str(conflict)
+        except BaseException:
+            _delete_dv_outputs(table, done, index_adds)
+            raise
+        if snapshot is None:
+            report.refused = report.refused or "lost the snapshot commit race too often"
+            _delete_dv_outputs(table, done, index_adds)
+            return
+        state.drop_files([e.file.file_name for e in deleted])
+        for merge in done:
+            for entry in merge.outputs:
+                state.add_file(entry, merge.codes[entry.file.file_name])
+        for bucket in changed:
+            state.vectors[bucket] = vectors[bucket]
+            state.index_entries[bucket] = [e for e in index_adds if (private.entry_partition(e), e.bucket) == bucket]
+        state.snapshot_id = snapshot.id
+    report.snapshot_id = snapshot.id
+    report.manifests_rewritten = rewrite
+    report.buckets = len(changed)
+    report.files_in = len(deleted)
+    report.files_out = len(added)
+    report.bytes_in = sum(e.file.file_size for e in deleted)
+    report.bytes_out = sum(e.file.file_size for e in added)
+
+
+def _delete_dv_outputs(table, done, index_adds) -> None:
+    for merge in done:
+        private.delete_written(table, merge.bucket[0], merge.bucket[1], [e.file for e in merge.outputs])
+    for entry in index_adds:
+        private.delete_index_file(table, entry)
 
 
 def _delete_outputs(table, done) -> None:

@@ -46,9 +46,10 @@ from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, split_table_name
+from beam_pixels.sinks.paimon import deletion_vectors, merge_on_read
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
 from beam_pixels.sinks.paimon.bucketing import bucket_ids
-from beam_pixels.sinks.paimon.maintenance import MaintenanceOptions, PassReport, run_pass
+from beam_pixels.sinks.paimon.maintenance import MaintenanceOptions, PassReport, live_files, run_pass
 
 _LOG = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ ROW_KIND_COLUMN = "_rowkind"
 """The ``rowkind.field`` column of primary-key tables: ``+I`` for live rows, ``-D`` for deletes."""
 
 _CATALOG_TYPES = ("paimon", "filesystem")
+DEFAULT_PK_TABLE_OPTIONS = {"deletion-vectors.enabled": "true"}
+"""Options of the primary-key tables the connector creates unless ``paimon.table.options.*`` says otherwise
+or the table is write-only: deletion vectors, so that readers never merge sorted runs (:mod:`.merge_on_read`)."""
+
 # Options a primary-key table needs for exact final states: (required value, value when unset).
 _REQUIRED_PK_OPTIONS = {
     "rowkind.field": (ROW_KIND_COLUMN, None),
@@ -94,6 +99,7 @@ class PaimonTableWriter(TableWriter):
         self.compaction_max_bytes = compaction_max_bytes
         self.write_only = write_only
         self._maintenance: MaintenanceOptions | None = None
+        self._deletion_vectors = False
         self._table = None
         self._write_schema: pa.Schema | None = None
 
@@ -112,10 +118,14 @@ class PaimonTableWriter(TableWriter):
         self._write_schema = PyarrowFieldParser.from_paimon_schema(table.table_schema.fields)
         options = table.options.options.to_map()
         write_only = self.write_only or str(options.get("write-only", "false")).lower() == "true"
+        # Deletion-vector commits need the connector's own compaction; a write-only table
+        # gets level-0 files, which Paimon's compaction job turns into deletion vectors.
+        self._deletion_vectors = bool(self.schema.primary_key) and deletion_vectors.enabled(options) and not write_only
         if not write_only:
             try:
                 self._maintenance = MaintenanceOptions.of(
-                    options, self.compaction_trigger, self.compaction_max_bytes, bool(self.schema.primary_key))
+                    options, self.compaction_trigger, self.compaction_max_bytes, bool(self.schema.primary_key),
+                    tuple(self.schema.primary_key))
             except ValueError as error:
                 raise SinkConfigurationError(f"Paimon table {self.table_name}: {error}") from None
         _LOG.info(
@@ -124,6 +134,7 @@ class PaimonTableWriter(TableWriter):
             "created" if created else "using existing",
             self.table_name,
             f"primary key {', '.join(self.schema.primary_key)}, {table.options.bucket()} buckets"
+            + (", deletion vectors" if self._deletion_vectors else "")
             if self.schema.primary_key
             else "append-only changelog",
             self.commit_user,
@@ -140,9 +151,12 @@ class PaimonTableWriter(TableWriter):
         rows = builder.new_read().to_arrow(builder.new_scan().plan().splits())
         return rows.drop_columns([ROW_KIND_COLUMN]) if ROW_KIND_COLUMN in rows.column_names else rows
 
-    def prepare(self, records: pa.Table) -> list:
-        """Write the final state per key (``+I`` / ``-D`` rows) or, without a key, the
-        changelog; returns pypaimon's commit messages for :meth:`commit_prepared`."""
+    def prepare(self, records: pa.Table) -> list | merge_on_read.PreparedFiles:
+        """Write the final state per key (``+I`` / ``-D`` rows; deletion-vector tables:
+        ``+I`` rows only) or, without a key, the changelog; returns pypaimon's commit
+        messages (deletion vectors: with key codes and touched keys) for :meth:`commit_prepared`."""
+        if self._deletion_vectors:
+            return self._prepare_live_rows(records)
         if self.schema.primary_key:
             rows = self._final_state_rows(records)
         else:
@@ -156,7 +170,7 @@ class PaimonTableWriter(TableWriter):
         finally:
             write.close()
 
-    def commit_prepared(self, parts: list[list], checkpoint: Checkpoint) -> int:
+    def commit_prepared(self, parts: list, checkpoint: Checkpoint) -> int:
         """One stream commit of every part's messages: commit identifier = batch id, the
         checkpoint in the snapshot properties. A batch id the table holds is refused."""
         last = self.last_checkpoint()
@@ -165,11 +179,22 @@ class PaimonTableWriter(TableWriter):
                 f"{self.table_name} already holds batch {last.batch_id} of commit user {self.commit_user}; "
                 f"batch {checkpoint.batch_id} must not be committed again"
             )
+        if self._deletion_vectors:
+            merge_on_read.commit(self._table, list(self.schema.primary_key), parts, checkpoint, self.commit_user,
+                                 self._maintenance.compaction.max_level, live_files)
+        else:
+            self._commit_messages([message for part in parts for message in part], checkpoint)
+        snapshot = self._last_own_snapshot()
+        if self._maintenance is not None:
+            self.maintain(snapshot)
+        return snapshot.id
+
+    def _commit_messages(self, messages: list, checkpoint: Checkpoint) -> None:
+        """pypaimon's stream commit of ``messages``, commit identifier = batch id."""
         committer = self._table.new_stream_write_builder()
         committer.commit_user = self.commit_user
         commit = committer.new_commit()
         try:
-            messages = [message for part in parts for message in part]
             commit.commit(messages, checkpoint.batch_id, snapshot_properties=checkpoint.to_properties())
         except RuntimeError as e:
             if str(e).startswith("Commit failed"):  # pypaimon gave up retrying its atomic snapshot commit
@@ -177,10 +202,6 @@ class PaimonTableWriter(TableWriter):
             raise
         finally:
             commit.close()
-        snapshot = self._last_own_snapshot()
-        if self._maintenance is not None:
-            self.maintain(snapshot)
-        return snapshot.id
 
     def maintain(self, own_snapshot=None) -> PassReport | None:
         """One maintenance pass (bucket compaction for primary-key tables, manifests, snapshot
@@ -205,7 +226,11 @@ class PaimonTableWriter(TableWriter):
         if key:
             columns = [(c.name, c.type.to_paimon(), c.name not in key) for c in self.schema.columns]
             columns.append((ROW_KIND_COLUMN, "STRING", False))
-            options = {**self.table_options, "bucket": str(self.bucket), "rowkind.field": ROW_KIND_COLUMN}
+            # A write-only table is compacted by Paimon's job; with deletion vectors its
+            # level-0 files would stay unread until then, so it gets none unless asked.
+            write_only = self.write_only or str(self.table_options.get("write-only", "false")).lower() == "true"
+            defaults = {} if write_only else DEFAULT_PK_TABLE_OPTIONS
+            options = {**defaults, **self.table_options, "bucket": str(self.bucket), "rowkind.field": ROW_KIND_COLUMN}
         else:
             source_types = {c.name: c.type.to_paimon() for c in self.schema.columns}
             columns = [
@@ -215,6 +240,21 @@ class PaimonTableWriter(TableWriter):
             options = dict(self.table_options)
         fields = [DataField(i, name, AtomicType(kind, nullable)) for i, (name, kind, nullable) in enumerate(columns)]
         return Schema(fields, primary_keys=list(key), options=options)
+
+    def _prepare_live_rows(self, records: pa.Table) -> merge_on_read.PreparedFiles:
+        """Deletion-vector tables: the surviving after-images as ``+I`` files, their key codes, the touched keys."""
+        key = list(self.schema.primary_key)
+        state = collapse_to_final_state(records, self.schema)
+        rows = state.upserts.append_column(ROW_KIND_COLUMN, pa.repeat("+I", state.upserts.num_rows))
+        rows = rows.select(self._write_schema.names).cast(self._write_schema)
+        touched = pa.table({k: state.touched_keys.column(k).cast(self._write_schema.field(k).type) for k in key})
+        write = StreamWrite(self._table, self.commit_user)
+        try:
+            self._write(write, rows)
+            messages = write.prepare_commit(self.last_checkpoint().batch_id + 1)
+        finally:
+            write.close()
+        return merge_on_read.PreparedFiles(messages, merge_on_read.key_codes_of(self._table, messages, key), touched)
 
     def _final_state_rows(self, records: pa.Table) -> pa.Table:
         """One row per touched key: ``+I`` with its after-image, or ``-D`` when it ended deleted."""

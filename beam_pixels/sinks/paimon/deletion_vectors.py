@@ -1,0 +1,175 @@
+"""Where every live row of a deletion-vector table is, and which stored rows are deleted.
+
+A primary-key table with ``deletion-vectors.enabled`` is read without merging:
+every file above level 0 is read as it is, less the positions its deletion vector
+marks (Paimon's deletion-vector mode). So each key must be live in exactly one
+file, and a commit that changes a key marks its older row deleted. To find that
+row without a scan, :class:`LiveRows` keeps a
+:class:`~beam_pixels.sinks.key_index.KeyIndex` (key code -> data file, position; 16
+bytes per live row) and each bucket's deletion vectors, built from the table
+once per process and kept current with every commit and compaction this process
+makes. A local run builds new writers every round, so it lives in a process-wide
+cache keyed by the table location, used only while the table's latest snapshot is
+the one it describes; after another writer's commit it is rebuilt from the table.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from beam_pixels.sinks.key_index import KeyIndex, is_exact, key_codes, verify
+from beam_pixels.sinks.paimon import _pypaimon_private as private
+
+_LOG = logging.getLogger(__name__)
+_CACHE: dict[str, "LiveRows"] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def enabled(options: dict[str, str]) -> bool:
+    """Whether table options turn Paimon's deletion-vector mode on."""
+    return str(options.get("deletion-vectors.enabled", "false")).strip().lower() == "true"
+
+
+@dataclass
+class LiveRows:
+    """The live rows of a deletion-vector table as of ``snapshot_id`` (module docstring)."""
+
+    snapshot_id: int | None
+    index: KeyIndex
+    key_columns: list[str]
+    entries: dict[str, object] = field(default_factory=dict)  # data file name -> ADD manifest entry
+    vectors: dict[tuple, dict[str, np.ndarray]] = field(default_factory=dict)  # (partition, bucket) -> file -> positions
+    index_entries: dict[tuple, list] = field(default_factory=dict)  # (partition, bucket) -> DV index manifest entries
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bucket_of(self, name: str) -> tuple:
+        entry = self.entries[name]
+        return private.entry_partition(entry), entry.bucket
+
+    def live_count(self, name: str) -> int:
+        """Rows of data file ``name`` not marked deleted."""
+        entry = self.entries[name]
+        return entry.file.row_count - len(self.vectors.get(self.bucket_of(name), {}).get(name, ()))
+
+    def find(self, touched: pa.Table, table) -> dict[str, np.ndarray]:
+        """``{data file name: positions}`` of the stored rows of the keys in ``touched``
+        (key columns), and forgets them in the key index (call under :attr:`lock`)."""
+        if touched is None or not touched.num_rows:
+            return {}
+        hits = self.index.find(key_codes(touched))
+        keep = None
+        if not self.index.exact and len(hits.query):
+            keep = verify(hits, touched, self._stored_keys(table), self.index)
+        files = hits.files if keep is None else hits.files[keep]
+        positions = hits.positions if keep is None else hits.positions[keep]
+        self.index.forget(hits, keep)
+        found = {}
+        for file_id in np.unique(files):
+            found[self.index.path(int(file_id))] = np.sort(positions[files == file_id]).astype(np.uint32)
+        return found
+
+    def add_file(self, entry, codes: np.ndarray, positions: np.ndarray | None = None) -> None:
+        """Record a data file now live, whose rows (at ``positions``, default all) have key ``codes``."""
+        self.entries[entry.file.file_name] = entry
+        self.index.add_file(entry.file.file_name, codes, positions)
+
+    def drop_files(self, names: list[str]) -> None:
+        """Forget data files rewritten away (their rows and their deletion vectors)."""
+        self.index.forget_files(names)
+        for name in names:
+            entry = self.entries.pop(name, None)
+            if entry is not None:
+                self.vectors.get((private.entry_partition(entry), entry.bucket), {}).pop(name, None)
+
+    def deleted_positions(self, entry) -> np.ndarray:
+        """The positions of data file ``entry`` its deletion vector marks."""
+        bucket = (private.entry_partition(entry), entry.bucket)
+        return self.vectors.get(bucket, {}).get(entry.file.file_name, np.zeros(0, np.uint32))
+
+    def read_live(self, table, entry, columns: list[str] | None = None) -> tuple[pa.Table, np.ndarray]:
+        """A data file's rows less those deleted, and their positions in the file."""
+        rows = private.read_key_values(table, entry, columns)
+        positions = np.arange(rows.num_rows, dtype=np.int32)
+        deleted = self.deleted_positions(entry)
+        if len(deleted):
+            live = np.ones(rows.num_rows, bool)
+            live[deleted] = False
+            rows, positions = rows.filter(pa.array(live)), positions[live]
+        return rows, positions
+
+    def _stored_keys(self, table):
+        def read(name: str, positions: np.ndarray) -> pa.Table:
+            rows = private.read_key_values(table, self.entries[name], self.key_columns)
+            return rows.take(pa.array(positions)).rename_columns(
+                [c[len(private.KEY_PREFIX):] for c in self.key_columns])
+
+        return read
+
+
+def live_rows(table, key_columns: list[str], live_files) -> LiveRows:
+    """The :class:`LiveRows` of ``table``'s latest snapshot: the cached one while it is
+    current, else one built from the table (``live_files(table, snapshot)`` lists its files)."""
+    latest = private.latest_snapshot(table)
+    current = latest.id if latest else None
+    with _CACHE_LOCK:
+        state = _CACHE.get(table.table_path)
+        if state is not None and state.snapshot_id == current:
+            return state
+        if state is not None:
+            _LOG.info("%s: changed by another writer (snapshot %s, index at %s); rebuilding its key index",
+                      table.table_path, current, state.snapshot_id)
+        state = _CACHE[table.table_path] = build(table, key_columns, latest, live_files)
+        return state
+
+
+def forget(table) -> None:
+    """Drop the cached state of ``table`` (unknown after a failed commit)."""
+    with _CACHE_LOCK:
+        _CACHE.pop(table.table_path, None)
+
+
+def build(table, key_columns: list[str], snapshot, live_files) -> LiveRows:
+    """Read the key columns of every live file above level 0, less deleted positions."""
+    started = time.monotonic()
+    fields = {f.name: f for f in table.table_schema.fields}
+    stored = [private.KEY_PREFIX + k for k in key_columns]
+    types = [_arrow_type(fields[k]) for k in key_columns]
+    state = LiveRows(snapshot.id if snapshot else None, KeyIndex(is_exact(types), None), stored)
+    if snapshot is None:
+        return state
+    entries = [e for bucket in live_files(table, snapshot).values() for e in bucket]
+    level0 = [e.file.file_name for e in entries if e.file.level == 0]
+    if level0:
+        raise RuntimeError(
+            f"{table.table_path} holds {len(level0)} level-0 files (e.g. {level0[0]}), written while the table was "
+            f"write-only; run Paimon's compaction job once (see the README) before the connector maintains it")
+    state.index_entries = private.deletion_vector_index(table, snapshot)
+    for bucket, index_entries in state.index_entries.items():
+        vectors = state.vectors.setdefault(bucket, {})
+        for entry in index_entries:
+            vectors.update(private.read_deletion_vectors(table, entry))
+
+    def load(entry):
+        rows, positions = state.read_live(table, entry, stored)
+        return entry, key_codes(rows), positions
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="paimon-index") as pool:
+        for entry, codes, positions in pool.map(load, entries):
+            state.add_file(entry, codes, positions)
+    _LOG.info("%s: key index built from snapshot %s: %d keys in %d files, %.1f MB, %.2fs", table.table_path,
+              state.snapshot_id, len(state.index), len(entries), state.index.nbytes / 1e6, time.monotonic() - started)
+    return state
+
+
+def _arrow_type(data_field) -> pa.DataType:
+    from pypaimon.schema.data_types import PyarrowFieldParser
+
+    return PyarrowFieldParser.from_paimon_field(data_field).type

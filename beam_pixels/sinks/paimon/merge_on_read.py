@@ -1,0 +1,195 @@
+"""Deletion-vector commits: a commit rewrites no stored row, and readers never merge.
+
+For a primary-key table in Paimon's deletion-vector mode (``deletion-vectors.enabled``),
+:mod:`.writer` writes each commit's surviving after-images as ``+I`` rows, one
+sorted file per bucket, and :func:`commit` makes them visible in one snapshot:
+
+- the stored row of every touched key (updated or deleted) is marked in its file's
+  deletion vector, found with :class:`~.deletion_vectors.LiveRows`; each changed
+  bucket gets one new deletion-vector index file;
+- the new files become the bucket's newest sorted run, one level above the newest
+  run it holds (the oldest run sits at the top level, ``num-levels`` - 1). When
+  level 1 is taken, the runs from level 1 up move one level up (a change of the
+  manifest entry only, as Paimon's compaction "upgrades" a file); when every level
+  is taken, the runs of levels 1 and 2 are merged first (maintenance normally keeps
+  levels free, see :mod:`.compaction`).
+
+So every level above 0 stays one sorted run of non-overlapping files, as Paimon's
+own writers and compaction expect, and Paimon readers (pypaimon, Java) read each
+file as it is, less its deletion vector. The snapshot is an ``APPEND`` snapshot with
+the checkpoint in its properties, committed only on top of the snapshot it was
+planned on: any other commit in between makes it a :class:`CommitConflict`, and the
+committer retries from the new table state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from beam_pixels.checkpoint import Checkpoint
+from beam_pixels.sinks.committing import CommitConflict
+from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon import deletion_vectors
+from beam_pixels.sinks.paimon.compaction import DvMerge, merge_live_runs
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedFiles:
+    """One part of a commit: pypaimon's commit messages (level-0 ``+I`` files), the key
+    code of every row of every new file, and the keys the part touched."""
+
+    messages: list
+    codes: dict  # data file name -> int64 key codes, in file order
+    touched_keys: pa.Table
+
+
+def key_codes_of(table, messages: list, key_columns: list[str]) -> dict:
+    """The key code of every row of the files in ``messages``, read back from the files."""
+    from beam_pixels.sinks.key_index import key_codes
+
+    stored = [private.KEY_PREFIX + k for k in key_columns]
+    codes = {}
+    for message in messages:
+        for meta in message.new_files:
+            entry = private.new_entry(table, 0, tuple(message.partition), message.bucket, table.total_buckets, meta)
+            codes[meta.file_name] = key_codes(private.read_key_values(table, entry, stored))
+    return codes
+
+
+def commit(table, key_columns: list[str], parts: list[PreparedFiles], checkpoint: Checkpoint, commit_user: str,
+           max_level: int, live_files) -> int:
+    """Commit ``parts`` in one snapshot holding ``checkpoint`` (module docstring); returns its id."""
+    state = deletion_vectors.live_rows(table, key_columns, live_files)
+    with state.lock:
+        planned_on = private.latest_snapshot(table)
+        touched = [p.touched_keys for p in parts if p.touched_keys is not None and p.touched_keys.num_rows]
+        written_index, merges = [], []
+        try:
+            found = state.find(pa.concat_tables(touched) if touched else None, table)
+            vectors = _vectors_after(state, found)
+            buckets = _by_bucket(state)
+            deleted, added, codes = [], [], {}
+            for message in (m for p in parts for m in p.messages):
+                if not message.new_files:
+                    continue
+                bucket = (tuple(message.partition), message.bucket)
+                entries = buckets.setdefault(bucket, [])
+                merge = _make_room(table, state, bucket, entries, vectors, max_level, key_columns)
+                if merge is not None:
+                    merges.append(merge)
+                    deleted += merge.inputs
+                    added += merge.outputs
+                    codes.update(merge.codes)
+                    for name in merge.input_names:
+                        vectors.get(bucket, {}).pop(name, None)
+                moves, level = _place(entries, max_level)
+                deleted += [old for old, _ in moves]
+                added += [new for _, new in moves]
+                for meta in message.new_files:
+                    meta.level = level
+                    new = private.new_entry(table, 0, bucket[0], bucket[1], table.total_buckets, meta)
+                    added.append(new)
+                    entries.append(new)
+            for part in parts:
+                codes.update(part.codes)
+            changed = {state.bucket_of(name) for name in found} | {m.bucket for m in merges}
+            index_adds, index_deletes = [], []
+            for bucket in changed:
+                index_deletes += [private.deleting_index(e) for e in state.index_entries.get(bucket, [])]
+                if vectors.get(bucket):
+                    index_adds.append(private.write_deletion_vectors(table, bucket[0], bucket[1], vectors[bucket]))
+                    written_index.append(index_adds[-1])
+            snapshot = private.commit_compact(
+                table, commit_user, checkpoint.batch_id, checkpoint.to_properties(), planned_on, deleted, added,
+                rewrite_manifests=False, commit_kind="APPEND", index_adds=index_adds, index_deletes=index_deletes,
+                exclusive=True)
+        except private.CompactionConflict as conflict:
+            _undo(table, state, written_index, merges)
+            raise CommitConflict(f"{table.table_path}: {conflict}") from conflict
+        except BaseException:
+            _undo(table, state, written_index, merges)
+            raise
+        if snapshot is None:
+            _undo(table, state, written_index, merges)
+            raise CommitConflict(f"{table.table_path}: lost the snapshot commit race too often")
+        _apply(state, snapshot.id, deleted, added, codes, vectors, changed, index_adds)
+        return snapshot.id
+
+
+def _vectors_after(state, found: dict) -> dict:
+    """Each bucket's deletion vectors with ``found`` positions added (new dicts where changed)."""
+    vectors = {bucket: dict(v) for bucket, v in state.vectors.items()}
+    for name, positions in found.items():
+        bucket = vectors.setdefault(state.bucket_of(name), {})
+        old = bucket.get(name)
+        bucket[name] = positions if old is None else np.union1d(old, positions).astype(np.uint32)
+    return vectors
+
+
+def _by_bucket(state) -> dict:
+    buckets = {}
+    for entry in state.entries.values():
+        buckets.setdefault((private.entry_partition(entry), entry.bucket), []).append(entry)
+    return buckets
+
+
+def _make_room(table, state, bucket, entries: list, vectors: dict, max_level: int, key_columns) -> DvMerge | None:
+    """When every level of the bucket is taken, merge the runs of levels 1 and 2 into level 2."""
+    if {e.file.level for e in entries} != set(range(1, max_level + 1)):
+        return None
+    inputs = [e for e in entries if e.file.level in (1, 2)]
+    merge = merge_live_runs(table, bucket, inputs, vectors.get(bucket, {}), 2, key_columns)
+    entries[:] = [e for e in entries if e.file.level not in (1, 2)] + merge.outputs
+    return merge
+
+
+def _place(entries: list, max_level: int) -> tuple[list, int]:
+    """The level a new run of the bucket goes to, and the (old, new) entries of runs moved up to free it."""
+    levels = sorted({e.file.level for e in entries})
+    if not levels:
+        return [], max_level
+    if levels[0] > 1:
+        return [], levels[0] - 1
+    top = 1
+    while top + 1 in levels:
+        top += 1
+    moves = []
+    for i, entry in enumerate(entries):
+        if entry.file.level <= top:
+            meta = dataclasses.replace(entry.file, level=entry.file.level + 1)
+            moved = dataclasses.replace(entry, file=meta)
+            moves.append((entry, moved))
+            entries[i] = moved
+    return moves, 1
+
+
+def _undo(table, state, written_index: list, merges: list) -> None:
+    """After a failed commit: delete what it wrote, drop the (already changed) cached state."""
+    for entry in written_index:
+        private.delete_index_file(table, entry)
+    for merge in merges:
+        private.delete_written(table, merge.bucket[0], merge.bucket[1], [e.file for e in merge.outputs])
+    deletion_vectors.forget(table)
+
+
+def _apply(state, snapshot_id: int, deleted: list, added: list, codes: dict, vectors: dict, changed: set,
+           index_adds: list) -> None:
+    """Bring the cached state to the committed snapshot."""
+    names_added = {e.file.file_name for e in added}
+    state.drop_files([e.file.file_name for e in deleted if e.file.file_name not in names_added])
+    for entry in added:
+        name = entry.file.file_name
+        if name in codes:
+            state.add_file(entry, codes[name])
+        else:  # moved to another level: same file, same rows
+            state.entries[name] = entry
+    for bucket in changed:
+        state.vectors[bucket] = vectors.get(bucket, {})
+        state.index_entries[bucket] = [e for e in index_adds if (private.entry_partition(e), e.bucket) == bucket]
+    state.snapshot_id = snapshot_id
