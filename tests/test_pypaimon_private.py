@@ -136,3 +136,45 @@ def test_paimons_duration_syntax_for_retention_options():
     ]
     with pytest.raises(ValueError):
         private.parse_duration("an hour")
+
+
+def test_deletion_vectors_we_write_are_the_ones_pypaimon_reads_and_applies(tmp_path):
+    """A deletion-vector index file written by ``write_deletion_vectors`` and committed with
+    ``commit_compact``: pypaimon's own reader drops exactly its positions, reads the bucket
+    raw, and ``read_deletion_vectors`` / ``deletion_vector_index`` / ``index_files`` see it."""
+    import numpy as np
+
+    from pypaimon.deletionvectors.bitmap_deletion_vector import BitmapDeletionVector
+
+    writer = PaimonTableWriter(ORDERS, "pixels.dv", catalog_properties(tmp_path), bucket=1,
+                               table_options={"deletion-vectors.enabled": "true"})
+    writer.open()
+    table = writer._table
+    rows = pa.table({"region": ["EU"] * 6, "id": pa.array(range(6), pa.int32()), "qty": pa.array(range(6), pa.int32()),
+                     "note": pa.array([None] * 6, pa.string()), "_rowkind": ["+I"] * 6}).cast(writer._write_schema)
+    write = private.StreamWrite(table, writer.commit_user)
+    write.write_arrow(rows)
+    (message,) = write.prepare_commit(1)
+    write.close()
+    (meta,) = message.new_files
+    meta.level = 5  # level 0 is not read in deletion-vector mode
+    added = [private.new_entry(table, 0, (), 0, table.total_buckets, meta)]
+    index = private.write_deletion_vectors(table, (), 0, {meta.file_name: np.array([1, 4], np.uint32)})
+    snapshot = private.commit_compact(table, writer.commit_user, 1, None, None, [], added, False, commit_kind="APPEND",
+                                      index_adds=[index], exclusive=True)
+    assert snapshot.id == 1 and snapshot.commit_kind == "APPEND" and snapshot.index_manifest
+    splits = table.new_read_builder().new_scan().plan().splits()
+    assert [s.raw_convertible for s in splits] == [True]
+    assert sorted(r["id"] for r in writer.read_table().to_pylist()) == [0, 2, 3, 5]
+    (entry,) = private.deletion_vector_index(table, snapshot)[((), 0)]
+    assert {k: v.tolist() for k, v in private.read_deletion_vectors(table, entry).items()} == {meta.file_name: [1, 4]}
+    name, paths = private.index_files(table, snapshot)
+    assert name == snapshot.index_manifest and len(paths) == 1
+    with open(paths[0].replace("file://", ""), "rb") as f:
+        data = f.read()
+    assert data[0] == private.DV_INDEX_VERSION
+    assert int.from_bytes(data[5:9], "big") == BitmapDeletionVector.MAGIC_NUMBER
+    gone = private.deleting_index(entry)
+    assert gone.kind == 1 and gone.index_file == entry.index_file
+    with pytest.raises(private.CompactionConflict, match="was committed after snapshot"):
+        private.commit_compact(table, writer.commit_user, 2, None, None, [], [], False, exclusive=True)

@@ -388,7 +388,7 @@ def commit_compact(table, commit_user: str, commit_identifier: int, properties: 
         latest = latest_snapshot(table)
         if exclusive and (latest.id if latest else 0) != checked_up_to:
             raise CompactionConflict(f"snapshot {latest.id} ({latest.commit_kind} by {latest.commit_user}) "
-                                     f"was committed after snapshot {planned_on.id} these changes were planned on")
+                                     f"was committed after snapshot {checked_up_to} these changes were planned on")
         for snapshot_id in range(checked_up_to + 1, (latest.id if latest else 0) + 1):
             between = snapshot_by_id(table, snapshot_id)
             if between is None:

@@ -298,25 +298,36 @@ def merge_live_runs(table, bucket: tuple, inputs: list, vectors: dict, output_le
 def pick_dv(entries: list, live_rows, options: CompactionOptions, ratio: float) -> list[tuple[list, int]]:
     """What to rewrite in one bucket of a deletion-vector table: ``[(input entries, output level)]``.
 
-    Runs are sized by their live bytes. Universal compaction (:func:`pick`) bounds the
-    number of runs and the size amplification; besides, every file with at least
-    ``ratio`` of its rows deleted is rewritten alone, at its level (its rows are a
-    subset of its key range, so its run stays non-overlapping)."""
+    Runs are sized by their live bytes (deleted rows do not count). A commit needs a
+    free level below the bucket's newest run, so when every level is taken the newest
+    runs are merged, tiered: the two newest, then each next older run while it is at
+    most twice what is merged so far; and everything into the top level when the
+    newer runs add up to more than ``compaction.max-size-amplification-percent`` of
+    the oldest. Besides, every file with at least ``ratio`` of its rows deleted is
+    rewritten alone, at its level (its rows are a subset of its key range, so its run
+    stays non-overlapping): the deletion vectors keep dead rows bounded, so the big
+    old run is rewritten file by file, not all at once."""
     def live_bytes(entry) -> int:
         meta = entry.file
         return meta.file_size * live_rows.live_count(meta.file_name) // meta.row_count if meta.row_count else 0
 
     runs = [SortedRun(run.level, run.files, sum(live_bytes(e) for e in run.files)) for run in sorted_runs(entries)]
-    unit = pick(runs, options)
     chosen, taken = [], set()
-    if unit is not None:
-        files = unit.files
-        chosen.append((files, unit.output_level))
-        taken = {e.file.file_name for e in files}
+    if len(runs) >= options.max_level:
+        newer = sum(run.size for run in runs[:-1])
+        if newer * 100 > options.max_size_amplification_percent * runs[-1].size:
+            count = len(runs)
+        else:
+            count, merged = 2, runs[0].size + runs[1].size
+            while count < len(runs) and 2 * merged >= runs[count].size:
+                merged += runs[count].size
+                count += 1
+        unit = _unit(runs, options.max_level, count)
+        chosen.append((unit.files, unit.output_level))
+        taken = {e.file.file_name for e in unit.files}
     for entry in entries:
         name = entry.file.file_name
         rows = entry.file.row_count
         if name not in taken and rows and (rows - live_rows.live_count(name)) >= ratio * rows:
             chosen.append(([entry], entry.file.level))
     return chosen
-

@@ -1,0 +1,183 @@
+"""Deletion-vector commits into Paimon primary-key tables: exact rows at every snapshot,
+read by pypaimon without merging, sorted runs Paimon's own tools accept, a key index
+that survives a new process, and commits that race another writer redone."""
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from beam_pixels.schema import SourceSchema
+from beam_pixels.sinks.committing import CommitConflict
+from beam_pixels.sinks.paimon import PaimonTableWriter, deletion_vectors
+from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon.maintenance import live_files
+from test_paimon_maintenance import ORDERS, catalog_properties, commit_batches, expected, open_table, read_rows, step
+
+COUNTERS = SourceSchema.parse("id:BIGINT, qty:INT, note:STRING", primary_key=["id"])
+
+
+def assert_level_invariants(table) -> None:
+    """Every file above level 0, without -D rows; each level one sorted run of non-overlapping files."""
+    for (_, bucket), entries in live_files(table, private.latest_snapshot(table)).items():
+        by_level = {}
+        for entry in entries:
+            assert entry.file.level > 0, f"bucket {bucket}: a level-0 file would be invisible to readers"
+            assert entry.file.delete_row_count == 0
+            by_level.setdefault(entry.file.level, []).append(entry)
+        for level, files in by_level.items():
+            ranges = []
+            for entry in files:
+                keys = private.read_key_values(table, entry, ["_KEY_region", "_KEY_id"])
+                pairs = list(zip(keys.column(0).to_pylist(), keys.column(1).to_pylist()))
+                assert pairs == sorted(pairs) and len(set(pairs)) == len(pairs), "a file is sorted by key"
+                ranges.append((pairs[0], pairs[-1]))
+            ranges.sort()
+            for (_, high), (low, _) in zip(ranges, ranges[1:]):
+                assert high < low, f"bucket {bucket} level {level}: files overlap"
+
+
+def test_every_snapshot_reads_exact_rows_without_merging(tmp_path):
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=2, compaction_trigger=3,
+                               table_options={"snapshot.num-retained.min": "100"})
+    writer.open()
+    state, history, vectors = {}, {}, 0
+    for batch in range(1, 41):
+        commit_batches(writer, state, batch, 1)
+        table = open_table(properties)
+        history[private.latest_snapshot(table).id] = expected(state)
+        vectors += bool(private.deletion_vector_index(table, private.latest_snapshot(table)))
+        assert read_rows(table) == expected(state), f"after batch {batch}"
+        splits = table.new_read_builder().new_scan().plan().splits()
+        assert all(split.raw_convertible for split in splits), "readers never merge sorted runs"
+        assert_level_invariants(table)
+    assert vectors >= 3, "updates and deletes of stored rows are deletion vectors"
+    table = open_table(properties)
+    kinds = {private.snapshot_by_id(table, i).commit_kind for i in range(1, private.latest_snapshot(table).id + 1)}
+    assert kinds == {"APPEND", "COMPACT"}
+    for snapshot_id, rows in history.items():  # every commit's own snapshot, compactions included in between
+        assert read_rows(table, snapshot_id) == rows, f"snapshot {snapshot_id}"
+    assert writer.last_checkpoint().batch_id == 40
+
+
+def test_integer_keys_and_a_key_index_rebuilt_by_a_new_process(tmp_path):
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(COUNTERS, "counters", properties, bucket=3, compaction_trigger=3)
+    writer.open()
+    live = {}
+
+    def commit(batch: int, changes: list) -> None:
+        from beam_pixels.changes import ChangeBatch, concat_records
+
+        checkpoint = writer.last_checkpoint()
+        records = concat_records([ChangeBatch.from_changes(COUNTERS, changes, poll_group=0,
+                                                           start_position=checkpoint.next_position(0))], COUNTERS)
+        writer.commit(records, checkpoint.advance(records))
+
+    from beam_pixels.changes import Op
+
+    for batch in range(1, 21):
+        changes = []
+        for key in range(batch % 7, 300, 7):
+            row = live.get(key)
+            after = {"id": key, "qty": batch, "note": f"b{batch}"}
+            if row is None:
+                changes.append((Op.INSERT, None, after))
+                live[key] = after
+            elif key % 3 == 0:
+                changes.append((Op.DELETE, row, None))
+                del live[key]
+            else:
+                changes.append((Op.UPDATE, row, after))
+                live[key] = after
+        commit(batch, changes)
+        if batch == 10:
+            table = open_table(properties, "pixels.counters")
+            deletion_vectors.forget(table)  # as a new process: the index is built from the table
+            rebuilt = deletion_vectors.live_rows(table, ["id"], live_files)
+            assert rebuilt.index.exact and len(rebuilt.index) == len(live)
+    table = open_table(properties, "pixels.counters")
+    builder = table.new_read_builder()
+    rows = builder.new_read().to_arrow(builder.new_scan().plan().splits())
+    assert sorted(rows.select(["id", "qty", "note"]).to_pylist(), key=lambda r: r["id"]) == [live[k] for k in sorted(live)]
+
+
+def test_a_commit_racing_another_writer_is_refused_then_redone(tmp_path, monkeypatch):
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=1, compaction_trigger=4)
+    writer.open()
+    state = {}
+    commit_batches(writer, state, 1, 3)
+    table = open_table(properties)
+    real_write = private.write_deletion_vectors
+
+    def another_writer_commits_first(*args, **kwargs):
+        monkeypatch.setattr(private, "write_deletion_vectors", real_write)
+        latest = private.latest_snapshot(table)
+        private.commit_compact(table, "another-writer", 0, None, latest, [], [], rewrite_manifests=True)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(private, "write_deletion_vectors", another_writer_commits_first)
+    before = private.latest_snapshot(table).id
+    pending = dict(state)
+    checkpoint = writer.last_checkpoint()
+    from beam_pixels.changes import ChangeBatch, concat_records
+
+    records = concat_records([ChangeBatch.from_changes(ORDERS, step(pending, 4), poll_group=0,
+                                                       start_position=checkpoint.next_position(0))], ORDERS)
+    prepared = writer.prepare(records)
+    with pytest.raises(CommitConflict, match="was committed after snapshot"):
+        writer.commit_prepared([prepared], checkpoint.advance(records))
+    table = open_table(properties)
+    assert private.latest_snapshot(table).id == before + 1, "only the other writer's snapshot landed"
+    assert read_rows(table) == expected(state)
+    index_files = {p.name for p in (tmp_path / "warehouse" / "pixels.db" / "orders").rglob("index-*")
+                   if p.parent.name != "manifest"}
+    _, listed = private.index_files(table, private.latest_snapshot(table))
+    assert index_files == {p.rsplit("/", 1)[-1] for p in listed}, "the refused commit left no index file"
+
+    writer.commit_prepared([prepared], checkpoint.advance(records))  # the committer's retry
+    assert read_rows(open_table(properties)) == expected(pending)
+    assert writer.last_checkpoint().batch_id == 4
+
+
+def test_write_only_tables_get_no_deletion_vectors_unless_asked(tmp_path):
+    properties = catalog_properties(tmp_path)
+    PaimonTableWriter(ORDERS, "plain", properties, write_only=True).open()
+    PaimonTableWriter(ORDERS, "asked", properties, write_only=True,
+                      table_options={"deletion-vectors.enabled": "true"}).open()
+    PaimonTableWriter(ORDERS, "default", properties).open()
+    enabled = {name: open_table(properties, f"pixels.{name}").options.options.to_map().get("deletion-vectors.enabled")
+               for name in ("plain", "asked", "default")}
+    assert enabled == {"plain": None, "asked": "true", "default": "true"}
+
+
+def test_deleted_share_past_the_threshold_rewrites_the_file(tmp_path):
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(COUNTERS, "counters", properties, bucket=1, compaction_trigger=10,
+                               table_options={"compaction.delete-ratio-threshold": "0.5"})
+    writer.open()
+    from beam_pixels.changes import ChangeBatch, Op, concat_records
+
+    def commit(changes):
+        checkpoint = writer.last_checkpoint()
+        records = concat_records([ChangeBatch.from_changes(COUNTERS, changes, poll_group=0,
+                                                           start_position=checkpoint.next_position(0))], COUNTERS)
+        writer.commit(records, checkpoint.advance(records))
+
+    rows = {k: {"id": k, "qty": 0, "note": "x"} for k in range(100)}
+    commit([(Op.INSERT, None, r) for r in rows.values()])
+    table = open_table(properties, "pixels.counters")
+    first = {e.file.file_name for e in live_files(table, private.latest_snapshot(table))[((), 0)]}
+    commit([(Op.DELETE, rows.pop(k), None) for k in range(40)])  # 40%: below the threshold
+    table = open_table(properties, "pixels.counters")
+    assert first <= {e.file.file_name for e in live_files(table, private.latest_snapshot(table))[((), 0)]}
+    commit([(Op.DELETE, rows.pop(k), None) for k in range(40, 60)])  # 60%: rewritten without them
+    table = open_table(properties, "pixels.counters")
+    files = live_files(table, private.latest_snapshot(table))[((), 0)]
+    assert not first & {e.file.file_name for e in files}
+    assert sum(e.file.row_count for e in files) == 40
+    assert not private.deletion_vector_index(table, private.latest_snapshot(table)), "no deletion vector left"
+    builder = table.new_read_builder()
+    read = builder.new_read().to_arrow(builder.new_scan().plan().splits())
+    assert sorted(pc.cast(read.column("id"), pa.int64()).to_pylist()) == sorted(rows)
