@@ -430,3 +430,40 @@ def commit_compact(table, commit_user: str, commit_identifier: int, properties: 
 def _delete_metadata(table, manifests: list[str], lists: list[str]) -> None:
     for name in manifests + lists:
         table.file_io.delete_quietly(manifest_path(table, name))
+
+
+# -- maintenance of append tables (no primary key): small files concatenated -------------
+
+
+def parse_memory_size(text: str) -> int:
+    """A Paimon memory size option (``256 mb``, ``128MB``, ``4 kb``, ``1024``) in bytes, parsed as pypaimon does."""
+    from pypaimon.common.memory_size import MemorySize
+
+    return MemorySize.parse(str(text)).get_bytes()
+
+
+def read_data_file(table, entry) -> pa.Table:
+    """An append table's data file as written: the table's columns, no system columns."""
+    return read_key_values(table, entry)
+
+
+def write_append_files(table, partition: tuple, bucket: int, chunks, sequence_range: tuple[int, int]) -> list:
+    """Write each Arrow table of ``chunks`` as one data file of an append table (level 0,
+    marked as written by compaction, ``sequence_range`` as their min/max sequence numbers);
+    returns their metas, uncommitted. On an error the files written so far are deleted."""
+    from pypaimon.write.writer.append_only_data_writer import AppendOnlyDataWriter
+
+    writer = AppendOnlyDataWriter(table=table, partition=partition, bucket=bucket, max_seq_number=0,
+                                  options=table.options)
+    try:
+        for chunk in chunks:
+            writer._write_data_to_file(chunk)
+    except BaseException:
+        writer.abort()
+        raise
+    files = list(writer.committed_files)
+    for meta in files:
+        meta.level = 0
+        meta.file_source = FILE_SOURCE_COMPACT
+        meta.min_sequence_number, meta.max_sequence_number = sequence_range
+    return files
