@@ -447,23 +447,30 @@ def read_data_file(table, entry) -> pa.Table:
     return read_key_values(table, entry)
 
 
-def write_append_files(table, partition: tuple, bucket: int, chunks, sequence_range: tuple[int, int]) -> list:
-    """Write each Arrow table of ``chunks`` as one data file of an append table (level 0,
-    marked as written by compaction, ``sequence_range`` as their min/max sequence numbers);
-    returns their metas, uncommitted. On an error the files written so far are deleted."""
-    from pypaimon.write.writer.append_only_data_writer import AppendOnlyDataWriter
+class AppendFiles:
+    """Writes an append table's compacted files, one Arrow table per file (level 0, marked
+    as written by compaction); :meth:`abort` deletes what it wrote."""
 
-    writer = AppendOnlyDataWriter(table=table, partition=partition, bucket=bucket, max_seq_number=0,
-                                  options=table.options)
-    try:
-        for chunk in chunks:
-            writer._write_data_to_file(chunk)
-    except BaseException:
-        writer.abort()
-        raise
-    files = list(writer.committed_files)
-    for meta in files:
+    def __init__(self, table, partition: tuple, bucket: int):
+        from pypaimon.write.writer.append_only_data_writer import AppendOnlyDataWriter
+
+        self._writer = AppendOnlyDataWriter(table=table, partition=partition, bucket=bucket, max_seq_number=0,
+                                            options=table.options)
+
+    def write(self, rows: pa.Table):
+        """Write ``rows`` as one file now; returns its meta (uncommitted)."""
+        self._writer._write_data_to_file(rows)
+        meta = self._writer.committed_files[-1]
         meta.level = 0
         meta.file_source = FILE_SOURCE_COMPACT
-        meta.min_sequence_number, meta.max_sequence_number = sequence_range
-    return files
+        return meta
+
+    def finish(self, sequence_range: tuple[int, int]) -> list:
+        """The metas written, with ``sequence_range`` as their min/max sequence numbers."""
+        files = list(self._writer.committed_files)
+        for meta in files:
+            meta.min_sequence_number, meta.max_sequence_number = sequence_range
+        return files
+
+    def abort(self) -> None:
+        self._writer.abort()

@@ -15,12 +15,15 @@ Which files (per partition and bucket; Paimon's options, read from the table):
   bin is compacted once it holds at least 2 files weighing ``2 x target-file-size``
   (a file weighs its size plus ``source.split.open-file-cost``, 4 MB), or, for the
   last bin, at least ``compaction.min.file-num`` (5) files. Java bins the files by
-  size; here they keep their creation order (sequence number, then creation time),
-  so the concatenation keeps the changelog in the order it was written.
-- Fixed-bucket tables, as ``BucketedAppendCompactManager``: the bucket's files in
-  sequence order, a window of consecutive files (big ones included, so order is
-  kept) that slides while its size reaches ``2 x target-file-size``, compacted once
-  it holds ``compaction.min.file-num`` files.
+  size; here they keep the order Paimon reads them in (sequence number, then manifest
+  order), so the concatenation keeps the changelog in the order it was written.
+- Fixed-bucket tables, whose order Paimon keeps, as ``BucketedAppendCompactManager``
+  once running (it only queues small files): the newest consecutive small files of
+  the bucket, once there are ``compaction.min.file-num`` of them (or at least two
+  reaching ``2 x target-file-size``); Java slides its window from the oldest file
+  and relies on sequence numbers for the order, but pypaimon gives every append file
+  of a bucket the same sequence numbers, so here only the newest files (which the
+  output follows in the manifest) are compacted, one unit per bucket and pass.
 
 Not done (the connector never writes such tables): deletion vectors
 (``compaction.delete-ratio-threshold``), row tracking / data evolution, formats
@@ -29,9 +32,14 @@ Outputs keep the inputs' sequence range (lowest min to highest max), so Paimon's
 readers, which order an append bucket's files by their minimum sequence number,
 still find them where the inputs were.
 
-Each pass compacts at most ``paimon.compaction.max-mb-per-pass`` of input, the
-oldest units first; a unit bigger than what is left is cut to its oldest files
-(at least two, so a pass always progresses) and the rest waits for the next pass.
+Outputs are listed after every other file of their bucket (a manifest delta comes
+last), so when the inputs are the newest files of the bucket, as in a stream that
+compacts after each commit, readers see the rows in the same order as before.
+
+Each pass compacts at most ``paimon.compaction.max-mb-per-pass`` of input; a unit
+bigger than what is left is cut to its newest files (at least two, so a pass
+always progresses; the newest so the output takes their place at the end), and
+the rest waits for the next pass.
 """
 
 from __future__ import annotations
@@ -121,8 +129,10 @@ class AppendUnit:
 
 
 def in_order(entries: list) -> list:
-    """A bucket's files in the order they were written: sequence number, then creation time."""
-    return sorted(entries, key=lambda e: (e.file.min_sequence_number, e.file.creation_time))
+    """A bucket's files in the order Paimon reads them: by minimum sequence number, then in
+    manifest order (``entries`` come in that order; pypaimon writes every append file of a
+    bucket with the same sequence numbers, so for its tables the manifest order decides)."""
+    return sorted(entries, key=lambda e: e.file.min_sequence_number)
 
 
 def pick_unaware(entries: list, options: AppendCompactionOptions) -> list[list]:
@@ -142,23 +152,20 @@ def pick_unaware(entries: list, options: AppendCompactionOptions) -> list[list]:
 
 
 def pick_bucketed(entries: list, options: AppendCompactionOptions) -> list[list]:
-    """``BucketedAppendCompactManager.pickCompactBefore`` over one bucket's files, repeated
-    after each window picked: runs of ``compaction.min.file-num`` consecutive files whose
-    size stays below ``2 x target-file-size`` before the last one joins. A file that cannot
-    be rewritten here (not Parquet, another schema) breaks the run."""
-    picked, window, size = [], [], 0
-    for entry in in_order(entries):
-        if not _compactable(entry, options):
-            window, size = [], 0
-            continue
-        window.append(entry)
+    """``BucketedAppendCompactManager``'s pick over one bucket, from its newest file back:
+    the newest consecutive small files, once there are ``compaction.min.file-num`` of them
+    (or, with fewer, at least two reaching ``2 x target-file-size``). A big file, or one
+    that cannot be rewritten here, ends the run: compacting across it would change the
+    order. At most one unit per bucket and pass, as Java's writer runs one at a time."""
+    window, size = [], 0
+    for entry in reversed(in_order(entries)):
+        if not _compactable(entry, options) or entry.file.file_size >= options.small_file_size:
+            break
+        window.insert(0, entry)
         size += entry.file.file_size
-        if len(window) >= max(2, options.min_file_num):
-            picked.append(window)
-            window, size = [], 0
-        elif size >= 2 * options.target_file_size:
-            size -= window.pop(0).file.file_size
-    return picked
+        if len(window) >= max(2, options.min_file_num) or (len(window) > 1 and size >= 2 * options.target_file_size):
+            return [window]
+    return []
 
 
 def _compactable(entry, options: AppendCompactionOptions) -> bool:
@@ -177,7 +184,6 @@ def plan(table, files: dict[tuple, list], options: AppendCompactionOptions) -> t
         current = [e for e in entries if e.file.schema_id == schema_id]
         groups = pick_bucketed(current, options) if bucketed else pick_unaware(current, options)
         units += [AppendUnit(partition, bucket, group, []) for group in groups]
-    units.sort(key=lambda u: (u.inputs[0].file.min_sequence_number, u.inputs[0].file.creation_time))
     chosen, budget, waiting = [], options.max_bytes_per_pass, 0
     for unit in units:
         if chosen and budget <= 0:
@@ -185,10 +191,10 @@ def plan(table, files: dict[tuple, list], options: AppendCompactionOptions) -> t
             continue
         if unit.size > budget:
             kept, size = [], 0
-            for entry in unit.inputs:  # its oldest files within the budget, at least two
+            for entry in reversed(unit.inputs):  # its newest files within the budget, at least two
                 if len(kept) >= 2 and size + entry.file.file_size > budget:
                     break
-                kept.append(entry)
+                kept.insert(0, entry)
                 size += entry.file.file_size
             if chosen and size > budget:
                 waiting += 1
@@ -202,38 +208,43 @@ def plan(table, files: dict[tuple, list], options: AppendCompactionOptions) -> t
 
 def compact_unit(table, unit: AppendUnit, target_file_size: int) -> AppendUnit:
     """Concatenate the unit's files in order into files of about ``target_file_size`` on
-    storage (rolled by each input's bytes per row; the last may be smaller), uncommitted."""
+    storage, uncommitted. Where to roll is estimated from each input's bytes per row,
+    corrected by what the files written so far actually took (a concatenation compresses
+    better than its small inputs); the last file may be smaller."""
     low = min(e.file.min_sequence_number for e in unit.inputs)
     high = max(e.file.max_sequence_number for e in unit.inputs)
-    unit.outputs = private.write_append_files(
-        table, unit.partition, unit.bucket, _chunks(table, unit.inputs, target_file_size), (low, high))
+    files = private.AppendFiles(table, unit.partition, unit.bucket)
+    try:
+        schema = None
+        pending, estimated = [], 0.0  # rows for the next file and their bytes by the inputs' rates
+        scale, estimated_total, written_total = 1.0, 0.0, 0
+        for entry in unit.inputs:
+            rows = private.read_data_file(table, entry)
+            if rows.num_rows != entry.file.row_count:
+                raise RuntimeError(f"{entry.file.file_name} holds {rows.num_rows} rows, its manifest says "
+                                   f"{entry.file.row_count}; not compacting it")
+            schema = schema or rows.schema
+            rows = rows.select(schema.names).cast(schema)
+            per_row = entry.file.file_size / max(1, rows.num_rows)
+            while rows.num_rows:
+                room = int(np.ceil((target_file_size / scale - estimated) / per_row))
+                take = max(1, min(rows.num_rows, room))
+                pending.append(rows.slice(0, take))
+                estimated += take * per_row
+                rows = rows.slice(take)
+                if estimated * scale >= target_file_size:
+                    meta = files.write(pa.concat_tables(pending).combine_chunks())
+                    estimated_total += estimated
+                    written_total += meta.file_size
+                    scale = written_total / estimated_total
+                    pending, estimated = [], 0.0
+        if pending:
+            files.write(pa.concat_tables(pending).combine_chunks())
+        unit.outputs = files.finish((low, high))
+    except BaseException:
+        files.abort()
+        raise
     return unit
-
-
-def _chunks(table, inputs: list, target_file_size: int):
-    """The inputs' rows, in order, in pieces of about ``target_file_size`` bytes on storage."""
-    schema = None
-    pending, pending_bytes = [], 0.0
-    for entry in inputs:
-        rows = private.read_data_file(table, entry)
-        if schema is None:
-            schema = rows.schema
-        rows = rows.select(schema.names).cast(schema)
-        if rows.num_rows != entry.file.row_count:
-            raise RuntimeError(f"{entry.file.file_name} holds {rows.num_rows} rows, its manifest says "
-                               f"{entry.file.row_count}; not compacting it")
-        per_row = entry.file.file_size / max(1, rows.num_rows)
-        while rows.num_rows:
-            room = int(np.ceil((target_file_size - pending_bytes) / per_row)) if per_row else rows.num_rows
-            take = max(1, min(rows.num_rows, room))
-            pending.append(rows.slice(0, take))
-            pending_bytes += take * per_row
-            rows = rows.slice(take)
-            if pending_bytes >= target_file_size:
-                yield pa.concat_tables(pending).combine_chunks()
-                pending, pending_bytes = [], 0.0
-    if pending:
-        yield pa.concat_tables(pending).combine_chunks()
 
 
 @dataclass
