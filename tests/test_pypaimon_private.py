@@ -5,6 +5,8 @@ connector's overrides must compute what pypaimon computes, and the private
 names and signatures it calls must still exist.
 """
 
+import os
+
 import pyarrow as pa
 import pytest
 
@@ -178,3 +180,32 @@ def test_deletion_vectors_we_write_are_the_ones_pypaimon_reads_and_applies(tmp_p
     assert gone.kind == 1 and gone.index_file == entry.index_file
     with pytest.raises(private.CompactionConflict, match="was committed after snapshot"):
         private.commit_compact(table, writer.commit_user, 2, None, None, [], [], False, exclusive=True)
+
+
+def test_append_file_writer_and_memory_sizes_keep_their_shape(tmp_path):
+    """Append compaction's hooks: AppendOnlyDataWriter's constructor and ``_write_data_to_file``
+    writing one file per call, the meta fields it sets, and Paimon's memory-size syntax."""
+    import inspect
+
+    from pypaimon.write.writer.append_only_data_writer import AppendOnlyDataWriter
+
+    assert list(inspect.signature(AppendOnlyDataWriter.__init__).parameters)[:6] == [
+        "self", "table", "partition", "bucket", "max_seq_number", "options"]
+    assert [private.parse_memory_size(t) for t in ("256 mb", "4 kb", "1 b", "128MB")] == [
+        256 * 2**20, 4096, 1, 128 * 2**20]
+    writer = PaimonTableWriter(SourceSchema.parse("id:INT, note:STRING"), "pixels.log", catalog_properties(tmp_path))
+    writer.open()
+    table = writer._table
+    files = private.AppendFiles(table, (), 0)
+    rows = pa.table({"id": pa.array([1, 2], pa.int32()), "note": ["a", None], "_op": ["INSERT", "DELETE"],
+                     "_poll_group": pa.array([0, 0], pa.int32()), "_position": pa.array([0, 1], pa.int64())})
+    first = files.write(rows.slice(0, 1))
+    second = files.write(rows.slice(1))
+    metas = files.finish((3, 9))
+    assert metas == [first, second] and [m.row_count for m in metas] == [1, 1]
+    assert {(m.level, m.file_source, m.min_sequence_number, m.max_sequence_number) for m in metas} == {
+        (0, private.FILE_SOURCE_COMPACT, 3, 9)}
+    read = [private.read_data_file(table, private.new_entry(table, 0, (), 0, -1, m)) for m in metas]
+    assert pa.concat_tables(read).equals(rows.cast(read[0].schema))
+    files.abort()
+    assert not any(os.path.exists(p) for m in metas for p in m.collect_files())

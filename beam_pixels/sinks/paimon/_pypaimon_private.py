@@ -545,3 +545,47 @@ def delete_index_file(table, entry) -> None:
 def _delete_metadata(table, manifests: list[str], lists: list[str]) -> None:
     for name in manifests + lists:
         table.file_io.delete_quietly(manifest_path(table, name))
+
+
+# -- maintenance of append tables (no primary key): small files concatenated -------------
+
+
+def parse_memory_size(text: str) -> int:
+    """A Paimon memory size option (``256 mb``, ``128MB``, ``4 kb``, ``1024``) in bytes, parsed as pypaimon does."""
+    from pypaimon.common.memory_size import MemorySize
+
+    return MemorySize.parse(str(text)).get_bytes()
+
+
+def read_data_file(table, entry) -> pa.Table:
+    """An append table's data file as written: the table's columns, no system columns."""
+    return read_key_values(table, entry)
+
+
+class AppendFiles:
+    """Writes an append table's compacted files, one Arrow table per file (level 0, marked
+    as written by compaction); :meth:`abort` deletes what it wrote."""
+
+    def __init__(self, table, partition: tuple, bucket: int):
+        from pypaimon.write.writer.append_only_data_writer import AppendOnlyDataWriter
+
+        self._writer = AppendOnlyDataWriter(table=table, partition=partition, bucket=bucket, max_seq_number=0,
+                                            options=table.options)
+
+    def write(self, rows: pa.Table):
+        """Write ``rows`` as one file now; returns its meta (uncommitted)."""
+        self._writer._write_data_to_file(rows)
+        meta = self._writer.committed_files[-1]
+        meta.level = 0
+        meta.file_source = FILE_SOURCE_COMPACT
+        return meta
+
+    def finish(self, sequence_range: tuple[int, int]) -> list:
+        """The metas written, with ``sequence_range`` as their min/max sequence numbers."""
+        files = list(self._writer.committed_files)
+        for meta in files:
+            meta.min_sequence_number, meta.max_sequence_number = sequence_range
+        return files
+
+    def abort(self) -> None:
+        self._writer.abort()

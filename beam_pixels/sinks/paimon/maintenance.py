@@ -29,6 +29,7 @@ from apache_beam.metrics import Metrics
 
 from beam_pixels.sinks.committing import METRICS_NAMESPACE
 from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon import append_compaction
 from beam_pixels.sinks.paimon import deletion_vectors
 from beam_pixels.sinks.paimon.compaction import (
     DEFAULT_DELETE_RATIO,
@@ -60,6 +61,7 @@ class MaintenanceOptions:
     @property
     def deletion_vectors(self) -> bool:
         return bool(self.key_columns)
+    append: append_compaction.AppendCompactionOptions | None = None  # append tables: small files concatenated
 
     @classmethod
     def of(cls, table_options: dict[str, str], trigger: int | None, max_bytes_per_pass: int,
@@ -75,6 +77,7 @@ class MaintenanceOptions:
             compact_buckets,
             tuple(key_columns) if deletion_vectors.enabled(table_options) else (),
             delete_ratio(table_options),
+            None if compact_buckets else append_compaction.AppendCompactionOptions.of(table_options, max_bytes_per_pass),
         )
 
 
@@ -218,6 +221,9 @@ def _compact(table, commit_user: str, checkpoint_snapshot, options: MaintenanceO
     latest = private.latest_snapshot(table)
     if latest is None:
         return
+    if options.append is not None:
+        _compact_append(table, commit_user, checkpoint_snapshot, latest, options, report)
+        return
     every = options.compaction.full_compaction_delta_commits
     full = bool(every) and checkpoint_snapshot.commit_identifier % every == 0
     due = []
@@ -346,6 +352,22 @@ def _delete_dv_outputs(table, done, index_adds) -> None:
         private.delete_written(table, merge.bucket[0], merge.bucket[1], [e.file for e in merge.outputs])
     for entry in index_adds:
         private.delete_index_file(table, entry)
+def _compact_append(table, commit_user: str, checkpoint_snapshot, latest, options: MaintenanceOptions,
+                    report: PassReport) -> None:
+    """An append table's pass (:mod:`.append_compaction`); "buckets" in the report are the
+    (partition, bucket) groups compacted."""
+    done = append_compaction.run(table, commit_user, checkpoint_snapshot, latest, live_files(table, latest),
+                                 options.append, options.manifest_merge_min_count)
+    report.buckets_waiting, report.refused = done.waiting, done.refused
+    if done.snapshot is None:
+        return
+    report.snapshot_id = done.snapshot.id
+    report.manifests_rewritten = done.manifests_rewritten
+    report.buckets = len({(u.partition, u.bucket) for u in done.units})
+    report.files_in = sum(len(u.inputs) for u in done.units)
+    report.files_out = sum(len(u.outputs) for u in done.units)
+    report.bytes_in = sum(u.size for u in done.units)
+    report.bytes_out = sum(m.file_size for u in done.units for m in u.outputs)
 
 
 def _delete_outputs(table, done) -> None:
