@@ -43,6 +43,7 @@ class JavaRead:
     version: str
     table: str
     snapshot: int | None
+    filter: str | None
     splits: int
     types: dict[str, str]
     rows: list[dict] = field(default_factory=list)
@@ -56,7 +57,8 @@ class JavaRead:
 
 def read(warehouse, table: str, **options: str) -> JavaRead:
     """``table`` (``db.name``) of the filesystem catalog at ``warehouse``; ``options`` are
-    dynamic table options (e.g. ``**{"scan.snapshot-id": "3"}``)."""
+    dynamic table options (e.g. ``**{"scan.snapshot-id": "3"}``), and ``where.<field>=<value>``
+    a filter pushed down as a Java query would (best effort: a superset of the matching rows)."""
     return read_many(warehouse, [(table, options)])[0]
 
 
@@ -78,7 +80,8 @@ def read_many(warehouse, reads: list[tuple[str, dict[str, str]]]) -> list[JavaRe
             types = {f["name"]: f["type"] for f in item["fields"]}
             names = list(types)
             converters = [_converter(t) for t in types.values()]
-            results.append(JavaRead(item["version"], item["table"], item["snapshot"], item["splits"], types))
+            results.append(JavaRead(item["version"], item["table"], item["snapshot"], item["filter"], item["splits"],
+                                    types))
         else:
             results[-1].kinds.append(item[0])
             results[-1].rows.append({n: (None if v is None else c(v)) for n, c, v in zip(names, converters, item[1:])})

@@ -4,19 +4,24 @@ import java.io.UncheckedIOException;
 import java.io.OutputStreamWriter;
 import java.io.Writer;
 import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
 import java.util.Base64;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.TreeMap;
 
 import org.apache.hadoop.conf.Configuration;
 import org.apache.paimon.catalog.Catalog;
 import org.apache.paimon.catalog.CatalogContext;
 import org.apache.paimon.catalog.CatalogFactory;
 import org.apache.paimon.catalog.Identifier;
+import org.apache.paimon.data.BinaryString;
 import org.apache.paimon.data.InternalRow;
 import org.apache.paimon.data.Timestamp;
 import org.apache.paimon.options.Options;
+import org.apache.paimon.predicate.Predicate;
+import org.apache.paimon.predicate.PredicateBuilder;
 import org.apache.paimon.reader.RecordReader;
 import org.apache.paimon.table.Table;
 import org.apache.paimon.table.source.DataSplit;
@@ -33,10 +38,13 @@ import org.apache.paimon.types.DataTypeChecks;
  * <pre>java -cp CLASSPATH PaimonJavaReader WAREHOUSE DATABASE.TABLE [OPTION=VALUE ...] [-- DATABASE.TABLE ...]</pre>
  *
  * Reads one table or more (one JVM for several reads); OPTION=VALUE pairs are dynamic table
- * options of that read (e.g. scan.snapshot-id=3).
+ * options of that read (e.g. scan.snapshot-id=3), except where.FIELD=VALUE: a filter FIELD =
+ * VALUE (integer and string fields) pushed down to the scan and the read, as a Java query would.
+ * Paimon filters on a best-effort basis (it skips files and row groups by their statistics, not
+ * every row), so the rows returned are a superset of the matching rows.
  *
  * Output, for each read: a header line {"version": Paimon's version, "table": name,
- * "snapshot": the snapshot read (null when the table is empty), "splits": n,
+ * "snapshot": the snapshot read (null when the table is empty), "filter": the filter or null, "splits": n,
  * "fields": [{"name", "type"}, ...]}, then one JSON array per row: the row kind ("+I", "-U", "+U", "-D") and the field values.
  * Values round-trip exactly: integers and booleans as JSON; DOUBLE and FLOAT (widened) as
  * Java's shortest round-trip decimal (NaN and +-Infinity as bare tokens, which Python's json
@@ -71,20 +79,29 @@ public final class PaimonJavaReader {
                     i++;
                 }
                 i++;  // the "--"
+                Map<String, String> where = new TreeMap<>();
+                for (String key : new ArrayList<>(dynamic.keySet())) {
+                    if (key.startsWith("where.")) {
+                        where.put(key.substring("where.".length()), dynamic.remove(key));
+                    }
+                }
                 Table table = catalog.getTable(Identifier.fromString(name));
                 if (!dynamic.isEmpty()) {
                     table = table.copy(dynamic);
                 }
-                read(table, out);
+                read(table, filter(table, where), out);
             }
         }
         out.flush();
     }
 
     /** One read: its header line, then its rows. */
-    private static void read(Table table, Writer out) throws Exception {
+    private static void read(Table table, Predicate filter, Writer out) throws Exception {
         List<DataField> fields = table.rowType().getFields();
         ReadBuilder builder = table.newReadBuilder();
+        if (filter != null) {
+            builder = builder.withFilter(filter);
+        }
         List<Split> splits = builder.newScan().plan().splits();
         Long snapshot = null;
         for (Split split : splits) {
@@ -99,6 +116,8 @@ public final class PaimonJavaReader {
         line.append(", \"table\": ");
         string(line, table.fullName());
         line.append(", \"snapshot\": ").append(snapshot);
+        line.append(", \"filter\": ");
+        if (filter == null) line.append("null"); else string(line, filter.toString());
         line.append(", \"splits\": ").append(splits.size()).append(", \"fields\": [");
         for (int f = 0; f < fields.size(); f++) {
             if (f > 0) line.append(", ");
@@ -128,6 +147,35 @@ public final class PaimonJavaReader {
                 }
             });
         }
+    }
+
+    /** The conjunction of FIELD = VALUE for each where.FIELD=VALUE (integers and strings). */
+    private static Predicate filter(Table table, Map<String, String> where) {
+        if (where.isEmpty()) {
+            return null;
+        }
+        PredicateBuilder builder = new PredicateBuilder(table.rowType());
+        List<Predicate> terms = new ArrayList<>();
+        for (Map.Entry<String, String> e : where.entrySet()) {
+            int index = table.rowType().getFieldIndex(e.getKey());
+            if (index < 0) {
+                throw new IllegalArgumentException("no field " + e.getKey());
+            }
+            DataType type = table.rowType().getTypeAt(index);
+            String v = e.getValue();
+            Object literal;
+            switch (type.getTypeRoot()) {
+                case TINYINT: literal = Byte.parseByte(v); break;
+                case SMALLINT: literal = Short.parseShort(v); break;
+                case INTEGER: literal = Integer.parseInt(v); break;
+                case BIGINT: literal = Long.parseLong(v); break;
+                case CHAR:
+                case VARCHAR: literal = BinaryString.fromString(v); break;
+                default: throw new UnsupportedOperationException("no filter literal for " + type);
+            }
+            terms.add(builder.equal(index, literal));
+        }
+        return PredicateBuilder.and(terms);
     }
 
     private static void value(StringBuilder s, InternalRow row, int pos, DataType type) {
