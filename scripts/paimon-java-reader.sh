@@ -23,7 +23,11 @@ DIR="$CACHE/paimon-java-reader-$PAIMON_VERSION-$HASH"
 
 die() { echo "paimon-java-reader: $*" >&2; exit 1; }
 
-installed() { [ -s "$DIR/classpath" ] && [ -s "$DIR/classes/PaimonJavaReader.class" ]; }
+installed() {  # the compiled class, and every jar of its classpath still in Maven's repository
+  [ -s "$DIR/classpath" ] && [ -s "$DIR/classes/PaimonJavaReader.class" ] || return 1
+  local jar
+  for jar in $(tr ':' ' ' <"$DIR/classpath"); do [ -f "$jar" ] || return 1; done
+}
 
 install() {
   if installed; then return 0; fi
