@@ -72,7 +72,7 @@ def test_every_column_type_reads_the_same_in_java(tmp_path):
     commit(writer, ChangeBatch.from_changes(ALL_TYPES, second, start_position=len(first)))
 
     read = java.read(properties["warehouse"], "shop.items")
-    assert read.version == "1.3.1" and read.snapshot == 2
+    assert read.version == "1.3.1" and read.snapshot == writer._table.snapshot_manager().get_latest_snapshot().id
     assert read.types["tstz"] == "TIMESTAMP(6) WITH LOCAL TIME ZONE" and read.types["fx"] == "BINARY(4)"
     assert set(read.kinds) == {"+I"}
     rows = read.sorted_rows(["id", "code"], ALL_TYPES.names)
@@ -137,8 +137,10 @@ def test_maintain_and_full_compaction_read_the_same_in_java(tmp_path):
     assert report.buckets == 2, report.line()
     assert orders_in_java(java.read(properties["warehouse"], "pixels.orders")) == expected(state)
 
-    # full compactions every third commit, on a table created with that option
-    full = PaimonTableWriter(ORDERS, "full", properties, bucket=2, table_options={"full-compaction.delta-commits": "3"})
+    # full compactions every third commit, on a table created with that option (without
+    # deletion vectors: with them every bucket is read without merging anyway)
+    full = PaimonTableWriter(ORDERS, "full", properties, bucket=2,
+                             table_options={"full-compaction.delta-commits": "3", "deletion-vectors.enabled": "false"})
     full.open()
     state = {}
     reads = []
@@ -177,7 +179,8 @@ def test_keyless_changelog_table_reads_the_same_in_java(tmp_path):
             dict(a, qty=None, _op="DELETE", _poll_group=0, _position=start + 2),
         ]
     table = open_table(properties, "logs.events")
-    assert private.earliest_snapshot_id(table) == 4, "expired down to two snapshots"
+    latest = private.latest_snapshot(table).id  # five commits and, once five small files are there, a compaction
+    assert private.earliest_snapshot_id(table) == latest - 1, "expired down to two snapshots"
     read = java.read(properties["warehouse"], "logs.events")
     assert list(read.types) == ["name", "qty", "price", "_op", "_poll_group", "_position"]
     assert set(read.kinds) == {"+I"}
