@@ -169,14 +169,15 @@ def test_deleted_share_past_the_threshold_rewrites_the_file(tmp_path):
     commit([(Op.INSERT, None, r) for r in rows.values()])
     table = open_table(properties, "pixels.counters")
     first = {e.file.file_name for e in live_files(table, private.latest_snapshot(table))[((), 0)]}
-    commit([(Op.DELETE, rows.pop(k), None) for k in range(40)])  # 40%: below the threshold
+    # thresholds are spread per file over [0.5, 1.5) x the table's: here [25%, 75%)
+    commit([(Op.DELETE, rows.pop(k), None) for k in range(20)])  # 20%: below the threshold
     table = open_table(properties, "pixels.counters")
     assert first <= {e.file.file_name for e in live_files(table, private.latest_snapshot(table))[((), 0)]}
-    commit([(Op.DELETE, rows.pop(k), None) for k in range(40, 60)])  # 60%: rewritten without them
+    commit([(Op.DELETE, rows.pop(k), None) for k in range(20, 80)])  # 80%: rewritten without them
     table = open_table(properties, "pixels.counters")
     files = live_files(table, private.latest_snapshot(table))[((), 0)]
     assert not first & {e.file.file_name for e in files}
-    assert sum(e.file.row_count for e in files) == 40
+    assert sum(e.file.row_count for e in files) == 20
     assert not private.deletion_vector_index(table, private.latest_snapshot(table)), "no deletion vector left"
     builder = table.new_read_builder()
     read = builder.new_read().to_arrow(builder.new_scan().plan().splits())

@@ -300,13 +300,13 @@ def pick_dv(entries: list, live_rows, options: CompactionOptions, ratio: float) 
 
     Runs are sized by their live bytes (deleted rows do not count). A commit needs a
     free level below the bucket's newest run, so when every level is taken the newest
-    runs are merged, tiered: the two newest, then each next older run while it is at
-    most twice what is merged so far; and everything into the top level when the
-    newer runs add up to more than ``compaction.max-size-amplification-percent`` of
-    the oldest. Besides, every file with at least ``ratio`` of its rows deleted is
-    rewritten alone, at its level (its rows are a subset of its key range, so its run
-    stays non-overlapping): the deletion vectors keep dead rows bounded, so the big
-    old run is rewritten file by file, not all at once."""
+    runs are merged, tiered: the two newest, then each next older run (short of the
+    oldest) while it is at most twice what is merged so far; and everything into the
+    top level when the newer runs add up to more than
+    ``compaction.max-size-amplification-percent`` of the oldest. Besides, every file
+    with about ``ratio`` of its rows deleted (:func:`_spread`) is rewritten alone, at
+    its level (its rows are a subset of its key range, so its run stays
+    non-overlapping): dead rows stay bounded without rewriting the big old run whole."""
     def live_bytes(entry) -> int:
         meta = entry.file
         return meta.file_size * live_rows.live_count(meta.file_name) // meta.row_count if meta.row_count else 0
@@ -319,7 +319,7 @@ def pick_dv(entries: list, live_rows, options: CompactionOptions, ratio: float) 
             count = len(runs)
         else:
             count, merged = 2, runs[0].size + runs[1].size
-            while count < len(runs) and 2 * merged >= runs[count].size:
+            while count < len(runs) - 1 and 2 * merged >= runs[count].size:
                 merged += runs[count].size
                 count += 1
         unit = _unit(runs, options.max_level, count)
@@ -328,6 +328,16 @@ def pick_dv(entries: list, live_rows, options: CompactionOptions, ratio: float) 
     for entry in entries:
         name = entry.file.file_name
         rows = entry.file.row_count
-        if name not in taken and rows and (rows - live_rows.live_count(name)) >= ratio * rows:
+        if name not in taken and rows and (rows - live_rows.live_count(name)) >= _spread(ratio, name) * rows:
             chosen.append(([entry], entry.file.level))
     return chosen
+
+
+def _spread(ratio: float, name: str) -> float:
+    """``ratio`` scaled by a factor in [0.5, 1.5) fixed per file name. Random updates delete
+    rows of every file at the same pace, so with one threshold all files would be
+    rewritten in the same pass, again and again; spread thresholds spread the rewrites
+    (and the old copies the retained snapshots keep) over time."""
+    import zlib
+
+    return ratio * (0.5 + (zlib.crc32(name.encode()) % 1000) / 1000)
