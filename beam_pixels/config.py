@@ -378,8 +378,8 @@ KEYS: tuple[Key, ...] = (
         "Compact a bucket once it holds this many sorted runs (Paimon's "
         "num-sorted-run.compaction-trigger; empty = the table's option, else 5).", _PAIMON),
     Key("paimon.compaction.max-mb-per-pass", "paimon_compaction_max_mb", "256", _Int(1),
-        "Input megabytes one maintenance pass compacts at most (at least one bucket), so commits keep "
-        "their interval; the rest waits for the next pass.", _PAIMON),
+        "Input megabytes one maintenance pass compacts at most (at least one bucket; of an append table at "
+        "least two files), so commits keep their interval; the rest waits for the next pass.", _PAIMON),
     Key("paimon.write-only", "paimon_write_only", "false", _Bool(),
         "Neither compact nor expire snapshots (also when the table has write-only=true): leave both to "
         "Paimon's dedicated compaction job.", _PAIMON),
@@ -409,7 +409,9 @@ def describe() -> str:
         "Every `iceberg.catalog.<k>` / `paimon.catalog.<k>` key is also passed to the catalog as `<k>` "
         "(e.g. `iceberg.catalog.glue.region`, `paimon.catalog.s3.endpoint`). "
         "Every `paimon.table.options.<name>=<value>` sets the Paimon table option `<name>` on tables the "
-        "connector creates (e.g. `paimon.table.options.snapshot.time-retained=1 min`)."
+        "connector creates (e.g. `paimon.table.options.snapshot.time-retained=1 min`). Primary-key tables "
+        "the connector creates get `deletion-vectors.enabled=true` unless set otherwise or write-only; "
+        "their compaction honours Paimon's `compaction.delete-ratio-threshold` (0.2)."
     )
     out.append("")
     out.append(

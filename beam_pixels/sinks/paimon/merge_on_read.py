@@ -8,24 +8,24 @@ sorted file per bucket, and :func:`commit` makes them visible in one snapshot:
   deletion vector, found with :class:`~.deletion_vectors.LiveRows`; each changed
   bucket gets one new deletion-vector index file;
 - the new files become the bucket's newest sorted run, one level above the newest
-  run it holds (the oldest run sits at the top level, ``num-levels`` - 1). When
-  level 1 is taken, the runs from level 1 up move one level up (a change of the
-  manifest entry only, as Paimon's compaction "upgrades" a file); when every level
-  is taken, the runs of levels 1 and 2 are merged first (maintenance normally keeps
-  levels free, see :mod:`.compaction`).
+  run it holds (the oldest run sits at the top level, ``num-levels`` - 1). When level
+  1 is taken, a ``COMPACT`` snapshot first moves the runs from level 1 up one level
+  (a change of the manifest entries only, as Paimon's compaction "upgrades" a file)
+  or, when every level is taken, merges the runs of levels 1 and 2 (maintenance
+  normally keeps levels free, see :mod:`.compaction`), so the ``APPEND`` snapshot
+  holds only new files, as streaming readers expect.
 
 So every level above 0 stays one sorted run of non-overlapping files, as Paimon's
 own writers and compaction expect, and Paimon readers (pypaimon, Java) read each
-file as it is, less its deletion vector. The snapshot is an ``APPEND`` snapshot with
-the checkpoint in its properties, committed only on top of the snapshot it was
-planned on: any other commit in between makes it a :class:`CommitConflict`, and the
-committer retries from the new table state.
+file as it is, less its deletion vector. The ``APPEND`` snapshot holds the checkpoint
+in its properties (a ``COMPACT`` one repeats the previous checkpoint); each is committed
+only on top of the snapshot it was planned on: any other commit in between makes it a
+:class:`CommitConflict`, and the committer retries from the new table state.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
 import pyarrow as pa
@@ -34,9 +34,7 @@ from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.sinks.committing import CommitConflict
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import deletion_vectors
-from beam_pixels.sinks.paimon.compaction import DvMerge, merge_live_runs
-
-_LOG = logging.getLogger(__name__)
+from beam_pixels.sinks.paimon.compaction import merge_live_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,64 +60,117 @@ def key_codes_of(table, messages: list, key_columns: list[str]) -> dict:
     return codes
 
 
-def commit(table, key_columns: list[str], parts: list[PreparedFiles], checkpoint: Checkpoint, commit_user: str,
-           max_level: int, live_files) -> int:
-    """Commit ``parts`` in one snapshot holding ``checkpoint`` (module docstring); returns its id."""
+def commit(table, key_columns: list[str], parts: list[PreparedFiles], checkpoint: Checkpoint, last: Checkpoint,
+           commit_user: str, max_level: int, live_files) -> int:
+    """Commit ``parts`` in one ``APPEND`` snapshot holding ``checkpoint`` (module docstring),
+    after a ``COMPACT`` snapshot (holding ``last``, the table's checkpoint) if runs must move
+    or merge to free level 1 of a bucket; returns the ``APPEND`` snapshot's id."""
     state = deletion_vectors.live_rows(table, key_columns, live_files)
     with state.lock:
+        buckets = {(tuple(m.partition), m.bucket) for p in parts for m in p.messages if m.new_files}
+        _free_level_one(table, state, buckets, last, commit_user, max_level, key_columns)
         planned_on = private.latest_snapshot(table)
         touched = [p.touched_keys for p in parts if p.touched_keys is not None and p.touched_keys.num_rows]
-        written_index, merges = [], []
+        index_adds = []
         try:
             found = state.find(pa.concat_tables(touched) if touched else None, table)
             vectors = _vectors_after(state, found)
-            buckets = _by_bucket(state)
-            deleted, added, codes = [], [], {}
+            by_bucket = _by_bucket(state)
+            added = []
             for message in (m for p in parts for m in p.messages):
-                if not message.new_files:
-                    continue
                 bucket = (tuple(message.partition), message.bucket)
-                entries = buckets.setdefault(bucket, [])
-                merge = _make_room(table, state, bucket, entries, vectors, max_level, key_columns)
-                if merge is not None:
-                    merges.append(merge)
-                    deleted += merge.inputs
-                    added += merge.outputs
-                    codes.update(merge.codes)
-                    for name in merge.input_names:
-                        vectors.get(bucket, {}).pop(name, None)
-                moves, level = _place(entries, max_level)
-                deleted += [old for old, _ in moves]
-                added += [new for _, new in moves]
                 for meta in message.new_files:
-                    meta.level = level
-                    new = private.new_entry(table, 0, bucket[0], bucket[1], table.total_buckets, meta)
-                    added.append(new)
-                    entries.append(new)
-            for part in parts:
-                codes.update(part.codes)
-            changed = {state.bucket_of(name) for name in found} | {m.bucket for m in merges}
-            index_adds, index_deletes = [], []
-            for bucket in changed:
-                index_deletes += [private.deleting_index(e) for e in state.index_entries.get(bucket, [])]
-                if vectors.get(bucket):
-                    index_adds.append(private.write_deletion_vectors(table, bucket[0], bucket[1], vectors[bucket]))
-                    written_index.append(index_adds[-1])
+                    meta.level = _new_run_level(by_bucket.get(bucket, []), max_level)
+                    added.append(private.new_entry(table, 0, bucket[0], bucket[1], table.total_buckets, meta))
+            changed = {state.bucket_of(name) for name in found}
+            index_adds, index_deletes = _index_changes(table, state, changed, vectors)
             snapshot = private.commit_compact(
-                table, commit_user, checkpoint.batch_id, checkpoint.to_properties(), planned_on, deleted, added,
+                table, commit_user, checkpoint.batch_id, checkpoint.to_properties(), planned_on, [], added,
                 rewrite_manifests=False, commit_kind="APPEND", index_adds=index_adds, index_deletes=index_deletes,
                 exclusive=True)
+            if snapshot is None:
+                raise private.CompactionConflict("lost the snapshot commit race too often")
         except private.CompactionConflict as conflict:
-            _undo(table, state, written_index, merges)
+            _undo(table, index_adds, [])
             raise CommitConflict(f"{table.table_path}: {conflict}") from conflict
         except BaseException:
-            _undo(table, state, written_index, merges)
+            _undo(table, index_adds, [])
             raise
-        if snapshot is None:
-            _undo(table, state, written_index, merges)
-            raise CommitConflict(f"{table.table_path}: lost the snapshot commit race too often")
-        _apply(state, snapshot.id, deleted, added, codes, vectors, changed, index_adds)
+        codes = {name: c for part in parts for name, c in part.codes.items()}
+        _apply(state, snapshot.id, [], added, codes, vectors, changed, index_adds)
         return snapshot.id
+
+
+def _free_level_one(table, state, buckets: set, last: Checkpoint, commit_user: str, max_level: int,
+                    key_columns: list[str]) -> None:
+    """Make level 1 free in each of ``buckets``, in one ``COMPACT`` snapshot: the runs from
+    level 1 up move one level up (manifest entries only), or, when every level is taken,
+    the runs of levels 1 and 2 are merged into level 2."""
+    by_bucket = _by_bucket(state)
+    deleted, added, merges, codes = [], [], [], {}
+    vectors = {bucket: dict(v) for bucket, v in state.vectors.items()}
+    for bucket in buckets:
+        entries = by_bucket.get(bucket, [])
+        levels = {e.file.level for e in entries}
+        if 1 not in levels:
+            continue
+        if levels == set(range(1, max_level + 1)):
+            inputs = [e for e in entries if e.file.level in (1, 2)]
+            merge = merge_live_runs(table, bucket, inputs, vectors.get(bucket, {}), 2, key_columns)
+            merges.append(merge)
+            deleted += merge.inputs
+            added += merge.outputs
+            codes.update(merge.codes)
+            for name in merge.input_names:
+                vectors.get(bucket, {}).pop(name, None)
+        else:
+            top = 1
+            while top + 1 in levels:
+                top += 1
+            for entry in entries:
+                if entry.file.level <= top:
+                    deleted.append(entry)
+                    added.append(dataclasses.replace(entry, file=dataclasses.replace(entry.file,
+                                                                                     level=entry.file.level + 1)))
+    if not deleted:
+        return
+    changed = {m.bucket for m in merges}
+    index_adds = []
+    try:
+        index_adds, index_deletes = _index_changes(table, state, changed, vectors)
+        snapshot = private.commit_compact(
+            table, commit_user, last.batch_id, last.to_properties(), private.latest_snapshot(table), deleted, added,
+            rewrite_manifests=False, index_adds=index_adds, index_deletes=index_deletes, exclusive=True)
+        if snapshot is None:
+            raise private.CompactionConflict("lost the snapshot commit race too often")
+    except private.CompactionConflict as conflict:
+        _undo(table, index_adds, merges)
+        raise CommitConflict(f"{table.table_path}: {conflict}") from conflict
+    except BaseException:
+        _undo(table, index_adds, merges)
+        raise
+    _apply(state, snapshot.id, deleted, added, codes, vectors, changed, index_adds)
+
+
+def _new_run_level(entries: list, max_level: int) -> int:
+    """The level of a bucket's new run: just above its newest run (level 1 is free), or the top."""
+    levels = [e.file.level for e in entries]
+    return min(levels) - 1 if levels else max_level
+
+
+def _index_changes(table, state, changed: set, vectors: dict) -> tuple[list, list]:
+    """New deletion-vector index files for the ``changed`` buckets (one each, unless empty)
+    and the deletes of their old ones."""
+    adds, deletes = [], []
+    try:
+        for bucket in changed:
+            deletes += [private.deleting_index(e) for e in state.index_entries.get(bucket, [])]
+            if vectors.get(bucket):
+                adds.append(private.write_deletion_vectors(table, bucket[0], bucket[1], vectors[bucket]))
+    except BaseException:
+        _undo(table, adds, [])
+        raise
+    return adds, deletes
 
 
 def _vectors_after(state, found: dict) -> dict:
@@ -139,39 +190,9 @@ def _by_bucket(state) -> dict:
     return buckets
 
 
-def _make_room(table, state, bucket, entries: list, vectors: dict, max_level: int, key_columns) -> DvMerge | None:
-    """When every level of the bucket is taken, merge the runs of levels 1 and 2 into level 2."""
-    if {e.file.level for e in entries} != set(range(1, max_level + 1)):
-        return None
-    inputs = [e for e in entries if e.file.level in (1, 2)]
-    merge = merge_live_runs(table, bucket, inputs, vectors.get(bucket, {}), 2, key_columns)
-    entries[:] = [e for e in entries if e.file.level not in (1, 2)] + merge.outputs
-    return merge
-
-
-def _place(entries: list, max_level: int) -> tuple[list, int]:
-    """The level a new run of the bucket goes to, and the (old, new) entries of runs moved up to free it."""
-    levels = sorted({e.file.level for e in entries})
-    if not levels:
-        return [], max_level
-    if levels[0] > 1:
-        return [], levels[0] - 1
-    top = 1
-    while top + 1 in levels:
-        top += 1
-    moves = []
-    for i, entry in enumerate(entries):
-        if entry.file.level <= top:
-            meta = dataclasses.replace(entry.file, level=entry.file.level + 1)
-            moved = dataclasses.replace(entry, file=meta)
-            moves.append((entry, moved))
-            entries[i] = moved
-    return moves, 1
-
-
-def _undo(table, state, written_index: list, merges: list) -> None:
-    """After a failed commit: delete what it wrote, drop the (already changed) cached state."""
-    for entry in written_index:
+def _undo(table, index_adds: list, merges: list) -> None:
+    """After a failed commit: delete what it wrote, drop the (possibly changed) cached state."""
+    for entry in index_adds:
         private.delete_index_file(table, entry)
     for merge in merges:
         private.delete_written(table, merge.bucket[0], merge.bucket[1], [e.file for e in merge.outputs])

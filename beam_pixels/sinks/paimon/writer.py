@@ -10,6 +10,10 @@ How it maps onto pypaimon (>= 2.1, pure Python):
   commit, so Paimon's default ``deduplicate`` engine (latest sequence number
   wins, across commits) yields the exact final state without relying on the
   order of rows inside one commit. The merged read drops ``-D`` rows.
+- Tables the connector creates use Paimon's deletion-vector mode (unless write-only):
+  a commit writes ``+I`` rows only and marks the stored row of every touched key
+  deleted instead (:mod:`.merge_on_read`), so readers read every file as it is,
+  without merging.
 - A source table without a key becomes an append table holding the changelog
   (``changes.changelog_rows``: ``_op``, ``_poll_group``, ``_position``).
 - Every commit is one stream commit with commit identifier = batch id, by a
@@ -180,8 +184,8 @@ class PaimonTableWriter(TableWriter):
                 f"batch {checkpoint.batch_id} must not be committed again"
             )
         if self._deletion_vectors:
-            merge_on_read.commit(self._table, list(self.schema.primary_key), parts, checkpoint, self.commit_user,
-                                 self._maintenance.compaction.max_level, live_files)
+            merge_on_read.commit(self._table, list(self.schema.primary_key), parts, checkpoint, last,
+                                 self.commit_user, self._maintenance.compaction.max_level, live_files)
         else:
             self._commit_messages([message for part in parts for message in part], checkpoint)
         snapshot = self._last_own_snapshot()
