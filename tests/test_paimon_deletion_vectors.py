@@ -185,3 +185,18 @@ def test_deleted_share_past_the_threshold_rewrites_the_file(tmp_path):
     builder = table.new_read_builder()
     read = builder.new_read().to_arrow(builder.new_scan().plan().splits())
     assert sorted(pc.cast(read.column("id"), pa.int64()).to_pylist()) == sorted(rows)
+
+
+def test_a_table_written_write_only_with_deletion_vectors_is_not_maintained_until_compacted(tmp_path):
+    """Its level-0 files hide from readers until compacted; the connector refuses, naming one."""
+    properties = catalog_properties(tmp_path)
+    options = {"deletion-vectors.enabled": "true"}
+    write_only = PaimonTableWriter(ORDERS, "orders", properties, bucket=1, write_only=True, table_options=options)
+    write_only.open()
+    state = {}
+    commit_batches(write_only, state, 1, 2)
+    assert read_rows(open_table(properties)) == [], "Paimon readers skip level-0 files in deletion-vector mode"
+    managed = PaimonTableWriter(ORDERS, "orders", properties, bucket=1)
+    managed.open()
+    with pytest.raises(RuntimeError, match=r"holds \d+ level-0 files \(e\.g\. data-.*compaction job"):
+        commit_batches(managed, state, 3, 1)
