@@ -295,6 +295,14 @@ def merge_live_runs(table, bucket: tuple, inputs: list, vectors: dict, output_le
     return DvMerge(bucket, list(inputs), outputs, codes)
 
 
+def discard(table, merges: list, index_adds: list) -> None:
+    """Delete the outputs of ``merges`` and the index files ``index_adds`` (not committed)."""
+    for merge in merges:
+        private.delete_written(table, merge.bucket[0], merge.bucket[1], [e.file for e in merge.outputs])
+    for entry in index_adds:
+        private.delete_index_file(table, entry)
+
+
 def pick_dv(entries: list, live_rows, options: CompactionOptions, ratio: float) -> list[tuple[list, int]]:
     """What to rewrite in one bucket of a deletion-vector table: ``[(input entries, output level)]``.
 

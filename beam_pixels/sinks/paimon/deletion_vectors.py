@@ -105,6 +105,39 @@ class LiveRows:
             rows, positions = rows.filter(pa.array(live)), positions[live]
         return rows, positions
 
+    def write_index_changes(self, table, changed: set, vectors: dict) -> tuple[list, list]:
+        """New deletion-vector index files for the ``changed`` buckets (one each, from
+        ``vectors``, none when empty) and the deletes of their current ones, uncommitted."""
+        adds, deletes = [], []
+        try:
+            for bucket in changed:
+                deletes += [private.deleting_index(e) for e in self.index_entries.get(bucket, [])]
+                if vectors.get(bucket):
+                    adds.append(private.write_deletion_vectors(table, bucket[0], bucket[1], vectors[bucket]))
+        except BaseException:
+            for entry in adds:
+                private.delete_index_file(table, entry)
+            raise
+        return adds, deletes
+
+    def apply(self, snapshot_id: int, deleted: list, added: list, codes: dict, vectors: dict, changed: set,
+              index_adds: list) -> None:
+        """Bring the state to committed ``snapshot_id``: ``deleted`` entries replaced by ``added``
+        (rows with key ``codes`` per new file name; an entry without codes is a file moved to
+        another level), and the ``changed`` buckets' deletion ``vectors`` in ``index_adds``."""
+        names_added = {e.file.file_name for e in added}
+        self.drop_files([e.file.file_name for e in deleted if e.file.file_name not in names_added])
+        for entry in added:
+            name = entry.file.file_name
+            if name in codes:
+                self.add_file(entry, codes[name])
+            else:
+                self.entries[name] = entry
+        for bucket in changed:
+            self.vectors[bucket] = vectors.get(bucket, {})
+            self.index_entries[bucket] = [e for e in index_adds if (private.entry_partition(e), e.bucket) == bucket]
+        self.snapshot_id = snapshot_id
+
     def _stored_keys(self, table):
         def read(name: str, positions: np.ndarray) -> pa.Table:
             rows = private.read_key_values(table, self.entries[name], self.key_columns)

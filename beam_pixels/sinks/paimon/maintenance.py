@@ -36,6 +36,7 @@ from beam_pixels.sinks.paimon.compaction import (
     CompactionOptions,
     compact_bucket,
     delete_ratio,
+    discard,
     merge_live_runs,
     pick,
     pick_dv,
@@ -100,6 +101,15 @@ class PassReport:
     bytes_reclaimed: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+
+    def compacted(self, snapshot_id: int, manifests_rewritten: bool, buckets: int, deleted: list, added: list) -> None:
+        """Record a committed compaction: ``deleted`` manifest entries replaced by ``added``."""
+        self.snapshot_id = snapshot_id
+        self.manifests_rewritten = manifests_rewritten
+        self.buckets = buckets
+        self.files_in, self.files_out = len(deleted), len(added)
+        self.bytes_in = sum(e.file.file_size for e in deleted)
+        self.bytes_out = sum(e.file.file_size for e in added)
 
     @property
     def idle(self) -> bool:
@@ -267,13 +277,7 @@ def _compact(table, commit_user: str, checkpoint_snapshot, options: MaintenanceO
         report.refused = report.refused or "lost the snapshot commit race too often"
         _delete_outputs(table, done)
         return
-    report.snapshot_id = snapshot.id
-    report.manifests_rewritten = rewrite
-    report.buckets = len(done)
-    report.files_in = len(deleted)
-    report.files_out = len(added)
-    report.bytes_in = sum(e.file.file_size for e in deleted)
-    report.bytes_out = sum(e.file.file_size for e in added)
+    report.compacted(snapshot.id, rewrite, len(done), deleted, added)
 
 
 def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: MaintenanceOptions, report: PassReport) -> None:
@@ -311,12 +315,9 @@ def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: Maintenan
         changed = {m.bucket for m in done}
         vectors = {b: {n: p for n, p in state.vectors.get(b, {}).items()
                        if n not in {e.file.file_name for e in deleted}} for b in changed}
-        index_adds, index_deletes = [], []
+        index_adds = []
         try:
-            for bucket in changed:
-                index_deletes += [private.deleting_index(e) for e in state.index_entries.get(bucket, [])]
-                if vectors[bucket]:
-                    index_adds.append(private.write_deletion_vectors(table, bucket[0], bucket[1], vectors[bucket]))
+            index_adds, index_deletes = state.write_index_changes(table, changed, vectors)
             snapshot = private.commit_compact(
                 table, commit_user, checkpoint_snapshot.commit_identifier, checkpoint_snapshot.properties, latest,
                 deleted, added, rewrite_manifests=rewrite, index_adds=index_adds, index_deletes=index_deletes,
@@ -324,34 +325,17 @@ def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: Maintenan
         except private.CompactionConflict as conflict:
             snapshot, report.refused = None, str(conflict)
         except BaseException:
-            _delete_dv_outputs(table, done, index_adds)
+            discard(table, done, index_adds)
             raise
         if snapshot is None:
             report.refused = report.refused or "lost the snapshot commit race too often"
-            _delete_dv_outputs(table, done, index_adds)
+            discard(table, done, index_adds)
             return
-        state.drop_files([e.file.file_name for e in deleted])
-        for merge in done:
-            for entry in merge.outputs:
-                state.add_file(entry, merge.codes[entry.file.file_name])
-        for bucket in changed:
-            state.vectors[bucket] = vectors[bucket]
-            state.index_entries[bucket] = [e for e in index_adds if (private.entry_partition(e), e.bucket) == bucket]
-        state.snapshot_id = snapshot.id
-    report.snapshot_id = snapshot.id
-    report.manifests_rewritten = rewrite
-    report.buckets = len(changed)
-    report.files_in = len(deleted)
-    report.files_out = len(added)
-    report.bytes_in = sum(e.file.file_size for e in deleted)
-    report.bytes_out = sum(e.file.file_size for e in added)
+        state.apply(snapshot.id, deleted, added, {n: c for m in done for n, c in m.codes.items()}, vectors, changed,
+                    index_adds)
+    report.compacted(snapshot.id, rewrite, len(changed), deleted, added)
 
 
-def _delete_dv_outputs(table, done, index_adds) -> None:
-    for merge in done:
-        private.delete_written(table, merge.bucket[0], merge.bucket[1], [e.file for e in merge.outputs])
-    for entry in index_adds:
-        private.delete_index_file(table, entry)
 def _compact_append(table, commit_user: str, checkpoint_snapshot, latest, options: MaintenanceOptions,
                     report: PassReport) -> None:
     """An append table's pass (:mod:`.append_compaction`); "buckets" in the report are the

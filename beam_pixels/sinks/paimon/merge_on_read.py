@@ -34,7 +34,7 @@ from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.sinks.committing import CommitConflict
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import deletion_vectors
-from beam_pixels.sinks.paimon.compaction import merge_live_runs
+from beam_pixels.sinks.paimon.compaction import discard, merge_live_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +83,7 @@ def commit(table, key_columns: list[str], parts: list[PreparedFiles], checkpoint
                     meta.level = _new_run_level(by_bucket.get(bucket, []), max_level)
                     added.append(private.new_entry(table, 0, bucket[0], bucket[1], table.total_buckets, meta))
             changed = {state.bucket_of(name) for name in found}
-            index_adds, index_deletes = _index_changes(table, state, changed, vectors)
+            index_adds, index_deletes = state.write_index_changes(table, changed, vectors)
             snapshot = private.commit_compact(
                 table, commit_user, checkpoint.batch_id, checkpoint.to_properties(), planned_on, [], added,
                 rewrite_manifests=False, commit_kind="APPEND", index_adds=index_adds, index_deletes=index_deletes,
@@ -97,7 +97,7 @@ def commit(table, key_columns: list[str], parts: list[PreparedFiles], checkpoint
             _undo(table, index_adds, [])
             raise
         codes = {name: c for part in parts for name, c in part.codes.items()}
-        _apply(state, snapshot.id, [], added, codes, vectors, changed, index_adds)
+        state.apply(snapshot.id, [], added, codes, vectors, changed, index_adds)
         return snapshot.id
 
 
@@ -137,7 +137,7 @@ def _free_level_one(table, state, buckets: set, last: Checkpoint, commit_user: s
     changed = {m.bucket for m in merges}
     index_adds = []
     try:
-        index_adds, index_deletes = _index_changes(table, state, changed, vectors)
+        index_adds, index_deletes = state.write_index_changes(table, changed, vectors)
         snapshot = private.commit_compact(
             table, commit_user, last.batch_id, last.to_properties(), private.latest_snapshot(table), deleted, added,
             rewrite_manifests=False, index_adds=index_adds, index_deletes=index_deletes, exclusive=True)
@@ -149,28 +149,13 @@ def _free_level_one(table, state, buckets: set, last: Checkpoint, commit_user: s
     except BaseException:
         _undo(table, index_adds, merges)
         raise
-    _apply(state, snapshot.id, deleted, added, codes, vectors, changed, index_adds)
+    state.apply(snapshot.id, deleted, added, codes, vectors, changed, index_adds)
 
 
 def _new_run_level(entries: list, max_level: int) -> int:
     """The level of a bucket's new run: just above its newest run (level 1 is free), or the top."""
     levels = [e.file.level for e in entries]
     return min(levels) - 1 if levels else max_level
-
-
-def _index_changes(table, state, changed: set, vectors: dict) -> tuple[list, list]:
-    """New deletion-vector index files for the ``changed`` buckets (one each, unless empty)
-    and the deletes of their old ones."""
-    adds, deletes = [], []
-    try:
-        for bucket in changed:
-            deletes += [private.deleting_index(e) for e in state.index_entries.get(bucket, [])]
-            if vectors.get(bucket):
-                adds.append(private.write_deletion_vectors(table, bucket[0], bucket[1], vectors[bucket]))
-    except BaseException:
-        _undo(table, adds, [])
-        raise
-    return adds, deletes
 
 
 def _vectors_after(state, found: dict) -> dict:
@@ -192,25 +177,5 @@ def _by_bucket(state) -> dict:
 
 def _undo(table, index_adds: list, merges: list) -> None:
     """After a failed commit: delete what it wrote, drop the (possibly changed) cached state."""
-    for entry in index_adds:
-        private.delete_index_file(table, entry)
-    for merge in merges:
-        private.delete_written(table, merge.bucket[0], merge.bucket[1], [e.file for e in merge.outputs])
+    discard(table, merges, index_adds)
     deletion_vectors.forget(table)
-
-
-def _apply(state, snapshot_id: int, deleted: list, added: list, codes: dict, vectors: dict, changed: set,
-           index_adds: list) -> None:
-    """Bring the cached state to the committed snapshot."""
-    names_added = {e.file.file_name for e in added}
-    state.drop_files([e.file.file_name for e in deleted if e.file.file_name not in names_added])
-    for entry in added:
-        name = entry.file.file_name
-        if name in codes:
-            state.add_file(entry, codes[name])
-        else:  # moved to another level: same file, same rows
-            state.entries[name] = entry
-    for bucket in changed:
-        state.vectors[bucket] = vectors.get(bucket, {})
-        state.index_entries[bucket] = [e for e in index_adds if (private.entry_partition(e), e.bucket) == bucket]
-    state.snapshot_id = snapshot_id
