@@ -410,7 +410,7 @@ def describe() -> str:
         "(e.g. `iceberg.catalog.glue.region`, `paimon.catalog.s3.endpoint`). "
         "Every `paimon.table.options.<name>=<value>` sets the Paimon table option `<name>` on tables the "
         "connector creates (e.g. `paimon.table.options.snapshot.time-retained=1 min`). Primary-key tables "
-        "the connector creates get `deletion-vectors.enabled=true` unless set otherwise or write-only; "
+        "the connector creates get `deletion-vectors.enabled=true` and `num-levels=12` unless set otherwise or write-only; "
         "their compaction honours Paimon's `compaction.delete-ratio-threshold` (0.2)."
     )
     out.append("")

@@ -144,15 +144,19 @@ def test_a_commit_racing_another_writer_is_refused_then_redone(tmp_path, monkeyp
     assert writer.last_checkpoint().batch_id == 4
 
 
-def test_write_only_tables_get_no_deletion_vectors_unless_asked(tmp_path):
+def test_created_tables_get_deletion_vectors_unless_write_only_or_asked_otherwise(tmp_path):
     properties = catalog_properties(tmp_path)
     PaimonTableWriter(ORDERS, "plain", properties, write_only=True).open()
     PaimonTableWriter(ORDERS, "asked", properties, write_only=True,
                       table_options={"deletion-vectors.enabled": "true"}).open()
     PaimonTableWriter(ORDERS, "default", properties).open()
-    enabled = {name: open_table(properties, f"pixels.{name}").options.options.to_map().get("deletion-vectors.enabled")
-               for name in ("plain", "asked", "default")}
-    assert enabled == {"plain": None, "asked": "true", "default": "true"}
+    PaimonTableWriter(ORDERS, "classic", properties, table_options={"deletion-vectors.enabled": "false"}).open()
+    options = {name: open_table(properties, f"pixels.{name}").options.options.to_map()
+               for name in ("plain", "asked", "default", "classic")}
+    assert {n: o.get("deletion-vectors.enabled") for n, o in options.items()} == {
+        "plain": None, "asked": "true", "default": "true", "classic": "false"}
+    assert {n: o.get("num-levels") for n, o in options.items()} == {
+        "plain": None, "asked": "12", "default": "12", "classic": None}, "more levels only with deletion vectors"
 
 
 def test_deleted_share_past_the_threshold_rewrites_the_file(tmp_path):

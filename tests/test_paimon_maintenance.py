@@ -99,7 +99,7 @@ def reachable_data_files(table) -> set[str]:
 def test_compaction_keeps_exact_rows_and_bounds_sorted_runs(tmp_path, deletion_vectors):
     properties = catalog_properties(tmp_path)
     writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=2, compaction_trigger=3,
-                               table_options={"deletion-vectors.enabled": deletion_vectors})
+                               table_options={"deletion-vectors.enabled": deletion_vectors, "num-levels": "4"})
     writer.open()
     state = {}
     for batch in range(1, 31):

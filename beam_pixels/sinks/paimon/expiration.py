@@ -110,7 +110,9 @@ def expire(table, retention: RetentionOptions, now_ms: int | None = None) -> Exp
         lists, manifests = private.snapshot_metadata_files(table, snapshot)
         keep = set(keep_lists) | set(keep_manifests)
         paths = [private.manifest_path(table, n) for n in manifests + lists if n not in keep]
-        paths += [path for e in private.delta_entries(table, following) if e.kind == 1
+        delta = private.delta_entries(table, following)
+        moved = {e.file.file_name for e in delta if e.kind == 0}  # deleted at one level, added at another
+        paths += [path for e in delta if e.kind == 1 and e.file.file_name not in moved
                   for path in private.data_file_paths(table, e)]
         index_manifest, index_paths = private.index_files(table, snapshot)
         keep_index_manifest, keep_index_paths = private.index_files(table, following)

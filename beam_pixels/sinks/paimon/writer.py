@@ -65,6 +65,11 @@ DEFAULT_PK_TABLE_OPTIONS = {"deletion-vectors.enabled": "true"}
 """Options of the primary-key tables the connector creates unless ``paimon.table.options.*`` says otherwise
 or the table is write-only: deletion vectors, so that readers never merge sorted runs (:mod:`.merge_on_read`)."""
 
+DEFAULT_DELETION_VECTOR_TABLE_OPTIONS = {"num-levels": "12"}
+"""And for those with deletion vectors: 12 levels, so that a bucket holds up to 11 sorted runs before
+its newest must merge (the soak benchmark's storage fell from 2.6 to 1.9 times the live rows, median,
+against Paimon's default of 6; a run costs a reader one more file, well under a millisecond)."""
+
 # Options a primary-key table needs for exact final states: (required value, value when unset).
 _REQUIRED_PK_OPTIONS = {
     "rowkind.field": (ROW_KIND_COLUMN, None),
@@ -233,8 +238,10 @@ class PaimonTableWriter(TableWriter):
             # A write-only table is compacted by Paimon's job; with deletion vectors its
             # level-0 files would stay unread until then, so it gets none unless asked.
             write_only = self.write_only or str(self.table_options.get("write-only", "false")).lower() == "true"
-            defaults = {} if write_only else DEFAULT_PK_TABLE_OPTIONS
-            options = {**defaults, **self.table_options, "bucket": str(self.bucket), "rowkind.field": ROW_KIND_COLUMN}
+            options = {**({} if write_only else DEFAULT_PK_TABLE_OPTIONS), **self.table_options}
+            if deletion_vectors.enabled(options):
+                options = {**DEFAULT_DELETION_VECTOR_TABLE_OPTIONS, **options}
+            options.update({"bucket": str(self.bucket), "rowkind.field": ROW_KIND_COLUMN})
         else:
             source_types = {c.name: c.type.to_paimon() for c in self.schema.columns}
             columns = [
