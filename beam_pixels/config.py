@@ -358,6 +358,10 @@ KEYS: tuple[Key, ...] = (
         "Size (MiB) of the data files compaction writes, sorted by the primary key.", _ICEBERG),
     Key("iceberg.maintenance.compaction.max.mb", "iceberg_maintenance_max_compact_mb", "256", _Int(1),
         "Data file bytes (MiB) one pass rewrites at most (bounds its time and memory).", _ICEBERG),
+    Key("iceberg.maintenance.compaction.max.percent", "iceberg_maintenance_max_compact_percent", "10", _Int(1, 100),
+        "Share of the table's data bytes one pass rewrites at most (at least one file); compaction and large "
+        "commits write files of about this share of the table (at most target.file.mb), so rewrites are "
+        "spread over passes and the copies that retained snapshots keep stay small.", _ICEBERG),
     Key("iceberg.maintenance.max.manifests", "iceberg_maintenance_max_manifests", "16", _Int(1),
         "Manifests of the current snapshot above which a pass merges them into one per content kind.", _ICEBERG),
     Key("paimon.catalog.type", "paimon_catalog_type", "paimon",
@@ -545,6 +549,7 @@ class PixelsConfig:
     iceberg_maintenance_small_file_mb: int
     iceberg_maintenance_target_file_mb: int
     iceberg_maintenance_max_compact_mb: int
+    iceberg_maintenance_max_compact_percent: int
     iceberg_maintenance_max_manifests: int
     paimon_catalog_type: str
     paimon_warehouse: str

@@ -27,8 +27,8 @@ from beam_pixels.sinks.iceberg.maintenance import Settings
 from tests.iceberg_stream import ORDERS, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
 
 TABLE = "db.orders"
-# Compact anything with deletes, merge manifests early, delete orphans at once.
-EAGER = Settings(interval_ms=1, deleted_percent=1, small_file_mb=1, orphan_age_ms=0, max_manifests=4)
+# Compact anything with deletes (the whole table in one pass), merge manifests early, delete orphans at once.
+EAGER = Settings(interval_ms=1, deleted_percent=1, small_file_mb=1, orphan_age_ms=0, max_manifests=4, max_compact_percent=100)
 
 
 def open_writer(tmp_path, settings: Settings = EAGER, **properties: str) -> IcebergTableWriter:
