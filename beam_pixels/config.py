@@ -361,7 +361,8 @@ KEYS: tuple[Key, ...] = (
     Key("iceberg.maintenance.compaction.max.mb", "iceberg_maintenance_max_compact_mb", "256", _Int(1),
         "Data file bytes (MiB) one pass rewrites at most (bounds its time and memory).", _ICEBERG),
     Key("iceberg.maintenance.compaction.max.percent", "iceberg_maintenance_max_compact_percent", "10", _Int(1, 100),
-        "Share of the table's data bytes one pass rewrites at most (at least one file); compaction and large "
+        "Share of the table's data bytes that the files with deletes one pass rewrites add up to at most (at least "
+        "one file, or 1 MiB); compaction and large "
         "commits write files of about this share of the table (at most target.file.mb), so rewrites are "
         "spread over passes and the copies that retained snapshots keep stay small.", _ICEBERG),
     Key("iceberg.maintenance.max.manifests", "iceberg_maintenance_max_manifests", "16", _Int(1),
