@@ -10,8 +10,8 @@ One pass (:func:`run_pass`), at most once per ``iceberg.maintenance.interval.ms`
 3. compact: rewrite data files that carry many deleted rows or are small, their
    position deletes folded away, sorted by key, and merge the manifests into one
    per content kind; or only merge manifests when there are too many. A pass
-   rewrites at most ``max_compact_percent`` of the table's data bytes (at least
-   one file) and writes files of at most that share of the table, so rewrites
+   rewrites files with deletes of at most ``max_compact_percent`` of the table's data
+   bytes (at least one file) and writes files of about that share of the table, so rewrites
    are spread over passes: the files a rewrite replaces stay until the snapshots
    reaching them expire, and rewriting the whole table at once would double it.
 
@@ -258,11 +258,10 @@ def file_bytes(settings: Settings, table_bytes: int) -> int:
 def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Settings) -> list[DataFile]:
     """Data files to rewrite: the small ones (under ``small_file_mb`` and under a quarter of
     :func:`file_bytes`), smallest first, then those with at least ``deleted_percent`` of
-    their rows deleted, most deleted first, while they add up to at most
+    their rows deleted, most deleted first, while these add up to at most
     ``max_compact_percent`` of the table's data bytes (or :data:`MIN_FILE_BYTES`; at least
-    one file); all of it within
-    ``max_compact_mb``. A lone small file without deletes is left alone (nothing to merge
-    it with)."""
+    one file); all of it within ``max_compact_mb``. A lone small file without deletes is
+    left alone (nothing to merge it with)."""
     table_bytes = sum(f.file_size_in_bytes for f in data)
     small = min(settings.small_file_mb * 2**20, file_bytes(settings, table_bytes) // 4)
     most = settings.max_compact_mb * 2**20
