@@ -413,3 +413,25 @@ def test_a_pass_rewrites_at_most_its_share_of_the_table_most_deleted_files_first
     assert stream.sort(duckdb_table_rows(maintainer)) == stream.expected()
     maintainer.close()
     writer.close()
+
+
+def test_small_files_are_merged_at_most_a_share_of_the_table_per_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(maintenance, "MIN_FILE_BYTES", 1)  # no floor: the share applies to this small table
+    writer = open_writer(tmp_path, Settings(enabled=False))
+    stream = Stream(ORDERS)
+    for _ in range(12):  # twelve small files, no deletes
+        commit(writer, [stream.batch(stream.changes(200, inserts=1.0))])
+    settings = Settings(interval_ms=1, deleted_percent=100, small_file_mb=64, max_compact_percent=40, orphan_age_ms=0)
+    maintainer = open_writer(tmp_path, settings)
+    before = data_files_by_path(maintainer)
+    maintainer.maintain_now()
+    after = data_files_by_path(maintainer)
+    merged = set(before) - set(after)
+    table_bytes = sum(f.file_size_in_bytes for f in before.values())
+    assert len(merged) >= 2 and len(set(after) - set(before)) == 1
+    assert len(merged) == 2 or sum(before[p].file_size_in_bytes for p in merged) <= table_bytes * 40 / 100
+    assert len(merged) < len(before)  # not the whole table at once
+    assert stream.sort(pyiceberg_rows(maintainer)) == stream.expected()
+    assert stream.sort(duckdb_table_rows(maintainer)) == stream.expected()
+    maintainer.close()
+    writer.close()

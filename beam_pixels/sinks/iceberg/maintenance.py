@@ -258,10 +258,10 @@ def file_bytes(settings: Settings, table_bytes: int) -> int:
 def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Settings) -> list[DataFile]:
     """Data files to rewrite: the small ones (under ``small_file_mb`` and under a quarter of
     :func:`file_bytes`), smallest first, then those with at least ``deleted_percent`` of
-    their rows deleted, most deleted first, while these add up to at most
+    their rows deleted, most deleted first. Each kind adds up to at most
     ``max_compact_percent`` of the table's data bytes (or :data:`MIN_FILE_BYTES`; at least
-    one file); all of it within ``max_compact_mb``. A lone small file without deletes is
-    left alone (nothing to merge it with)."""
+    two small files, one with deletes), all of it within ``max_compact_mb``. A lone small
+    file without deletes is left alone (nothing to merge it with)."""
     table_bytes = sum(f.file_size_in_bytes for f in data)
     small = min(settings.small_file_mb * 2**20, file_bytes(settings, table_bytes) // 4)
     most = settings.max_compact_mb * 2**20
@@ -277,7 +277,7 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
     chosen, total = [], 0
     if len(light) > 1 or (light and heavy):
         for f in light:
-            if chosen and total + f.file_size_in_bytes > most:
+            if len(chosen) > 1 and total + f.file_size_in_bytes > min(most, share_of_table):
                 break
             chosen.append(f)
             total += f.file_size_in_bytes
