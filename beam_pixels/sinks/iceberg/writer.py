@@ -186,11 +186,10 @@ class IcebergTableWriter(TableWriter):
         state = collapse_to_final_state(records, self.schema)
         rows = files.conform(state.upserts, target)
         keys = pa.table({k: state.touched_keys.column(k).cast(target.field(k).type) for k in self.schema.primary_key})
+        # A large write (a preload) becomes files of a share of the table, so that compaction
+        # can rewrite them one at a time. Not sorted by key: that cost ~6% of bulk-load
+        # throughput; compaction sorts the files it writes.
         rows_per_file = self._rows_per_file(rows)
-        if len(files.slices(rows.num_rows, rows_per_file)) > 1:
-            # a large write (a preload): files clustered by key, so that later changes and
-            # compaction touch a fraction of them
-            rows = rows.sort_by([(k, "ascending") for k in self.schema.primary_key])
         data_files = files.write_data_files(table, rows, uuid.uuid4(), rows_per_file)
         codes = []
         if self._merges_on_read and rows.num_rows:
