@@ -353,11 +353,18 @@ KEYS: tuple[Key, ...] = (
     Key("iceberg.maintenance.compaction.deleted.percent", "iceberg_maintenance_deleted_percent", "20", _Int(1, 100),
         "A data file with at least this share of its rows deleted is rewritten without them.", _ICEBERG),
     Key("iceberg.maintenance.compaction.small.file.mb", "iceberg_maintenance_small_file_mb", "8", _Int(0),
-        "Data files smaller than this (MiB) are merged together.", _ICEBERG),
+        "Data files smaller than this (MiB), and than a quarter of the files compaction writes, are merged "
+        "together.", _ICEBERG),
     Key("iceberg.maintenance.compaction.target.file.mb", "iceberg_maintenance_target_file_mb", "128", _Int(1),
-        "Size (MiB) of the data files compaction writes, sorted by the primary key.", _ICEBERG),
+        "Largest size (MiB) of the data files compaction writes, sorted by the primary key; below it, files of "
+        "about compaction.max.percent of the table.", _ICEBERG),
     Key("iceberg.maintenance.compaction.max.mb", "iceberg_maintenance_max_compact_mb", "256", _Int(1),
         "Data file bytes (MiB) one pass rewrites at most (bounds its time and memory).", _ICEBERG),
+    Key("iceberg.maintenance.compaction.max.percent", "iceberg_maintenance_max_compact_percent", "10", _Int(1, 100),
+        "Share of the table's data bytes that the files with deletes one pass rewrites add up to at most (at least "
+        "one file, or 1 MiB); compaction and large "
+        "commits write files of about this share of the table (at most target.file.mb), so rewrites are "
+        "spread over passes and the copies that retained snapshots keep stay small.", _ICEBERG),
     Key("iceberg.maintenance.max.manifests", "iceberg_maintenance_max_manifests", "16", _Int(1),
         "Manifests of the current snapshot above which a pass merges them into one per content kind.", _ICEBERG),
     Key("paimon.catalog.type", "paimon_catalog_type", "paimon",
@@ -547,6 +554,7 @@ class PixelsConfig:
     iceberg_maintenance_small_file_mb: int
     iceberg_maintenance_target_file_mb: int
     iceberg_maintenance_max_compact_mb: int
+    iceberg_maintenance_max_compact_percent: int
     iceberg_maintenance_max_manifests: int
     paimon_catalog_type: str
     paimon_warehouse: str

@@ -16,7 +16,12 @@ written into a fresh table of the same sink in one commit, for the live data
 size and the fresh read time. Figures go to ``soak.csv`` / ``soak.json`` in the
 work directory; the last line printed is::
 
-    RESULT sink=iceberg preload=P commits=N commit_s_first=X commit_s_last=X storage_ratio=X read_ratio=X correct=yes|no
+    RESULT sink=iceberg preload=P commits=N commit_s_first=X commit_s_last=X storage_ratio=X read_ratio=X correct=yes|no storage_ratio_max=X cycle_s_first=X cycle_s_last=X
+
+``storage_ratio_max`` is the largest per-commit storage ratio from a minute into the
+stream on (bytes under the table location over the live rows at that commit, counted
+from the progress lines, times the bytes per row of the fresh table); ``cycle_s`` is a
+commit's ``commit_s`` plus the seconds of the maintenance pass logged after it.
 """
 
 from __future__ import annotations
@@ -46,7 +51,16 @@ from beam_pixels.soak_server import SoakServerProcess, StreamOptions
 
 SINKS = ("iceberg", "paimon")
 DATABASE, TABLE, FRESH_TABLE = "pixels", "soak", "soak_fresh"
-COMMIT_LINE = re.compile(r"committed batch (\d+) to \S+: (\d+) changes .* commit_s=([0-9.]+)")
+COMMIT_LINE = re.compile(
+    r"committed batch (?P<batch>\d+) to \S+: (?P<changes>\d+) changes \(\+(?P<inserts>\d+) ~\d+ -(?P<deletes>\d+)\)"
+    r".* commit_s=(?P<commit_s>[0-9.]+)"
+)
+# The line each sink logs per maintenance pass, after the commit it follows (Iceberg:
+# "..., 2 manifests, 0.12s" and maybe " (notes)"; Paimon: "...reclaimed 1.2 MB; 0.26s" and maybe
+# "; errors: ..."). Paimon logs a pass that found nothing to do at DEBUG only: no line, ~0 s.
+MAINTENANCE_LINE = re.compile(r"maintained \S+: .*[,;] (?P<seconds>[0-9.]+)s(?: \(.*\))?(?:; errors: .*)?$")
+# storage_ratio_max counts the commits from this long after the stream started.
+STORAGE_SETTLE_S = 60.0
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -88,6 +102,30 @@ class CommitFigures:
     read_s: float | None = None
     rows_read: int | None = None
     phase: str = "stream"
+    live_rows: int = 0  # rows of the table after this commit: inserts less deletes committed so far
+    maint_s: float = 0.0  # the maintenance pass that followed this commit (0: none logged)
+    storage_ratio: float | None = None  # table_bytes / live bytes (live_rows x bytes per fresh row)
+
+
+def maintenance_seconds(line: str) -> float | None:
+    """The seconds of a maintenance pass line of either sink, None for any other line."""
+    match = MAINTENANCE_LINE.search(line)
+    return float(match.group("seconds")) if match else None
+
+
+def set_storage_ratios(commits: list[CommitFigures], bytes_per_row: float) -> None:
+    """Each commit's bytes under the table over its live rows' bytes, estimated as its live
+    rows times ``bytes_per_row`` (of the same rows freshly written)."""
+    for c in commits:
+        c.storage_ratio = c.table_bytes / (c.live_rows * bytes_per_row) if c.live_rows and bytes_per_row else None
+
+
+def storage_ratio_max(commits: list[CommitFigures], stream_started_s: float, settle_s: float = STORAGE_SETTLE_S) -> float:
+    """The largest per-commit storage ratio of the commits ``settle_s`` or more after the
+    stream started (NaN if none)."""
+    ratios = [c.storage_ratio for c in commits
+              if c.elapsed_s >= stream_started_s + settle_s and c.storage_ratio is not None]
+    return max(ratios) if ratios else float("nan")
 
 
 def first_last(values: list[float], share: float = 0.1) -> tuple[float, float]:
@@ -99,12 +137,16 @@ def first_last(values: list[float], share: float = 0.1) -> tuple[float, float]:
 
 
 def result_line(sink: str, preload: int, commits: list[CommitFigures], storage_ratio: float, read_ratio: float,
-                correct: bool) -> str:
+                correct: bool, ratio_max: float = float("nan")) -> str:
+    """The last line: ``commits`` are the stream's; ``ratio_max`` is :func:`storage_ratio_max`;
+    cycle = commit_s + maint_s."""
     first, last = first_last([c.commit_s for c in commits])
+    cycle_first, cycle_last = first_last([c.commit_s + c.maint_s for c in commits])
     return (
         f"RESULT sink={sink} preload={preload} commits={len(commits)} commit_s_first={first:.3f} "
         f"commit_s_last={last:.3f} storage_ratio={storage_ratio:.2f} read_ratio={read_ratio:.2f} "
-        f"correct={'yes' if correct else 'no'}"
+        f"correct={'yes' if correct else 'no'} storage_ratio_max={ratio_max:.2f} "
+        f"cycle_s_first={cycle_first:.3f} cycle_s_last={cycle_last:.3f}"
     )
 
 
@@ -293,13 +335,17 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
         stream_commits = 0
         preload_reported = False
         stream_started_at = time.monotonic() if options.preload == 0 else None
+        stream_started_s = 0.0  # seconds after start, as CommitFigures.elapsed_s
         committed = 0  # changes committed so far, per the progress lines
+        live_rows = 0  # inserts less deletes committed so far
         # Full reads run in their own process, so commits keep being measured meanwhile.
         reader = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         reading: tuple[CommitFigures, concurrent.futures.Future] | None = None
 
         def measure(match: re.Match, phase: str) -> CommitFigures:
+            nonlocal live_rows
             now = time.monotonic() - started  # when the driver saw the progress line
+            live_rows += int(match.group("inserts")) - int(match.group("deletes"))
             location = table.location()
             sizes = walk_sizes(location)
             written = sum(size for path, size in sizes.items() if seen.get(path) != size)
@@ -310,9 +356,9 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
             files.update(metadata_files=len(metadata), metadata_bytes=sum(metadata))
             files["cycle_s"] = now - all_commits[-1].elapsed_s if all_commits else 0.0
             figure = CommitFigures(
-                commit=len(all_commits) + 1, batch_id=int(match.group(1)), elapsed_s=now,
-                changes=int(match.group(2)), commit_s=float(match.group(3)), bytes_written=written,
-                table_bytes=sum(sizes.values()), pending=server.pending, phase=phase, **files,
+                commit=len(all_commits) + 1, batch_id=int(match.group("batch")), elapsed_s=now,
+                changes=int(match.group("changes")), commit_s=float(match.group("commit_s")), bytes_written=written,
+                table_bytes=sum(sizes.values()), pending=server.pending, phase=phase, live_rows=live_rows, **files,
             )
             all_commits.append(figure)
             return figure
@@ -324,6 +370,8 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
                 for line in tail.lines():
                     match = COMMIT_LINE.search(line)
                     if not match:
+                        if (seconds := maintenance_seconds(line)) is not None and all_commits:
+                            all_commits[-1].maint_s += seconds
                         continue
                     if committed < options.preload:
                         # up to the commit that completes the preload (it may hold the stream's first changes)
@@ -331,6 +379,7 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
                         committed += figure.changes
                         if committed >= options.preload:
                             stream_started_at = time.monotonic()
+                            stream_started_s = figure.elapsed_s
                             _say(_describe(figure))
                             _say(f"soak: preload of {options.preload:,} keys committed {figure.elapsed_s:.1f} s "
                                  f"after start, in {figure.commit} commit(s)")
@@ -383,6 +432,8 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
                 match = COMMIT_LINE.search(line)
                 if match:
                     _say(_describe(measure(match, "drain")))
+                elif (seconds := maintenance_seconds(line)) is not None and all_commits:
+                    all_commits[-1].maint_s += seconds
             expected = server.dump_expected(workdir / "expected.npz")
             generated = {k[len("generated_"):]: int(v) for k, v in expected.items() if k.startswith("generated_")}
             _say(f"soak: generated {generated}; {len(expected['keys']):,} live keys expected; "
@@ -414,14 +465,30 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
     read_ratio = final_read_s / fresh_read_s if fresh_read_s else float("nan")
     _say(f"soak: table {table_bytes / 2**20:.1f} MB, read {final_read_s:.2f} s; same live rows freshly written: "
          f"{fresh_bytes / 2**20:.1f} MB, read {fresh_read_s:.2f} s")
+    live_expected = len(expected["keys"])
+    if all_commits and all_commits[-1].live_rows != live_expected:
+        _say(f"soak: WARNING: the progress lines add up to {all_commits[-1].live_rows:,} live rows, "
+             f"the server expects {live_expected:,}; per-commit storage ratios are off by that much")
+    bytes_per_row = fresh_bytes / live_expected if live_expected else 0.0
+    set_storage_ratios(all_commits, bytes_per_row)
+    ratio_max = storage_ratio_max(all_commits, stream_started_s)
+    settled = [c.storage_ratio for c in all_commits
+               if c.elapsed_s >= stream_started_s + STORAGE_SETTLE_S and c.storage_ratio is not None]
+    if settled:
+        _say(f"soak: storage ratio per commit from {STORAGE_SETTLE_S:.0f} s into the stream: "
+             f"{min(settled):.2f}-{max(settled):.2f} (median {statistics.median(settled):.2f}, {len(settled)} commits)")
+    cycle_first, cycle_last = first_last([c.commit_s + c.maint_s for c in figures])
     _write_figures(workdir, all_commits, {
         "sink": options.sink, "preload": options.preload, "rate": options.rate,
         "checkpoint_interval_ms": options.checkpoint_interval_ms, "properties": dict(options.properties),
         "table_bytes": table_bytes, "fresh_bytes": fresh_bytes, "final_read_s": final_read_s,
         "fresh_read_s": fresh_read_s, "correct": correct, "peak_rss_mb": peak_rss,
+        "storage_ratio": storage_ratio, "read_ratio": read_ratio, "fresh_bytes_per_row": bytes_per_row,
+        "stream_started_s": stream_started_s, "storage_ratio_max": ratio_max, "live_rows_expected": live_expected,
+        "cycle_s_first": cycle_first, "cycle_s_last": cycle_last,
     })
     _say(_table(figures))
-    return result_line(options.sink, options.preload, figures, storage_ratio, read_ratio, correct), figures
+    return result_line(options.sink, options.preload, figures, storage_ratio, read_ratio, correct, ratio_max), figures
 
 
 def _timed_read(sink: str, warehouse: Path, table: str) -> tuple[float, int]:
@@ -515,15 +582,17 @@ def _describe(f: CommitFigures) -> str:
 
 
 def _table(figures: list[CommitFigures]) -> str:
-    header = f"{'commit':>6} {'t_s':>7} {'changes':>7} {'commit_s':>8} {'wrote_MB':>8} {'table_MB':>8} " \
-             f"{'data':>5} {'dels':>5} {'snaps':>5} {'meta_MB':>7} {'read_s':>6}"
+    header = f"{'commit':>6} {'t_s':>7} {'changes':>7} {'commit_s':>8} {'maint_s':>7} {'wrote_MB':>8} {'table_MB':>8} " \
+             f"{'ratio':>5} {'data':>5} {'dels':>5} {'snaps':>5} {'meta_MB':>7} {'read_s':>6}"
     step = max(1, len(figures) // 20)
     rows = [header]
     for i, f in enumerate(figures):
         if i % step == 0 or i == len(figures) - 1 or f.read_s is not None:
             rows.append(
-                f"{i + 1:>6} {f.elapsed_s:>7.1f} {f.changes:>7} {f.commit_s:>8.3f} {f.bytes_written / 2**20:>8.2f} "
-                f"{f.table_bytes / 2**20:>8.1f} {f.data_files:>5} {f.delete_files:>5} {f.snapshots:>5} "
+                f"{i + 1:>6} {f.elapsed_s:>7.1f} {f.changes:>7} {f.commit_s:>8.3f} {f.maint_s:>7.3f} "
+                f"{f.bytes_written / 2**20:>8.2f} {f.table_bytes / 2**20:>8.1f} "
+                f"{'' if f.storage_ratio is None else format(f.storage_ratio, '.2f'):>5} "
+                f"{f.data_files:>5} {f.delete_files:>5} {f.snapshots:>5} "
                 f"{f.metadata_bytes / 2**20:>7.2f} "
                 f"{'' if f.read_s is None else format(f.read_s, '.2f'):>6}"
             )

@@ -22,13 +22,13 @@ from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from beam_pixels import cli
 from beam_pixels.config import SinkConfigurationError
-from beam_pixels.sinks.iceberg import IcebergTableWriter, WriteToIceberg, files
+from beam_pixels.sinks.iceberg import IcebergTableWriter, WriteToIceberg, files, maintenance
 from beam_pixels.sinks.iceberg.maintenance import Settings
 from tests.iceberg_stream import ORDERS, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
 
 TABLE = "db.orders"
-# Compact anything with deletes, merge manifests early, delete orphans at once.
-EAGER = Settings(interval_ms=1, deleted_percent=1, small_file_mb=1, orphan_age_ms=0, max_manifests=4)
+# Compact anything with deletes (the whole table in one pass), merge manifests early, delete orphans at once.
+EAGER = Settings(interval_ms=1, deleted_percent=1, small_file_mb=1, orphan_age_ms=0, max_manifests=4, max_compact_percent=100)
 
 
 def open_writer(tmp_path, settings: Settings = EAGER, **properties: str) -> IcebergTableWriter:
@@ -327,3 +327,106 @@ def test_the_committer_of_a_running_job_runs_passes_and_reports_beam_metrics(tmp
     reader = open_writer(tmp_path, Settings(enabled=False))
     assert stream.sort(duckdb_table_rows(reader)) == stream.expected()
     reader.close()
+
+
+def data_files_by_path(writer: IcebergTableWriter) -> dict:
+    """The current snapshot's data files by path."""
+    writer.last_checkpoint()
+    table = writer._table
+    return {
+        entry.data_file.file_path: entry.data_file
+        for manifest in table.current_snapshot().manifests(table.io)
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+        if entry.data_file.content == DataFileContent.DATA
+    }
+
+
+def deleted_shares(writer: IcebergTableWriter) -> dict[str, float]:
+    """The share of each current data file's rows that position deletes delete."""
+    writer.last_checkpoint()
+    table = writer._table
+    delete_files = [
+        entry.data_file
+        for manifest in table.current_snapshot().manifests(table.io)
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+        if entry.data_file.content != DataFileContent.DATA
+    ]
+    deleted = files.positions_by_path(files.read_position_deletes(table, delete_files))
+    return {path: len(deleted.get(path, ())) / f.record_count for path, f in data_files_by_path(writer).items()}
+
+
+def test_a_large_commit_is_split_into_files_of_a_tenth_of_the_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "MIN_ROWS_PER_FILE", 100)  # a test-sized "large" commit
+    writer = open_writer(tmp_path, Settings(enabled=False, max_compact_percent=10))
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(2000, inserts=1.0))])
+    data = data_files_by_path(writer)
+    rows = len(stream.expected())  # about 2000 (a random key may repeat)
+    most = rows * 10 // 100
+    assert len(data) == -(-rows // most) and all(f.record_count <= most for f in data.values())
+    assert sum(f.record_count for f in data.values()) == rows
+    assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
+    assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
+    commit(writer, [stream.batch(stream.changes(50))])  # a small commit stays one file
+    assert len(data_files_by_path(writer)) == len(data) + 1
+    assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
+    writer.close()
+
+
+def test_a_pass_rewrites_at_most_its_share_of_the_table_most_deleted_files_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "MIN_ROWS_PER_FILE", 1000)
+    monkeypatch.setattr(maintenance, "MIN_FILE_BYTES", 1)  # no floor: the share applies to this small table
+    settings = Settings(interval_ms=1, deleted_percent=5, small_file_mb=0, max_compact_percent=25, orphan_age_ms=0)
+    writer = open_writer(tmp_path, Settings(enabled=False, max_compact_percent=10))
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(20_000, inserts=1.0))])
+    churn(writer, stream, 8, changes=300)
+    maintainer = open_writer(tmp_path, settings)
+    passes = 0
+    while True:
+        before, shares = data_files_by_path(maintainer), deleted_shares(maintainer)
+        heavy = {path for path, share in shares.items() if share * 100 >= settings.deleted_percent}
+        if not heavy:
+            break
+        assert passes < 12, "the deleted rows were never folded away"
+        report = maintainer.maintain_now()
+        passes += 1
+        after = data_files_by_path(maintainer)
+        rewritten = set(before) - set(after)
+        assert rewritten and rewritten <= heavy  # only files with enough deletes (small.file.mb=0)
+        table_bytes = sum(f.file_size_in_bytes for f in before.values())
+        rewritten_bytes = sum(before[p].file_size_in_bytes for p in rewritten)
+        assert len(rewritten) == 1 or rewritten_bytes <= table_bytes * settings.max_compact_percent / 100
+        assert min(shares[p] for p in rewritten) >= max((shares[p] for p in heavy - rewritten), default=0)
+        assert report.files_compacted >= len(rewritten)
+        new = [after[p] for p in set(after) - set(before)]
+        assert all(f.file_size_in_bytes <= 2 * table_bytes * settings.max_compact_percent / 100 for f in new)
+        assert stream.sort(pyiceberg_rows(maintainer)) == stream.expected()
+        assert stream.sort(duckdb_table_rows(maintainer)) == stream.expected()
+    assert passes >= 3  # 10 heavy files of a tenth of the table each, a quarter of it per pass
+    churn(maintainer, stream, 2, changes=300)  # later commits find the rewritten rows
+    assert stream.sort(duckdb_table_rows(maintainer)) == stream.expected()
+    maintainer.close()
+    writer.close()
+
+
+def test_small_files_are_merged_at_most_a_share_of_the_table_per_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(maintenance, "MIN_FILE_BYTES", 1)  # no floor: the share applies to this small table
+    writer = open_writer(tmp_path, Settings(enabled=False))
+    stream = Stream(ORDERS)
+    for _ in range(12):  # twelve small files, no deletes
+        commit(writer, [stream.batch(stream.changes(200, inserts=1.0))])
+    settings = Settings(interval_ms=1, deleted_percent=100, small_file_mb=64, max_compact_percent=40, orphan_age_ms=0)
+    maintainer = open_writer(tmp_path, settings)
+    before = data_files_by_path(maintainer)
+    maintainer.maintain_now()
+    after = data_files_by_path(maintainer)
+    merged = set(before) - set(after)
+    table_bytes = sum(f.file_size_in_bytes for f in before.values())
+    assert len(merged) >= 2 and len(set(after) - set(before)) == 1
+    assert len(merged) == 2 or sum(before[p].file_size_in_bytes for p in merged) <= table_bytes * 40 / 100
+    assert len(merged) < len(before)  # not the whole table at once
+    assert stream.sort(pyiceberg_rows(maintainer)) == stream.expected()
+    assert stream.sort(duckdb_table_rows(maintainer)) == stream.expected()
+    maintainer.close()
+    writer.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import subprocess
@@ -16,14 +18,24 @@ from beam_pixels.changes import Op
 from beam_pixels.mock_server import MockPixelsServer
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema
-from beam_pixels.soak import check_rows, first_last
+from beam_pixels.soak import (
+    COMMIT_LINE,
+    CommitFigures,
+    check_rows,
+    first_last,
+    maintenance_seconds,
+    result_line,
+    set_storage_ratios,
+    storage_ratio_max,
+)
 from beam_pixels.wire import scan_response
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "soak.py"
 RESULT = re.compile(
     r"^RESULT sink=(\w+) preload=(\d+) commits=(\d+) commit_s_first=[0-9.]+ commit_s_last=[0-9.]+ "
-    r"storage_ratio=[0-9.]+ read_ratio=[0-9.]+ correct=(yes|no)$"
+    r"storage_ratio=[0-9.]+ read_ratio=[0-9.]+ correct=(yes|no) storage_ratio_max=([0-9.]+|nan) "
+    r"cycle_s_first=([0-9.]+) cycle_s_last=([0-9.]+)$"
 )
 
 
@@ -32,6 +44,59 @@ def test_first_and_last_are_medians_of_the_first_and_last_tenth():
     assert first_last(values) == (5.5, 95.5)
     assert first_last([3.0, 1.0, 2.0]) == (3.0, 2.0)  # at least one value each
     assert first_last([4.0, 2.0, 9.0] + [0.0] * 24 + [7.0, 1.0, 5.0]) == (4.0, 5.0)  # 30 values: 3 each
+
+
+def _commit(n: int, elapsed_s: float, commit_s: float, table_bytes: int, live_rows: int, maint_s: float = 0.0):
+    return CommitFigures(commit=n, batch_id=n, elapsed_s=elapsed_s, changes=10, commit_s=commit_s, bytes_written=0,
+                         table_bytes=table_bytes, data_files=1, delete_files=0, snapshots=1, live_rows=live_rows,
+                         maint_s=maint_s)
+
+
+def test_commit_lines_give_the_changes_and_the_live_row_delta():
+    line = ("06:44:22 INFO beam_pixels.sinks.committing: committed batch 2 to pixels.soak: 500084 changes "
+            "(+499372 ~629 -83), snapshot 5074, 0 already committed, commit_s=0.177 (2,830,587 changes/s)")
+    match = COMMIT_LINE.search(line)
+    assert match and match.group("batch") == "2" and match.group("changes") == "500084"
+    assert (match.group("inserts"), match.group("deletes"), match.group("commit_s")) == ("499372", "83", "0.177")
+
+
+def test_maintenance_lines_of_both_sinks_give_their_seconds():
+    iceberg = ("06:44:51 INFO beam_pixels.sinks.iceberg.maintenance: maintained pixels.soak: 3 snapshots expired, "
+               "7 files deleted (1.5 MB reclaimed), 25 files compacted into 2, 2 manifests, 0.22s")
+    assert maintenance_seconds(iceberg) == 0.22
+    assert maintenance_seconds(iceberg + " (time budget spent before compacting)") == 0.22
+    paimon = ("INFO:beam_pixels.sinks.paimon.writer:maintained pixels.orders: compacted 4 bucket(s), 20 files (3.9 MB) "
+              "into 4 (3.4 MB) in snapshot 22; expired 2 snapshot(s), deleted 9 files, reclaimed 1.2 MB; 1.26s")
+    assert maintenance_seconds(paimon) == 1.26
+    assert maintenance_seconds(paimon + "; errors: compaction failed: disk full, 3.5 GB; retry") == 1.26
+    assert maintenance_seconds("committed batch 3 to pixels.soak: 10 changes (+1 ~8 -1), commit_s=0.062") is None
+
+
+def test_storage_ratio_per_commit_and_its_maximum_after_the_first_minute():
+    commits = [
+        _commit(1, 10.0, 0.1, table_bytes=3_000, live_rows=100),  # the preload: stream starts at 10 s
+        _commit(2, 40.0, 0.1, table_bytes=2_500, live_rows=100),  # 2.5x, but within the first minute
+        _commit(3, 75.0, 0.1, table_bytes=1_800, live_rows=120),
+        _commit(4, 90.0, 0.1, table_bytes=2_100, live_rows=100),
+        _commit(5, 95.0, 0.1, table_bytes=900, live_rows=0),  # an empty table: no ratio
+    ]
+    set_storage_ratios(commits, bytes_per_row=10.0)
+    assert [c.storage_ratio for c in commits] == [3.0, 2.5, 1.5, 2.1, None]
+    assert storage_ratio_max(commits, stream_started_s=10.0) == 2.1
+    assert storage_ratio_max(commits, stream_started_s=10.0, settle_s=0.0) == 3.0
+    assert math.isnan(storage_ratio_max(commits, stream_started_s=100.0))  # no commit a minute into the stream
+
+
+def test_result_line_keeps_the_fields_and_appends_the_ratio_maximum_and_the_cycle_times():
+    commits = [_commit(i, float(i), commit_s=0.1 * (i < 5) + 0.3 * (i >= 5), table_bytes=1, live_rows=1,
+                       maint_s=2.0 if i == 9 else 0.5 * (i >= 5)) for i in range(10)]
+    line = result_line("iceberg", 1000, commits, 1.234, 0.9, True, ratio_max=1.876)
+    match = RESULT.match(line)
+    assert match, line
+    assert line.startswith("RESULT sink=iceberg preload=1000 commits=10 commit_s_first=0.100 commit_s_last=0.300 "
+                           "storage_ratio=1.23 read_ratio=0.90 correct=yes ")
+    assert match.group(5) == "1.88"
+    assert (match.group(6), match.group(7)) == ("0.100", "2.300")  # the last commit's pass counts in its cycle
 
 
 def _model(preload: int, rounds: list[list[tuple[int, int]]]) -> dict[int, int]:
@@ -153,7 +218,13 @@ def test_soak_smoke_run_is_correct(tmp_path, sink):
     assert match, last
     assert match.group(1) == sink and match.group(2) == "3000" and int(match.group(3)) >= 4
     assert match.group(4) == "yes", done.stdout
+    assert float(match.group(6)) > 0 and float(match.group(7)) > 0
     assert (tmp_path / "soak" / "soak.csv").exists() and (tmp_path / "soak" / "soak.json").exists()
+    figures = json.loads((tmp_path / "soak" / "soak.json").read_text())
+    summary, commits = figures["summary"], figures["commits"]
+    assert commits[-1]["live_rows"] == summary["live_rows_expected"]  # the progress lines add up
+    assert all(c["storage_ratio"] > 0 and c["maint_s"] >= 0 for c in commits)
+    assert "storage_ratio_max" in summary and summary["cycle_s_first"] >= min(c["commit_s"] for c in commits)
 
 
 @pytest.mark.parametrize("command", [["soak"], ["bench", "--soak"]])

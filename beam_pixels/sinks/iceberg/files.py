@@ -50,22 +50,40 @@ def conform(rows: pa.Table, target: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=target)
 
 
-def slices(num_rows: int, max_rows_per_file: int | None = None) -> list[tuple[int, int]]:
-    """``(offset, length)`` of the files ``num_rows`` rows are written to: one per core
-    for large writes (at least :data:`MIN_ROWS_PER_FILE` each); with ``max_rows_per_file``,
-    as few files as hold that many rows each (compaction output)."""
+def slices(num_rows: int, max_rows_per_file: int | None = None, *, per_core: bool = True) -> list[tuple[int, int]]:
+    """``(offset, length)`` of the files ``num_rows`` rows are written to, as evenly as
+    possible: no file above ``max_rows_per_file`` rows (if given), and with ``per_core``
+    at least one file per core for large writes (at least :data:`MIN_ROWS_PER_FILE`
+    each), so that they are written in parallel."""
     if not num_rows:
         return []
-    if max_rows_per_file:
-        parts = -(-num_rows // max_rows_per_file)
-    else:
-        parts = max(1, min(os.cpu_count() or 1, num_rows // MIN_ROWS_PER_FILE))
+    parts = -(-num_rows // max_rows_per_file) if max_rows_per_file else 1
+    if per_core:
+        parts = max(parts, min(os.cpu_count() or 1, num_rows // MIN_ROWS_PER_FILE))
     size = -(-num_rows // parts)
     return [(i, min(size, num_rows - i)) for i in range(0, num_rows, size)]
 
 
+def commit_rows_per_file(table: Table, rows: pa.Table, max_percent: int, target_file_mb: int) -> int:
+    """The most rows a data file of a commit of ``rows`` holds: about ``max_percent`` of
+    the table's rows after the commit (at least :data:`MIN_ROWS_PER_FILE`), so that a
+    large commit (a preload) is several files of which compaction can rewrite one at a
+    time; and no more than ``target_file_mb`` of Arrow data (Parquet is smaller)."""
+    snapshot = table.current_snapshot()
+    summary = snapshot.summary.additional_properties if snapshot is not None and snapshot.summary else {}
+    stored = int(summary.get("total-records", 0))
+    share = max(MIN_ROWS_PER_FILE, (stored + rows.num_rows) * max_percent // 100)
+    arrow_bytes_per_row = rows.nbytes / max(1, rows.num_rows)
+    return max(1, min(share, int(target_file_mb * 2**20 / max(arrow_bytes_per_row, 1.0))))
+
+
 def write_data_files(
-    table: Table, rows: pa.Table | None, write_uuid: uuid.UUID, max_rows_per_file: int | None = None
+    table: Table,
+    rows: pa.Table | None,
+    write_uuid: uuid.UUID,
+    max_rows_per_file: int | None = None,
+    *,
+    per_core: bool = True,
 ) -> list[DataFile]:
     """Parquet data files holding ``rows`` (in the table's Arrow schema), not yet committed,
     one per :func:`slices` entry and in that order; written at once (pyarrow writes
@@ -76,7 +94,7 @@ def write_data_files(
     task_schema = pyarrow_to_schema(rows.schema, name_mapping=metadata.schema().name_mapping, format_version=metadata.format_version)
     tasks = [
         WriteTask(write_uuid=write_uuid, task_id=i, schema=task_schema, record_batches=rows.slice(offset, length).to_batches())
-        for i, (offset, length) in enumerate(slices(rows.num_rows, max_rows_per_file))
+        for i, (offset, length) in enumerate(slices(rows.num_rows, max_rows_per_file, per_core=per_core))
     ]
     return list(write_file(table.io, metadata, iter(tasks)))
 

@@ -9,7 +9,11 @@ One pass (:func:`run_pass`), at most once per ``iceberg.maintenance.interval.ms`
    snapshot or metadata file reaches and that are older than a safety window;
 3. compact: rewrite data files that carry many deleted rows or are small, their
    position deletes folded away, sorted by key, and merge the manifests into one
-   per content kind; or only merge manifests when there are too many.
+   per content kind; or only merge manifests when there are too many. A pass
+   rewrites files with deletes of at most ``max_compact_percent`` of the table's data
+   bytes (at least one file) and writes files of about that share of the table, so rewrites
+   are spread over passes: the files a rewrite replaces stay until the snapshots
+   reaching them expire, and rewriting the whole table at once would double it.
 
 Every commit of a pass requires the table state it was planned on, so it never
 races the sink's own commits or another writer's: a conflict ends the pass and
@@ -43,6 +47,9 @@ _NAMESPACE = "beam_pixels.iceberg.maintenance"
 # Iceberg's own defaults for tables that do not set the retention properties.
 _MAX_SNAPSHOT_AGE_MS = 5 * 24 * 3600 * 1000
 _MIN_SNAPSHOTS_TO_KEEP = 1
+# The smallest data file compaction writes, and bytes of files with deletes a pass may always rewrite
+# (a tiny table is compacted whole).
+MIN_FILE_BYTES = 2**20
 # monotonic time of the last pass per table UUID, process-wide (local runs build new writers every round).
 _LAST_PASS: dict[str, float] = {}
 _LAST_PASS_LOCK = threading.Lock()
@@ -60,6 +67,7 @@ class Settings:
     small_file_mb: int = 8
     target_file_mb: int = 128
     max_compact_mb: int = 256
+    max_compact_percent: int = 10
     max_manifests: int = 16
 
     @classmethod
@@ -73,6 +81,7 @@ class Settings:
             small_file_mb=config.iceberg_maintenance_small_file_mb,
             target_file_mb=config.iceberg_maintenance_target_file_mb,
             max_compact_mb=config.iceberg_maintenance_max_compact_mb,
+            max_compact_percent=config.iceberg_maintenance_max_compact_percent,
             max_manifests=config.iceberg_maintenance_max_manifests,
         )
 
@@ -238,25 +247,48 @@ def _live_files(table: Table) -> tuple[list[DataFile], list[DataFile], int]:
     return data, deletes, len(manifests)
 
 
+def file_bytes(settings: Settings, table_bytes: int) -> int:
+    """The size of the data files compaction writes for a table of ``table_bytes`` of data
+    files: ``max_compact_percent`` of it, at least :data:`MIN_FILE_BYTES`, at most
+    ``target_file_mb``."""
+    share = table_bytes * settings.max_compact_percent // 100
+    return min(settings.target_file_mb * 2**20, max(MIN_FILE_BYTES, share))
+
+
 def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Settings) -> list[DataFile]:
-    """Data files to rewrite: most deleted rows first, then small ones, up to the byte budget.
-    A lone small file without deletes is left alone (nothing to merge it with)."""
-    small = settings.small_file_mb * 2**20
+    """Data files to rewrite: the small ones (under ``small_file_mb`` and under a quarter of
+    :func:`file_bytes`), smallest first, then those with at least ``deleted_percent`` of
+    their rows deleted, most deleted first. Each kind adds up to at most
+    ``max_compact_percent`` of the table's data bytes (or :data:`MIN_FILE_BYTES`; at least
+    two small files, one with deletes), all of it within ``max_compact_mb``. A lone small
+    file without deletes is left alone (nothing to merge it with)."""
+    table_bytes = sum(f.file_size_in_bytes for f in data)
+    small = min(settings.small_file_mb * 2**20, file_bytes(settings, table_bytes) // 4)
+    most = settings.max_compact_mb * 2**20
+    share_of_table = max(MIN_FILE_BYTES, table_bytes * settings.max_compact_percent / 100)
 
     def share(f: DataFile) -> float:
         return len(deleted.get(f.file_path, ())) / max(1, f.record_count)
 
-    heavy = [f for f in data if share(f) * 100 >= settings.deleted_percent]
-    light = [f for f in data if f not in heavy and f.file_size_in_bytes < small]
-    if len(heavy) + len(light) < 2 and not heavy:
-        return []
+    heavy = sorted((f for f in data if share(f) * 100 >= settings.deleted_percent), key=share, reverse=True)
+    heavy_paths = {f.file_path for f in heavy}
+    light = sorted((f for f in data if f.file_path not in heavy_paths and f.file_size_in_bytes < small),
+                   key=lambda f: f.file_size_in_bytes)
     chosen, total = [], 0
-    for f in sorted(heavy, key=share, reverse=True) + sorted(light, key=lambda f: f.file_size_in_bytes):
-        if chosen and total + f.file_size_in_bytes > settings.max_compact_mb * 2**20:
+    if len(light) > 1 or (light and heavy):
+        for f in light:
+            if len(chosen) > 1 and total + f.file_size_in_bytes > min(most, share_of_table):
+                break
+            chosen.append(f)
+            total += f.file_size_in_bytes
+    rewritten = 0  # bytes of heavy files
+    for f in heavy:
+        if rewritten and (rewritten + f.file_size_in_bytes > share_of_table or total + f.file_size_in_bytes > most):
             break
         chosen.append(f)
         total += f.file_size_in_bytes
-    return chosen if len(chosen) > 1 or heavy else []
+        rewritten += f.file_size_in_bytes
+    return chosen
 
 
 def _compact(table: Table, settings: Settings, key_columns: list[str], properties: dict[str, str], report: PassReport) -> None:
@@ -291,9 +323,10 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     if key_columns:
         rows = rows.sort_by([(k, "ascending") for k in key_columns])
     bytes_per_row = sum(f.file_size_in_bytes for f in chosen) / max(1, sum(f.record_count for f in chosen))
-    rows_per_file = max(1, int(settings.target_file_mb * 2**20 / max(bytes_per_row, 1e-9)))
+    target_bytes = file_bytes(settings, sum(f.file_size_in_bytes for f in data))
+    rows_per_file = max(1, int(target_bytes / max(bytes_per_row, 1e-9)))
     write_uuid = uuid.uuid4()
-    new_files = files.write_data_files(table, rows, write_uuid, rows_per_file)
+    new_files = files.write_data_files(table, rows, write_uuid, rows_per_file, per_core=False)
     dropped = chosen_paths | gone
     folded = delete_files if len(delete_files) > 1 else [f for f in delete_files if _names_any(per_file[f.file_path], dropped)]
     kept = [per_file[f.file_path] for f in folded]
@@ -318,7 +351,7 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
         with index.lock:
             index.forget_files(chosen_paths)
             codes = key_codes(rows.select(key_columns))
-            for f, (offset, length) in zip(new_files, files.slices(rows.num_rows, rows_per_file)):
+            for f, (offset, length) in zip(new_files, files.slices(rows.num_rows, rows_per_file, per_core=False)):
                 index.add_file(f.file_path, codes[offset : offset + length])
             index.snapshot_id = snapshot_id
     report.files_compacted = len(chosen) + len(folded)
