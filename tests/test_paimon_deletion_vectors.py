@@ -204,3 +204,18 @@ def test_a_table_written_write_only_with_deletion_vectors_is_not_maintained_unti
     managed.open()
     with pytest.raises(RuntimeError, match=r"holds \d+ level-0 files \(e\.g\. data-.*compaction job"):
         commit_batches(managed, state, 3, 1)
+
+
+def test_the_table_line_is_logged_once_per_run_not_once_per_round(tmp_path, caplog):
+    import logging
+
+    properties = catalog_properties(tmp_path)
+    state = {}
+    with caplog.at_level(logging.INFO, logger="beam_pixels.sinks.paimon"):
+        for batch in range(1, 5):  # one writer per round, as local runs build a new pipeline every round
+            writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=1)
+            writer.open()
+            commit_batches(writer, state, batch, 1)
+    lines = [r.getMessage() for r in caplog.records if "table pixels.orders" in r.getMessage()]
+    assert [line.split(": ")[1].split(" table")[0] for line in lines] == ["created", "using existing"]
+    assert read_rows(open_table(properties)) == expected(state)

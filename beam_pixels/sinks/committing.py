@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import logging
 import random
+import threading
 import time
 import typing
 from dataclasses import dataclass
@@ -45,6 +46,20 @@ def split_table_name(table_name: str, database: str | None, sink: str) -> tuple[
             f"set only one of them"
         )
     return prefix or database or DEFAULT_DATABASE, name
+
+
+_ANNOUNCED: set[tuple] = set()
+_ANNOUNCED_LOCK = threading.Lock()
+
+
+def first_time(*what) -> bool:
+    """Whether this process sees ``what`` for the first time (so a table's "using existing
+    table" line is printed once per run, not once per round of writers)."""
+    with _ANNOUNCED_LOCK:
+        if what in _ANNOUNCED:
+            return False
+        _ANNOUNCED.add(what)
+        return True
 
 
 class CommitConflict(Exception):

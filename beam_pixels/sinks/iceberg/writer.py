@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import typing
 import uuid
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from beam_pixels.changes import CHANGELOG_COLUMNS, changelog_rows, collapse_to_f
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.schema import SourceSchema, TypeKind
-from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, split_table_name
+from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
 from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read
 from beam_pixels.sinks.key_index import key_codes
 
@@ -58,9 +57,6 @@ DEFAULT_TABLE_PROPERTIES = {
     "history.expire.max-snapshot-age-ms": "300000",
     "history.expire.min-snapshots-to-keep": "5",
 }
-# Tables whose "using existing table" line this process has printed (once per run, not per round).
-_ANNOUNCED: set[tuple[str, str]] = set()
-_ANNOUNCED_LOCK = threading.Lock()
 
 
 class IcebergSchemaMismatch(SinkConfigurationError):
@@ -132,11 +128,8 @@ class IcebergTableWriter(TableWriter):
                 f"position deletes (v2): upgrade the table (format-version=2) or set iceberg.write.mode=copy-on-write"
             )
         self._table = _without_blind_retries(table)
-        with _ANNOUNCED_LOCK:
-            seen = (str(table.metadata.table_uuid), action)
-            if seen in _ANNOUNCED:
-                return
-            _ANNOUNCED.add(seen)
+        if not first_time("iceberg", str(table.metadata.table_uuid), action):
+            return
         _LOG.info(
             "Iceberg catalog %r (type %s): %s table %s at %s",
             self._catalog_name,

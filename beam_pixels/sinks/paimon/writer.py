@@ -49,7 +49,7 @@ from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_fi
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
-from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, split_table_name
+from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
 from beam_pixels.sinks.paimon import deletion_vectors, merge_on_read
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
 from beam_pixels.sinks.paimon.bucketing import bucket_ids
@@ -137,10 +137,13 @@ class PaimonTableWriter(TableWriter):
                     tuple(self.schema.primary_key))
             except ValueError as error:
                 raise SinkConfigurationError(f"Paimon table {self.table_name}: {error}") from None
+        action = "created" if created else "using existing"
+        if not first_time("paimon", table.table_path, action):
+            return
         _LOG.info(
             "Paimon warehouse %s: %s table %s (%s, commit user %s)",
             _redact(self._catalog_options["warehouse"]),
-            "created" if created else "using existing",
+            action,
             self.table_name,
             f"primary key {', '.join(self.schema.primary_key)}, {table.options.bucket()} buckets"
             + (", deletion vectors" if self._deletion_vectors else "")
