@@ -108,6 +108,7 @@ class PaimonTableWriter(TableWriter):
         self.compaction_max_bytes = compaction_max_bytes
         self.write_only = write_only
         self._maintenance: MaintenanceOptions | None = None
+        self._maintained_through: int | None = None  # the latest snapshot after a pass that left nothing to do
         self._deletion_vectors = False
         self._table = None
         self._write_schema: pa.Schema | None = None
@@ -217,14 +218,23 @@ class PaimonTableWriter(TableWriter):
 
     def maintain(self, own_snapshot=None) -> PassReport | None:
         """One maintenance pass (bucket compaction for primary-key tables, manifests, snapshot
-        expiration) unless the table is write-only; the committer runs it after each commit."""
+        expiration) unless the table is write-only. :meth:`commit_prepared` runs it right after
+        each commit (so its time counts in the commit cycle); the committer's own call after
+        that skips a second pass when nothing was committed since and nothing was left waiting."""
         if self._maintenance is None:
             return None
-        own_snapshot = own_snapshot or self._last_own_snapshot()
+        if own_snapshot is None:
+            latest = self._table.snapshot_manager().get_latest_snapshot()
+            if latest is not None and latest.id == self._maintained_through:
+                return None
+            own_snapshot = self._last_own_snapshot()
         if own_snapshot is None:
             return None
         report = run_pass(self._table, self.table_name, self.commit_user, own_snapshot, self._maintenance)
         _LOG.log(logging.DEBUG if report.idle else logging.INFO, report.line())
+        latest = self._table.snapshot_manager().get_latest_snapshot()
+        finished = not (report.buckets_waiting or report.refused or report.errors)
+        self._maintained_through = latest.id if latest and finished else None
         return report
 
     def close(self) -> None:
