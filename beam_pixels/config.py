@@ -387,6 +387,9 @@ KEYS: tuple[Key, ...] = (
     Key("paimon.compaction.max-mb-per-pass", "paimon_compaction_max_mb", "256", _Int(1),
         "Input megabytes one maintenance pass compacts at most (at least one bucket; of an append table at "
         "least two files), so commits keep their interval; the rest waits for the next pass.", _PAIMON),
+    Key("paimon.compaction.file-percent", "paimon_compaction_file_percent", "10", _Int(1, 100),
+        "Deletion-vector tables: compaction writes files of at most this share of their bucket's live rows "
+        "(at least 10,000 rows), so that deleted rows are reclaimed a file at a time.", _PAIMON),
     Key("paimon.write-only", "paimon_write_only", "false", _Bool(),
         "Neither compact nor expire snapshots (also when the table has write-only=true): leave both to "
         "Paimon's dedicated compaction job.", _PAIMON),
@@ -564,6 +567,7 @@ class PixelsConfig:
     paimon_bucket: int
     paimon_compaction_trigger: int | None
     paimon_compaction_max_mb: int
+    paimon_compaction_file_percent: int
     paimon_write_only: bool
     properties: dict[str, str] = dataclasses.field(repr=False, hash=False)
     warnings: tuple[str, ...] = dataclasses.field(repr=False, compare=False)

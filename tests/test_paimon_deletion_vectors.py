@@ -219,3 +219,59 @@ def test_the_table_line_is_logged_once_per_run_not_once_per_round(tmp_path, capl
     lines = [r.getMessage() for r in caplog.records if "table pixels.orders" in r.getMessage()]
     assert [line.split(": ")[1].split(" table")[0] for line in lines] == ["created", "using existing"]
     assert read_rows(open_table(properties)) == expected(state)
+
+
+def test_deleted_positions_added_by_a_commit_merge_into_the_sorted_vector():
+    import numpy as np
+
+    from beam_pixels.sinks.paimon.deletion_vectors import merge_sorted
+
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        old = np.unique(rng.integers(0, 300, rng.integers(0, 40))).astype(np.uint32)
+        new = np.unique(rng.integers(0, 300, rng.integers(0, 40))).astype(np.uint32)
+        merged = merge_sorted(old, new)
+        assert merged.dtype == np.uint32
+        assert merged.tolist() == sorted(set(old.tolist()) | set(new.tolist()))
+
+
+def test_the_oldest_run_takes_in_newer_rows_of_its_key_range_file_by_file(tmp_path, monkeypatch):
+    """A file of the oldest run rewritten for its deleted rows takes in the rows the newer
+    runs hold from its first key to the next file's (composite keys: region, then id),
+    marking them deleted there; the table stays exact at every snapshot, also for a new
+    process that rebuilds its key index and goes on updating moved keys."""
+    from beam_pixels.sinks.paimon import dv_compaction
+
+    monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 6)  # several files per run on a small table
+    moved = []
+    merge = dv_compaction.merge_live_runs
+
+    def counting(*args, **kwargs):
+        result = merge(*args, **kwargs)
+        moved.append(sum(len(positions) for _, positions in result.moved.values()))
+        return result
+
+    monkeypatch.setattr(dv_compaction, "merge_live_runs", counting)
+    properties = catalog_properties(tmp_path)
+    options = {"snapshot.num-retained.min": "1000", "compaction.delete-ratio-threshold": "0.15"}
+    writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=1, table_options=options)
+    writer.open()
+    state, history = {}, {}
+    for batch in range(1, 61):
+        if batch == 40:  # a new process: the key index is rebuilt from the table
+            deletion_vectors.forget(open_table(properties))
+            writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=1, table_options=options)
+            writer.open()
+        commit_batches(writer, state, batch, 1)
+        table = open_table(properties)
+        history[private.latest_snapshot(table).id] = expected(state)
+        assert read_rows(table) == expected(state), f"after batch {batch}"
+        assert_level_invariants(table)
+        index = deletion_vectors.live_rows(table, ["region", "id"], live_files).index
+        assert len(index) == len(state), "the key index holds each live key once, moved ones included"
+    assert sum(moved) > 20 and sum(1 for m in moved if m) >= 3, moved
+    entries = live_files(table, private.latest_snapshot(table))[((), 0)]
+    top = max(e.file.level for e in entries)
+    assert sum(1 for e in entries if e.file.level == top) >= 3, "the oldest run is several files"
+    for snapshot_id, rows in history.items():
+        assert read_rows(table, snapshot_id) == rows, f"snapshot {snapshot_id}"

@@ -28,6 +28,7 @@ from beam_pixels.mock_server import MockPixelsServer
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.paimon import PaimonTableWriter
 from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon import dv_compaction
 from beam_pixels.sinks.paimon.maintenance import live_files
 
 ROW_KIND = "_rowkind"
@@ -81,9 +82,12 @@ def test_every_column_type_reads_the_same_in_java(tmp_path):
     assert [(r["id"], r["code"]) for r in rows] == [(2, "AB"), (4, "AB"), (4, "CD"), (5, "AB"), (6, "AB"), (30, "AB")]
 
 
-def test_compacted_and_expired_tables_read_the_same_in_java_at_every_snapshot(tmp_path):
-    """The committer compacts (universal, trigger 3) and expires (4 to 6 snapshots kept) as it
-    commits; keys are deleted and re-inserted across compactions."""
+def test_compacted_and_expired_tables_read_the_same_in_java_at_every_snapshot(tmp_path, monkeypatch):
+    """The committer compacts and expires (4 to 6 snapshots kept) as it commits; keys are
+    deleted and re-inserted across compactions. The table has deletion vectors (the default),
+    and its oldest runs are several files (a few rows each), so rewrites take in the newer
+    runs' rows of their key ranges."""
+    monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 5)
     properties = warehouse_properties(tmp_path)
     options = {"snapshot.num-retained.min": "4", "snapshot.num-retained.max": "6", "manifest.merge-min-count": "5"}
     writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=2, compaction_trigger=3, table_options=options)

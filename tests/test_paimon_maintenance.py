@@ -238,7 +238,7 @@ _CHILD = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from test_paimon_maintenance import ORDERS, catalog_properties, commit_batches
-from beam_pixels.sinks.paimon import PaimonTableWriter, _pypaimon_private as private, maintenance, merge_on_read
+from beam_pixels.sinks.paimon import PaimonTableWriter, _pypaimon_private as private, dv_compaction, maintenance, merge_on_read
 
 def slowly(function, marker):
     def wrapped(*args, **kwargs):
@@ -251,7 +251,7 @@ def slowly(function, marker):
 # (deletion-vector tables commit their data through commit_compact too).
 private.commit_compact = slowly(private.commit_compact, "committing-compaction")
 maintenance.compact_bucket = slowly(maintenance.compact_bucket, "compacting")
-maintenance.merge_live_runs = slowly(maintenance.merge_live_runs, "compacting")
+dv_compaction.merge_live_runs = slowly(dv_compaction.merge_live_runs, "compacting")
 merge_on_read.merge_live_runs = slowly(merge_on_read.merge_live_runs, "compacting")
 private.snapshot_path = slowly(private.snapshot_path, "expiring")
 

@@ -165,6 +165,15 @@ class KeyIndex:
             self._runs[number].files[chosen] = -1
             self._tombstones += len(chosen)
 
+    def forget_rows(self, path: str, codes: np.ndarray, positions: np.ndarray) -> None:
+        """Tombstone the entries of data file ``path``'s rows at ``positions`` (keys ``codes``):
+        rows moved to another file."""
+        file_id = self._ids.get(path)
+        if file_id is None or not len(codes):
+            return
+        hits = self.find(codes)
+        self.forget(hits, (hits.files == file_id) & np.isin(hits.positions, positions))
+
     def forget_files(self, paths: typing.Iterable[str]) -> None:
         """Tombstone every entry of these data files (rewritten by compaction)."""
         ids = np.array([self._ids[p] for p in paths if p in self._ids], np.int32)

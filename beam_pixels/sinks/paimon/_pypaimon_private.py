@@ -315,13 +315,18 @@ def read_key_values(table, entry, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(pa.BufferReader(stream.read()), columns=columns)
 
 
-def write_compacted(table, partition: tuple, bucket: int, rows: pa.Table, level: int) -> list:
+def write_compacted(table, partition: tuple, bucket: int, rows: pa.Table, level: int,
+                    max_rows: int | None = None) -> list:
     """Write ``rows`` (sorted by key, one row per key, sequence numbers kept) as files of
-    ``level`` (rolled at the table's target file size); returns their metas, uncommitted."""
+    ``level`` (rolled at the table's target file size, and into even parts of at most
+    ``max_rows`` rows); returns their metas, uncommitted."""
     writer = KeyValueWriter(table=table, partition=partition, bucket=bucket, max_seq_number=0,
                             options=table.options)
+    parts = 1 if max_rows is None else -(-rows.num_rows // max_rows)
+    size = -(-rows.num_rows // max(1, parts))
     try:
-        writer._roll_write(rows)
+        for start in range(0, rows.num_rows, max(1, size)):
+            writer._roll_write(rows.slice(start, size))
     except BaseException:
         writer.abort()
         raise
@@ -509,6 +514,7 @@ def write_deletion_vectors(table, partition: tuple, bucket: int, vectors: dict[s
     for name in sorted(vectors):
         bitmap = RoaringBitmap()
         bitmap._data = BitMap(vectors[name])
+        bitmap._data.run_optimize()  # rows moved out by compaction are position ranges
         serialized = BitmapDeletionVector(bitmap).serialize()
         ranges[name] = DeletionVectorMeta(data_file_name=name, offset=position,
                                           length=int.from_bytes(serialized[:4], "big"),

@@ -121,12 +121,15 @@ class LiveRows:
         return adds, deletes
 
     def apply(self, snapshot_id: int, deleted: list, added: list, codes: dict, vectors: dict, changed: set,
-              index_adds: list) -> None:
+              index_adds: list, moved: dict | None = None) -> None:
         """Bring the state to committed ``snapshot_id``: ``deleted`` entries replaced by ``added``
         (rows with key ``codes`` per new file name; an entry without codes is a file moved to
-        another level), and the ``changed`` buckets' deletion ``vectors`` in ``index_adds``."""
+        another level), rows ``moved`` out of files that stay (``{name: (codes, positions)}``),
+        and the ``changed`` buckets' deletion ``vectors`` in ``index_adds``."""
         names_added = {e.file.file_name for e in added}
         self.drop_files([e.file.file_name for e in deleted if e.file.file_name not in names_added])
+        for name, (moved_codes, positions) in (moved or {}).items():
+            self.index.forget_rows(name, moved_codes, positions)
         for entry in added:
             name = entry.file.file_name
             if name in codes:
@@ -145,6 +148,21 @@ class LiveRows:
                 [c[len(private.KEY_PREFIX):] for c in self.key_columns])
 
         return read
+
+
+def merge_sorted(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The sorted union of sorted ``old`` and ``new`` positions, in O(len(old) + len(new)):
+    a commit adds a few positions to a vector that grows to many (``np.union1d`` sorts it all)."""
+    at = np.searchsorted(old, new)
+    if len(old):
+        new, at = _absent(old, new, at)
+    return np.insert(old, at, new).astype(np.uint32, copy=False)
+
+
+def _absent(old: np.ndarray, new: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``new`` and ``at`` less the positions ``old`` already holds."""
+    fresh = old[np.minimum(at, len(old) - 1)] != new
+    return new[fresh], at[fresh]
 
 
 def live_rows(table, key_columns: list[str], live_files) -> LiveRows:

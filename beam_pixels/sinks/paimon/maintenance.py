@@ -25,24 +25,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from apache_beam.metrics import Metrics
 
 from beam_pixels.sinks.committing import METRICS_NAMESPACE
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import append_compaction
 from beam_pixels.sinks.paimon import deletion_vectors
-from beam_pixels.sinks.paimon.compaction import (
-    DEFAULT_DELETE_RATIO,
-    CompactionOptions,
-    compact_bucket,
-    delete_ratio,
-    discard,
-    merge_live_runs,
-    pick,
-    pick_dv,
-    pick_full,
-    sorted_runs,
-)
+from beam_pixels.sinks.paimon import dv_compaction
+from beam_pixels.sinks.paimon.compaction import CompactionOptions, compact_bucket, pick, pick_full, sorted_runs
+from beam_pixels.sinks.paimon.dv_compaction import DEFAULT_DELETE_RATIO, DEFAULT_FILE_PERCENT, delete_ratio, discard
 from beam_pixels.sinks.paimon.expiration import RetentionOptions, expire
 
 _LOG = logging.getLogger(__name__)
@@ -58,15 +50,17 @@ class MaintenanceOptions:
     compact_buckets: bool = True  # primary-key tables; append tables only get manifests and expiration
     key_columns: tuple = ()  # deletion-vector tables: the primary key (their compaction keeps the key index)
     delete_ratio: float = DEFAULT_DELETE_RATIO
+    append: append_compaction.AppendCompactionOptions | None = None  # append tables: small files concatenated
+    file_percent: int = DEFAULT_FILE_PERCENT  # deletion-vector tables: compaction outputs, as a share of the bucket
 
     @property
     def deletion_vectors(self) -> bool:
         return bool(self.key_columns)
-    append: append_compaction.AppendCompactionOptions | None = None  # append tables: small files concatenated
 
     @classmethod
     def of(cls, table_options: dict[str, str], trigger: int | None, max_bytes_per_pass: int,
-           compact_buckets: bool = True, key_columns: tuple = ()) -> "MaintenanceOptions":
+           compact_buckets: bool = True, key_columns: tuple = (),
+           file_percent: int = DEFAULT_FILE_PERCENT) -> "MaintenanceOptions":
         merge = table_options.get("manifest.merge-min-count", "30")
         if not str(merge).strip().isdigit() or int(merge) < 1:
             raise ValueError(f"Paimon table option manifest.merge-min-count={merge!r} is not valid; "
@@ -79,6 +73,7 @@ class MaintenanceOptions:
             tuple(key_columns) if deletion_vectors.enabled(table_options) else (),
             delete_ratio(table_options),
             None if compact_buckets else append_compaction.AppendCompactionOptions.of(table_options, max_bytes_per_pass),
+            file_percent,
         )
 
 
@@ -281,7 +276,7 @@ def _compact(table, commit_user: str, checkpoint_snapshot, options: MaintenanceO
 
 
 def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: MaintenanceOptions, report: PassReport) -> None:
-    """A deletion-vector table's compaction (:func:`compaction.pick_dv`), committed with the
+    """A deletion-vector table's compaction (:func:`dv_compaction.pick`), committed with the
     buckets' new deletion-vector index files, keeping the key index current."""
     key_columns = list(options.key_columns)
     state = deletion_vectors.live_rows(table, key_columns, live_files)
@@ -292,15 +287,16 @@ def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: Maintenan
         buckets = {}
         for entry in state.entries.values():
             buckets.setdefault((private.entry_partition(entry), entry.bucket), []).append(entry)
-        due = [(bucket, inputs, level) for bucket, entries in buckets.items()
-               for inputs, level in pick_dv(entries, state, options.compaction, options.delete_ratio)]
-        due.sort(key=lambda d: sum(e.file.file_size for e in d[1]))  # the cheapest first: most files per byte
+        due = [(bucket, rewrite) for bucket, entries in buckets.items()
+               for rewrite in dv_compaction.pick(entries, state, options.compaction, options.delete_ratio,
+                                                 options.file_percent)]
+        due.sort(key=lambda d: sum(e.file.file_size for e in d[1].inputs))  # the cheapest first: most files per byte
         chosen, budget = [], options.compaction.max_bytes_per_pass
-        for bucket, inputs, level in due:
-            size = sum(e.file.file_size for e in inputs)
+        for bucket, rewrite in due:
+            size = sum(e.file.file_size for e in rewrite.inputs)
             if chosen and size > budget:
                 continue
-            chosen.append((bucket, inputs, level))
+            chosen.append((bucket, rewrite))
             budget -= size
         report.buckets_waiting = len({d[0] for d in due} - {c[0] for c in chosen})
         rewrite = len(private.manifest_list(table, latest)) > options.manifest_merge_min_count
@@ -308,13 +304,22 @@ def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: Maintenan
             return
         workers = max(1, min(len(chosen), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="paimon-compact") as pool:
-            done = list(pool.map(
-                lambda c: merge_live_runs(table, c[0], c[1], state.vectors.get(c[0], {}), c[2], key_columns), chosen))
+            done = list(pool.map(lambda c: dv_compaction.merge_live_runs(
+                table, c[0], c[1].inputs, state.vectors.get(c[0], {}), c[1].level, key_columns, c[1].file_rows,
+                c[1] if c[1].absorb_from else None), chosen))
         deleted = [e for m in done for e in m.inputs]
         added = [e for m in done for e in m.outputs]
         changed = {m.bucket for m in done}
-        vectors = {b: {n: p for n, p in state.vectors.get(b, {}).items()
-                       if n not in {e.file.file_name for e in deleted}} for b in changed}
+        gone = {e.file.file_name for e in deleted}
+        vectors = {b: {n: p for n, p in state.vectors.get(b, {}).items() if n not in gone} for b in changed}
+        moved = {}  # several rewrites of a pass may move rows out of one file (each its own key range)
+        for merge in done:
+            for name, (codes, positions) in merge.moved.items():
+                bucket = vectors[merge.bucket]
+                bucket[name] = positions if name not in bucket else deletion_vectors.merge_sorted(bucket[name], positions)
+                earlier = moved.get(name)
+                moved[name] = (codes, positions) if earlier is None else (
+                    np.concatenate([earlier[0], codes]), np.concatenate([earlier[1], positions]))
         index_adds = []
         try:
             index_adds, index_deletes = state.write_index_changes(table, changed, vectors)
@@ -332,7 +337,7 @@ def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: Maintenan
             discard(table, done, index_adds)
             return
         state.apply(snapshot.id, deleted, added, {n: c for m in done for n, c in m.codes.items()}, vectors, changed,
-                    index_adds)
+                    index_adds, moved)
     report.compacted(snapshot.id, rewrite, len(changed), deleted, added)
 
 

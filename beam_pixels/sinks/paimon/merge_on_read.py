@@ -9,8 +9,9 @@ sorted file per bucket, and :func:`commit` makes them visible in one snapshot:
   bucket gets one new deletion-vector index file;
 - the new files become the bucket's newest sorted run, one level above the newest
   run it holds (the oldest run sits at the top level, ``num-levels`` - 1). When level
-  1 is taken, a ``COMPACT`` snapshot first moves the runs from level 1 up one level
-  (a change of the manifest entries only, as Paimon's compaction "upgrades" a file)
+  1 is taken, a ``COMPACT`` snapshot first moves the runs from level 1 up across the
+  free levels above them (a change of the manifest entries only, as Paimon's compaction
+  "upgrades" a file; so the next commits find level 1 free)
   or, when every level is taken, merges the runs of levels 1 and 2 (maintenance
   normally keeps levels free, see :mod:`.compaction`), so the ``APPEND`` snapshot
   holds only new files, as streaming readers expect.
@@ -34,7 +35,7 @@ from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.sinks.committing import CommitConflict
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import deletion_vectors
-from beam_pixels.sinks.paimon.compaction import discard, merge_live_runs
+from beam_pixels.sinks.paimon.dv_compaction import discard, merge_live_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +105,7 @@ def commit(table, key_columns: list[str], parts: list[PreparedFiles], checkpoint
 def _free_level_one(table, state, buckets: set, last: Checkpoint, commit_user: str, max_level: int,
                     key_columns: list[str]) -> None:
     """Make level 1 free in each of ``buckets``, in one ``COMPACT`` snapshot: the runs from
-    level 1 up move one level up (manifest entries only), or, when every level is taken,
+    level 1 up move up across the free levels above them (manifest entries only), or, when every level is taken,
     the runs of levels 1 and 2 are merged into level 2."""
     by_bucket = _by_bucket(state)
     deleted, added, merges, codes = [], [], [], {}
@@ -127,11 +128,12 @@ def _free_level_one(table, state, buckets: set, last: Checkpoint, commit_user: s
             top = 1
             while top + 1 in levels:
                 top += 1
+            shift = min(level for level in levels | {max_level + 1} if level > top) - top - 1
             for entry in entries:
                 if entry.file.level <= top:
                     deleted.append(entry)
                     added.append(dataclasses.replace(entry, file=dataclasses.replace(entry.file,
-                                                                                     level=entry.file.level + 1)))
+                                                                                     level=entry.file.level + shift)))
     if not deleted:
         return
     changed = {m.bucket for m in merges}
@@ -164,7 +166,7 @@ def _vectors_after(state, found: dict) -> dict:
     for name, positions in found.items():
         bucket = vectors.setdefault(state.bucket_of(name), {})
         old = bucket.get(name)
-        bucket[name] = positions if old is None else np.union1d(old, positions).astype(np.uint32)
+        bucket[name] = positions if old is None else deletion_vectors.merge_sorted(old, positions)
     return vectors
 
 

@@ -53,6 +53,7 @@ from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChang
 from beam_pixels.sinks.paimon import deletion_vectors, merge_on_read
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
 from beam_pixels.sinks.paimon.bucketing import bucket_ids
+from beam_pixels.sinks.paimon.dv_compaction import DEFAULT_FILE_PERCENT
 from beam_pixels.sinks.paimon.maintenance import MaintenanceOptions, PassReport, live_files, run_pass
 
 _LOG = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class PaimonTableWriter(TableWriter):
         table_options: dict[str, str] | None = None,
         compaction_trigger: int | None = None,
         compaction_max_bytes: int = 256 * 2**20,
+        compaction_file_percent: int = DEFAULT_FILE_PERCENT,
         write_only: bool = False,
     ):
         self.database, table = split_table_name(table_name, database, "paimon")
@@ -106,6 +108,7 @@ class PaimonTableWriter(TableWriter):
         self.table_options = dict(table_options or {})
         self.compaction_trigger = compaction_trigger
         self.compaction_max_bytes = compaction_max_bytes
+        self.compaction_file_percent = compaction_file_percent
         self.write_only = write_only
         self._maintenance: MaintenanceOptions | None = None
         self._maintained_through: int | None = None  # the latest snapshot after a pass that left nothing to do
@@ -135,7 +138,7 @@ class PaimonTableWriter(TableWriter):
             try:
                 self._maintenance = MaintenanceOptions.of(
                     options, self.compaction_trigger, self.compaction_max_bytes, bool(self.schema.primary_key),
-                    tuple(self.schema.primary_key))
+                    tuple(self.schema.primary_key), self.compaction_file_percent)
             except ValueError as error:
                 raise SinkConfigurationError(f"Paimon table {self.table_name}: {error}") from None
         action = "created" if created else "using existing"
@@ -347,13 +350,15 @@ class WriteToPaimon(beam.PTransform):
         table_options: dict[str, str] | None = None,
         compaction_trigger: int | None = None,
         compaction_max_bytes: int = 256 * 2**20,
+        compaction_file_percent: int = DEFAULT_FILE_PERCENT,
         write_only: bool = False,
     ):
         super().__init__()
         self._writer = PaimonTableWriter(
             schema, table_name, catalog_properties, database=database, bucket=bucket,
             table_options=table_options, compaction_trigger=compaction_trigger,
-            compaction_max_bytes=compaction_max_bytes, write_only=write_only,
+            compaction_max_bytes=compaction_max_bytes, compaction_file_percent=compaction_file_percent,
+            write_only=write_only,
         )
         self._window_ms = window_ms
         self._commit_retries = commit_retries
@@ -372,6 +377,7 @@ class WriteToPaimon(beam.PTransform):
             table_options=config.table_properties("paimon"),
             compaction_trigger=config.paimon_compaction_trigger,
             compaction_max_bytes=config.paimon_compaction_max_mb * 2**20,
+            compaction_file_percent=config.paimon_compaction_file_percent,
             write_only=config.paimon_write_only,
         )
 

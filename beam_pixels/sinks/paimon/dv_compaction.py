@@ -1,0 +1,218 @@
+"""Compaction of deletion-vector tables: runs hold live rows only, each key in one file.
+
+In Paimon's deletion-vector mode a commit adds a bucket's new rows as its newest
+sorted run and marks the stored rows they replace deleted (:mod:`.merge_on_read`).
+:func:`pick` chooses, per bucket, what a maintenance pass rewrites:
+
+1. when every level is taken, the newest runs, tiered (the two newest, then each next
+   older run short of the oldest while it is at most twice what is merged so far),
+   or everything when the newer runs add up to more than
+   ``compaction.max-size-amplification-percent`` of the oldest (live bytes);
+2. each file of the oldest run once about ``compaction.delete-ratio-threshold`` of its
+   rows are deleted (:func:`_spread`), alone, at its level. It takes in the live rows
+   the newer runs hold in its key range (from its first key to the next file's), and
+   marks them deleted where they were: so the newer runs drain into the oldest run a
+   file at a time, instead of the whole bucket being rewritten at once (whose old copy
+   the retained snapshots would keep, doubling the table for that long);
+3. a file whose rows are all deleted is dropped.
+
+Newer runs are not rewritten for their deleted rows: they are drained, merged or
+dropped. Outputs roll at a share of the bucket's live rows (``paimon.compaction.file-percent``,
+at least :data:`MIN_FILE_ROWS`), so that each of these rewrites costs that share.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from beam_pixels.sinks.key_index import key_codes
+from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon.compaction import CompactionOptions, SortedRun, _unit, merge_runs, sorted_runs
+
+DELETE_RATIO_OPTION = "compaction.delete-ratio-threshold"
+DEFAULT_DELETE_RATIO = 0.2
+DEFAULT_FILE_PERCENT = 10
+MIN_FILE_ROWS = 10_000
+
+
+def delete_ratio(options: dict[str, str]) -> float:
+    """Paimon's ``compaction.delete-ratio-threshold``: rewrite a file once this share of its rows is deleted."""
+    text = options.get(DELETE_RATIO_OPTION)
+    if text is None:
+        return DEFAULT_DELETE_RATIO
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise ValueError(f"Paimon table option {DELETE_RATIO_OPTION}={text!r} is not valid; accepted: a number in (0, 1]")
+    return value
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One rewrite in a bucket: ``inputs`` (whole runs, or one file) into files of ``level``
+    rolled at ``file_rows``; with ``absorb_from``, the live rows those (newer) files hold
+    from ``inputs``' first key (``lower``, None: unbounded) to ``upper`` (excluded; None:
+    unbounded) move in too."""
+
+    inputs: list
+    level: int
+    file_rows: int | None = None
+    absorb_from: tuple = ()
+    lower: tuple | None = None
+    upper: tuple | None = None
+
+
+@dataclass
+class DvMerge:
+    """One bucket's rewrite (uncommitted): input entries, output entries, the key code
+    of every output row per output file, and the rows moved out of other files
+    (``{file name: (key codes, positions)}``, to be marked deleted there)."""
+
+    bucket: tuple
+    inputs: list
+    outputs: list
+    codes: dict
+    moved: dict = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [e.file.file_name for e in self.inputs]
+
+
+def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
+         file_percent: int = DEFAULT_FILE_PERCENT) -> list[Rewrite]:
+    """What to rewrite in one bucket of a deletion-vector table (module docstring)."""
+    def live_bytes(entry) -> int:
+        meta = entry.file
+        return meta.file_size * live_rows.live_count(meta.file_name) // meta.row_count if meta.row_count else 0
+
+    runs = [SortedRun(run.level, run.files, sum(live_bytes(e) for e in run.files)) for run in sorted_runs(entries)]
+    file_rows = max(MIN_FILE_ROWS, sum(live_rows.live_count(e.file.file_name) for e in entries) * file_percent // 100)
+    chosen, taken = [], set()
+    if len(runs) >= options.max_level:
+        newer = sum(run.size for run in runs[:-1])
+        if newer * 100 > options.max_size_amplification_percent * runs[-1].size:
+            count = len(runs)
+        else:
+            count, merged = 2, runs[0].size + runs[1].size
+            while count < len(runs) - 1 and 2 * merged >= runs[count].size:
+                merged += runs[count].size
+                count += 1
+        unit = _unit(runs, options.max_level, count)
+        chosen.append(Rewrite(unit.files, unit.output_level, file_rows))
+        taken = {e.file.file_name for e in unit.files}
+    for entry in entries:
+        name = entry.file.file_name
+        if name not in taken and entry.file.row_count and not live_rows.live_count(name):
+            chosen.append(Rewrite([entry], entry.file.level))
+            taken.add(name)
+    if not runs or runs[-1].files[0].file.file_name in taken:
+        return chosen
+    oldest = sorted(runs[-1].files, key=_first_key)
+    newer = () if chosen else tuple(e for run in runs[:-1] for e in run.files)
+    for number, entry in enumerate(oldest):
+        rows = entry.file.row_count
+        if rows and (rows - live_rows.live_count(entry.file.file_name)) >= _spread(ratio, entry.file.file_name) * rows:
+            chosen.append(Rewrite(
+                [entry], entry.file.level, file_rows, newer,
+                None if number == 0 else _first_key(entry),
+                None if number + 1 == len(oldest) else _first_key(oldest[number + 1]),
+            ))
+    return chosen
+
+
+def _first_key(entry) -> tuple:
+    return tuple(entry.file.min_key.values)
+
+
+def _spread(ratio: float, name: str) -> float:
+    """``ratio`` scaled by a factor in [0.5, 1.5) fixed per file name. Random updates delete
+    rows of every file at the same pace, so with one threshold all files would be
+    rewritten in the same pass, again and again; spread thresholds spread the rewrites
+    (and the old copies the retained snapshots keep) over time."""
+    return ratio * (0.5 + (zlib.crc32(name.encode()) % 1000) / 1000)
+
+
+def merge_live_runs(table, bucket: tuple, inputs: list, vectors: dict, output_level: int,
+                    key_columns: list[str], file_rows: int | None = None, absorb: Rewrite | None = None) -> DvMerge:
+    """Rewrite ``inputs`` (whole runs, or files of one run) without their deleted rows,
+    sorted by key, as files of ``output_level`` (rolled at ``file_rows``); ``vectors`` maps
+    a file name to its deleted positions. With ``absorb`` (a :class:`Rewrite`), the live
+    rows of its ``absorb_from`` files in its key range join them. Each key is live in one
+    file only, so the inputs just interleave."""
+    stored = [private.KEY_PREFIX + k for k in key_columns]
+    tables = [rows for rows in (_live(table, entry, vectors) for entry in sorted(inputs, key=lambda e: -e.file.level))
+              if rows is not None]  # oldest first
+    moved = {}
+    for entry in absorb.absorb_from if absorb is not None else ():
+        rows = private.read_key_values(table, entry)
+        take = _in_range(rows.select(stored), absorb.lower, absorb.upper)
+        deleted = vectors.get(entry.file.file_name)
+        if deleted is not None and len(deleted):
+            take[deleted] = False
+        if take.any():
+            rows = rows.filter(pa.array(take))
+            moved[entry.file.file_name] = (key_codes(rows.select(stored)), np.flatnonzero(take).astype(np.uint32))
+            tables.append(rows)
+    merged = merge_runs(tables, stored, drop_retractions=True) if tables else None
+    outputs, codes = [], {}
+    if merged is not None and merged.num_rows:
+        all_codes = key_codes(merged.select(stored))
+        start = 0
+        total_buckets = inputs[0].total_buckets
+        for meta in private.write_compacted(table, bucket[0], bucket[1], merged, output_level, file_rows):
+            outputs.append(private.new_entry(table, 0, bucket[0], bucket[1], total_buckets, meta))
+            codes[meta.file_name] = all_codes[start:start + meta.row_count]
+            start += meta.row_count
+    return DvMerge(bucket, list(inputs), outputs, codes, moved)
+
+
+def _live(table, entry, vectors: dict) -> pa.Table | None:
+    """A data file's raw rows less its deleted ones (nothing read when all are deleted)."""
+    deleted = vectors.get(entry.file.file_name)
+    count = 0 if deleted is None else len(deleted)
+    if count and count == entry.file.row_count:
+        return None
+    rows = private.read_key_values(table, entry)
+    if count:
+        live = np.ones(rows.num_rows, bool)
+        live[deleted] = False
+        rows = rows.filter(pa.array(live))
+    return rows
+
+
+def _in_range(keys: pa.Table, lower: tuple | None, upper: tuple | None) -> np.ndarray:
+    """Which rows of ``keys`` (key columns) are at least ``lower`` and below ``upper``, by
+    key order (Arrow's comparison, as the files are sorted); None bounds are open."""
+    inside = np.ones(keys.num_rows, bool)
+    if lower is not None:
+        inside &= ~_before(keys, lower)
+    if upper is not None:
+        inside &= _before(keys, upper)
+    return inside
+
+
+def _before(keys: pa.Table, bound: tuple) -> np.ndarray:
+    """Which rows' keys sort before ``bound`` (lexicographic over the key columns)."""
+    before = np.zeros(keys.num_rows, bool)
+    equal = np.ones(keys.num_rows, bool)
+    for column, value in zip(keys.columns, bound):
+        scalar = pa.scalar(value, type=column.type)
+        before |= equal & pc.less(column, scalar).to_numpy(zero_copy_only=False)
+        equal &= pc.equal(column, scalar).to_numpy(zero_copy_only=False)
+    return before
+
+
+def discard(table, merges: list, index_adds: list) -> None:
+    """Delete the outputs of ``merges`` and the index files ``index_adds`` (not committed)."""
+    for merge in merges:
+        private.delete_written(table, merge.bucket[0], merge.bucket[1], [e.file for e in merge.outputs])
+    for entry in index_adds:
+        private.delete_index_file(table, entry)
