@@ -209,3 +209,30 @@ def test_append_file_writer_and_memory_sizes_keep_their_shape(tmp_path):
     assert pa.concat_tables(read).equals(rows.cast(read[0].schema))
     files.abort()
     assert not any(os.path.exists(p) for m in metas for p in m.collect_files())
+
+
+def test_written_files_dictionary_encode_only_the_columns_that_repeat(tmp_path):
+    """The writer override pypaimon calls per Parquet file: unique keys and sequence numbers
+    plain-encoded, a column of a few values dictionary-encoded (this fails if pypaimon stops
+    calling ``_write_parquet_data``)."""
+    import pyarrow.parquet as pq
+
+    from beam_pixels.changes import ChangeBatch, Op, concat_records
+    from beam_pixels.sinks.paimon.maintenance import live_files
+    from test_paimon_maintenance import open_table
+
+    writer = PaimonTableWriter(ORDERS, "orders", catalog_properties(tmp_path), bucket=1)
+    writer.open()
+    rows = [{"region": "eu" if i % 3 else "us", "id": i, "qty": 1, "note": f"n{i}"} for i in range(200)]
+    checkpoint = writer.last_checkpoint()
+    records = concat_records([ChangeBatch.from_changes(ORDERS, [(Op.INSERT, None, r) for r in rows], poll_group=0,
+                                                       start_position=checkpoint.next_position(0))], ORDERS)
+    writer.commit(records, checkpoint.advance(records))
+    table = open_table(catalog_properties(tmp_path), "pixels.orders")
+    (entry,) = [e for entries in live_files(table, private.latest_snapshot(table)).values() for e in entries]
+    metadata = pq.ParquetFile(private.data_file_paths(table, entry)[0]).metadata.row_group(0)
+    dictionary = {metadata.column(i).path_in_schema: any("DICTIONARY" in e for e in metadata.column(i).encodings)
+                  for i in range(metadata.num_columns)}
+    assert dictionary["region"] and dictionary["_KEY_region"] and dictionary["_VALUE_KIND"]
+    assert not dictionary["id"] and not dictionary["_KEY_id"] and not dictionary["_SEQUENCE_NUMBER"]
+    assert not dictionary["note"]

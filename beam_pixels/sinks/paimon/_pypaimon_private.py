@@ -46,13 +46,18 @@ ROW_KINDS_SUPPORTED = importlib.util.find_spec("pypaimon.write.row_kind") is not
 
 
 class KeyValueWriter(KeyValueDataWriter):
-    """pypaimon 2.1's primary-key file writer with two fixes.
+    """pypaimon 2.1's primary-key file writer with three fixes.
 
     It records retractions (``-U``/``-D``) in the file's ``delete_row_count``:
     pypaimon writes 0, and every Paimon reader then takes a bucket's lone
     level-0 file as raw-convertible and returns its ``-D`` rows as live rows.
-    And it skips the row-by-row buffer fold when the keys are already unique.
+    It skips the row-by-row buffer fold when the keys are already unique.
+    And it dictionary-encodes only the columns that repeat (:func:`dictionary_columns`).
     """
+
+    def _write_parquet_data(self, path, data):
+        self.parquet_writer_options = dict(self.parquet_writer_options, use_dictionary=dictionary_columns(data))
+        return super()._write_parquet_data(path, data)
 
     def _write_data_to_file(self, data: pa.Table) -> None:
         written = len(self.committed_files)
@@ -95,6 +100,16 @@ class KeyValueWriter(KeyValueDataWriter):
         if not pc.any(repeated).as_py():  # sorted by key: no neighbours equal, no duplicates
             return data
         return super()._merge_pending_by_pk(data)
+
+
+def dictionary_columns(data: pa.Table) -> list[str]:
+    """The columns of a file worth a Parquet dictionary: at most half their values distinct.
+    pyarrow's default dictionary-encodes every column until the dictionary reaches 1 MB, so
+    a file of unique keys, sequence numbers or random strings stores each value twice
+    (dictionary and index): 30-45% more bytes than plain-encoded and compressed ones. Nested
+    columns get none."""
+    return [name for name, column in zip(data.column_names, data.columns)
+            if not pa.types.is_nested(column.type) and pc.count_distinct(column).as_py() * 2 <= len(column)]
 
 
 def _sequence_floor() -> int:

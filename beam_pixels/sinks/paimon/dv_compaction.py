@@ -120,16 +120,20 @@ def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
     for number, entry in enumerate(oldest):
         rows = entry.file.row_count
         if rows and (rows - live_rows.live_count(entry.file.file_name)) >= _spread(ratio, entry.file.file_name) * rows:
-            chosen.append(Rewrite(
-                [entry], entry.file.level, file_rows, newer,
-                None if number == 0 else _first_key(entry),
-                None if number + 1 == len(oldest) else _first_key(oldest[number + 1]),
-            ))
+            lower = None if number == 0 else _first_key(entry)
+            upper = None if number + 1 == len(oldest) else _first_key(oldest[number + 1])
+            overlapping = tuple(e for e in newer if (upper is None or _first_key(e) < upper)
+                                and (lower is None or _last_key(e) >= lower))
+            chosen.append(Rewrite([entry], entry.file.level, file_rows, overlapping, lower, upper))
     return chosen
 
 
 def _first_key(entry) -> tuple:
     return tuple(entry.file.min_key.values)
+
+
+def _last_key(entry) -> tuple:
+    return tuple(entry.file.max_key.values)
 
 
 def _spread(ratio: float, name: str) -> float:
@@ -164,6 +168,7 @@ def merge_live_runs(table, bucket: tuple, inputs: list, vectors: dict, output_le
     merged = merge_runs(tables, stored, drop_retractions=True) if tables else None
     outputs, codes = [], {}
     if merged is not None and merged.num_rows:
+        merged = _one_sequence_number(merged)
         all_codes = key_codes(merged.select(stored))
         start = 0
         total_buckets = inputs[0].total_buckets
@@ -172,6 +177,16 @@ def merge_live_runs(table, bucket: tuple, inputs: list, vectors: dict, output_le
             codes[meta.file_name] = all_codes[start:start + meta.row_count]
             start += meta.row_count
     return DvMerge(bucket, list(inputs), outputs, codes, moved)
+
+
+def _one_sequence_number(rows: pa.Table) -> pa.Table:
+    """``rows`` with the highest of their sequence numbers on every row. Each key is live in
+    one file, so a row's number only has to stay above the key's deleted older rows (it
+    grows) and below the key's later changes (written after every committed row, so above
+    the highest). One value compresses to nothing; distinct ones cost ~5 bytes a row."""
+    index = rows.schema.get_field_index(private.SEQUENCE_COLUMN)
+    highest = pc.max(rows.column(index)).as_py()
+    return rows.set_column(index, rows.schema.field(index), pa.array(np.full(rows.num_rows, highest, np.int64)))
 
 
 def _live(table, entry, vectors: dict) -> pa.Table | None:
