@@ -153,6 +153,7 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
             every_group_idle = _counter(result, "groups_stopped_idle") >= config.parallelism
             if config.stop_after_idle_ms and (every_group_idle or idle_ms >= config.stop_after_idle_ms):
                 break
+    writer.finish_maintenance()
     writer.close()
     summary.seconds = time.monotonic() - started
     return summary

@@ -140,7 +140,15 @@ class TableWriter(abc.ABC):
         return WriteOutcome(snapshot_id, *op_counts(records))
 
     def maintain(self) -> typing.Any:
-        """Table maintenance the committer runs after each commit, when due (none by default)."""
+        """Table maintenance, when due (none by default)."""
+
+    def after_commit(self) -> None:
+        """What the committer runs after each commit: :meth:`maintain` unless a sink runs it
+        in the background."""
+        self.maintain()
+
+    def finish_maintenance(self) -> None:
+        """Wait for maintenance :meth:`after_commit` left running (at the end of a run)."""
 
     def close(self) -> None:
         """Release catalog resources."""
@@ -270,7 +278,7 @@ class _CommitFn(beam.DoFn):
                 time.sleep(wait)
                 continue
             result = self._report(parts, checkpoint, snapshot_id, skipped, time.monotonic() - started)
-            self._writer.maintain()  # between commits: never races this committer's own commits
+            self._writer.after_commit()
             yield result
             return
 

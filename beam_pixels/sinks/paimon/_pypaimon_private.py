@@ -225,6 +225,14 @@ def snapshot_by_id(table, snapshot_id: int):
     return table.snapshot_manager().get_snapshot_by_id(snapshot_id)
 
 
+def own_latest_snapshot(table, commit_user: str, latest=None):
+    """``commit_user``'s newest snapshot (up to ``latest``, default the table's latest), or None."""
+    snapshot = latest_snapshot(table) if latest is None else latest
+    while snapshot is not None and snapshot.commit_user != commit_user:  # None past the first or an expired one
+        snapshot = snapshot_by_id(table, snapshot.id - 1) if snapshot.id > 1 else None
+    return snapshot
+
+
 def earliest_snapshot_id(table) -> int | None:
     """The id of the oldest snapshot file present (the ``EARLIEST`` hint, then a probe)."""
     manager = table.snapshot_manager()
@@ -386,7 +394,9 @@ def commit_compact(table, commit_user: str, commit_identifier: int, properties: 
     file, bounding the manifest list.
 
     The snapshot carries ``commit_identifier`` and ``properties`` (the connector's
-    checkpoint). Raises :class:`CompactionConflict` when a newer snapshot deleted one of
+    checkpoint); a ``COMPACT`` one those of ``commit_user``'s newest snapshot when it is
+    committed (a compaction that ran while the connector committed must not hand the
+    table an older checkpoint), the given ones only if it has none. Raises :class:`CompactionConflict` when a newer snapshot deleted one of
     ``deleted`` or, with ``exclusive``, when any snapshot follows ``planned_on`` (changes
     planned from a deletion-vector index must see every commit); returns the new
     snapshot, or None when it lost the atomic race ``retries`` times.
@@ -419,6 +429,8 @@ def commit_compact(table, commit_user: str, commit_identifier: int, properties: 
                     f"snapshot {snapshot_id} ({between.commit_kind} by {between.commit_user}) already removed "
                     f"{gone[0].file.file_name}")
         checked_up_to = latest.id if latest else 0
+        if commit_kind == "COMPACT":
+            commit_identifier, properties = _own_checkpoint(table, commit_user, latest, commit_identifier, properties)
         name = uuid.uuid4()
         written_manifests, written_lists = [], []
         try:
@@ -462,6 +474,14 @@ def commit_compact(table, commit_user: str, commit_identifier: int, properties: 
             raise
         _delete_metadata(table, [m for m in written_manifests if m], written_lists)
     return None
+
+
+def _own_checkpoint(table, commit_user: str, latest, identifier: int, properties: dict | None):
+    """(commit identifier, properties) of ``commit_user``'s newest snapshot up to ``latest``."""
+    snapshot = own_latest_snapshot(table, commit_user, latest)
+    if snapshot is None:
+        return identifier, properties
+    return snapshot.commit_identifier, snapshot.properties
 
 
 # -- deletion vectors: the index manifest, DV index files ------------------------------

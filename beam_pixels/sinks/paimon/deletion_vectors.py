@@ -167,7 +167,16 @@ def _absent(old: np.ndarray, new: np.ndarray, at: np.ndarray) -> tuple[np.ndarra
 
 def live_rows(table, key_columns: list[str], live_files) -> LiveRows:
     """The :class:`LiveRows` of ``table``'s latest snapshot: the cached one while it is
-    current, else one built from the table (``live_files(table, snapshot)`` lists its files)."""
+    current, else one built from the table (``live_files(table, snapshot)`` lists its files).
+    The cached one is checked under its lock: a pass in the background may be between its
+    commit and bringing the state up to it."""
+    with _CACHE_LOCK:
+        state = _CACHE.get(table.table_path)
+    if state is not None:
+        with state.lock:
+            latest = private.latest_snapshot(table)
+            if state.snapshot_id == (latest.id if latest else None):
+                return state
     latest = private.latest_snapshot(table)
     current = latest.id if latest else None
     with _CACHE_LOCK:

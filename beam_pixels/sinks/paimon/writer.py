@@ -50,11 +50,12 @@ from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
-from beam_pixels.sinks.paimon import deletion_vectors, merge_on_read
+from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon import background, deletion_vectors, merge_on_read
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
 from beam_pixels.sinks.paimon.bucketing import bucket_ids
 from beam_pixels.sinks.paimon.dv_compaction import DEFAULT_FILE_PERCENT
-from beam_pixels.sinks.paimon.maintenance import MaintenanceOptions, PassReport, live_files, run_pass
+from beam_pixels.sinks.paimon.maintenance import MaintenanceOptions, PassReport, live_files, record_metrics, run_pass
 
 _LOG = logging.getLogger(__name__)
 
@@ -200,10 +201,13 @@ class PaimonTableWriter(TableWriter):
                                  self.commit_user, self._maintenance.compaction.max_level, live_files)
         else:
             self._commit_messages([message for part in parts for message in part], checkpoint)
-        snapshot = self._last_own_snapshot()
-        if self._maintenance is not None:
-            self.maintain(snapshot)
-        return snapshot.id
+        return self._last_own_snapshot().id
+
+    def commit(self, records: pa.Table, checkpoint: Checkpoint):
+        """Prepare and commit ``records``, then run the maintenance pass (here, not in the background)."""
+        outcome = super().commit(records, checkpoint)
+        self.maintain()
+        return outcome
 
     def _commit_messages(self, messages: list, checkpoint: Checkpoint) -> None:
         """pypaimon's stream commit of ``messages``, commit identifier = batch id."""
@@ -219,26 +223,38 @@ class PaimonTableWriter(TableWriter):
         finally:
             commit.close()
 
-    def maintain(self, own_snapshot=None) -> PassReport | None:
-        """One maintenance pass (bucket compaction for primary-key tables, manifests, snapshot
-        expiration) unless the table is write-only. :meth:`commit_prepared` runs it right after
-        each commit (so its time counts in the commit cycle); the committer's own call after
-        that skips a second pass when nothing was committed since and nothing was left waiting."""
+    def maintain(self) -> PassReport | None:
+        """One maintenance pass now (bucket compaction for primary-key tables, manifests,
+        snapshot expiration) unless the table is write-only, or nothing was committed since a
+        pass that left nothing waiting."""
         if self._maintenance is None:
             return None
-        if own_snapshot is None:
-            latest = self._table.snapshot_manager().get_latest_snapshot()
-            if latest is not None and latest.id == self._maintained_through:
-                return None
-            own_snapshot = self._last_own_snapshot()
-        if own_snapshot is None:
+        latest = private.latest_snapshot(self._table)
+        if latest is not None and latest.id == self._maintained_through:
             return None
-        report = run_pass(self._table, self.table_name, self.commit_user, own_snapshot, self._maintenance)
-        _LOG.log(logging.DEBUG if report.idle else logging.INFO, report.line())
-        latest = self._table.snapshot_manager().get_latest_snapshot()
+        report = _pass(self._table, self.table_name, self.commit_user, self._maintenance)
+        if report is None:
+            return None
+        record_metrics(report)
+        latest = private.latest_snapshot(self._table)
         finished = not (report.buckets_waiting or report.refused or report.errors)
         self._maintained_through = latest.id if latest and finished else None
         return report
+
+    def after_commit(self) -> None:
+        """The committer's pass after each commit, in the background (:mod:`.background`):
+        the next commit does not wait for it. Records the metrics of passes finished since."""
+        if self._maintenance is None:
+            return
+        table, name, user, options = self._table, self.table_name, self.commit_user, self._maintenance
+        for report in background.finished(table.table_path):
+            record_metrics(report)
+        catalog_options = self._catalog_options
+        background.start(table.table_path, lambda: _pass(
+            CatalogFactory.create(catalog_options).get_table(name), name, user, options))
+
+    def finish_maintenance(self) -> None:
+        background.wait()
 
     def close(self) -> None:
         self._table = None
@@ -322,12 +338,17 @@ class PaimonTableWriter(TableWriter):
 
     def _last_own_snapshot(self):
         """The newest snapshot committed by our commit user, or None."""
-        manager = self._table.snapshot_manager()
-        snapshot = manager.get_latest_snapshot()
-        while snapshot is not None and snapshot.commit_user != self.commit_user:
-            # None once past the first snapshot or an expired one
-            snapshot = manager.get_snapshot_by_id(snapshot.id - 1) if snapshot.id > 1 else None
-        return snapshot
+        return private.own_latest_snapshot(self._table, self.commit_user)
+
+
+def _pass(table, table_name: str, commit_user: str, options: MaintenanceOptions) -> PassReport | None:
+    """One maintenance pass after ``commit_user``'s latest commit (None before its first), logged."""
+    own = private.own_latest_snapshot(table, commit_user)
+    if own is None:
+        return None
+    report = run_pass(table, table_name, commit_user, own, options)
+    _LOG.log(logging.DEBUG if report.idle else logging.INFO, report.line())
+    return report
 
 
 class WriteToPaimon(beam.PTransform):
