@@ -102,13 +102,15 @@ class KeyValueWriter(KeyValueDataWriter):
         return super()._merge_pending_by_pk(data)
 
 
-def dictionary_columns(data: pa.Table) -> list[str]:
-    """The columns of a file worth a Parquet dictionary: at most half their values distinct.
+def dictionary_columns(data: pa.Table, sample: int = 1024) -> list[str]:
+    """The columns of a file worth a Parquet dictionary: at most half the values distinct in
+    an even sample of ``sample`` rows (counting all of them cost as much as writing the file).
     pyarrow's default dictionary-encodes every column until the dictionary reaches 1 MB, so
     a file of unique keys, sequence numbers or random strings stores each value twice
     (dictionary and index): 30-45% more bytes than plain-encoded and compressed ones. Nested
     columns get none."""
-    return [name for name, column in zip(data.column_names, data.columns)
+    rows = data.take(np.linspace(0, data.num_rows - 1, sample).astype(np.int64)) if data.num_rows > sample else data
+    return [name for name, column in zip(rows.column_names, rows.columns)
             if not pa.types.is_nested(column.type) and pc.count_distinct(column).as_py() * 2 <= len(column)]
 
 
