@@ -25,6 +25,8 @@ snapshot commit, and the table's path layout for deleting files.
 
 from __future__ import annotations
 
+import array
+
 import concurrent.futures
 import importlib.util
 import os
@@ -550,7 +552,9 @@ def write_deletion_vectors(table, partition: tuple, bucket: int, vectors: dict[s
     chunks, ranges, position = [bytes([DV_INDEX_VERSION])], {}, 1
     for name in sorted(vectors):
         bitmap = RoaringBitmap()
-        bitmap._data = BitMap(vectors[name])
+        positions = array.array("I")
+        positions.frombytes(np.ascontiguousarray(vectors[name], dtype=np.uint32).tobytes())
+        bitmap._data = BitMap(positions)  # from a buffer of uint32: 10x faster than from a numpy array
         bitmap._data.run_optimize()  # rows moved out by compaction are position ranges
         serialized = BitmapDeletionVector(bitmap).serialize()
         ranges[name] = DeletionVectorMeta(data_file_name=name, offset=position,
