@@ -278,3 +278,31 @@ def test_the_oldest_run_takes_in_newer_rows_of_its_key_range_file_by_file(tmp_pa
         "a rewrite gives its rows one sequence number"
     for snapshot_id, rows in history.items():
         assert read_rows(table, snapshot_id) == rows, f"snapshot {snapshot_id}"
+
+
+def test_a_bulk_load_becomes_files_of_the_share_compaction_writes(tmp_path, monkeypatch):
+    """A commit of many rows per bucket is written as one sorted run of files of
+    ``paimon.compaction.file-percent`` of them, so their first rewrites cost that share."""
+    from beam_pixels.sinks.paimon import dv_compaction, writer as writer_module
+
+    monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 5)
+    monkeypatch.setattr(writer_module, "MIN_FILE_ROWS", 5)
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=1, compaction_file_percent=10)
+    writer.open()
+    from beam_pixels.changes import ChangeBatch, Op, concat_records
+
+    state = {("eu", i): {"region": "eu", "id": i, "qty": 0, "note": "bulk"} for i in range(200)}
+    checkpoint = writer.last_checkpoint()
+    records = concat_records([ChangeBatch.from_changes(ORDERS, [(Op.INSERT, None, r) for r in state.values()],
+                                                       poll_group=0, start_position=checkpoint.next_position(0))],
+                             ORDERS)
+    writer.commit(records, checkpoint.advance(records))
+    table = open_table(properties)
+    files = live_files(table, private.latest_snapshot(table))[((), 0)]
+    assert len(files) == 10 and {e.file.row_count for e in files} == {20} and len({e.file.level for e in files}) == 1
+    assert_level_invariants(table)
+    commit_batches(writer, state, 2, 10)
+    table = open_table(properties)
+    assert read_rows(table) == expected(state)
+    assert_level_invariants(table)

@@ -54,8 +54,19 @@ class KeyValueWriter(KeyValueDataWriter):
     pypaimon writes 0, and every Paimon reader then takes a bucket's lone
     level-0 file as raw-convertible and returns its ``-D`` rows as live rows.
     It skips the row-by-row buffer fold when the keys are already unique.
-    And it dictionary-encodes only the columns that repeat (:func:`dictionary_columns`).
+    It dictionary-encodes only the columns that repeat (:func:`dictionary_columns`). And
+    with ``max_rows_per_file`` it writes files of at most that many rows, in even parts.
     """
+
+    max_rows_per_file: int | None = None
+
+    def _roll_write(self, data: pa.Table) -> None:
+        limit = self.max_rows_per_file
+        if not limit or data.num_rows <= limit:
+            return super()._roll_write(data)
+        size = -(-data.num_rows // -(-data.num_rows // limit))
+        for start in range(0, data.num_rows, size):
+            super()._roll_write(data.slice(start, size))
 
     def _write_parquet_data(self, path, data):
         self.parquet_writer_options = dict(self.parquet_writer_options, use_dictionary=dictionary_columns(data))
@@ -134,6 +145,7 @@ class _FileStoreWrite(FileStoreWrite):
         writer = super()._create_data_writer(partition, bucket, options)
         if type(writer) is KeyValueDataWriter:
             writer.__class__ = KeyValueWriter
+            writer.max_rows_per_file = getattr(self, "max_rows_per_file", None)
             if not hasattr(self, "_floor"):
                 self._floor = _sequence_floor()  # one per write: its buckets start alike
             generator = writer.sequence_generator
@@ -159,6 +171,10 @@ class StreamWrite(StreamTableWrite):
 
     def _create_file_store_write(self, commit_user):
         return _FileStoreWrite(self.table, commit_user)
+
+    def limit_file_rows(self, max_rows: int) -> None:
+        """Write primary-key files of at most ``max_rows`` rows each (in even parts)."""
+        self.file_store_write.max_rows_per_file = max_rows
 
     def _prepare_arrow_data(self, data):
         """pypaimon's checks and ``rowkind.field`` filter (``pypaimon.write.row_kind.
@@ -349,11 +365,9 @@ def write_compacted(table, partition: tuple, bucket: int, rows: pa.Table, level:
     ``max_rows`` rows); returns their metas, uncommitted."""
     writer = KeyValueWriter(table=table, partition=partition, bucket=bucket, max_seq_number=0,
                             options=table.options)
-    parts = 1 if max_rows is None else -(-rows.num_rows // max_rows)
-    size = -(-rows.num_rows // max(1, parts))
+    writer.max_rows_per_file = max_rows
     try:
-        for start in range(0, rows.num_rows, max(1, size)):
-            writer._roll_write(rows.slice(start, size))
+        writer._roll_write(rows)
     except BaseException:
         writer.abort()
         raise
