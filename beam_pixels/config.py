@@ -389,7 +389,8 @@ KEYS: tuple[Key, ...] = (
         "least two files), so commits keep their interval; the rest waits for the next pass.", _PAIMON),
     Key("paimon.compaction.file-percent", "paimon_compaction_file_percent", "10", _Int(1, 100),
         "Deletion-vector tables: compaction writes files of at most this share of their bucket's live rows "
-        "(at least 10,000 rows), so that deleted rows are reclaimed a file at a time.", _PAIMON),
+        "(a large commit: of its rows per bucket; at least 10,000 rows), so that deleted rows are reclaimed "
+        "a file at a time.", _PAIMON),
     Key("paimon.write-only", "paimon_write_only", "false", _Bool(),
         "Neither compact nor expire snapshots (also when the table has write-only=true): leave both to "
         "Paimon's dedicated compaction job.", _PAIMON),
