@@ -159,11 +159,11 @@ def _pick_for_size_ratio(runs: list[SortedRun], options: CompactionOptions, coun
         size += runs[count].size
         count += 1
     if count > 1 or force:
-        return _unit(runs, options.max_level, count)
+        return unit_below(runs, options.max_level, count)
     return None
 
 
-def _unit(runs: list[SortedRun], max_level: int, count: int) -> CompactUnit:
+def unit_below(runs: list[SortedRun], max_level: int, count: int) -> CompactUnit:
     """Paimon's ``createUnit``: below the next older run's level, never level 0."""
     output = max_level if count == len(runs) else max(0, runs[count].level - 1)
     while output == 0 and count < len(runs):

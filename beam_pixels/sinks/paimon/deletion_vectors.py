@@ -96,14 +96,7 @@ class LiveRows:
 
     def read_live(self, table, entry, columns: list[str] | None = None) -> tuple[pa.Table, np.ndarray]:
         """A data file's rows less those deleted, and their positions in the file."""
-        rows = private.read_key_values(table, entry, columns)
-        positions = np.arange(rows.num_rows, dtype=np.int32)
-        deleted = self.deleted_positions(entry)
-        if len(deleted):
-            live = np.ones(rows.num_rows, bool)
-            live[deleted] = False
-            rows, positions = rows.filter(pa.array(live)), positions[live]
-        return rows, positions
+        return without_deleted(private.read_key_values(table, entry, columns), self.deleted_positions(entry))
 
     def write_index_changes(self, table, changed: set, vectors: dict) -> tuple[list, list]:
         """New deletion-vector index files for the ``changed`` buckets (one each, from
@@ -148,6 +141,16 @@ class LiveRows:
                 [c[len(private.KEY_PREFIX):] for c in self.key_columns])
 
         return read
+
+
+def without_deleted(rows: pa.Table, deleted: np.ndarray | None) -> tuple[pa.Table, np.ndarray]:
+    """A file's ``rows`` less those at the ``deleted`` positions, and the positions of the rest."""
+    positions = np.arange(rows.num_rows, dtype=np.int32)
+    if deleted is not None and len(deleted):
+        live = np.ones(rows.num_rows, bool)
+        live[deleted] = False
+        rows, positions = rows.filter(pa.array(live)), positions[live]
+    return rows, positions
 
 
 def merge_sorted(old: np.ndarray, new: np.ndarray) -> np.ndarray:

@@ -31,8 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_pixels.sinks.key_index import key_codes
+from beam_pixels.sinks.paimon.deletion_vectors import without_deleted
 from beam_pixels.sinks.paimon import _pypaimon_private as private
-from beam_pixels.sinks.paimon.compaction import CompactionOptions, SortedRun, _unit, merge_runs, sorted_runs
+from beam_pixels.sinks.paimon.compaction import CompactionOptions, SortedRun, merge_runs, sorted_runs, unit_below
 
 DELETE_RATIO_OPTION = "compaction.delete-ratio-threshold"
 DEFAULT_DELETE_RATIO = 0.2
@@ -105,7 +106,7 @@ def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
             while count < len(runs) - 1 and 2 * merged >= runs[count].size:
                 merged += runs[count].size
                 count += 1
-        unit = _unit(runs, options.max_level, count)
+        unit = unit_below(runs, options.max_level, count)
         chosen.append(Rewrite(unit.files, unit.output_level, file_rows))
         taken = {e.file.file_name for e in unit.files}
     for entry in entries:
@@ -192,15 +193,9 @@ def _one_sequence_number(rows: pa.Table) -> pa.Table:
 def _live(table, entry, vectors: dict) -> pa.Table | None:
     """A data file's raw rows less its deleted ones (nothing read when all are deleted)."""
     deleted = vectors.get(entry.file.file_name)
-    count = 0 if deleted is None else len(deleted)
-    if count and count == entry.file.row_count:
+    if deleted is not None and len(deleted) == entry.file.row_count:
         return None
-    rows = private.read_key_values(table, entry)
-    if count:
-        live = np.ones(rows.num_rows, bool)
-        live[deleted] = False
-        rows = rows.filter(pa.array(live))
-    return rows
+    return without_deleted(private.read_key_values(table, entry), deleted)[0]
 
 
 def _in_range(keys: pa.Table, lower: tuple | None, upper: tuple | None) -> np.ndarray:
