@@ -387,7 +387,7 @@ KEYS: tuple[Key, ...] = (
     Key("paimon.compaction.max-mb-per-pass", "paimon_compaction_max_mb", "256", _Int(1),
         "Input megabytes one maintenance pass compacts at most (at least one bucket; of an append table at "
         "least two files), so commits keep their interval; the rest waits for the next pass.", _PAIMON),
-    Key("paimon.compaction.file-percent", "paimon_compaction_file_percent", "10", _Int(1, 100),
+    Key("paimon.compaction.file-percent", "paimon_compaction_file_percent", "25", _Int(1, 100),
         "Deletion-vector tables: compaction writes files of at most this share of their bucket's live rows "
         "(a large commit: of its rows per bucket; at least 10,000 rows), so that deleted rows are reclaimed "
         "a file at a time.", _PAIMON),

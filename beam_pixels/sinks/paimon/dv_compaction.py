@@ -37,7 +37,7 @@ from beam_pixels.sinks.paimon.compaction import CompactionOptions, SortedRun, me
 
 DELETE_RATIO_OPTION = "compaction.delete-ratio-threshold"
 DEFAULT_DELETE_RATIO = 0.2
-DEFAULT_FILE_PERCENT = 10
+DEFAULT_FILE_PERCENT = 25
 MIN_FILE_ROWS = 10_000
 
 
