@@ -145,20 +145,19 @@ def _spread(ratio: float, name: str) -> float:
     return ratio * (0.5 + (zlib.crc32(name.encode()) % 1000) / 1000)
 
 
-def merge_live_runs(table, bucket: tuple, inputs: list, vectors: dict, output_level: int,
-                    key_columns: list[str], file_rows: int | None = None, absorb: Rewrite | None = None) -> DvMerge:
-    """Rewrite ``inputs`` (whole runs, or files of one run) without their deleted rows,
-    sorted by key, as files of ``output_level`` (rolled at ``file_rows``); ``vectors`` maps
-    a file name to its deleted positions. With ``absorb`` (a :class:`Rewrite`), the live
-    rows of its ``absorb_from`` files in its key range join them. Each key is live in one
-    file only, so the inputs just interleave."""
+def merge_live_runs(table, bucket: tuple, rewrite: Rewrite, vectors: dict, key_columns: list[str]) -> DvMerge:
+    """Carry out ``rewrite``: its inputs (whole runs, or files of one run) without their
+    deleted rows, and the live rows of its ``absorb_from`` files in its key range, sorted by
+    key, as files of its level; ``vectors`` maps a file name to its deleted positions. Each
+    key is live in one file only, so the inputs just interleave."""
     stored = [private.KEY_PREFIX + k for k in key_columns]
+    inputs = rewrite.inputs
     tables = [rows for rows in (_live(table, entry, vectors) for entry in sorted(inputs, key=lambda e: -e.file.level))
               if rows is not None]  # oldest first
     moved = {}
-    for entry in absorb.absorb_from if absorb is not None else ():
+    for entry in rewrite.absorb_from:
         rows = private.read_key_values(table, entry)
-        take = _in_range(rows.select(stored), absorb.lower, absorb.upper)
+        take = _in_range(rows.select(stored), rewrite.lower, rewrite.upper)
         deleted = vectors.get(entry.file.file_name)
         if deleted is not None and len(deleted):
             take[deleted] = False
@@ -173,7 +172,7 @@ def merge_live_runs(table, bucket: tuple, inputs: list, vectors: dict, output_le
         all_codes = key_codes(merged.select(stored))
         start = 0
         total_buckets = inputs[0].total_buckets
-        for meta in private.write_compacted(table, bucket[0], bucket[1], merged, output_level, file_rows):
+        for meta in private.write_compacted(table, bucket[0], bucket[1], merged, rewrite.level, rewrite.file_rows):
             outputs.append(private.new_entry(table, 0, bucket[0], bucket[1], total_buckets, meta))
             codes[meta.file_name] = all_codes[start:start + meta.row_count]
             start += meta.row_count

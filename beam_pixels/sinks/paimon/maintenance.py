@@ -309,8 +309,7 @@ def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: Maintenan
         workers = max(1, min(len(chosen), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="paimon-compact") as pool:
             done = list(pool.map(lambda c: dv_compaction.merge_live_runs(
-                table, c[0], c[1].inputs, state.vectors.get(c[0], {}), c[1].level, key_columns, c[1].file_rows,
-                c[1] if c[1].absorb_from else None), chosen))
+                table, c[0], c[1], state.vectors.get(c[0], {}), key_columns), chosen))
         deleted = [e for m in done for e in m.inputs]
         added = [e for m in done for e in m.outputs]
         changed = {m.bucket for m in done}

@@ -35,7 +35,7 @@ from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.sinks.committing import CommitConflict
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import deletion_vectors
-from beam_pixels.sinks.paimon.dv_compaction import discard, merge_live_runs
+from beam_pixels.sinks.paimon.dv_compaction import Rewrite, discard, merge_live_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _free_level_one(table, state, buckets: set, last: Checkpoint, commit_user: s
             continue
         if levels == set(range(1, max_level + 1)):
             inputs = [e for e in entries if e.file.level in (1, 2)]
-            merge = merge_live_runs(table, bucket, inputs, vectors.get(bucket, {}), 2, key_columns)
+            merge = merge_live_runs(table, bucket, Rewrite(inputs, 2), vectors.get(bucket, {}), key_columns)
             merges.append(merge)
             deleted += merge.inputs
             added += merge.outputs
