@@ -32,7 +32,7 @@ import time
 from beam_pixels import app
 from beam_pixels.cli import configure_logging
 from beam_pixels.config import PixelsConfig
-from beam_pixels.mock_server import MockPixelsServer
+from beam_pixels.testing.mock_server import MockPixelsServer
 from beam_pixels.schema import SourceSchema
 
 SCHEMA = "id:BIGINT,name:STRING,qty:INT"

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from beam_pixels import app, mock_data
+from beam_pixels import app
+from beam_pixels.testing import mock_data
 from beam_pixels.buckets import partition_buckets
 from beam_pixels.config import PixelsConfig
 from beam_pixels.schema import SourceSchema

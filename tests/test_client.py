@@ -19,8 +19,8 @@ from beam_pixels.client import (
     PixelsUnavailableError,
 )
 from beam_pixels.codec import RowCodec
-from beam_pixels.mock_data import comparable, final_state, generate_cdc, generate_rows
-from beam_pixels.mock_server import MockPixelsServer
+from beam_pixels.testing.mock_data import comparable, final_state, generate_cdc, generate_rows
+from beam_pixels.testing.mock_server import MockPixelsServer
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema
 

@@ -14,8 +14,8 @@ from pyiceberg.catalog import load_catalog
 
 from beam_pixels import app
 from beam_pixels.config import PixelsConfig
-from beam_pixels.mock_data import comparable, final_state, generate_cdc, key_of
-from beam_pixels.mock_server import MockPixelsServer
+from beam_pixels.testing.mock_data import comparable, final_state, generate_cdc, key_of
+from beam_pixels.testing.mock_server import MockPixelsServer
 from beam_pixels.source import ReadFromPixels
 
 SCHEMA_SPEC = (

@@ -6,7 +6,7 @@ import pickle
 import apache_beam as beam
 
 from beam_pixels.journal import PollJournal, Segment
-from beam_pixels.mock_server import MockPixelsServer
+from beam_pixels.testing.mock_server import MockPixelsServer
 from beam_pixels.schema import SourceSchema
 from beam_pixels.source import Bounds, ExplodeChanges, ReadFromPixels, ServerOptions
 

@@ -13,7 +13,7 @@ import pytest
 from beam_pixels.buckets import bucket_of, key_bytes
 from beam_pixels.changes import Op
 from beam_pixels.codec import RowCodec, encode_value
-from beam_pixels.mock_data import (
+from beam_pixels.testing.mock_data import (
     EDGE_ROWS,
     comparable,
     expected_changelog,
@@ -22,7 +22,7 @@ from beam_pixels.mock_data import (
     generate_rows,
     key_of,
 )
-from beam_pixels.mock_server import HandedOut, MockPixelsServer, serve
+from beam_pixels.testing.mock_server import HandedOut, MockPixelsServer, serve
 from beam_pixels.protocol import sink_pb2, sink_pb2_grpc
 from beam_pixels.schema import SourceSchema
 
@@ -341,7 +341,7 @@ def test_handed_out_records_python_images(server, stub):
 
 
 def test_serve_runs_until_sigterm_then_restores_signal_handlers(caplog):
-    caplog.set_level("INFO", logger="beam_pixels.mock_server")
+    caplog.set_level("INFO", logger="beam_pixels.testing.mock_server")
     previous = signal.getsignal(signal.SIGTERM)
     stop = threading.Event()
     kill = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 
 import grpc
 
-from beam_pixels import mock_data
+from beam_pixels.testing import mock_data
 from beam_pixels.buckets import DEFAULT_BUCKET_COUNT, bucket_of, key_bytes
 from beam_pixels.changes import Op
 from beam_pixels.codec import BINARY, RowCodec, encode_value
