@@ -144,9 +144,9 @@ def _maintain(args) -> int:
         print(f"beam-pixels maintain: sink.type={config.sink_type}; maintenance passes are for iceberg tables",
               file=sys.stderr)
         return USER_ERROR
-    from beam_pixels.sinks.iceberg import WriteToIceberg
+    from beam_pixels.sinks import sink_for
 
-    writer = WriteToIceberg.from_config(config).writer
+    writer = sink_for(config).writer
     writer.open()
     try:
         print(writer.maintain_now().summary(writer.table_name), flush=True)

@@ -21,20 +21,12 @@ from typing import Any, Protocol
 
 import jproperties
 
+from beam_pixels.errors import ConfigError
 from beam_pixels.schema import SchemaError, SourceSchema
 
 _log = logging.getLogger(__name__)
 
 SINK_TYPES = ("iceberg", "paimon")
-
-
-class ConfigError(ValueError):
-    """A configuration value is not valid; the message names the key, the value and what is accepted."""
-
-
-class SinkConfigurationError(ConfigError):
-    """A sink setting cannot work (an unusable catalog, a table that does not fit the
-    schema); raised by the sinks, the message names the setting and what to do."""
 
 
 def _invalid(key: str, value: str, accepted: str, problem: str = "") -> ConfigError:

@@ -21,7 +21,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from beam_pixels import cli
-from beam_pixels.config import SinkConfigurationError
+from beam_pixels.sinks.committing import SinkConfigurationError
 from beam_pixels.sinks.iceberg import IcebergTableWriter, WriteToIceberg, files, maintenance
 from beam_pixels.sinks.iceberg.maintenance import Settings
 from tests.iceberg_stream import ORDERS, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog

@@ -26,7 +26,6 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from pyiceberg.catalog import Catalog, CatalogType, load_catalog
@@ -38,9 +37,15 @@ from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from beam_pixels.changes import CHANGELOG_COLUMNS, changelog_rows, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
-from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.schema import SourceSchema, TypeKind
-from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
+from beam_pixels.sinks.committing import (
+    CommitConflict,
+    SinkConfigurationError,
+    TableWriter,
+    WriteChanges,
+    first_time,
+    split_table_name,
+)
 from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read
 from beam_pixels.sinks.key_index import key_codes
 
@@ -268,8 +273,9 @@ class IcebergTableWriter(TableWriter):
             )
 
 
-class WriteToIceberg(beam.PTransform):
-    """Commit a PCollection of ``ChangeBatch`` to an Iceberg table exactly once.
+class WriteToIceberg(WriteChanges):
+    """Commit a PCollection of ``ChangeBatch`` to an Iceberg table exactly once: :class:`WriteChanges`
+    over an :class:`IcebergTableWriter` built from these arguments.
 
     One commit per window of ``window_ms`` (or one at the end of a bounded input);
     outputs a :class:`~beam_pixels.sinks.committing.CommitResult` per commit.
@@ -288,8 +294,7 @@ class WriteToIceberg(beam.PTransform):
         table_properties: typing.Mapping[str, str] | None = None,
         maintenance_settings: maintenance.Settings | None = None,
     ):
-        super().__init__()
-        self._writer = IcebergTableWriter(
+        writer = IcebergTableWriter(
             schema,
             table_name,
             catalog_properties,
@@ -298,12 +303,11 @@ class WriteToIceberg(beam.PTransform):
             table_properties=table_properties,
             maintenance_settings=maintenance_settings,
         )
-        self._window_ms = window_ms
-        self._commit_retries = commit_retries
+        super().__init__(writer, window_ms, commit_retries)
 
     @classmethod
-    def from_config(cls, config: PixelsConfig, window_ms: int | None = None) -> "WriteToIceberg":
-        """The transform a ``pixels-client.properties`` configuration describes."""
+    def from_config(cls, config, window_ms: int | None = None) -> WriteToIceberg:
+        """The transform a :class:`~beam_pixels.config.PixelsConfig` describes (``iceberg.*`` keys)."""
         return cls(
             config.source_schema,
             config.iceberg_table,
@@ -315,14 +319,6 @@ class WriteToIceberg(beam.PTransform):
             table_properties=config.table_properties("iceberg"),
             maintenance_settings=maintenance.Settings.from_config(config),
         )
-
-    @property
-    def writer(self) -> TableWriter:
-        """The table writer this transform commits with (e.g. to read the last checkpoint)."""
-        return self._writer
-
-    def expand(self, batches):
-        return batches | WriteChanges(self._writer, self._window_ms, self._commit_retries)
 
 
 def _resolve_catalog_properties(properties: dict[str, str]) -> tuple[dict[str, str], str | None]:

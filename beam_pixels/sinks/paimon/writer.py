@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from pypaimon import CatalogFactory, Schema
@@ -47,9 +45,15 @@ from pypaimon.write.table_write import StreamTableWrite
 
 from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
-from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
-from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
+from beam_pixels.sinks.committing import (
+    CommitConflict,
+    SinkConfigurationError,
+    TableWriter,
+    WriteChanges,
+    first_time,
+    split_table_name,
+)
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import background, deletion_vectors, merge_on_read
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
@@ -355,8 +359,9 @@ def _pass(table, table_name: str, commit_user: str, options: MaintenanceOptions)
     return report
 
 
-class WriteToPaimon(beam.PTransform):
-    """Commit a PCollection of ``ChangeBatch`` to a Paimon table exactly once.
+class WriteToPaimon(WriteChanges):
+    """Commit a PCollection of ``ChangeBatch`` to a Paimon table exactly once: :class:`WriteChanges`
+    over a :class:`PaimonTableWriter` built from these arguments.
 
     One commit per window (``window_ms``) or, with ``window_ms=None``, one when the
     bounded input ends. Outputs a ``CommitResult`` per commit.
@@ -378,19 +383,17 @@ class WriteToPaimon(beam.PTransform):
         compaction_file_percent: int = DEFAULT_FILE_PERCENT,
         write_only: bool = False,
     ):
-        super().__init__()
-        self._writer = PaimonTableWriter(
+        writer = PaimonTableWriter(
             schema, table_name, catalog_properties, database=database, bucket=bucket,
             table_options=table_options, compaction_trigger=compaction_trigger,
             compaction_max_bytes=compaction_max_bytes, compaction_file_percent=compaction_file_percent,
             write_only=write_only,
         )
-        self._window_ms = window_ms
-        self._commit_retries = commit_retries
+        super().__init__(writer, window_ms, commit_retries)
 
     @classmethod
-    def from_config(cls, config: Any, window_ms: int | None = None) -> "WriteToPaimon":
-        """The sink a ``PixelsConfig`` describes (``paimon.*`` keys)."""
+    def from_config(cls, config, window_ms: int | None = None) -> WriteToPaimon:
+        """The transform a :class:`~beam_pixels.config.PixelsConfig` describes (``paimon.*`` keys)."""
         return cls(
             config.source_schema,
             config.paimon_table,
@@ -405,14 +408,6 @@ class WriteToPaimon(beam.PTransform):
             compaction_file_percent=config.paimon_compaction_file_percent,
             write_only=config.paimon_write_only,
         )
-
-    @property
-    def writer(self) -> TableWriter:
-        """The table writer this transform commits with (e.g. to read the last checkpoint)."""
-        return self._writer
-
-    def expand(self, batches):
-        return batches | WriteChanges(self._writer, self._window_ms, self._commit_retries)
 
 
 # -- catalog options -----------------------------------------------------------------
