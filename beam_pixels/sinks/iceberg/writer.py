@@ -31,7 +31,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog, CatalogType, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.manifest import DataFile
-from pyiceberg.schema import Schema, promote
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
@@ -47,6 +47,7 @@ from beam_pixels.sinks.committing import (
     split_table_name,
 )
 from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read
+from beam_pixels.sinks.iceberg._pyiceberg_private import promotable
 from beam_pixels.sinks.key_index import key_codes
 
 _LOG = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ class IcebergTableWriter(TableWriter):
             except ValueError:
                 problems.append(f"column {field.name!r} ({field.field_type}) is missing")
                 continue
-            if not _promotable(field.field_type, actual.field_type):
+            if not promotable(field.field_type, actual.field_type):
                 problems.append(f"column {field.name!r} is {actual.field_type}, the source sends {field.field_type}")
             elif actual.required and not field.required:
                 problems.append(f"column {field.name!r} is required but the source may send NULL")
@@ -370,14 +371,3 @@ class _PreparedFiles:
     touched_keys: pa.Table | None
     data_files: list[DataFile]
     codes: list[np.ndarray]
-
-
-def _promotable(source: typing.Any, table: typing.Any) -> bool:
-    """Whether values of Iceberg type ``source`` can be written to a column of type ``table``."""
-    if source == table:
-        return True
-    try:
-        promote(source, table)
-    except Exception:  # pyiceberg raises ResolveError, or TypeError for unrelated types
-        return False
-    return True

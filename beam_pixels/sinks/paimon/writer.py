@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 from pypaimon import CatalogFactory, Schema
 from pypaimon.catalog.catalog_exception import TableNotExistException
-from pypaimon.schema.data_types import AtomicType, DataField, PyarrowFieldParser
+from pypaimon.schema.data_types import AtomicType, DataField
 from pypaimon.write.table_write import StreamTableWrite
 
 from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state
@@ -133,8 +133,8 @@ class PaimonTableWriter(TableWriter):
             created = True
         _check_fits(table, self._paimon_schema(), self.table_name)
         self._table = table
-        self._write_schema = PyarrowFieldParser.from_paimon_schema(table.table_schema.fields)
-        options = table.options.options.to_map()
+        self._write_schema = private.arrow_schema(table)
+        options = private.table_options(table)
         write_only = self.write_only or str(options.get("write-only", "false")).lower() == "true"
         # Deletion-vector commits need the connector's own compaction; a write-only table
         # gets level-0 files, which Paimon's compaction job turns into deletion vectors.
@@ -281,7 +281,7 @@ class PaimonTableWriter(TableWriter):
         else:
             source_types = {c.name: c.type.to_paimon() for c in self.schema.columns}
             columns = [
-                (f.name, source_types.get(f.name) or PyarrowFieldParser.to_paimon_type(f.type, True).type, f.nullable)
+                (f.name, source_types.get(f.name) or private.paimon_type(f.type), f.nullable)
                 for f in changelog_schema(self.schema)
             ]
             options = dict(self.table_options)
@@ -329,7 +329,7 @@ class PaimonTableWriter(TableWriter):
         """Write ``rows`` bucket by bucket when their buckets can be computed here, else let pypaimon route."""
         buckets = None
         if self.schema.primary_key:
-            fields = self._table.table_schema.logical_bucket_key_fields
+            fields = self._table.schema().logical_bucket_key_fields
             keys = rows.select([f.name for f in fields])
             buckets = bucket_ids(keys, [f.type.type for f in fields], self._table.options.bucket())
         if buckets is None:
@@ -438,7 +438,7 @@ def _redact(uri: str) -> str:
 
 def _check_fits(table, expected: Schema, name: str) -> None:
     """Raise naming every column, key or option of ``table`` that differs from ``expected``."""
-    actual = {f.name: str(f.type) for f in table.table_schema.fields}
+    actual = {f.name: str(f.type) for f in table.schema().fields}
     wanted = {f.name: str(f.type) for f in expected.fields}
     problems = [f"column {n!r} is missing from the table (expected {t})" for n, t in wanted.items() if n not in actual]
     problems += [f"column {n!r} is not in source.schema" for n in actual if n not in wanted]
@@ -447,13 +447,13 @@ def _check_fits(table, expected: Schema, name: str) -> None:
         for n, t in wanted.items()
         if n in actual and _normal(actual[n]) != _normal(t)
     ]
-    if list(table.table_schema.primary_keys) != list(expected.primary_keys):
+    if list(table.schema().primary_keys) != list(expected.primary_keys):
         problems.append(
-            f"primary key is ({', '.join(table.table_schema.primary_keys)}) in the table, "
+            f"primary key is ({', '.join(table.schema().primary_keys)}) in the table, "
             f"({', '.join(expected.primary_keys)}) expected"
         )
     elif expected.primary_keys:
-        options = table.options.options.to_map()
+        options = private.table_options(table)
         problems += [
             f"table option {k}={options.get(k)!r}, {value!r} expected"
             for k, (value, unset) in _REQUIRED_PK_OPTIONS.items()
