@@ -3,7 +3,8 @@
 - :mod:`.committing`: the write transform every sink is (:class:`~.committing.WriteChanges`
   over a :class:`~.committing.TableWriter`), and :class:`~.committing.SinkConfigurationError`.
 - :mod:`.iceberg`: ``WriteToIceberg`` and its table writer; :mod:`.paimon`: ``WriteToPaimon``.
-- :mod:`.key_index`: where each stored key is, shared by both sinks' merge-on-read commits.
+- :mod:`.key_index`: where each stored key is, and the process's one cache of key indexes,
+  shared by both sinks' merge-on-read commits.
 
 :func:`sink_for` picks the sink ``sink.type`` names, as Beam's ``WriteToBigQuery``
 picks its write method; ``beam-pixels run`` and ``pipelines/pixels_to_lakehouse.py`` use it.
