@@ -24,7 +24,7 @@ from beam_pixels import cli
 from beam_pixels.sinks.committing import SinkConfigurationError
 from beam_pixels.sinks.iceberg import IcebergTableWriter, WriteToIceberg, files, maintenance
 from beam_pixels.sinks.iceberg.maintenance import Settings
-from tests.iceberg_stream import ORDERS, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
+from iceberg_stream import ORDERS, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
 
 TABLE = "db.orders"
 # Compact anything with deletes (the whole table in one pass), merge manifests early, delete orphans at once.
