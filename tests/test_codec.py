@@ -16,9 +16,9 @@ import pytest
 from beam_pixels.changes import records_schema
 from beam_pixels.codec import BINARY, TEXT, DecodeError, RowCodec
 from beam_pixels.codec.columns import _columns_of_protobuf
-from beam_pixels.testing.encoding import encode_row, encode_value
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema, parse_type
+from beam_pixels.testing.encoding import encode_row, encode_value
 
 ENCODINGS = (BINARY, TEXT)
 UTC = timezone.utc

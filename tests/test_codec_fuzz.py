@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from beam_pixels.codec import BINARY, TEXT, DecodeError, RowCodec
-from beam_pixels.testing.encoding import encode_row, encode_value
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import Column, ColumnType, SourceSchema, TypeKind, parse_type
+from beam_pixels.testing.encoding import encode_row, encode_value
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

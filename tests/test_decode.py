@@ -16,11 +16,11 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beam_pixels.buckets import bucket_of, key_bytes, murmur3_32_of_ranges
 from beam_pixels.changes import ChangeBatch, ChangeBatchCoder, concat_records
 from beam_pixels.codec import RowCodec
-from beam_pixels.testing.encoding import encode_row
 from beam_pixels.decode import DEAD_LETTERS, DecodePollsFn
-from beam_pixels.testing.mock_data import generate_cdc, generate_rows
 from beam_pixels.protocol import sink_lazy_pb2, sink_pb2
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing.encoding import encode_row
+from beam_pixels.testing.mock_data import generate_cdc, generate_rows
 from beam_pixels.wire import RawPoll, count_records, scan_response
 
 EVERY_TYPE = SourceSchema.parse(

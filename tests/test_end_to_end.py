@@ -14,10 +14,10 @@ from pyiceberg.catalog import load_catalog
 
 from beam_pixels import app
 from beam_pixels.config import PixelsConfig
-from beam_pixels.testing.mock_data import comparable, final_state, generate_cdc, key_of
-from beam_pixels.testing.mock_server import MockPixelsServer
 from beam_pixels.sinks import sink_for
 from beam_pixels.source import ReadFromPixels
+from beam_pixels.testing.mock_data import comparable, final_state, generate_cdc, key_of
+from beam_pixels.testing.mock_server import MockPixelsServer
 
 SCHEMA_SPEC = (
     "id:BIGINT, name:VARCHAR(40), price:DECIMAL(12,2), qty:INT, ratio:DOUBLE, day:DATE, "

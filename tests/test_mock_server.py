@@ -22,10 +22,10 @@ from beam_pixels.testing.mock_data import (
     generate_rows,
     key_of,
 )
-from beam_pixels.testing.encoding import encode_row, encode_value
-from beam_pixels.testing.mock_server import HandedOut, MockPixelsServer, serve
 from beam_pixels.protocol import sink_pb2, sink_pb2_grpc
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing.encoding import encode_row, encode_value
+from beam_pixels.testing.mock_server import HandedOut, MockPixelsServer, serve
 
 ALL_TYPES = SourceSchema.parse(
     "id:BIGINT, flag:BOOLEAN, tiny:TINYINT, small:SMALLINT, num:INT, big:BIGINT, f:FLOAT, d:DOUBLE, "

@@ -15,9 +15,9 @@ import pytest
 
 from beam_pixels.bench import soak_server
 from beam_pixels.changes import Op
-from beam_pixels.testing.mock_server import MockPixelsServer
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing.mock_server import MockPixelsServer
 from beam_pixels.bench.soak import (
     COMMIT_LINE,
     CommitFigures,

@@ -21,11 +21,11 @@ import pickle
 import time
 from pathlib import Path
 
-from beam_pixels.testing import mock_data
 from beam_pixels.client import PixelsClient
-from beam_pixels.testing.mock_server import MockPixelsServer
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing import mock_data
+from beam_pixels.testing.mock_server import MockPixelsServer
 from beam_pixels.testing.server_process import CONTEXT, SpawnedServer, answer_commands, start_poll_server
 
 _LOG = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import jproperties
 
-from beam_pixels.errors import ConfigError
 from beam_pixels.config.validators import _invalid
+from beam_pixels.errors import ConfigError
 
 
 _LINE_BREAK = re.compile(r"(\r\n|\r|\n)")

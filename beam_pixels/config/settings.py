@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 
-from beam_pixels.errors import ConfigError
-from beam_pixels.schema import SchemaError, SourceSchema
 from beam_pixels.config.keys import _PASSTHROUGH, _TABLE_PROPERTIES, KEY_BY_NAME, KEYS, SINK_TYPES
 from beam_pixels.config.properties import load_properties, parse_override
 from beam_pixels.config.validators import LOCATION_OFF, _invalid, _Rejected
+from beam_pixels.errors import ConfigError
+from beam_pixels.schema import SchemaError, SourceSchema
 
 _log = logging.getLogger(__name__)
 

@@ -27,12 +27,12 @@ from typing import Iterable, Sequence
 
 import grpc
 
-from beam_pixels.testing import mock_data
 from beam_pixels.buckets import DEFAULT_BUCKET_COUNT, bucket_of, key_bytes
 from beam_pixels.changes import Op
 from beam_pixels.codec import BINARY, RowCodec
 from beam_pixels.protocol import sink_pb2, sink_pb2_grpc
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing import mock_data
 from beam_pixels.testing.encoding import encode_row, encode_value
 
 _LOG = logging.getLogger(__name__)

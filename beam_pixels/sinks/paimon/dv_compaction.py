@@ -31,9 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_pixels.sinks.key_index import key_codes
-from beam_pixels.sinks.paimon.deletion_vectors import without_deleted
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon.compaction import CompactionOptions, SortedRun, merge_runs, sorted_runs, unit_below
+from beam_pixels.sinks.paimon.deletion_vectors import without_deleted
 from beam_pixels.sinks.paimon.options import ratio_option
 
 DELETE_RATIO_OPTION = "compaction.delete-ratio-threshold"
