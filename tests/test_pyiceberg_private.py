@@ -25,6 +25,17 @@ from beam_pixels.sinks.iceberg._pyiceberg_private import commit_file_changes, fi
 from iceberg_helpers import duckdb_rows
 
 
+def ten_rows_table(tmp_path):
+    """A SQLite catalog, an empty v2 table ``db.t`` (id key, s) and ten rows for it."""
+    catalog = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}")
+    catalog.create_namespace("db")
+    schema = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "s", StringType()), identifier_field_ids=[1])
+    table = catalog.create_table("db.t", schema=schema, properties={"format-version": "2"})
+    rows = pa.table({"id": pa.array(range(10), pa.int64()), "s": [str(i) for i in range(10)]})
+    rows = rows.cast(files.arrow_schema(table))
+    return catalog, table, rows
+
+
 def test_the_pinned_pyiceberg_minor_version():
     assert pyiceberg.__version__.startswith("0.12."), "re-check _pyiceberg_private.py against this pyiceberg"
 
@@ -69,12 +80,7 @@ def test_the_undocumented_write_and_read_functions_keep_their_signatures():
 
 
 def test_data_files_are_written_and_read_back_through_the_hooks(tmp_path):
-    catalog = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}")
-    catalog.create_namespace("db")
-    schema = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "s", StringType()), identifier_field_ids=[1])
-    table = catalog.create_table("db.t", schema=schema, properties={"format-version": "2"})
-    rows = pa.table({"id": pa.array(range(10), pa.int64()), "s": [str(i) for i in range(10)]})
-    rows = rows.cast(files.arrow_schema(table))
+    catalog, table, rows = ten_rows_table(tmp_path)
     written = write_parquet_files(table, rows.schema, [rows.slice(0, 4).to_batches(), rows.slice(4).to_batches()], uuid.uuid4())
     assert [f.record_count for f in written] == [4, 6]
     assert [f.content for f in written] == [DataFileContent.DATA] * 2
@@ -98,12 +104,7 @@ def test_promotable_follows_pyicebergs_promotions():
 def test_a_position_delete_commit_and_a_file_removal_round_trip(tmp_path):
     """The whole private path end to end: a delete manifest is read back as one, pyiceberg and
     DuckDB apply its deletes, a removal rewrites manifests with the file gone."""
-    catalog = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}")
-    catalog.create_namespace("db")
-    schema = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "s", StringType()), identifier_field_ids=[1])
-    table = catalog.create_table("db.t", schema=schema, properties={"format-version": "2"})
-    rows = pa.table({"id": pa.array(range(10), pa.int64()), "s": [str(i) for i in range(10)]})
-    rows = rows.cast(files.arrow_schema(table))
+    catalog, table, rows = ten_rows_table(tmp_path)
     (data,) = files.write_data_files(table, rows, uuid.uuid4())
     commit_file_changes(table, {"k": "1"}, added=[data], operation=Operation.APPEND)
     deletes = files.write_position_deletes(table, pa.array([data.file_path] * 2), np.array([3, 7]), uuid.uuid4())

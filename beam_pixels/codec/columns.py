@@ -13,15 +13,8 @@ import numpy as np
 import pyarrow as pa
 from google.protobuf import message
 
-from beam_pixels.codec.numbers import (
-    _FLOAT_KINDS,
-    _INT_KINDS,
-    _STRING_KINDS,
-    _TIMESTAMP_KINDS,
-    _bounds,
-    _per_kind,
-    _physical_dtype,
-)
+from beam_pixels.codec.numbers import _FLOAT_KINDS, _INT_KINDS, _STRING_KINDS, _TIMESTAMP_KINDS, _bounds
+from beam_pixels.codec.numbers import _per_kind, _physical_dtype
 from beam_pixels.codec.values import _wire_widths
 from beam_pixels.schema import ColumnType, TypeKind
 from beam_pixels.wire import SerializedImages, scan_row_values

@@ -17,22 +17,9 @@ import typing
 from datetime import date, datetime, time
 from decimal import Decimal
 
-from beam_pixels.codec.numbers import (
-    _BYTES_KINDS,
-    _FLOAT_KINDS,
-    _FROM_NUMBER,
-    _INT_KINDS,
-    _NUMBER_KINDS,
-    _STRING_KINDS,
-    _TO_NUMBER,
-    _check_bounds,
-    _checked_bytes,
-    _float32,
-    _micros,
-    _millis,
-    _per_kind,
-    _unscaled,
-)
+from beam_pixels.codec.numbers import _BYTES_KINDS, _FLOAT_KINDS, _FROM_NUMBER, _INT_KINDS, _NUMBER_KINDS
+from beam_pixels.codec.numbers import _STRING_KINDS, _TO_NUMBER, _check_bounds, _checked_bytes, _float32
+from beam_pixels.codec.numbers import _micros, _millis, _per_kind, _unscaled
 from beam_pixels.schema import ColumnType, TypeKind
 
 BINARY = "binary"

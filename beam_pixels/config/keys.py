@@ -6,21 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-from beam_pixels.config.validators import (
-    _Bool,
-    _Buckets,
-    _Choice,
-    _Columns,
-    _ExistingFile,
-    _Int,
-    _Name,
-    _OptionalInt,
-    _OptionalLocation,
-    _Parser,
-    _Schema,
-    _Text,
-    _Warehouse,
-)
+from beam_pixels.config.validators import _Bool, _Buckets, _Choice, _Columns, _ExistingFile, _Int, _Name
+from beam_pixels.config.validators import _OptionalInt, _OptionalLocation, _Parser, _Schema, _Text, _Warehouse
 
 SINK_TYPES = ("iceberg", "paimon")
 

@@ -12,18 +12,8 @@ import struct
 import typing
 
 from beam_pixels.codec import BINARY, TEXT, RowCodec
-from beam_pixels.codec.numbers import (
-    _BYTES_KINDS,
-    _FLOAT_KINDS,
-    _FROM_NUMBER,
-    _INT_KINDS,
-    _NUMBER_KINDS,
-    _STRING_KINDS,
-    _checked_bytes,
-    _float32,
-    _number,
-    _per_kind,
-)
+from beam_pixels.codec.numbers import _BYTES_KINDS, _FLOAT_KINDS, _FROM_NUMBER, _INT_KINDS, _NUMBER_KINDS
+from beam_pixels.codec.numbers import _STRING_KINDS, _checked_bytes, _float32, _number, _per_kind
 from beam_pixels.codec.values import _check_encoding
 from beam_pixels.schema import ColumnType, TypeKind
 

@@ -38,14 +38,8 @@ from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 from beam_pixels.changes import CHANGELOG_COLUMNS, changelog_rows, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.schema import SourceSchema, TypeKind
-from beam_pixels.sinks.committing import (
-    CommitConflict,
-    SinkConfigurationError,
-    TableWriter,
-    WriteChanges,
-    first_time,
-    split_table_name,
-)
+from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
+from beam_pixels.sinks.committing import SinkConfigurationError
 from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read
 from beam_pixels.sinks.iceberg._pyiceberg_private import promotable
 from beam_pixels.sinks.key_index import key_codes

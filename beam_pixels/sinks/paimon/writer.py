@@ -46,14 +46,8 @@ from pypaimon.write.table_write import StreamTableWrite
 from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.schema import SourceSchema
-from beam_pixels.sinks.committing import (
-    CommitConflict,
-    SinkConfigurationError,
-    TableWriter,
-    WriteChanges,
-    first_time,
-    split_table_name,
-)
+from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
+from beam_pixels.sinks.committing import SinkConfigurationError
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import background, deletion_vectors, merge_on_read
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
