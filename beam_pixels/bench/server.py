@@ -8,9 +8,9 @@ chunks are themselves a valid ``PollResponse``: answering a poll costs a
 ``b"".join`` of one chunk per requested bucket, and the server drains like a
 real one at almost no CPU. The client side is what a benchmark then measures.
 
-:class:`ServerProcess` runs a server on 127.0.0.1 in a fresh (spawned) process
-(a :class:`~beam_pixels.testing.server_process.SpawnedServer`) with its own copy of the chunks, and reports when the first poll arrived and
-how many records it handed out.
+:class:`ServerProcess` runs a server on 127.0.0.1 in a fresh (spawned) process (a
+:class:`~beam_pixels.testing.server_process.SpawnedServer`) with its own copy of the
+chunks, and reports when the first poll arrived and how many records it handed out.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from beam_pixels.codec.values import _wire_widths
 from beam_pixels.schema import ColumnType, TypeKind
 from beam_pixels.wire import SerializedImages, scan_row_values
 
+
 class _RawColumn:
     """The raw values of one column of a batch: value ``i`` is
     ``data[starts[i]:starts[i] + lengths[i]]``; ``valid`` marks the non-NULL ones.

@@ -15,6 +15,7 @@ from beam_pixels.codec.values import _DECODERS, BINARY, DecodeError, _check_enco
 from beam_pixels.schema import SourceSchema
 from beam_pixels.wire import SerializedImages
 
+
 @dataclass(frozen=True)
 class DecodedImages:
     """What :meth:`RowCodec.decode_serialized_images` returns: the images as a struct

@@ -11,6 +11,7 @@ from beam_pixels.config.validators import _OptionalInt, _OptionalLocation, _Pars
 
 SINK_TYPES = ("iceberg", "paimon")
 
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key: its :class:`PixelsConfig` field, default, accepted values and meaning."""

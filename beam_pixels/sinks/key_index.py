@@ -244,7 +244,9 @@ class SnapshotCache(typing.Generic[_Indexed]):
         entry = self.peek(table)
         return entry if entry is not None and entry.snapshot_id == snapshot_id else None
 
-    def get(self, table: typing.Hashable, snapshot_id: int | None, build: typing.Callable[[], _Indexed], name: str) -> _Indexed:
+    def get(
+        self, table: typing.Hashable, snapshot_id: int | None, build: typing.Callable[[], _Indexed], name: str
+    ) -> _Indexed:
         """The entry of ``table`` at ``snapshot_id``: the cached one, else ``build()``'s (then cached)."""
         with self._lock:
             entry = self._entries.get(table)

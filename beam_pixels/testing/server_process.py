@@ -23,7 +23,9 @@ CONTEXT = multiprocessing.get_context("spawn")
 """The multiprocessing context of every spawned server: make shared counters with it."""
 
 
-def start_poll_server(poll: Callable[[sink_pb2.PollRequest, grpc.ServicerContext], bytes], workers: int) -> tuple[grpc.Server, int]:
+def start_poll_server(
+    poll: Callable[[sink_pb2.PollRequest, grpc.ServicerContext], bytes], workers: int
+) -> tuple[grpc.Server, int]:
     """A started gRPC server on 127.0.0.1 (a free port) whose ``PollEvents`` answers with
     ``poll``'s bytes, a serialized ``PollResponse`` sent as is. Returns the server and its port."""
     handler = grpc.method_handlers_generic_handler(
