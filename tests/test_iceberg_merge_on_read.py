@@ -118,7 +118,7 @@ RIVAL = textwrap.dedent(
     import sys
     from beam_pixels.changes import ChangeBatch, Op, concat_records
     from beam_pixels.sinks.iceberg import IcebergTableWriter
-    from tests.iceberg_stream import ORDERS, sql_catalog
+    from iceberg_stream import ORDERS, sql_catalog
 
     warehouse, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     w = IcebergTableWriter(ORDERS, "db.orders", {"type": "sql", "warehouse": warehouse})
@@ -133,8 +133,8 @@ RIVAL = textwrap.dedent(
 
 def rival_upserts(tmp_path, first: int, last: int) -> None:
     """Another process upserts keys first..last-1 (qty=-id) through its own writer and index."""
-    root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-c", RIVAL, sql_catalog(tmp_path)["warehouse"], str(first), str(last)], check=True, cwd=root)
+    helpers = Path(__file__).resolve().parent  # run beside the helper modules it imports
+    subprocess.run([sys.executable, "-c", RIVAL, sql_catalog(tmp_path)["warehouse"], str(first), str(last)], check=True, cwd=helpers)
 
 
 def test_another_process_committing_in_between_is_seen_and_nothing_applies_twice(writer, tmp_path):
