@@ -23,31 +23,21 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from beam_pixels import source
 from beam_pixels.checkpoint import Checkpoint
-from beam_pixels.config import PixelsConfig, SinkConfigurationError
+from beam_pixels.config import PixelsConfig
 from beam_pixels.dead_letters import WriteDeadLetters
 from beam_pixels.journal import TrimJournal
-from beam_pixels.sinks.committing import TableWriter
+from beam_pixels.sinks import sink_for
+from beam_pixels.sinks.committing import SinkConfigurationError, TableWriter
 
 _LOG = logging.getLogger(__name__)
 
 IN_PROCESS_RUNNERS = {None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"}
 
 
-def sink_transform(config: PixelsConfig, window_ms: int | None = None) -> beam.PTransform:
-    """WriteToIceberg or WriteToPaimon, as ``sink.type`` says."""
-    if config.sink_type == "paimon":
-        from beam_pixels.sinks.paimon import WriteToPaimon
-
-        return WriteToPaimon.from_config(config, window_ms=window_ms)
-    from beam_pixels.sinks.iceberg import WriteToIceberg
-
-    return WriteToIceberg.from_config(config, window_ms=window_ms)
-
-
 def open_table_writer(config: PixelsConfig) -> TableWriter:
     """The configured sink's table writer, opened (the table created when missing), for the
     driver to read checkpoints and tables; the caller closes it."""
-    writer = sink_transform(config).writer
+    writer = sink_for(config).writer
     try:
         writer.open()
     except OSError as error:
@@ -72,7 +62,7 @@ def build_pipeline(
         config, start_positions=start_positions, max_duration_ms=max_duration_ms, journal=journal
     )
     _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letter_location(local_run))
-    commits = read.changes | "WriteToLakehouse" >> sink_transform(config, window_ms)
+    commits = read.changes | "WriteToLakehouse" >> sink_for(config, window_ms)
     if journal:
         _ = commits | "TrimJournal" >> TrimJournal(journal)
     return commits

@@ -97,15 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     configure_logging(args.verbose)
     if args.command == "bench":
-        from beam_pixels.bench import main as bench
+        from beam_pixels.bench.throughput import main as bench
 
         if "--soak" in extra:
-            from beam_pixels.soak import main as soak
+            from beam_pixels.bench.soak import main as soak
 
             return soak([a for a in extra if a != "--soak"])
         return bench(extra)
     if args.command == "soak":
-        from beam_pixels.soak import main as soak
+        from beam_pixels.bench.soak import main as soak
 
         return soak(extra)
     if extra and args.command != "run":
@@ -144,9 +144,9 @@ def _maintain(args) -> int:
         print(f"beam-pixels maintain: sink.type={config.sink_type}; maintenance passes are for iceberg tables",
               file=sys.stderr)
         return USER_ERROR
-    from beam_pixels.sinks.iceberg import WriteToIceberg
+    from beam_pixels.sinks import sink_for
 
-    writer = WriteToIceberg.from_config(config).writer
+    writer = sink_for(config).writer
     writer.open()
     try:
         print(writer.maintain_now().summary(writer.table_name), flush=True)
@@ -156,7 +156,7 @@ def _maintain(args) -> int:
 
 
 def _mock_server(args) -> int:
-    from beam_pixels.mock_server import serve
+    from beam_pixels.testing.mock_server import serve
 
     config = PixelsConfig.load(args.config, args.overrides)
     serve(

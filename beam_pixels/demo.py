@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 
-from beam_pixels import app, mock_data
+from beam_pixels import app
 from beam_pixels.config import PixelsConfig
-from beam_pixels.mock_server import MockPixelsServer
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing import mock_data
+from beam_pixels.testing.mock_server import MockPixelsServer
 
 DEMO_SCHEMA = "id:BIGINT,name:STRING,price:DECIMAL(10,2),qty:INT,ts:TIMESTAMP,flag:BOOLEAN"
 

@@ -9,14 +9,94 @@ them for the record-by-record safe path (:func:`split_records`).
 from __future__ import annotations
 
 import struct
+import typing
 from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
 from google.protobuf import message
 
-from beam_pixels.codec import SerializedImages, varints
 from beam_pixels.protocol import sink_lazy_pb2
+
+
+# Tags of the wire format (PROTOCOL.md): RowValue.values = 1 and ColumnValue.value = 1
+# (length-delimited), ColumnValue.is_null = 2 (varint).
+_LEN_FIELD_1 = 0x0A
+_VARINT_FIELD_2 = 0x10
+
+
+def varints(data: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values, ends, ok)`` of the base-128 varints at ``positions`` of ``data`` (uint8),
+    up to 5 bytes: lengths inside a message below 2 GiB. Reads past the end see the last byte."""
+    values = np.zeros(len(positions), dtype=np.int64)
+    ends = positions.copy()
+    more = np.ones(len(positions), dtype=bool)
+    for shift in range(0, 35, 7):
+        byte = data[np.minimum(ends, len(data) - 1)].astype(np.int64)
+        values |= np.where(more, (byte & 0x7F) << shift, 0)
+        ends += more
+        more &= byte >= 0x80
+        if not more.any():
+            break
+    return values, ends, ~more
+
+
+@dataclass(frozen=True)
+class SerializedImages:
+    """Row images lying serialized (as ``RowValue`` messages) in one buffer: image ``i``
+    is ``data[starts[i]:starts[i] + lengths[i]]`` where ``present[i]``, else absent."""
+
+    data: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    present: np.ndarray
+
+    @classmethod
+    def of_messages(cls, images: typing.Sequence) -> "SerializedImages":
+        """Images given as protobuf messages (or None), serialized back to back."""
+        present = np.array([image is not None for image in images], dtype=bool)
+        blobs = [image.SerializeToString() for image in images if image is not None]
+        lengths = np.zeros(len(images), dtype=np.int64)
+        lengths[present] = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+        starts = np.cumsum(lengths) - lengths
+        return cls(np.frombuffer(b"".join(blobs), dtype=np.uint8), starts, lengths, present)
+
+
+def scan_row_values(images: SerializedImages, width: int):
+    """``(data, value starts, value lengths, nulls)`` of serialized ``RowValue`` images, each
+    of shape (rows, ``width``), read with numpy instead of through a Python object per value.
+    None unless every present image holds exactly ``width`` values, each encoded as
+    protobuf's serializer writes it (value, then ``is_null`` only when true), and nothing else."""
+    data, present = images.data, images.present
+    if not len(data):
+        data = np.zeros(1, dtype=np.uint8)  # reads past the end see a 0 byte
+    position = images.starts[present]
+    row_ends = position + images.lengths[present]
+
+    def at(positions: np.ndarray) -> np.ndarray:
+        return data[np.minimum(positions, len(data) - 1)]
+
+    ok = np.ones(len(position), dtype=bool)
+    rows = len(present)
+    starts, sizes, nulls = (np.zeros((rows, width), dtype=t) for t in (np.int64, np.int64, bool))
+    nulls[~present] = True
+    for j in range(width):
+        ok &= (position < row_ends) & (at(position) == _LEN_FIELD_1)
+        size, position, ok_size = varints(data, position + 1)
+        end = position + size
+        has_value = (position < end) & (at(position) == _LEN_FIELD_1)
+        value_size, value_start, ok_value = varints(data, position + 1)
+        value_start = np.where(has_value, value_start, position)
+        value_size = np.where(has_value, value_size, 0)
+        after = value_start + value_size
+        # protobuf writes is_null only when it is true: two bytes, the tag and 1.
+        is_null = (after < end) & (at(after) == _VARINT_FIELD_2) & (at(after + 1) == 1)
+        ok &= ok_size & (ok_value | ~has_value) & (after + 2 * is_null == end)
+        starts[present, j], sizes[present, j], nulls[present, j] = value_start, value_size, is_null
+        position = end
+    if not (ok & (position == row_ends)).all():
+        return None
+    return data, starts, sizes, nulls
 
 
 @dataclass(frozen=True)

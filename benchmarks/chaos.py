@@ -32,8 +32,8 @@ import time
 from beam_pixels import app
 from beam_pixels.cli import configure_logging
 from beam_pixels.config import PixelsConfig
-from beam_pixels.mock_server import MockPixelsServer
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing.mock_server import MockPixelsServer
 
 SCHEMA = "id:BIGINT,name:STRING,qty:INT"
 

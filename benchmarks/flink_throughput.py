@@ -4,7 +4,7 @@
     python benchmarks/flink_throughput.py [--rows 200000] [--sinks iceberg paimon] [--parallelism 2]
 
 For each sink: the benchmark server (prebuilt responses, its own process, see
-:mod:`beam_pixels.bench_server`) holds ``--rows`` INSERTs; ``beam-pixels run`` submits the
+:mod:`beam_pixels.bench.server`) holds ``--rows`` INSERTs; ``beam-pixels run`` submits the
 unbounded pipeline (PortableRunner, LOOPBACK) with ``--parallelism`` poll groups and Flink
 parallelism; the time runs from the first poll the server sees until the table's committed
 positions account for every row (a commit per window of ``--window-ms``). The table must then
@@ -26,8 +26,8 @@ import urllib.request
 from pathlib import Path
 
 from beam_pixels import app
-from beam_pixels.bench import KEY, SCHEMA, SCHEMA_NAME, TABLE_NAME
-from beam_pixels.bench_server import ServerProcess, build_chunks, save_chunks
+from beam_pixels.bench.throughput import KEY, SCHEMA, SCHEMA_NAME, TABLE_NAME
+from beam_pixels.bench.server import ServerProcess, build_chunks, save_chunks
 from beam_pixels.config import PixelsConfig
 from beam_pixels.schema import SourceSchema
 

@@ -23,8 +23,7 @@ from beam_pixels.cli import configure_logging
 from beam_pixels.config import ConfigError, PixelsConfig
 from beam_pixels.dead_letters import WriteDeadLetters
 from beam_pixels.journal import TrimJournal
-from beam_pixels.sinks.iceberg import WriteToIceberg
-from beam_pixels.sinks.paimon import WriteToPaimon
+from beam_pixels.sinks import sink_for
 from beam_pixels.source import ReadFromPixels
 
 
@@ -36,8 +35,7 @@ def build(p: beam.Pipeline, config: PixelsConfig, *, local_run: bool, window_ms,
     # Undecodable records: written beside a local warehouse (or source.dead.letter.dir), else logged.
     _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letter_location(local_run))
 
-    sink = WriteToPaimon if config.sink_type == "paimon" else WriteToIceberg
-    commits = read.changes | "Write" >> sink.from_config(config, window_ms=window_ms)
+    commits = read.changes | "Write" >> sink_for(config, window_ms)
     if journal:
         _ = commits | "TrimJournal" >> TrimJournal(journal)
 

@@ -19,10 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from beam_pixels import app, mock_data
+from beam_pixels import app
 from beam_pixels.buckets import partition_buckets
 from beam_pixels.config import PixelsConfig
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing import mock_data
 
 SCHEMA_SPEC = "id:BIGINT,name:STRING,price:DECIMAL(10,2),score:DOUBLE,qty:INT,ts:TIMESTAMP,flag:BOOLEAN"
 SCHEMA = SourceSchema.parse(SCHEMA_SPEC, ["id"])

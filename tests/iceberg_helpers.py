@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from beam_pixels.duckdb_reader import connect
+from beam_pixels.testing.duckdb_reader import connect
 
 
 def duckdb_rows(metadata_location: str) -> list[dict]:

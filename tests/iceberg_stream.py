@@ -8,7 +8,7 @@ import random
 from beam_pixels.changes import ChangeBatch, Op, concat_records
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.iceberg import IcebergTableWriter
-from tests.iceberg_helpers import duckdb_rows
+from iceberg_helpers import duckdb_rows
 
 ORDERS = SourceSchema.parse("id:BIGINT, qty:INT, note:STRING", primary_key=["id"])
 REGIONAL = SourceSchema.parse("region:VARCHAR(8), id:INT, qty:INT, note:STRING", primary_key=["region", "id"])

@@ -29,7 +29,7 @@ from app_helpers import (
 
 from beam_pixels import app
 from beam_pixels.checkpoint import Checkpoint
-from beam_pixels.mock_server import MockPixelsServer
+from beam_pixels.testing.mock_server import MockPixelsServer
 
 COMMITTED = r"committed batch \d+"
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pixels import bench
+from beam_pixels.bench import throughput as bench
 
 ROWS = 2000
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"

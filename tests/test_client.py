@@ -19,10 +19,10 @@ from beam_pixels.client import (
     PixelsUnavailableError,
 )
 from beam_pixels.codec import RowCodec
-from beam_pixels.mock_data import comparable, final_state, generate_cdc, generate_rows
-from beam_pixels.mock_server import MockPixelsServer
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing.mock_data import comparable, final_state, generate_cdc, generate_rows
+from beam_pixels.testing.mock_server import MockPixelsServer
 
 SCHEMA = SourceSchema.parse(
     "id:INT, data:STRING, price:DECIMAL(10,2), f:DOUBLE, day:DATE, ts:TIMESTAMPTZ, raw:VARBINARY", ["id"]

@@ -17,9 +17,10 @@ from beam_pixels.buckets import bucket_of, key_bytes, murmur3_32_of_ranges
 from beam_pixels.changes import ChangeBatch, ChangeBatchCoder, concat_records
 from beam_pixels.codec import RowCodec
 from beam_pixels.decode import DEAD_LETTERS, DecodePollsFn
-from beam_pixels.mock_data import generate_cdc, generate_rows
 from beam_pixels.protocol import sink_lazy_pb2, sink_pb2
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing.encoding import encode_row
+from beam_pixels.testing.mock_data import generate_cdc, generate_rows
 from beam_pixels.wire import RawPoll, count_records, scan_response
 
 EVERY_TYPE = SourceSchema.parse(
@@ -33,7 +34,7 @@ NO_KEY = SourceSchema.parse("a:INT, b:STRING", [])
 
 
 def _image(codec, row):
-    return sink_pb2.RowValue(values=[sink_pb2.ColumnValue(value=v, is_null=n) for v, n in codec.encode_row(row)])
+    return sink_pb2.RowValue(values=[sink_pb2.ColumnValue(value=v, is_null=n) for v, n in encode_row(codec, row)])
 
 
 def _record(codec, op, before, after, **extra):

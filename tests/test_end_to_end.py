@@ -14,9 +14,10 @@ from pyiceberg.catalog import load_catalog
 
 from beam_pixels import app
 from beam_pixels.config import PixelsConfig
-from beam_pixels.mock_data import comparable, final_state, generate_cdc, key_of
-from beam_pixels.mock_server import MockPixelsServer
+from beam_pixels.sinks import sink_for
 from beam_pixels.source import ReadFromPixels
+from beam_pixels.testing.mock_data import comparable, final_state, generate_cdc, key_of
+from beam_pixels.testing.mock_server import MockPixelsServer
 
 SCHEMA_SPEC = (
     "id:BIGINT, name:VARCHAR(40), price:DECIMAL(12,2), qty:INT, ratio:DOUBLE, day:DATE, "
@@ -83,7 +84,7 @@ def test_the_table_holds_exactly_the_final_state_of_what_the_server_handed_out(
                                                "pixels.server.port": str(server.port)})
         with beam.Pipeline(runner="FnApiRunner") as p:
             read = p | ReadFromPixels.from_config(config)
-            _ = read.changes | app.sink_transform(config)
+            _ = read.changes | sink_for(config)
         handed_out = server.handed_out()
 
     expected = {k: comparable(v) for k, v in final_state(schema, [(h.op, h.before, h.after) for h in handed_out]).items()}

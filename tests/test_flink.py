@@ -39,9 +39,9 @@ from app_helpers import (
     write_properties,
 )
 
-from beam_pixels import mock_data
+from beam_pixels.testing import mock_data
 from beam_pixels.buckets import partition_buckets
-from beam_pixels.mock_server import MockPixelsServer
+from beam_pixels.testing.mock_server import MockPixelsServer
 
 # A Flink test submits up to SUBMISSIONS jobs and waits for their windows: beyond the suite's 300 s.
 pytestmark = pytest.mark.timeout(1200)

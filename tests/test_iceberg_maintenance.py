@@ -21,10 +21,10 @@ from pyiceberg.schema import Schema
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from beam_pixels import cli
-from beam_pixels.config import SinkConfigurationError
+from beam_pixels.sinks.committing import SinkConfigurationError
 from beam_pixels.sinks.iceberg import IcebergTableWriter, WriteToIceberg, files, maintenance
 from beam_pixels.sinks.iceberg.maintenance import Settings
-from tests.iceberg_stream import ORDERS, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
+from iceberg_stream import ORDERS, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
 
 TABLE = "db.orders"
 # Compact anything with deletes (the whole table in one pass), merge manifests early, delete orphans at once.
@@ -171,7 +171,7 @@ MAINTAIN_FOREVER = textwrap.dedent(
     import sys
     from beam_pixels.sinks.iceberg import IcebergTableWriter
     from beam_pixels.sinks.iceberg.maintenance import Settings
-    from tests.iceberg_stream import ORDERS
+    from iceberg_stream import ORDERS
 
     w = IcebergTableWriter(ORDERS, "db.orders", {"type": "sql", "warehouse": sys.argv[1]},
                            maintenance_settings=Settings(deleted_percent=1, small_file_mb=64, max_manifests=1))
@@ -192,7 +192,7 @@ def test_sigkill_during_maintenance_leaves_a_readable_table_and_loses_nothing(tm
     for _ in range(2):
         process = subprocess.Popen(
             [sys.executable, "-c", MAINTAIN_FOREVER, sql_catalog(tmp_path)["warehouse"]],
-            stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parent,  # the helper modules' directory
         )
         assert process.stdout.readline().strip() == b"ready"
         time.sleep(delay)

@@ -25,7 +25,7 @@ from beam_pixels.config import PixelsConfig
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.committing import CommitConflict, WriteChanges
 from beam_pixels.sinks.iceberg import IcebergSchemaMismatch, IcebergTableWriter, WriteToIceberg
-from tests.iceberg_helpers import duckdb_rows
+from iceberg_helpers import duckdb_rows
 
 ALL_TYPES = SourceSchema.parse(
     "id:BIGINT, flag:BOOLEAN, tiny:TINYINT, small:SMALLINT, num:INT, real:FLOAT, dbl:DOUBLE, "

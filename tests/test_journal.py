@@ -6,9 +6,9 @@ import pickle
 import apache_beam as beam
 
 from beam_pixels.journal import PollJournal, Segment
-from beam_pixels.mock_server import MockPixelsServer
 from beam_pixels.schema import SourceSchema
 from beam_pixels.source import Bounds, ExplodeChanges, ReadFromPixels, ServerOptions
+from beam_pixels.testing.mock_server import MockPixelsServer
 
 SCHEMA = SourceSchema.parse("id:BIGINT,name:STRING", ["id"])
 

@@ -12,8 +12,8 @@ import pytest
 
 from beam_pixels.buckets import bucket_of, key_bytes
 from beam_pixels.changes import Op
-from beam_pixels.codec import RowCodec, encode_value
-from beam_pixels.mock_data import (
+from beam_pixels.codec import RowCodec
+from beam_pixels.testing.mock_data import (
     EDGE_ROWS,
     comparable,
     expected_changelog,
@@ -22,9 +22,10 @@ from beam_pixels.mock_data import (
     generate_rows,
     key_of,
 )
-from beam_pixels.mock_server import HandedOut, MockPixelsServer, serve
 from beam_pixels.protocol import sink_pb2, sink_pb2_grpc
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing.encoding import encode_row, encode_value
+from beam_pixels.testing.mock_server import HandedOut, MockPixelsServer, serve
 
 ALL_TYPES = SourceSchema.parse(
     "id:BIGINT, flag:BOOLEAN, tiny:TINYINT, small:SMALLINT, num:INT, big:BIGINT, f:FLOAT, d:DOUBLE, "
@@ -91,7 +92,7 @@ def test_values_round_trip_through_the_codec(encoding):
     events = generate_cdc(ALL_TYPES, 50, 300, seed=5)
     cdc_images = [image for _, before, after in events for image in (before, after) if image]
     for row in generate_rows(ALL_TYPES, 300, seed=9) + cdc_images:
-        wire = [sink_pb2.ColumnValue(value=v, is_null=n) for v, n in codec.encode_row(row)]
+        wire = [sink_pb2.ColumnValue(value=v, is_null=n) for v, n in encode_row(codec, row)]
         assert comparable(tuple(codec.decode_row(wire))) == comparable(row)
 
 
@@ -341,7 +342,7 @@ def test_handed_out_records_python_images(server, stub):
 
 
 def test_serve_runs_until_sigterm_then_restores_signal_handlers(caplog):
-    caplog.set_level("INFO", logger="beam_pixels.mock_server")
+    caplog.set_level("INFO", logger="beam_pixels.testing.mock_server")
     previous = signal.getsignal(signal.SIGTERM)
     stop = threading.Event()
     kill = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))

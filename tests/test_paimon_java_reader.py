@@ -22,14 +22,14 @@ from test_paimon_maintenance import read_rows as pypaimon_rows
 from test_paimon_sink import ALL_TYPES, D, I, S, U, commit, final_state, full_row, nulls_row
 from test_paimon_sink import read_rows as pypaimon_all_types
 
-from beam_pixels import mock_data
 from beam_pixels.changes import ChangeBatch, Op, concat_records
-from beam_pixels.mock_server import MockPixelsServer
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.paimon import PaimonTableWriter
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import dv_compaction
 from beam_pixels.sinks.paimon.maintenance import live_files
+from beam_pixels.testing import mock_data
+from beam_pixels.testing.mock_server import MockPixelsServer
 
 ROW_KIND = "_rowkind"
 

@@ -239,3 +239,27 @@ def test_written_files_dictionary_encode_only_the_columns_that_repeat(tmp_path):
     assert dictionary["region"] and dictionary["_KEY_region"] and dictionary["_VALUE_KIND"]
     assert not dictionary["id"] and not dictionary["_KEY_id"] and not dictionary["_SEQUENCE_NUMBER"]
     assert not dictionary["note"]
+
+
+def test_table_metadata_hooks_read_what_the_table_holds(tmp_path):
+    """Options map, schema id, Arrow/Paimon types and the file system, as the writer,
+    compaction, the key index and expiration read them."""
+    writer = PaimonTableWriter(ORDERS, "pixels.meta", catalog_properties(tmp_path), table_options={"snapshot.num-retained.min": "7"})
+    writer.open()
+    try:
+        table = writer._table
+        options = private.table_options(table)
+        assert options["snapshot.num-retained.min"] == "7" and options["bucket"] == "4"
+        assert private.schema_id(table) == 0
+        schema = private.arrow_schema(table)
+        assert schema.field("region").type == pa.string() and schema.field("id").type == pa.int32()
+        field = next(f for f in table.schema().fields if f.name == "qty")
+        assert private.arrow_type(field) == pa.int32()
+        assert str(private.paimon_type(pa.int64())) == "BIGINT"
+        assert str(private.paimon_type(pa.string())) == "STRING"
+        io = private.file_io(table)
+        options_file = os.path.join(table.table_path, "schema", "schema-0")
+        assert io.get_file_size(options_file) > 0
+        io.delete_quietly(options_file + ".missing")  # no error for a file that is not there
+    finally:
+        writer.close()

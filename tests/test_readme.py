@@ -70,7 +70,7 @@ def test_readme_test_command_is_what_ci_runs():
 
 def test_the_library_example_runs_against_a_mock_server(tmp_path):
     """The README's pipeline example, run as written (server port and warehouse pointed at this test's)."""
-    from beam_pixels.mock_server import MockPixelsServer
+    from beam_pixels.testing.mock_server import MockPixelsServer
     from beam_pixels.schema import SourceSchema
 
     example = re.search(r"## Using the transforms in your own pipeline.*?```python\n(.*?)```", README, re.S).group(1)

@@ -6,10 +6,10 @@ import time
 
 from beam_pixels import app
 from beam_pixels.buckets import bucket_of
-from beam_pixels.codec import encode_value
 from beam_pixels.config import PixelsConfig
-from beam_pixels.mock_server import MockPixelsServer
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing.encoding import encode_value
+from beam_pixels.testing.mock_server import MockPixelsServer
 
 SCHEMA = SourceSchema.parse("id:BIGINT,name:STRING", ["id"])
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pixels import soak_server
+from beam_pixels.bench import soak_server
 from beam_pixels.changes import Op
-from beam_pixels.mock_server import MockPixelsServer
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema
-from beam_pixels.soak import (
+from beam_pixels.testing.mock_server import MockPixelsServer
+from beam_pixels.bench.soak import (
     COMMIT_LINE,
     CommitFigures,
     check_rows,

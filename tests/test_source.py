@@ -15,9 +15,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import Timestamp
 
 from beam_pixels.changes import Op
-from beam_pixels.mock_data import generate_cdc, generate_rows
-from beam_pixels.mock_server import MockPixelsServer
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing.mock_data import generate_cdc, generate_rows
+from beam_pixels.testing.mock_server import MockPixelsServer
 from beam_pixels.source import (
     Bounds,
     ExplodeChanges,

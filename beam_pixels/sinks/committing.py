@@ -24,7 +24,7 @@ from apache_beam.transforms import window as beam_window
 
 from beam_pixels.changes import ChangeBatch, OpCounts, concat_records, op_counts
 from beam_pixels.checkpoint import Checkpoint
-from beam_pixels.config import SinkConfigurationError
+from beam_pixels.errors import ConfigError
 from beam_pixels.schema import SourceSchema
 
 _LOG = logging.getLogger(__name__)
@@ -32,6 +32,11 @@ METRICS_NAMESPACE = "beam_pixels.sink"
 
 
 DEFAULT_DATABASE = "pixels"
+
+
+class SinkConfigurationError(ConfigError):
+    """A sink setting cannot work (an unusable catalog, a table that does not fit the
+    schema); raised by the sinks, the message names the setting and what to do."""
 
 
 def split_table_name(table_name: str, database: str | None, sink: str) -> tuple[str, str]:
@@ -172,7 +177,8 @@ class _PreparedPart:
 
 
 class WriteChanges(beam.PTransform):
-    """Commit a PCollection of ``ChangeBatch`` to a table, once per window.
+    """Commit a PCollection of ``ChangeBatch`` to a table, once per window: the one write
+    transform of every sink (``WriteToIceberg`` and ``WriteToPaimon`` only build its writer).
 
     Each poll group's changes of a window are written to data files in parallel
     (:meth:`TableWriter.prepare`); then one committer per table commits them all at
@@ -186,6 +192,11 @@ class WriteChanges(beam.PTransform):
         self._writer = writer
         self._window_ms = window_ms
         self._retries = commit_retries
+
+    @property
+    def writer(self) -> TableWriter:
+        """The table writer this transform commits with (e.g. to read the last checkpoint)."""
+        return self._writer
 
     def expand(self, batches):
         if self._window_ms:

@@ -8,10 +8,14 @@ wrong row. The index keeps sorted runs of ``(code, file id, position)``, 16
 bytes per live row, merged like a log-structured tree: a commit adds a small
 run, lookups binary-search every run, deleted entries are tombstoned and
 dropped when runs merge.
+
+:data:`INDEXES` is the process's one cache of them: per table, the index of one
+snapshot, rebuilt when the table has moved on without this process.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import typing
 from dataclasses import dataclass
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+_LOG = logging.getLogger(__name__)
 
 _EXACT_TYPES = (pa.types.is_integer, pa.types.is_date, pa.types.is_timestamp, pa.types.is_time)
 _MULTIPLIER = np.uint64(0x100000001B3)
@@ -215,3 +221,48 @@ def verify(hits: Hits, touched: pa.Table, stored_keys: typing.Callable[[str, np.
             same &= pc.equal(stored.column(name).cast(wanted.column(name).type), wanted.column(name)).to_numpy(zero_copy_only=False)
         ok[mine] = same
     return ok
+
+
+_Indexed = typing.TypeVar("_Indexed")  # anything with the ``snapshot_id`` it describes
+
+
+class SnapshotCache(typing.Generic[_Indexed]):
+    """Per table, the index of one of its snapshots; an entry is used only while it
+    describes the snapshot the caller sees as current. Thread-safe."""
+
+    def __init__(self):
+        self._entries: dict[typing.Hashable, _Indexed] = {}
+        self._lock = threading.Lock()
+
+    def peek(self, table: typing.Hashable) -> _Indexed | None:
+        """The entry of ``table``, whatever snapshot it describes."""
+        with self._lock:
+            return self._entries.get(table)
+
+    def current(self, table: typing.Hashable, snapshot_id: int | None) -> _Indexed | None:
+        """The entry of ``table`` if it describes ``snapshot_id``, else None."""
+        entry = self.peek(table)
+        return entry if entry is not None and entry.snapshot_id == snapshot_id else None
+
+    def get(
+        self, table: typing.Hashable, snapshot_id: int | None, build: typing.Callable[[], _Indexed], name: str
+    ) -> _Indexed:
+        """The entry of ``table`` at ``snapshot_id``: the cached one, else ``build()``'s (then cached)."""
+        with self._lock:
+            entry = self._entries.get(table)
+            if entry is not None and entry.snapshot_id == snapshot_id:
+                return entry
+            if entry is not None:
+                _LOG.info("%s: changed by another writer (snapshot %s, index at %s); rebuilding its key index",
+                          name, snapshot_id, entry.snapshot_id)
+            entry = self._entries[table] = build()
+            return entry
+
+    def forget(self, table: typing.Hashable) -> None:
+        """Drop the entry of ``table`` (its state is unknown after a failed commit)."""
+        with self._lock:
+            self._entries.pop(table, None)
+
+
+INDEXES: SnapshotCache = SnapshotCache()
+"""The key indexes of this process, keyed by ``(format, table identity)``."""

@@ -1,9 +1,12 @@
 """The Apache Iceberg sink: commit the change stream into an Iceberg table through pyiceberg.
 
-:mod:`.writer` holds the table writer and ``WriteToIceberg``; :mod:`.merge_on_read`
-and :mod:`.copy_on_write` the two ways a commit replaces keys; :mod:`.key_index`
-finds stored keys without a scan; :mod:`.maintenance` keeps a long-running table
-healthy; :mod:`._pyiceberg_private` holds every use of pyiceberg's private API.
+- :mod:`.writer`: the table writer and ``WriteToIceberg`` (checkpoints, schema checks).
+- :mod:`.merge_on_read`: commits that delete replaced rows by position (the default),
+  finding them with the shared :mod:`beam_pixels.sinks.key_index`.
+- :mod:`.copy_on_write`: commits that rewrite the data files holding touched keys.
+- :mod:`.files`: writing data files in row order and position-delete files.
+- :mod:`.maintenance`: keeping a long-running table healthy (expiration, compaction, orphans).
+- :mod:`._pyiceberg_private`: every use of pyiceberg's private or undocumented API.
 """
 
 from beam_pixels.sinks.iceberg.writer import (

@@ -8,6 +8,12 @@ producer derived from pyiceberg's private ``_SnapshotProducer`` (its constructor
 ``_added_data_files``, ``_deleted_data_files``, ``_parent_snapshot_id``,
 ``_snapshot_id``, ``_compression``, ``_transaction._table``) and a subclass of
 ``ManifestWriterV2`` that reports ``content=deletes`` (``content``, ``_meta``).
+
+pyiceberg internals without an underscore but not documented as API, used as
+``append`` and ``scan`` use them: :func:`write_parquet_files` (``write_file`` over
+``WriteTask``s, ``pyarrow_to_schema``), :func:`file_reader` (``ArrowScan``) and
+:func:`promotable` (``promote``).
+
 ``tests/test_pyiceberg_private.py`` fails loudly when an upgrade changes them.
 """
 
@@ -16,6 +22,9 @@ from __future__ import annotations
 import typing
 from collections import defaultdict
 
+import pyarrow as pa
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.io.pyarrow import ArrowScan, pyarrow_to_schema, write_file
 from pyiceberg.manifest import (
     DataFile,
     DataFileContent,
@@ -25,10 +34,44 @@ from pyiceberg.manifest import (
     ManifestFile,
     ManifestWriterV2,
 )
-from pyiceberg.table import Table, Transaction
+from pyiceberg.schema import Schema, promote
+from pyiceberg.table import Table, Transaction, WriteTask
 from pyiceberg.table.snapshots import Operation, Summary
-from pyiceberg.typedef import EMPTY_DICT
 from pyiceberg.table.update.snapshot import _SnapshotProducer
+from pyiceberg.typedef import EMPTY_DICT
+from pyiceberg.types import IcebergType
+
+
+def write_parquet_files(table: Table, schema: pa.Schema, batches: list[list[pa.RecordBatch]], write_uuid) -> list[DataFile]:
+    """Parquet data files of ``table``, one per list of record batches (rows of Arrow
+    ``schema``), not committed; pyiceberg writes them in parallel, with the table's Parquet
+    properties and column statistics, as ``Transaction.append`` does."""
+    metadata = table.metadata
+    task_schema = pyarrow_to_schema(schema, name_mapping=metadata.schema().name_mapping, format_version=metadata.format_version)
+    tasks = [
+        WriteTask(write_uuid=write_uuid, task_id=i, schema=task_schema, record_batches=records)
+        for i, records in enumerate(batches)
+    ]
+    return list(write_file(table.io, metadata, iter(tasks)))
+
+
+def file_reader(table: Table, schema: Schema) -> ArrowScan:
+    """A reader of planned scan tasks (``.to_table(tasks)``): their rows in ``schema``'s
+    columns, deletes applied, as ``DataScan.to_arrow`` reads them."""
+    return ArrowScan(table.metadata, table.io, schema, AlwaysTrue())
+
+
+def promotable(source: IcebergType, target: IcebergType) -> bool:
+    """Whether values of Iceberg type ``source`` can be written to a column of type ``target``
+    (the same type, or one pyiceberg's schema evolution promotes to it)."""
+    if source == target:
+        return True
+    try:
+        promote(source, target)
+    except Exception:  # pyiceberg raises ResolveError, or TypeError for unrelated types
+        return False
+    return True
+
 
 class _DeleteManifestWriter(ManifestWriterV2):
     """A v2 manifest writer for delete files: pyiceberg's only writes ``content=data``."""

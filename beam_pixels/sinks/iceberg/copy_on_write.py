@@ -13,14 +13,13 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, In, LessThanOrEqual
-from pyiceberg.io.pyarrow import ArrowScan
+from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, In, LessThanOrEqual
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Operation
 
 from beam_pixels.sinks.iceberg import files
-from beam_pixels.sinks.iceberg._pyiceberg_private import commit_file_changes
+from beam_pixels.sinks.iceberg._pyiceberg_private import commit_file_changes, file_reader
 
 # Up to this many touched keys, files are pruned with an IN filter per key column;
 # beyond it pyiceberg's metrics evaluator gives up on IN anyway (IN_PREDICATE_LIMIT),
@@ -49,8 +48,8 @@ def _rows_outside(table: Table, touched_keys: pa.Table) -> tuple[list[pa.Table],
     survivors, rewritten = [], []
     if keys.num_rows:
         schema = table.schema()
-        key_columns = ArrowScan(table.metadata, table.io, schema.select(*keys.column_names), AlwaysTrue())
-        whole_rows = ArrowScan(table.metadata, table.io, schema, AlwaysTrue())
+        key_columns = file_reader(table, schema.select(*keys.column_names))
+        whole_rows = file_reader(table, schema)
         for task in table.scan(row_filter=_key_filter(keys)).plan_files():
             if not _key_hits(key_columns.to_table([task]), keys).any():
                 continue

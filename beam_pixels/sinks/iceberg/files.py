@@ -17,11 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.conversions import to_bytes
-from pyiceberg.io.pyarrow import pyarrow_to_schema, schema_to_pyarrow, write_file
+from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
-from pyiceberg.table import Table, WriteTask
+from pyiceberg.table import Table
 from pyiceberg.typedef import Record
 from pyiceberg.types import LongType, StringType
+
+from beam_pixels.sinks.iceberg._pyiceberg_private import write_parquet_files
 
 # Field ids the Iceberg spec reserves for the columns of a position-delete file.
 DELETE_FILE_PATH_ID = 2147483546
@@ -90,13 +92,9 @@ def write_data_files(
     Parquet without the GIL)."""
     if rows is None or not rows.num_rows:
         return []
-    metadata = table.metadata
-    task_schema = pyarrow_to_schema(rows.schema, name_mapping=metadata.schema().name_mapping, format_version=metadata.format_version)
-    tasks = [
-        WriteTask(write_uuid=write_uuid, task_id=i, schema=task_schema, record_batches=rows.slice(offset, length).to_batches())
-        for i, (offset, length) in enumerate(slices(rows.num_rows, max_rows_per_file, per_core=per_core))
-    ]
-    return list(write_file(table.io, metadata, iter(tasks)))
+    parts = slices(rows.num_rows, max_rows_per_file, per_core=per_core)
+    batches = [rows.slice(offset, length).to_batches() for offset, length in parts]
+    return write_parquet_files(table, rows.schema, batches, write_uuid)
 
 
 def write_position_deletes(table: Table, paths: pa.Array, positions: np.ndarray, write_uuid: uuid.UUID) -> DataFile:

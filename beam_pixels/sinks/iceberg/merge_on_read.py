@@ -15,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-import threading
 import time
 import typing
 import uuid
@@ -29,11 +28,13 @@ from pyiceberg.table.snapshots import Operation
 
 from beam_pixels.sinks.iceberg import files
 from beam_pixels.sinks.iceberg._pyiceberg_private import commit_file_changes
-from beam_pixels.sinks.key_index import KeyIndex, is_exact, key_codes, verify
+from beam_pixels.sinks.key_index import INDEXES, KeyIndex, is_exact, key_codes, verify
 
 _LOG = logging.getLogger(__name__)
-_INDEXES: dict[str, KeyIndex] = {}
-_INDEXES_LOCK = threading.Lock()
+
+
+def _cache_key(table: Table) -> tuple[str, str]:
+    return "iceberg", str(table.metadata.table_uuid)
 
 
 def key_index(table: Table, key_columns: list[str]) -> KeyIndex:
@@ -41,30 +42,18 @@ def key_index(table: Table, key_columns: list[str]) -> KeyIndex:
     else one built from the table (and cached)."""
     snapshot = table.current_snapshot()
     current = snapshot.snapshot_id if snapshot else None
-    uuid_ = str(table.metadata.table_uuid)
-    with _INDEXES_LOCK:
-        index = _INDEXES.get(uuid_)
-        if index is not None and index.snapshot_id == current:
-            return index
-        if index is not None:
-            _LOG.info("%s: changed by another writer (snapshot %s, index at %s); rebuilding the key index",
-                      ".".join(table.name()), current, index.snapshot_id)
-        index = _INDEXES[uuid_] = build_index(table, key_columns)
-        return index
+    return INDEXES.get(_cache_key(table), current, lambda: build_index(table, key_columns), ".".join(table.name()))
 
 
 def cached_index(table: Table) -> KeyIndex | None:
     """The cached index of ``table`` if it describes its current snapshot, else None."""
     snapshot = table.current_snapshot()
-    with _INDEXES_LOCK:
-        index = _INDEXES.get(str(table.metadata.table_uuid))
-    return index if index is not None and snapshot is not None and index.snapshot_id == snapshot.snapshot_id else None
+    return None if snapshot is None else INDEXES.current(_cache_key(table), snapshot.snapshot_id)
 
 
 def forget_index(table: Table) -> None:
     """Drop the cached index of ``table`` (its state is unknown after a failed commit)."""
-    with _INDEXES_LOCK:
-        _INDEXES.pop(str(table.metadata.table_uuid), None)
+    INDEXES.forget(_cache_key(table))
 
 
 def build_index(table: Table, key_columns: list[str]) -> KeyIndex:

@@ -26,22 +26,22 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from pyiceberg.catalog import Catalog, CatalogType, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.manifest import DataFile
-from pyiceberg.schema import Schema, promote
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from beam_pixels.changes import CHANGELOG_COLUMNS, changelog_rows, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
-from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.schema import SourceSchema, TypeKind
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
+from beam_pixels.sinks.committing import SinkConfigurationError
 from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read
+from beam_pixels.sinks.iceberg._pyiceberg_private import promotable
 from beam_pixels.sinks.key_index import key_codes
 
 _LOG = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ class IcebergTableWriter(TableWriter):
             except ValueError:
                 problems.append(f"column {field.name!r} ({field.field_type}) is missing")
                 continue
-            if not _promotable(field.field_type, actual.field_type):
+            if not promotable(field.field_type, actual.field_type):
                 problems.append(f"column {field.name!r} is {actual.field_type}, the source sends {field.field_type}")
             elif actual.required and not field.required:
                 problems.append(f"column {field.name!r} is required but the source may send NULL")
@@ -268,8 +268,9 @@ class IcebergTableWriter(TableWriter):
             )
 
 
-class WriteToIceberg(beam.PTransform):
-    """Commit a PCollection of ``ChangeBatch`` to an Iceberg table exactly once.
+class WriteToIceberg(WriteChanges):
+    """Commit a PCollection of ``ChangeBatch`` to an Iceberg table exactly once: :class:`WriteChanges`
+    over an :class:`IcebergTableWriter` built from these arguments.
 
     One commit per window of ``window_ms`` (or one at the end of a bounded input);
     outputs a :class:`~beam_pixels.sinks.committing.CommitResult` per commit.
@@ -288,8 +289,7 @@ class WriteToIceberg(beam.PTransform):
         table_properties: typing.Mapping[str, str] | None = None,
         maintenance_settings: maintenance.Settings | None = None,
     ):
-        super().__init__()
-        self._writer = IcebergTableWriter(
+        writer = IcebergTableWriter(
             schema,
             table_name,
             catalog_properties,
@@ -298,12 +298,11 @@ class WriteToIceberg(beam.PTransform):
             table_properties=table_properties,
             maintenance_settings=maintenance_settings,
         )
-        self._window_ms = window_ms
-        self._commit_retries = commit_retries
+        super().__init__(writer, window_ms, commit_retries)
 
     @classmethod
-    def from_config(cls, config: PixelsConfig, window_ms: int | None = None) -> "WriteToIceberg":
-        """The transform a ``pixels-client.properties`` configuration describes."""
+    def from_config(cls, config, window_ms: int | None = None) -> WriteToIceberg:
+        """The transform a :class:`~beam_pixels.config.PixelsConfig` describes (``iceberg.*`` keys)."""
         return cls(
             config.source_schema,
             config.iceberg_table,
@@ -315,14 +314,6 @@ class WriteToIceberg(beam.PTransform):
             table_properties=config.table_properties("iceberg"),
             maintenance_settings=maintenance.Settings.from_config(config),
         )
-
-    @property
-    def writer(self) -> TableWriter:
-        """The table writer this transform commits with (e.g. to read the last checkpoint)."""
-        return self._writer
-
-    def expand(self, batches):
-        return batches | WriteChanges(self._writer, self._window_ms, self._commit_retries)
 
 
 def _resolve_catalog_properties(properties: dict[str, str]) -> tuple[dict[str, str], str | None]:
@@ -374,14 +365,3 @@ class _PreparedFiles:
     touched_keys: pa.Table | None
     data_files: list[DataFile]
     codes: list[np.ndarray]
-
-
-def _promotable(source: typing.Any, table: typing.Any) -> bool:
-    """Whether values of Iceberg type ``source`` can be written to a column of type ``table``."""
-    if source == table:
-        return True
-    try:
-        promote(source, table)
-    except Exception:  # pyiceberg raises ResolveError, or TypeError for unrelated types
-        return False
-    return True

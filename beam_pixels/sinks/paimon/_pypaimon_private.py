@@ -16,6 +16,9 @@ Write path (:class:`StreamWrite`): ``TableWrite._create_file_store_write``,
   fields row by row in Python (~30k rows/s); here they run on whole columns,
   and the buckets' files are written in parallel.
 
+Table metadata: the options map (``options.options.to_map()``), the schema id, the
+file system (``file_io``), and Arrow/Paimon type conversion (``PyarrowFieldParser``).
+
 Maintenance (compaction and snapshot expiration, which pypaimon 2.1 does not
 have): reading a bucket's live files (manifest lists and manifests), reading a
 data file's raw key-value rows, writing a compacted file that keeps the rows'
@@ -36,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pypaimon.common.time_utils import parse_duration  # Paimon's duration syntax, e.g. "1 h", "30 min"
+from pypaimon.schema.data_types import PyarrowFieldParser
 from pypaimon.write.file_store_write import FileStoreWrite
 from pypaimon.write.table_write import StreamTableWrite
 from pypaimon.write.writer.key_value_data_writer import KeyValueDataWriter
@@ -235,6 +239,31 @@ class CompactionConflict(Exception):
 def table_options(table) -> dict[str, str]:
     """The table's options as a plain map."""
     return dict(table.options.options.to_map())
+
+
+def schema_id(table) -> int:
+    """The id of the table's current schema (data files record the one they were written with)."""
+    return table.table_schema.id
+
+
+def arrow_schema(table) -> pa.Schema:
+    """The Arrow schema pypaimon writes the table's rows with (exact types, as writes need)."""
+    return PyarrowFieldParser.from_paimon_schema(table.table_schema.fields)
+
+
+def arrow_type(data_field) -> pa.DataType:
+    """The Arrow type of one of the table's fields."""
+    return PyarrowFieldParser.from_paimon_field(data_field).type
+
+
+def paimon_type(arrow: pa.DataType):
+    """The nullable Paimon type pypaimon gives an Arrow type."""
+    return PyarrowFieldParser.to_paimon_type(arrow, True).type
+
+
+def file_io(table):
+    """The table's file system (``delete_quietly(path)``, ``get_file_size(path)``)."""
+    return table.file_io
 
 
 def latest_snapshot(table):

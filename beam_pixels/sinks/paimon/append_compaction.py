@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 
 from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon.options import int_option, ratio_option, table_option
 
 _LOG = logging.getLogger(__name__)
 
@@ -78,23 +79,11 @@ class AppendCompactionOptions:
     @classmethod
     def of(cls, options: dict[str, str], max_bytes_per_pass: int = 256 * 2**20) -> "AppendCompactionOptions":
         """From table options (Paimon's names and defaults)."""
-        min_file_num = options.get("compaction.min.file-num", "5")
-        if not str(min_file_num).strip().isdigit() or int(min_file_num) < 1:
-            raise ValueError(f"Paimon table option compaction.min.file-num={min_file_num!r} is not valid; "
-                             f"accepted: an integer >= 1")
-        ratio = options.get("compaction.small-file-ratio", "0.7")
-        try:
-            small_file_ratio = float(ratio)
-        except ValueError:
-            small_file_ratio = -1.0
-        if not 0 < small_file_ratio <= 1:
-            raise ValueError(f"Paimon table option compaction.small-file-ratio={ratio!r} is not valid; "
-                             f"accepted: a number in (0, 1]")
         disabled = [name for name in _UNSUPPORTED if str(options.get(name, "false")).lower() == "true"]
         return cls(
-            min_file_num=int(min_file_num),
+            min_file_num=int_option(options, "compaction.min.file-num", 5, 1),
             target_file_size=_memory_size(options, "target-file-size", DEFAULT_TARGET_FILE_SIZE),
-            small_file_ratio=small_file_ratio,
+            small_file_ratio=ratio_option(options, "compaction.small-file-ratio", 0.7),
             open_file_cost=_memory_size(options, "source.split.open-file-cost", DEFAULT_OPEN_FILE_COST),
             max_bytes_per_pass=max_bytes_per_pass,
             disabled_by=", ".join(f"{name}=true" for name in disabled),
@@ -102,16 +91,7 @@ class AppendCompactionOptions:
 
 
 def _memory_size(options: dict[str, str], name: str, default: int) -> int:
-    text = options.get(name)
-    if text is None:
-        return default
-    try:
-        value = private.parse_memory_size(text)
-    except (ValueError, TypeError):
-        value = 0
-    if value < 1:
-        raise ValueError(f"Paimon table option {name}={text!r} is not valid; accepted: a size such as 256 mb")
-    return value
+    return table_option(options, name, default, private.parse_memory_size, lambda v: v >= 1, "a size such as 256 mb")
 
 
 @dataclass
@@ -177,7 +157,7 @@ def plan(table, files: dict[tuple, list], options: AppendCompactionOptions) -> t
     wait for a later pass. ``files`` is ``{(partition, bucket): [ADD entries]}``."""
     if options.disabled_by:
         return [], 0
-    schema_id = table.table_schema.id
+    schema_id = private.schema_id(table)
     bucketed = table.options.bucket() > 0
     units = []
     for (partition, bucket), entries in files.items():

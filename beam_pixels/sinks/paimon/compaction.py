@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon.options import int_option
 
 TRIGGER_OPTION = "num-sorted-run.compaction-trigger"
 DEFAULT_TRIGGER = 5
@@ -62,29 +63,16 @@ class CompactionOptions:
            max_bytes_per_pass: int = 256 * 2**20) -> "CompactionOptions":
         """From table options (Paimon's names and defaults); ``trigger`` overrides the table's."""
         if trigger is None:
-            trigger = _int_option(options, TRIGGER_OPTION, DEFAULT_TRIGGER, 1)
-        num_levels = _int_option(options, "num-levels", trigger + 1, 2)
+            trigger = int_option(options, TRIGGER_OPTION, DEFAULT_TRIGGER, 1)
+        num_levels = int_option(options, "num-levels", trigger + 1, 2)
         return cls(
             trigger=trigger,
-            max_size_amplification_percent=_int_option(options, "compaction.max-size-amplification-percent", 200, 0),
-            size_ratio=_int_option(options, "compaction.size-ratio", 1, 0),
+            max_size_amplification_percent=int_option(options, "compaction.max-size-amplification-percent", 200, 0),
+            size_ratio=int_option(options, "compaction.size-ratio", 1, 0),
             num_levels=num_levels,
             max_bytes_per_pass=max_bytes_per_pass,
-            full_compaction_delta_commits=_int_option(options, "full-compaction.delta-commits", 0, 1) or None,
+            full_compaction_delta_commits=int_option(options, "full-compaction.delta-commits", 0, 1) or None,
         )
-
-
-def _int_option(options: dict[str, str], name: str, default: int, lowest: int) -> int:
-    text = options.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        value = lowest - 1
-    if value < lowest:
-        raise ValueError(f"Paimon table option {name}={text!r} is not valid; accepted: an integer >= {lowest}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from beam_pixels.sinks.key_index import KeyIndex, is_exact, key_codes, verify
+from beam_pixels.sinks.key_index import INDEXES, KeyIndex, is_exact, key_codes, verify
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 
 _LOG = logging.getLogger(__name__)
-_CACHE: dict[str, "LiveRows"] = {}
-_CACHE_LOCK = threading.Lock()
 
 
 def enabled(options: dict[str, str]) -> bool:
@@ -173,8 +171,7 @@ def live_rows(table, key_columns: list[str], live_files) -> LiveRows:
     current, else one built from the table (``live_files(table, snapshot)`` lists its files).
     The cached one is checked under its lock: a pass in the background may be between its
     commit and bringing the state up to it."""
-    with _CACHE_LOCK:
-        state = _CACHE.get(table.table_path)
+    state = INDEXES.peek(_cache_key(table))
     if state is not None:
         with state.lock:
             latest = private.latest_snapshot(table)
@@ -182,29 +179,24 @@ def live_rows(table, key_columns: list[str], live_files) -> LiveRows:
                 return state
     latest = private.latest_snapshot(table)
     current = latest.id if latest else None
-    with _CACHE_LOCK:
-        state = _CACHE.get(table.table_path)
-        if state is not None and state.snapshot_id == current:
-            return state
-        if state is not None:
-            _LOG.info("%s: changed by another writer (snapshot %s, index at %s); rebuilding its key index",
-                      table.table_path, current, state.snapshot_id)
-        state = _CACHE[table.table_path] = build(table, key_columns, latest, live_files)
-        return state
+    return INDEXES.get(_cache_key(table), current, lambda: build(table, key_columns, latest, live_files), table.table_path)
 
 
 def forget(table) -> None:
     """Drop the cached state of ``table`` (unknown after a failed commit)."""
-    with _CACHE_LOCK:
-        _CACHE.pop(table.table_path, None)
+    INDEXES.forget(_cache_key(table))
+
+
+def _cache_key(table) -> tuple[str, str]:
+    return "paimon", table.table_path
 
 
 def build(table, key_columns: list[str], snapshot, live_files) -> LiveRows:
     """Read the key columns of every live file above level 0, less deleted positions."""
     started = time.monotonic()
-    fields = {f.name: f for f in table.table_schema.fields}
+    fields = {f.name: f for f in table.schema().fields}
     stored = [private.KEY_PREFIX + k for k in key_columns]
-    types = [_arrow_type(fields[k]) for k in key_columns]
+    types = [private.arrow_type(fields[k]) for k in key_columns]
     state = LiveRows(snapshot.id if snapshot else None, KeyIndex(is_exact(types), None), stored)
     if snapshot is None:
         return state
@@ -230,9 +222,3 @@ def build(table, key_columns: list[str], snapshot, live_files) -> LiveRows:
     _LOG.info("%s: key index built from snapshot %s: %d keys in %d files, %.1f MB, %.2fs", table.table_path,
               state.snapshot_id, len(state.index), len(entries), state.index.nbytes / 1e6, time.monotonic() - started)
     return state
-
-
-def _arrow_type(data_field) -> pa.DataType:
-    from pypaimon.schema.data_types import PyarrowFieldParser
-
-    return PyarrowFieldParser.from_paimon_field(data_field).type

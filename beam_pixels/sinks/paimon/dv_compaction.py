@@ -31,9 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_pixels.sinks.key_index import key_codes
-from beam_pixels.sinks.paimon.deletion_vectors import without_deleted
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon.compaction import CompactionOptions, SortedRun, merge_runs, sorted_runs, unit_below
+from beam_pixels.sinks.paimon.deletion_vectors import without_deleted
+from beam_pixels.sinks.paimon.options import ratio_option
 
 DELETE_RATIO_OPTION = "compaction.delete-ratio-threshold"
 DEFAULT_DELETE_RATIO = 0.2
@@ -43,16 +44,7 @@ MIN_FILE_ROWS = 10_000
 
 def delete_ratio(options: dict[str, str]) -> float:
     """Paimon's ``compaction.delete-ratio-threshold``: rewrite a file once this share of its rows is deleted."""
-    text = options.get(DELETE_RATIO_OPTION)
-    if text is None:
-        return DEFAULT_DELETE_RATIO
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 1:
-        raise ValueError(f"Paimon table option {DELETE_RATIO_OPTION}={text!r} is not valid; accepted: a number in (0, 1]")
-    return value
+    return ratio_option(options, DELETE_RATIO_OPTION, DEFAULT_DELETE_RATIO)
 
 
 @dataclass(frozen=True)

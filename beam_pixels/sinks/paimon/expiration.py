@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon.options import int_option
 
 
 def parse_duration_ms(text: str, name: str) -> int:
@@ -50,20 +51,12 @@ class RetentionOptions:
     def of(cls, options: dict[str, str]) -> "RetentionOptions":
         """From table options, Paimon's defaults where the table sets none."""
 
-        def number(name: str, default: int) -> int:
-            text = options.get(name)
-            if text is None:
-                return default
-            if not str(text).strip().isdigit() or int(text) < 1:
-                raise ValueError(f"Paimon table option {name}={text!r} is not valid; accepted: an integer >= 1")
-            return int(text)
-
         retained = options.get("snapshot.time-retained")
         return cls(
-            min_retained=number("snapshot.num-retained.min", 10),
-            max_retained=number("snapshot.num-retained.max", 2**31 - 1),
+            min_retained=int_option(options, "snapshot.num-retained.min", 10, 1),
+            max_retained=int_option(options, "snapshot.num-retained.max", 2**31 - 1, 1),
             time_retained_ms=3_600_000 if retained is None else parse_duration_ms(retained, "snapshot.time-retained"),
-            expire_limit=number("snapshot.expire.limit", 10),
+            expire_limit=int_option(options, "snapshot.expire.limit", 10, 1),
         )
 
 
@@ -99,7 +92,7 @@ def expire(table, retention: RetentionOptions, now_ms: int | None = None) -> Exp
     if span is None:
         return ExpireResult()
     earliest, end = span
-    io = table.file_io
+    io = private.file_io(table)
     expired = deleted_files = reclaimed = 0
     following = private.snapshot_by_id(table, earliest)
     for snapshot_id in range(earliest, end):

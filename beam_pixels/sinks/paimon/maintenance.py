@@ -36,6 +36,7 @@ from beam_pixels.sinks.paimon import dv_compaction
 from beam_pixels.sinks.paimon.compaction import CompactionOptions, compact_bucket, pick, pick_full, sorted_runs
 from beam_pixels.sinks.paimon.dv_compaction import DEFAULT_DELETE_RATIO, DEFAULT_FILE_PERCENT, delete_ratio, discard
 from beam_pixels.sinks.paimon.expiration import RetentionOptions, expire
+from beam_pixels.sinks.paimon.options import int_option
 
 _LOG = logging.getLogger(__name__)
 
@@ -61,14 +62,10 @@ class MaintenanceOptions:
     def of(cls, table_options: dict[str, str], trigger: int | None, max_bytes_per_pass: int,
            compact_buckets: bool = True, key_columns: tuple = (),
            file_percent: int = DEFAULT_FILE_PERCENT) -> "MaintenanceOptions":
-        merge = table_options.get("manifest.merge-min-count", "30")
-        if not str(merge).strip().isdigit() or int(merge) < 1:
-            raise ValueError(f"Paimon table option manifest.merge-min-count={merge!r} is not valid; "
-                             f"accepted: an integer >= 1")
         return cls(
             CompactionOptions.of(table_options, trigger, max_bytes_per_pass),
             RetentionOptions.of(table_options),
-            int(merge),
+            int_option(table_options, "manifest.merge-min-count", 30, 1),
             compact_buckets,
             tuple(key_columns) if deletion_vectors.enabled(table_options) else (),
             delete_ratio(table_options),

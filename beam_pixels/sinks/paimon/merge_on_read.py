@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pyarrow as pa
 
 from beam_pixels.checkpoint import Checkpoint

@@ -35,21 +35,19 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from pypaimon import CatalogFactory, Schema
 from pypaimon.catalog.catalog_exception import TableNotExistException
-from pypaimon.schema.data_types import AtomicType, DataField, PyarrowFieldParser
+from pypaimon.schema.data_types import AtomicType, DataField
 from pypaimon.write.table_write import StreamTableWrite
 
 from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
-from beam_pixels.config import SinkConfigurationError
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
+from beam_pixels.sinks.committing import SinkConfigurationError
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import background, deletion_vectors, merge_on_read
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
@@ -129,8 +127,8 @@ class PaimonTableWriter(TableWriter):
             created = True
         _check_fits(table, self._paimon_schema(), self.table_name)
         self._table = table
-        self._write_schema = PyarrowFieldParser.from_paimon_schema(table.table_schema.fields)
-        options = table.options.options.to_map()
+        self._write_schema = private.arrow_schema(table)
+        options = private.table_options(table)
         write_only = self.write_only or str(options.get("write-only", "false")).lower() == "true"
         # Deletion-vector commits need the connector's own compaction; a write-only table
         # gets level-0 files, which Paimon's compaction job turns into deletion vectors.
@@ -277,7 +275,7 @@ class PaimonTableWriter(TableWriter):
         else:
             source_types = {c.name: c.type.to_paimon() for c in self.schema.columns}
             columns = [
-                (f.name, source_types.get(f.name) or PyarrowFieldParser.to_paimon_type(f.type, True).type, f.nullable)
+                (f.name, source_types.get(f.name) or private.paimon_type(f.type), f.nullable)
                 for f in changelog_schema(self.schema)
             ]
             options = dict(self.table_options)
@@ -325,7 +323,7 @@ class PaimonTableWriter(TableWriter):
         """Write ``rows`` bucket by bucket when their buckets can be computed here, else let pypaimon route."""
         buckets = None
         if self.schema.primary_key:
-            fields = self._table.table_schema.logical_bucket_key_fields
+            fields = self._table.schema().logical_bucket_key_fields
             keys = rows.select([f.name for f in fields])
             buckets = bucket_ids(keys, [f.type.type for f in fields], self._table.options.bucket())
         if buckets is None:
@@ -355,8 +353,9 @@ def _pass(table, table_name: str, commit_user: str, options: MaintenanceOptions)
     return report
 
 
-class WriteToPaimon(beam.PTransform):
-    """Commit a PCollection of ``ChangeBatch`` to a Paimon table exactly once.
+class WriteToPaimon(WriteChanges):
+    """Commit a PCollection of ``ChangeBatch`` to a Paimon table exactly once: :class:`WriteChanges`
+    over a :class:`PaimonTableWriter` built from these arguments.
 
     One commit per window (``window_ms``) or, with ``window_ms=None``, one when the
     bounded input ends. Outputs a ``CommitResult`` per commit.
@@ -378,19 +377,17 @@ class WriteToPaimon(beam.PTransform):
         compaction_file_percent: int = DEFAULT_FILE_PERCENT,
         write_only: bool = False,
     ):
-        super().__init__()
-        self._writer = PaimonTableWriter(
+        writer = PaimonTableWriter(
             schema, table_name, catalog_properties, database=database, bucket=bucket,
             table_options=table_options, compaction_trigger=compaction_trigger,
             compaction_max_bytes=compaction_max_bytes, compaction_file_percent=compaction_file_percent,
             write_only=write_only,
         )
-        self._window_ms = window_ms
-        self._commit_retries = commit_retries
+        super().__init__(writer, window_ms, commit_retries)
 
     @classmethod
-    def from_config(cls, config: Any, window_ms: int | None = None) -> "WriteToPaimon":
-        """The sink a ``PixelsConfig`` describes (``paimon.*`` keys)."""
+    def from_config(cls, config, window_ms: int | None = None) -> WriteToPaimon:
+        """The transform a :class:`~beam_pixels.config.PixelsConfig` describes (``paimon.*`` keys)."""
         return cls(
             config.source_schema,
             config.paimon_table,
@@ -405,14 +402,6 @@ class WriteToPaimon(beam.PTransform):
             compaction_file_percent=config.paimon_compaction_file_percent,
             write_only=config.paimon_write_only,
         )
-
-    @property
-    def writer(self) -> TableWriter:
-        """The table writer this transform commits with (e.g. to read the last checkpoint)."""
-        return self._writer
-
-    def expand(self, batches):
-        return batches | WriteChanges(self._writer, self._window_ms, self._commit_retries)
 
 
 # -- catalog options -----------------------------------------------------------------
@@ -443,7 +432,7 @@ def _redact(uri: str) -> str:
 
 def _check_fits(table, expected: Schema, name: str) -> None:
     """Raise naming every column, key or option of ``table`` that differs from ``expected``."""
-    actual = {f.name: str(f.type) for f in table.table_schema.fields}
+    actual = {f.name: str(f.type) for f in table.schema().fields}
     wanted = {f.name: str(f.type) for f in expected.fields}
     problems = [f"column {n!r} is missing from the table (expected {t})" for n, t in wanted.items() if n not in actual]
     problems += [f"column {n!r} is not in source.schema" for n in actual if n not in wanted]
@@ -452,13 +441,13 @@ def _check_fits(table, expected: Schema, name: str) -> None:
         for n, t in wanted.items()
         if n in actual and _normal(actual[n]) != _normal(t)
     ]
-    if list(table.table_schema.primary_keys) != list(expected.primary_keys):
+    if list(table.schema().primary_keys) != list(expected.primary_keys):
         problems.append(
-            f"primary key is ({', '.join(table.table_schema.primary_keys)}) in the table, "
+            f"primary key is ({', '.join(table.schema().primary_keys)}) in the table, "
             f"({', '.join(expected.primary_keys)}) expected"
         )
     elif expected.primary_keys:
-        options = table.options.options.to_map()
+        options = private.table_options(table)
         problems += [
             f"table option {k}={options.get(k)!r}, {value!r} expected"
             for k, (value, unset) in _REQUIRED_PK_OPTIONS.items()

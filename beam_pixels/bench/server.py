@@ -8,32 +8,28 @@ chunks are themselves a valid ``PollResponse``: answering a poll costs a
 ``b"".join`` of one chunk per requested bucket, and the server drains like a
 real one at almost no CPU. The client side is what a benchmark then measures.
 
-:class:`ServerProcess` runs a server on 127.0.0.1 in a fresh (spawned) process
-with its own copy of the chunks, and reports when the first poll arrived and
-how many records it handed out.
+:class:`ServerProcess` runs a server on 127.0.0.1 in a fresh (spawned) process (a
+:class:`~beam_pixels.testing.server_process.SpawnedServer`) with its own copy of the
+chunks, and reports when the first poll arrived and how many records it handed out.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import multiprocessing
 import pickle
 import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
-
-from beam_pixels import mock_data
 from beam_pixels.client import PixelsClient
-from beam_pixels.mock_server import MockPixelsServer
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing import mock_data
+from beam_pixels.testing.mock_server import MockPixelsServer
+from beam_pixels.testing.server_process import CONTEXT, SpawnedServer, answer_commands, start_poll_server
 
 _LOG = logging.getLogger(__name__)
 
-SERVICE = "sink.proto.PixelsPollingService"
 Chunks = dict[int, list[tuple[bytes, int]]]
 """Per bucket, its chunks in drain order: a serialized ``PollResponse`` and its record count."""
 
@@ -103,56 +99,24 @@ class _PrebuiltPolls:
         return b"".join(parts)
 
 
-def _serve(path: str, schema_name: str, table_name: str, stats: _Stats, ready, stop) -> None:
-    """Process target: load the chunks, bind 127.0.0.1 on a free port, send the port, serve until ``stop``."""
+def _serve(path: str, schema_name: str, table_name: str, stats: _Stats, ready, commands) -> None:
+    """Process target: load the chunks, serve on 127.0.0.1 (a free port, sent back) until told to quit."""
     polls = _PrebuiltPolls(load_chunks(Path(path)), schema_name, table_name, stats)
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "PollEvents": grpc.unary_unary_rpc_method_handler(
-                polls.poll, request_deserializer=sink_pb2.PollRequest.FromString, response_serializer=None
-            )
-        },
-    )
     # One worker: polls of one reader are sequential anyway, and the queues need no lock.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), handlers=[handler])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = start_poll_server(polls.poll, workers=1)
     ready.send(port)
-    stop.wait()
+    answer_commands(commands, {})
     server.stop(None).wait()
 
 
-class ServerProcess:
+class ServerProcess(SpawnedServer):
     """A prebuilt-response server in its own process; use as a context manager."""
 
     def __init__(self, chunks_path: Path, schema_name: str = "public", table_name: str = "orders"):
-        context = multiprocessing.get_context("spawn")
-        self.stats = _Stats(context)
-        self._stop = context.Event()
-        self._ready, child_end = context.Pipe(duplex=False)
-        self._process = context.Process(
-            target=_serve,
-            args=(str(chunks_path), schema_name, table_name, self.stats, child_end, self._stop),
-            name="bench-pixels-server",
-            daemon=True,
+        self.stats = _Stats(CONTEXT)
+        super().__init__(
+            _serve, (str(chunks_path), schema_name, table_name, self.stats), name="bench-pixels-server", start_timeout_s=300
         )
-        self.port = 0
-
-    def __enter__(self) -> ServerProcess:
-        self._process.start()
-        if not self._ready.poll(300):
-            self._process.kill()
-            raise RuntimeError("the benchmark server did not start within 300 s")
-        self.port = self._ready.recv()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
 
     @property
     def first_poll(self) -> float:

@@ -1,7 +1,7 @@
 """Throughput benchmark: the pipeline into Iceberg and Paimon against a framework-free ceiling.
 
 Three measurements on the same data (``--rows`` INSERTs of :data:`SCHEMA`, key
-``id``), each against a fresh copy of it in a :class:`~beam_pixels.bench_server.ServerProcess`
+``id``), each against a fresh copy of it in a :class:`~beam_pixels.bench.server.ServerProcess`
 and each in its own fresh (spawned) process, so its peak RSS is its own:
 
 1. ``ceiling``: one thread, no framework: poll, ``RowCodec.decode_images``, write Parquet;
@@ -27,7 +27,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -37,7 +36,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beam_pixels.bench_server import ServerProcess, build_chunks, save_chunks
+from beam_pixels.bench.server import ServerProcess, build_chunks, save_chunks
+from beam_pixels.bench.workdir import WorkdirNotEmpty, work_directory
 from beam_pixels.schema import SourceSchema
 
 SCHEMA = "id:BIGINT, name:STRING, price:DECIMAL(10,2), qty:INT, ts:TIMESTAMP, flag:BOOLEAN"
@@ -107,15 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints one line per measurement, then the ``RESULT`` line."""
     options = _parse_args(argv)
     try:
-        if options.workdir is not None:
-            options.workdir.mkdir(parents=True, exist_ok=True)
-            if any(options.workdir.iterdir()):
-                raise BenchmarkError(f"--workdir {options.workdir} is not empty; give a new or empty directory")
-            measurements = run(options, options.workdir)
-        else:
-            with tempfile.TemporaryDirectory(prefix="beam-pixels-bench-") as workdir:
-                measurements = run(options, Path(workdir))
-    except BenchmarkError as e:
+        with work_directory(options.workdir, "beam-pixels-bench-") as workdir:
+            measurements = run(options, workdir)
+    except (BenchmarkError, WorkdirNotEmpty) as e:
         print(f"FAILED: {e}", file=sys.stderr, flush=True)
         return 1
     print(result_line(*measurements), flush=True)
@@ -165,7 +159,7 @@ def _remove(out: Path) -> None:
 
 def code_version() -> str:
     """The commit of the measured ``beam_pixels`` and its uncommitted files (the tree may be shared)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=package, capture_output=True,
                               text=True, check=True).stdout.strip()

@@ -1,6 +1,6 @@
 """Soak benchmark: one ``beam-pixels run`` against an endless CDC stream, measured commit by commit.
 
-A :class:`~beam_pixels.soak_server.SoakServerProcess` serves a preload of
+A :class:`~beam_pixels.bench.soak_server.SoakServerProcess` serves a preload of
 ``--preload`` keys, then ``--rate`` changes/s (30% inserts, 60% updates, 10%
 deletes). The application runs as a user runs it, ``python -m beam_pixels run
 --config <props>`` in a subprocess, into a local Iceberg or Paimon warehouse.
@@ -38,7 +38,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,8 +45,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beam_pixels import soak_server
-from beam_pixels.soak_server import SoakServerProcess, StreamOptions
+from beam_pixels.bench import soak_server
+from beam_pixels.bench.soak_server import SoakServerProcess, StreamOptions
+from beam_pixels.bench.workdir import work_directory
 
 SINKS = ("iceberg", "paimon")
 DATABASE, TABLE, FRESH_TABLE = "pixels", "soak", "soak_fresh"
@@ -61,7 +61,7 @@ COMMIT_LINE = re.compile(
 MAINTENANCE_LINE = re.compile(r"maintained \S+: .*[,;] (?P<seconds>[0-9.]+)s(?: \(.*\))?(?:; errors: .*)?$")
 # storage_ratio_max counts the commits from this long after the stream started.
 STORAGE_SETTLE_S = 60.0
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +229,7 @@ class SinkTable:
     def read(self) -> pa.Table:
         """The whole table (id, version, amount, note) with the outside reader."""
         if self.sink == "iceberg":
-            from beam_pixels.duckdb_reader import read_iceberg
+            from beam_pixels.testing.duckdb_reader import read_iceberg
 
             return read_iceberg(self._iceberg().metadata_location, "id, version, amount, note")
         table = self._paimon()
@@ -496,7 +496,7 @@ def _timed_read(sink: str, warehouse: Path, table: str) -> tuple[float, int]:
     if sink == "iceberg":
         import pyiceberg.catalog.sql  # noqa: F401
 
-        from beam_pixels.duckdb_reader import connect
+        from beam_pixels.testing.duckdb_reader import connect
 
         connect().close()
     else:
@@ -642,16 +642,9 @@ def _parse_args(argv: list[str] | None) -> Options:
 def main(argv: list[str] | None = None) -> int:
     options = _parse_args(argv)
     try:
-        if options.workdir is not None:
-            options.workdir.mkdir(parents=True, exist_ok=True)
-            if any(options.workdir.iterdir()):
-                print(f"FAILED: --workdir {options.workdir} is not empty", file=sys.stderr)
-                return 1
-            line, _ = run(options, options.workdir)
-        else:
-            with tempfile.TemporaryDirectory(prefix="beam-pixels-soak-") as workdir:
-                line, _ = run(options, Path(workdir))
-    except RuntimeError as e:
+        with work_directory(options.workdir, "beam-pixels-soak-") as workdir:
+            line, _ = run(options, workdir)
+    except RuntimeError as e:  # WorkdirNotEmpty among them
         print(f"FAILED: {e}", file=sys.stderr, flush=True)
         return 1
     print(line, flush=True)

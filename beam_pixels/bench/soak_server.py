@@ -30,21 +30,18 @@ from __future__ import annotations
 
 import collections
 import logging
-import multiprocessing
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from beam_pixels.buckets import DEFAULT_BUCKET_COUNT, murmur3_32_of_ranges
+from beam_pixels.testing.server_process import CONTEXT, SpawnedServer, answer_commands, start_poll_server
 
 _LOG = logging.getLogger(__name__)
 
-SERVICE = "sink.proto.PixelsPollingService"
 SCHEMA = "id:BIGINT, version:BIGINT, amount:DOUBLE, note:STRING"
 KEY = "id"
 NOTE_CHARS = 16
@@ -414,96 +411,45 @@ def _serve(options: StreamOptions, stats: _Stats, ready, commands) -> None:
             stats.pending.value = queues.pending
         return payload
 
-    from beam_pixels.protocol import sink_pb2
+    def stop() -> None:
+        stats.generating.value = 0
 
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "PollEvents": grpc.unary_unary_rpc_method_handler(
-                poll, request_deserializer=sink_pb2.PollRequest.FromString, response_serializer=None
-            )
-        },
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    def dump(path: str) -> None:
+        with lock:
+            keys, versions = stream.expected()
+            np.savez(path, keys=keys, versions=versions, next_key=stream.next_key,
+                     **{f"generated_{k}": v for k, v in stream.generated.items()})
+
+    server, port = start_poll_server(poll, workers=2)
     generator = threading.Thread(target=_generate, args=(stream, queues, options, stats, lock, done), daemon=True)
     generator.start()
     ready.send(port)
     try:
-        while True:
-            command = commands.recv()
-            if command[0] == "quit":
-                break
-            if command[0] == "stop":
-                stats.generating.value = 0
-                commands.send("ok")
-            elif command[0] == "dump":
-                with lock:
-                    keys, versions = stream.expected()
-                    np.savez(command[1], keys=keys, versions=versions, next_key=stream.next_key,
-                             **{f"generated_{k}": v for k, v in stream.generated.items()})
-                commands.send("ok")
-    except EOFError:
-        pass
+        answer_commands(commands, {"stop": stop, "dump": dump})
     finally:
         done.set()
         generator.join(5)
         server.stop(None).wait()
 
 
-class SoakServerProcess:
+class SoakServerProcess(SpawnedServer):
     """The soak server in its own (spawned) process; use as a context manager."""
 
     def __init__(self, options: StreamOptions):
-        context = multiprocessing.get_context("spawn")
         self.options = options
-        self.stats = _Stats(context)
-        self._ready, child_ready = context.Pipe(duplex=False)
-        self._commands, child_commands = context.Pipe(duplex=True)
-        self._process = context.Process(
-            target=_serve, args=(options, self.stats, child_ready, child_commands), name="soak-pixels-server", daemon=True
-        )
-        self.port = 0
-
-    def __enter__(self) -> "SoakServerProcess":
-        self._process.start()
-        if not self._ready.poll(120):
-            self._process.kill()
-            raise RuntimeError("the soak server did not start within 120 s")
-        self.port = self._ready.recv()
-        return self
-
-    def _ask(self, *command, timeout: float = 300) -> None:
-        self._commands.send(command)
-        if not self._commands.poll(timeout):
-            raise RuntimeError(f"the soak server did not answer {command[0]!r} within {timeout} s")
-        self._commands.recv()
+        self.stats = _Stats(CONTEXT)
+        super().__init__(_serve, (options, self.stats), name="soak-pixels-server", start_timeout_s=120)
 
     def stop_generating(self) -> None:
         """No more changes (or preload) after the batch being generated now."""
-        self._ask("stop")
+        self.ask("stop")
 
     def dump_expected(self, path: Path) -> dict[str, np.ndarray]:
         """The expected table (live keys ascending, their versions) of everything generated."""
-        self._ask("dump", str(path))
+        self.ask("dump", str(path))
         with np.load(path) as data:
             return {name: data[name] for name in data.files}
 
     @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    @property
     def pending(self) -> int:
         return self.stats.pending.value
-
-    def __exit__(self, *exc_info) -> None:
-        try:
-            self._commands.send(("quit",))
-        except OSError:
-            pass
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()

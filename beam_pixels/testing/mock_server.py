@@ -27,12 +27,13 @@ from typing import Iterable, Sequence
 
 import grpc
 
-from beam_pixels import mock_data
 from beam_pixels.buckets import DEFAULT_BUCKET_COUNT, bucket_of, key_bytes
 from beam_pixels.changes import Op
-from beam_pixels.codec import BINARY, RowCodec, encode_value
+from beam_pixels.codec import BINARY, RowCodec
 from beam_pixels.protocol import sink_pb2, sink_pb2_grpc
 from beam_pixels.schema import SourceSchema
+from beam_pixels.testing import mock_data
+from beam_pixels.testing.encoding import encode_row, encode_value
 
 _LOG = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ class MockPixelsServer:
             return self._failures.popleft() if self._failures else None
 
     def _encode(self, values: tuple) -> list[sink_pb2.ColumnValue]:
-        return [sink_pb2.ColumnValue(value=v, is_null=n) for v, n in self._codec.encode_row(values)]
+        return [sink_pb2.ColumnValue(value=v, is_null=n) for v, n in encode_row(self._codec, values)]
 
     def _routing_key(self, image: tuple) -> bytes:
         columns = self.schema.columns

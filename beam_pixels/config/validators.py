@@ -1,0 +1,231 @@
+"""Value parsers: each turns one stripped string into a typed value and says what it accepts.
+
+A parser raises :class:`_Rejected` with what is wrong; the caller (:class:`~.settings.PixelsConfig`)
+adds the key and the value (:func:`_invalid`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+from beam_pixels.errors import ConfigError
+from beam_pixels.schema import SchemaError, SourceSchema
+
+
+def _invalid(key: str, value: str, accepted: str, problem: str = "") -> ConfigError:
+    why = f" ({problem})" if problem else ""
+    return ConfigError(f"{key}={value!r} is not valid{why}; accepted: {accepted}")
+
+
+class _Rejected(Exception):
+    """Raised by a value parser with what is wrong; the caller adds the key and the value."""
+
+
+class _Parser(Protocol):
+    accepted: str
+
+    def __call__(self, text: str) -> Any: ...
+
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+
+
+@dataclass(frozen=True)
+class _Int:
+    lo: int
+    hi: int | None = None
+
+    @property
+    def accepted(self) -> str:
+        return f"an integer in {self.lo}..{self.hi}" if self.hi is not None else f"an integer >= {self.lo}"
+
+    def __call__(self, text: str) -> int:
+        if not _INT_RE.fullmatch(text):
+            raise _Rejected("not an integer")
+        n = int(text)
+        if n < self.lo or (self.hi is not None and n > self.hi):
+            raise _Rejected("out of range")
+        return n
+
+
+@dataclass(frozen=True)
+class _OptionalInt:
+    lo: int
+
+    @property
+    def accepted(self) -> str:
+        return f"empty or an integer >= {self.lo}"
+
+    def __call__(self, text: str) -> int | None:
+        return _Int(self.lo)(text) if text else None
+
+
+_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+@dataclass(frozen=True)
+class _Bool:
+    accepted: str = "true, false, yes, no, 1 or 0 (any case)"
+
+    def __call__(self, text: str) -> bool:
+        try:
+            return _BOOLEANS[text.lower()]
+        except KeyError:
+            raise _Rejected("not a boolean") from None
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """One of ``choices`` (any case); ``aliases`` map to a choice, ``refused`` values get a reason."""
+
+    choices: tuple[str, ...]
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    refused: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def accepted(self) -> str:
+        names = [*self.choices, *(f"{a} (= {c})" for a, c in self.aliases.items())]
+        return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names) + ", any case"
+
+    def __call__(self, text: str) -> str:
+        word = text.lower()
+        if word in self.refused:
+            raise _Rejected(self.refused[word])
+        word = self.aliases.get(word, word)
+        if word not in self.choices:
+            raise _Rejected("unknown choice")
+        return word
+
+
+@dataclass(frozen=True)
+class _Text:
+    accepted: str = "a non-empty string"
+
+    def __call__(self, text: str) -> str:
+        if not text:
+            raise _Rejected("empty")
+        return text
+
+
+_PART = r"[A-Za-z0-9_-]+"
+
+
+@dataclass(frozen=True)
+class _Name:
+    """A catalog identifier; ``qualified`` also allows one ``db.`` prefix."""
+
+    qualified: bool
+
+    @property
+    def accepted(self) -> str:
+        base = "letters, digits, '_' and '-'"
+        return f"{base}, with at most one 'db.' prefix" if self.qualified else base
+
+    def __call__(self, text: str) -> str:
+        pattern = rf"(?:{_PART}\.)?{_PART}" if self.qualified else _PART
+        if not re.fullmatch(pattern, text):
+            raise _Rejected("not a valid name")
+        return text
+
+
+def _absolute(path: str) -> str:
+    """``path`` made absolute against the current directory, so the value means the same on every worker."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+@dataclass(frozen=True)
+class _ExistingFile:
+    """An optional path of an existing file (empty = None), made absolute."""
+
+    accepted: str = "the path of an existing file, or empty"
+
+    def __call__(self, text: str) -> Path | None:
+        if not text:
+            return None
+        path = Path(_absolute(text))
+        if not path.is_file():
+            raise _Rejected("no such file")
+        return path
+
+
+LOCATION_OFF = "off"
+
+_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+@dataclass(frozen=True)
+class _Warehouse:
+    accepted: str = (
+        "a URI such as s3://bucket/path or file:///abs/path, or a local path "
+        "(a relative path is resolved against the current directory)"
+    )
+
+    def __call__(self, text: str) -> str:
+        if not text:
+            raise _Rejected("empty")
+        if _URI_RE.match(text):
+            return text
+        return "file://" + _absolute(text)
+
+
+@dataclass(frozen=True)
+class _OptionalLocation:
+    """Empty (automatic), ``off``, or a location like a warehouse."""
+
+    accepted: str = "empty (automatic), off, or a directory path or URI such as s3://bucket/path"
+
+    def __call__(self, text: str) -> str:
+        if not text or text.lower() == LOCATION_OFF:
+            return text.lower()
+        return _Warehouse()(text)
+
+
+@dataclass(frozen=True)
+class _Buckets:
+    """Bucket numbers as lists and ranges (``0-127``, ``0,3,5-9``); empty = every bucket (an empty tuple)."""
+
+    accepted: str = "bucket numbers and ranges such as 0-127 or 0,3,5-9, each bucket once, or empty for all"
+
+    def __call__(self, text: str) -> tuple[int, ...]:
+        buckets: list[int] = []
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            m = re.fullmatch(r"([0-9]+)(?:\s*-\s*([0-9]+))?", item)
+            if not m:
+                raise _Rejected(f"{item!r} is not a bucket number or range")
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            if hi < lo:
+                raise _Rejected(f"range {item!r} runs backwards")
+            buckets.extend(range(lo, hi + 1))
+        duplicates = sorted({b for b in buckets if buckets.count(b) > 1})
+        if duplicates:
+            raise _Rejected(f"bucket {duplicates[0]} is listed twice")
+        return tuple(buckets)
+
+
+@dataclass(frozen=True)
+class _Schema:
+    accepted: str = "comma-separated name:TYPE columns, e.g. id:BIGINT,name:STRING,price:DECIMAL(10,2)"
+
+    def __call__(self, text: str) -> SourceSchema:
+        try:
+            return SourceSchema.parse(text)
+        except SchemaError as e:
+            raise _Rejected(str(e)) from None
+
+
+@dataclass(frozen=True)
+class _Columns:
+    accepted: str = "comma-separated column names of source.schema, or empty for no key"
+
+    def __call__(self, text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",")) if text else ()
+        if "" in names:
+            raise _Rejected("empty column name")
+        return names
