@@ -173,10 +173,11 @@ worker_venv() {  # the worker pool's virtual environment: given, or made and kep
 start_worker_pool() {  # port
   alive "$STATE/workerpool.pid" && return
   local venv; venv="$(worker_venv)"
-  # The pool starts each SDK worker as `python` from PATH: the venv's. setsid: its own process
-  # group, so `stop` ends its SDK workers with it.
-  PATH="$venv/bin:$PATH" setsid nohup "$venv/bin/python" -m apache_beam.runners.worker.worker_pool_main \
-    --service_port="$1" >>"$STATE/log/workerpool.log" 2>&1 </dev/null &
+  # The pool starts each SDK worker as `python -c ...` from PATH: the venv's, in the pool's working
+  # directory, which Python puts first on sys.path: $STATE, so no checkout shadows the venv's
+  # beam_pixels. setsid: its own process group, so `stop` ends its SDK workers with it.
+  (cd "$STATE" && PATH="$venv/bin:$PATH" exec setsid nohup "$venv/bin/python" -m apache_beam.runners.worker.worker_pool_main \
+    --service_port="$1") >>"$STATE/log/workerpool.log" 2>&1 </dev/null &
   echo $! >"$STATE/workerpool.pid"
   wait_port 127.0.0.1 "$1" "the SDK worker pool"
 }
