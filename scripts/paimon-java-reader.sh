@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Paimon's own Java reader, to check that tables the connector writes read the same in Java
-# (tests/test_paimon_java_reader.py).
+# (tests/test_paimon_java_reader.py, whose first test runs `install`).
 #
 #   scripts/paimon-java-reader.sh install                       # classpath (Maven) + compile, cached
 #   scripts/paimon-java-reader.sh read WAREHOUSE DB.TABLE [OPTION=VALUE ...] [-- DB.TABLE ...]
@@ -30,6 +30,11 @@ installed() {  # the compiled class, and every jar of its classpath still in Mav
 }
 
 install() {
+  if installed; then return 0; fi
+  # The tests install on first use: two test runs starting at once install one after the other.
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/paimon-java-reader.lock"
+  flock 9
   if installed; then return 0; fi
   command -v java >/dev/null || die "java not found (Java 11 or newer is needed)"
   command -v javac >/dev/null || die "javac not found (a JDK, not only a JRE, is needed)"

@@ -1,4 +1,4 @@
-"""Rewrite the README's configuration reference from beam_pixels.config.KEYS.
+"""Rewrite the configuration reference in docs/configuration.md from beam_pixels.config.KEYS.
 
     python scripts/update_config_reference.py
 """
@@ -7,11 +7,11 @@ import pathlib
 
 from beam_pixels.config import describe
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 START = "### Pixels server"
 END = "Any `iceberg.catalog.<k>`"
 
-text = README.read_text(encoding="utf-8")
+text = REFERENCE.read_text(encoding="utf-8")
 begin, end = text.index(START), text.index(END)
-README.write_text(text[:begin] + describe() + "\n\n" + text[end:], encoding="utf-8")
-print(f"updated {README}")
+REFERENCE.write_text(text[:begin] + describe() + "\n\n" + text[end:], encoding="utf-8")
+print(f"updated {REFERENCE}")

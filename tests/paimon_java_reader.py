@@ -1,13 +1,17 @@
 """Paimon tables read with Paimon's own Java reader (``scripts/paimon-java-reader.sh``), as
 Python values that compare exactly with what the connector wrote and with pypaimon's reads.
 
-``scripts/paimon-java-reader.sh install`` (run by ``.ci/run``) must have run; without it the
-tests that use :func:`require` skip, or fail when ``BEAM_PIXELS_REQUIRE_FLINK=1`` (CI).
+The first test that calls :func:`require` installs the reader (``scripts/paimon-java-reader.sh
+install``: Maven fetches Paimon's jars, javac compiles the reader; about a minute with an empty
+Maven repository, cached after), as the Flink tests install their cluster. Where it cannot be
+installed (no JDK or Maven, Maven Central unreachable) those tests skip with the reason, or fail
+when ``BEAM_PIXELS_REQUIRE_FLINK=1`` (CI).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -26,11 +30,21 @@ REQUIRED = os.environ.get("BEAM_PIXELS_REQUIRE_FLINK") == "1"
 _EPOCH = datetime(1970, 1, 1)
 
 
+@functools.cache
+def _install() -> str | None:
+    """Install the reader unless it is (once per test session); None, or why it could not be."""
+    done = subprocess.run(["bash", str(SCRIPT), "install"], capture_output=True, text=True, timeout=900)
+    if done.returncode == 0:
+        return None
+    return (f"Paimon's Java reader could not be installed ({SCRIPT.relative_to(REPO)} install, exit "
+            f"{done.returncode}; needs a JDK 11+, Maven and Maven Central):\n{done.stderr[-3000:]}")
+
+
 def require() -> None:
-    """Skip the calling test when the reader is not installed (fail instead in CI)."""
-    if subprocess.run(["bash", str(SCRIPT), "check"]).returncode == 0:
+    """Install the reader on first use; skip the calling test when that fails (fail instead in CI)."""
+    reason = _install()
+    if reason is None:
         return
-    reason = f"Paimon's Java reader is not installed: run {SCRIPT.relative_to(REPO)} install (needs Java and Maven)"
     if REQUIRED:
         pytest.fail(f"{reason} (BEAM_PIXELS_REQUIRE_FLINK=1 forbids skipping the Java reader tests)")
     pytest.skip(reason)
