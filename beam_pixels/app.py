@@ -15,16 +15,24 @@ import logging
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+    StandardOptions,
+)
 
-from beam_pixels import source
+from beam_pixels import job_server, source
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig
 from beam_pixels.dead_letters import WriteDeadLetters
+from beam_pixels.flink_rest import FINISHED_STATES, FlinkRest
 from beam_pixels.journal import TrimJournal
 from beam_pixels.sinks import sink_for
 from beam_pixels.sinks.committing import SinkConfigurationError, TableWriter
@@ -163,8 +171,14 @@ def _counter(result, name: str) -> int:
     return sum(c.committed or c.attempted or 0 for c in counters)
 
 
-def run_distributed(config: PixelsConfig, pipeline_args: list[str]) -> None:
-    """Submit one unbounded pipeline (e.g. FlinkRunner) committing every checkpoint interval."""
+def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: bool = False) -> None:
+    """Submit one unbounded pipeline (e.g. FlinkRunner) committing every checkpoint interval.
+
+    Without ``detach`` the run waits for the job; Ctrl-C or SIGTERM cancels it, and a job server
+    the run started stops with the run, even when the run is killed (see
+    :mod:`beam_pixels.job_server`). With ``detach`` the run returns once the job polls, leaving it
+    running on the cluster (see :func:`_detach`).
+    """
     options = PipelineOptions(
         pipeline_args,
         streaming=True,
@@ -172,6 +186,8 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str]) -> None:
         # Flink: a bundle left open (seen with a job's first bundle) is finished at the next checkpoint.
         finish_bundle_before_checkpointing=True,
     )
+    flink_rest = _detachable(options) if detach else None
+    job_server.tie_to_this_process(options)
     bounded = config.stop_after_idle_ms or config.max_records
     with contextlib.closing(open_table_writer(config)) as writer:
         checkpoint = writer.last_checkpoint()
@@ -187,8 +203,103 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str]) -> None:
         start_positions=checkpoint.positions,
         window_ms=None if bounded else config.checkpoint_interval_ms,
     )
-    result = p.run()
-    result.wait_until_finish()
+    with _InterruptOnSignal():
+        result = p.run()
+        if flink_rest is not None:
+            try:
+                _detach(flink_rest, options.view_as(GoogleCloudOptions).job_name)
+            except KeyboardInterrupt:
+                print("interrupted while waiting for the job's first poll: the job was submitted detached and "
+                      f"is left running; find it at {flink_rest.url}", file=sys.stderr, flush=True)
+                raise
+            return
+        _interrupt_on_signal()  # Beam's FlinkRunner put its own SIGINT handler in place
+        try:
+            result.wait_until_finish()
+        except KeyboardInterrupt:
+            print("interrupted: cancelling the job", file=sys.stderr, flush=True)
+            with contextlib.suppress(Exception):  # the job may have ended meanwhile
+                result.cancel()
+            raise
+
+
+# How long ``--detach`` waits for the job to poll; its start-up (SDK workers, first bundles) takes
+# 20-60 s on a small machine.
+DETACH_TIMEOUT_S = 600
+
+
+class DetachError(ValueError):
+    """``--detach`` with options under which the job cannot outlive the run."""
+
+
+class DetachFailed(RuntimeError):
+    """A detached job failed, or did not poll within :data:`DETACH_TIMEOUT_S`."""
+
+
+def _detachable(options: PipelineOptions) -> FlinkRest:
+    """The Flink REST API to follow a detached job through; names a unique ``--job_name`` when none
+    was given (the Flink job carries it). Refuses options under which the job would die with the run."""
+    environment = options.view_as(PortableOptions).environment_type
+    flink_master = options.view_as(FlinkRunnerOptions).flink_master
+    if flink_master in (None, "", "[local]", "[auto]"):
+        raise DetachError(
+            f"--detach needs --flink_master HOST:PORT (the Flink cluster's REST address), got {flink_master!r}: "
+            "a job on a MiniCluster ([local]) lives in the job server of this run, and the run follows the job "
+            "through the cluster's REST API")
+    if (environment or "").upper() == "LOOPBACK":
+        raise DetachError(
+            "--detach with --environment_type LOOPBACK: the SDK workers would run inside this process and "
+            "the job would die with it; use --environment_type EXTERNAL --environment_config HOST:PORT (a worker "
+            "pool beside each TaskManager, see docs/flink-cluster.md)")
+    naming = options.view_as(GoogleCloudOptions)
+    if not naming.job_name:
+        naming.job_name = f"beam-pixels-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    return FlinkRest(flink_master)
+
+
+def _detach(flink_rest: FlinkRest, job_name: str) -> None:
+    """Wait until the job named ``job_name`` polls the Pixels server, then say how to find it."""
+    deadline = time.monotonic() + DETACH_TIMEOUT_S
+    job_id = None
+    while time.monotonic() < deadline:
+        jobs = flink_rest.jobs_named(job_name)
+        if jobs and jobs[0]["state"] in FINISHED_STATES:
+            raise DetachFailed(f"Flink job {jobs[0]['jid']} ({job_name}) is {jobs[0]['state']} before its first poll; "
+                               f"see {flink_rest.job_page(jobs[0]['jid'])}")
+        if jobs and jobs[0]["state"] == "RUNNING":
+            if job_id is None:
+                job_id = jobs[0]["jid"]
+                _LOG.info("Flink job %s (%s) is running; waiting for its first poll", job_id, job_name)
+            if flink_rest.source_counter(job_id, "polls") > 0:
+                print(f"detached: Flink job {job_id} ({job_name}) polls; it runs on in the cluster when this run "
+                      f"exits\nFlink UI: {flink_rest.job_page(job_id)}\nto stop it: curl -X PATCH "
+                      f"'{flink_rest.url}/jobs/{job_id}?mode=cancel'", flush=True)
+                return
+        time.sleep(1)
+    raise DetachFailed(f"Flink job {job_id or job_name} did not poll within {DETACH_TIMEOUT_S} s; it was left as it is: "
+                       f"{flink_rest.url}")
+
+
+class _InterruptOnSignal:
+    """SIGTERM and SIGINT raise KeyboardInterrupt in the main thread while the job is submitted or followed."""
+
+    def __enter__(self):
+        self._previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        _interrupt_on_signal()
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _interrupt_on_signal() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _raise_interrupt)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _without_runner(args: list[str]) -> list[str]:
@@ -204,10 +315,13 @@ def _without_runner(args: list[str]) -> list[str]:
     return kept
 
 
-def run(config: PixelsConfig, pipeline_args: list[str]) -> RunSummary | None:
-    """Run the job on the runner named in ``pipeline_args`` (in-process rounds by default)."""
+def run(config: PixelsConfig, pipeline_args: list[str], *, detach: bool = False) -> RunSummary | None:
+    """Run the job on the runner named in ``pipeline_args`` (in-process rounds by default);
+    ``detach``: return once a job submitted to a cluster polls (see :func:`run_distributed`)."""
     runner = PipelineOptions(pipeline_args).view_as(StandardOptions).runner
     if runner in IN_PROCESS_RUNNERS:
+        if detach:
+            raise DetachError(f"--detach needs a cluster runner (e.g. --runner PortableRunner or FlinkRunner), got {runner}")
         return run_local(config, _without_runner(pipeline_args))
-    run_distributed(config, pipeline_args)
+    run_distributed(config, pipeline_args, detach=detach)
     return None

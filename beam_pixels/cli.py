@@ -14,6 +14,7 @@ from beam_pixels.config import ConfigError, PixelsConfig
 from beam_pixels.schema import SchemaError
 
 USER_ERROR = 2
+INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 
 
 class _DropBeamImportNoise(logging.Filter):
@@ -58,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         "(--runner FlinkRunner --flink_master HOST:PORT ...).",
     )
     _add_config_arguments(run)
+    run.add_argument(
+        "--detach", action="store_true",
+        help="on a Flink cluster: return once the job polls, printing its id and Flink UI address, and leave it "
+        "running (needs --flink_master HOST:PORT and SDK workers outside this process, e.g. --environment_type "
+        "EXTERNAL; see docs/flink-cluster.md)",
+    )
 
     demo = commands.add_parser("demo", help="run the embedded default: mock server -> local warehouse")
     demo.add_argument("--sink", choices=("iceberg", "paimon"), default="iceberg")
@@ -124,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SchemaError) as error:
         print(f"beam-pixels: configuration error: {error}", file=sys.stderr)
         return USER_ERROR
+    except KeyboardInterrupt as interrupt:
+        print(f"beam-pixels {args.command}: stopped by {interrupt or 'SIGINT'}", file=sys.stderr)
+        return INTERRUPTED
 
 
 def _run(args, pipeline_args: list[str]) -> int:
@@ -131,7 +141,14 @@ def _run(args, pipeline_args: list[str]) -> int:
 
     config = PixelsConfig.load(args.config, args.overrides)
     logging.getLogger("beam_pixels").info("configuration: %s", config)
-    summary = app.run(config, pipeline_args)
+    try:
+        summary = app.run(config, pipeline_args, detach=args.detach)
+    except app.DetachError as error:
+        print(f"beam-pixels run: {error}", file=sys.stderr)
+        return USER_ERROR
+    except app.DetachFailed as error:
+        print(f"beam-pixels run: {error}", file=sys.stderr)
+        return 1
     if summary is not None:
         print(summary.describe(), flush=True)
     return 0

@@ -18,6 +18,7 @@ import sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from beam_pixels import job_server
 from beam_pixels.app import IN_PROCESS_RUNNERS, open_table_writer
 from beam_pixels.cli import configure_logging
 from beam_pixels.config import ConfigError, PixelsConfig
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
         finish_bundle_before_checkpointing=True,
     )
     local_run = options.view_as(StandardOptions).runner in IN_PROCESS_RUNNERS
+    job_server.tie_to_this_process(options)  # a job server FlinkRunner starts ends with this process
     with beam.Pipeline(options=options) as p:
         build(
             p,

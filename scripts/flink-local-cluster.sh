@@ -8,9 +8,21 @@
 #   scripts/flink-local-cluster.sh stop
 #
 # Standalone (default): a JobManager, FLINK_TASKMANAGERS TaskManagers (default 2) with
-# FLINK_SLOTS slots each (default 2), and the Beam job server submitting to them. `start` is
-# idempotent: run it again and it starts only what is missing (e.g. a killed TaskManager).
-# --local: only the job server, running Flink as a MiniCluster in its own JVM (--flink-master [local]).
+# FLINK_SLOTS slots each (default 2), a Beam SDK worker pool, and the Beam job server submitting
+# to them. `start` is idempotent: run it again and it starts only what is missing (e.g. a killed
+# TaskManager or worker pool).
+# --local: only the job server, running Flink as a MiniCluster in its own JVM (--flink-master [local]),
+# and the worker pool.
+#
+# SDK workers: the worker pool (python -m apache_beam.runners.worker.worker_pool_main) serves
+# jobs submitted with --environment_type EXTERNAL --environment_config $BEAM_WORKER_POOL: it
+# starts one SDK worker process per request, so the job does not depend on the process that
+# submitted it. The TaskManagers reach it at 127.0.0.1, so there is one per host: here one for
+# all TaskManagers, on a multi-host cluster one on every TaskManager host (docs/flink-cluster.md).
+# It runs from BEAM_PIXELS_WORKER_VENV (a virtual environment with beam-pixels installed, used as
+# it is) or, when that is unset, from $FLINK_CLUSTER_DIR/worker-venv, which `start` makes and
+# refreshes from this repository whenever its sources changed (a non-editable install: a worker
+# pool runs the code of its last start).
 #
 # Versions: no beam-runners-flink-*-job-server jar is served by the Maven Central these
 # machines reach, so the job server runs from the dependency closure of
@@ -18,12 +30,14 @@
 # runner that resolves completely; its Flink is 1.19.0, so the cluster is apache-flink 1.19.0.
 #
 # Environment: FLINK_CLUSTER_DIR (state: conf, logs, pids, checkpoints, cluster.env; default
-# ~/.cache/beam-pixels/flink-cluster), FLINK_CACHE_DIR (installs; default ~/.cache/beam-pixels).
+# ~/.cache/beam-pixels/flink-cluster), FLINK_CACHE_DIR (installs; default ~/.cache/beam-pixels),
+# BEAM_PIXELS_WORKER_VENV (the worker pool's virtual environment, see above).
 set -euo pipefail
 
 FLINK_VERSION=1.19.0
 BEAM_RUNNER_VERSION=2.62.0
 HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
 CACHE="${FLINK_CACHE_DIR:-$HOME/.cache/beam-pixels}"
 STATE="${FLINK_CLUSTER_DIR:-$HOME/.cache/beam-pixels/flink-cluster}"
 TASKMANAGERS="${FLINK_TASKMANAGERS:-2}"
@@ -132,6 +146,42 @@ state.checkpoints.num-retained: 3
 EOF
 }
 
+source_stamp() {  # changes whenever the package's sources do
+  (cd "$REPO" && find setup.py beam_pixels proto -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha1sum | sha1sum | cut -c1-40)
+}
+
+worker_venv() {  # the worker pool's virtual environment: given, or made and kept current from the repo
+  local venv="${BEAM_PIXELS_WORKER_VENV:-}"
+  if [ -n "$venv" ]; then
+    "$venv/bin/python" -c 'import apache_beam, beam_pixels' 2>/dev/null \
+      || die "BEAM_PIXELS_WORKER_VENV=$venv: no bin/python importing apache_beam and beam_pixels (pip install beam-pixels there)"
+    echo "$venv"
+    return
+  fi
+  venv="$STATE/worker-venv"
+  local stamp; stamp="$(source_stamp)"
+  if [ "$(cat "$venv/beam-pixels.stamp" 2>/dev/null)" != "$stamp" ]; then
+    echo "installing beam-pixels from $REPO into $venv (the SDK worker pool's environment)" >&2
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "$REPO" >&2                              # with its dependencies
+    "$venv/bin/pip" install --quiet --force-reinstall --no-deps "$REPO" >&2  # these sources, same version
+    echo "$stamp" >"$venv/beam-pixels.stamp"
+  fi
+  echo "$venv"
+}
+
+start_worker_pool() {  # port
+  alive "$STATE/workerpool.pid" && return
+  local venv; venv="$(worker_venv)"
+  # The pool starts each SDK worker as `python -c ...` from PATH: the venv's, in the pool's working
+  # directory, which Python puts first on sys.path: $STATE, so no checkout shadows the venv's
+  # beam_pixels. setsid: its own process group, so `stop` ends its SDK workers with it.
+  (cd "$STATE" && PATH="$venv/bin:$PATH" exec setsid nohup "$venv/bin/python" -m apache_beam.runners.worker.worker_pool_main \
+    --service_port="$1") >>"$STATE/log/workerpool.log" 2>&1 </dev/null &
+  echo $! >"$STATE/workerpool.pid"
+  wait_port 127.0.0.1 "$1" "the SDK worker pool"
+}
+
 start() {
   local mode="${1:-standalone}"
   install
@@ -141,13 +191,14 @@ start() {
   if [ -s "$STATE/cluster.env" ] && ! grep -q "^FLINK_MODE=$mode\$" "$STATE/cluster.env"; then
     die "a cluster of another mode is running from $STATE; stop it first"
   fi
-  local rest_port rpc_port job_port flink_master
+  local rest_port rpc_port job_port pool_port flink_master
   if [ -s "$STATE/cluster.env" ]; then
     # shellcheck disable=SC1091
     . "$STATE/cluster.env"
     rest_port="${FLINK_REST_PORT:-}" rpc_port="${FLINK_RPC_PORT:-}" job_port="${BEAM_JOB_PORT}"
+    pool_port="${BEAM_WORKER_POOL_PORT:-$(free_port)}"
   else
-    rest_port="$(free_port)" rpc_port="$(free_port)" job_port="$(free_port)"
+    rest_port="$(free_port)" rpc_port="$(free_port)" job_port="$(free_port)" pool_port="$(free_port)"
     write_conf "$rest_port" "$rpc_port"  # --local: the MiniCluster reads it too (checkpoints, REST port)
   fi
   if [ "$mode" = standalone ]; then
@@ -169,6 +220,7 @@ start() {
     mkdir -p "$STATE/log"
     flink_master="[local]"
   fi
+  start_worker_pool "$pool_port"
   if ! alive "$STATE/jobserver.pid"; then
     nohup java -Xmx1g -jar "$LAUNCHER_JAR" --flink-master "$flink_master" \
       --flink-conf-dir "$STATE/conf" --job-host 127.0.0.1 --job-port "$job_port" --artifact-port 0 --expansion-port 0 \
@@ -188,6 +240,8 @@ start() {
     echo "FLINK_REST_PORT=$rest_port"
     echo "FLINK_RPC_PORT=$rpc_port"
     echo "FLINK_REST_URL=http://127.0.0.1:$rest_port"
+    echo "BEAM_WORKER_POOL_PORT=$pool_port"
+    echo "BEAM_WORKER_POOL=127.0.0.1:$pool_port"
     if [ "$mode" = standalone ]; then echo "FLINK_MASTER=127.0.0.1:$rest_port"; else echo "FLINK_MASTER=[local]"; fi
   } >"$STATE/cluster.env"
   status
@@ -197,12 +251,14 @@ status() {
   [ -s "$STATE/cluster.env" ] || { echo "no cluster in $STATE"; return 1; }
   cat "$STATE/cluster.env"
   local pid
-  for pid in "$STATE"/jobmanager.pid "$STATE"/taskmanager-*.pid "$STATE"/jobserver.pid; do
+  for pid in "$STATE"/jobmanager.pid "$STATE"/taskmanager-*.pid "$STATE"/workerpool.pid "$STATE"/jobserver.pid; do
     [ -e "$pid" ] || continue
     if alive "$pid"; then echo "# $(basename "$pid" .pid): running (pid $(cat "$pid"))"
     else echo "# $(basename "$pid" .pid): not running"; fi
   done
-  echo "# submit with: --runner PortableRunner --job_endpoint 127.0.0.1:\$BEAM_JOB_PORT --environment_type LOOPBACK"
+  echo "# submit with: --runner PortableRunner --job_endpoint \$BEAM_JOB_ENDPOINT --flink_master \$FLINK_MASTER \\"
+  echo "#   --environment_type EXTERNAL --environment_config \$BEAM_WORKER_POOL [--detach]   (SDK workers in the pool)"
+  echo "#   or --environment_type LOOPBACK   (SDK workers in the submitting process: tests and trials)"
   echo "# or let FlinkRunner start its own job server: --runner FlinkRunner --flink_version 1.19 \\"
   echo "#   --flink_job_server_jar \$BEAM_FLINK_JOB_SERVER_JAR --flink_master \$FLINK_MASTER (or [local]) --environment_type LOOPBACK"
 }
@@ -218,7 +274,17 @@ stop() {
     fi
     rm -f "$pid"
   done
+  stop_worker_pool
   rm -f "$STATE/cluster.env" "$STATE"/flink-*.pid
+}
+
+stop_worker_pool() {  # the pool and the SDK workers it started (its process group)
+  local pid="$STATE/workerpool.pid"
+  [ -e "$pid" ] || return 0
+  kill -TERM -- "-$(cat "$pid")" 2>/dev/null || true
+  for _ in $(seq 1 40); do alive "$pid" || break; sleep 0.25; done
+  kill -KILL -- "-$(cat "$pid")" 2>/dev/null || true
+  rm -f "$pid"
 }
 
 case "${1:-}" in
