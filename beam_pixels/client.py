@@ -3,8 +3,8 @@
 One :class:`PixelsClient` owns one channel and reuses it for every poll. A poll
 that fails with a transient status (:data:`RETRYABLE_CODES`) is retried with
 exponential backoff and full jitter; when the attempts run out it raises
-:class:`PixelsUnavailableError`. Any other
-status raises :class:`PixelsClientError` at once with the server's message.
+:class:`PixelsUnavailableError`. Any other status raises :class:`PixelsClientError`
+at once with the server's message.
 
 A caller that must not block for long (a streaming source that still has to move
 its watermark while the server is down) passes ``give_up_at``: the poll then
