@@ -28,6 +28,7 @@
 # machines reach, so the job server runs from the dependency closure of
 # org.apache.beam:beam-runners-flink-1.19:2.62.0 (scripts/flink/pom.xml), the newest Flink
 # runner that resolves completely; its Flink is 1.19.0, so the cluster is apache-flink 1.19.0.
+# install also patches three of that runner's classes (apache/beam#27648, docs/flink-state.md).
 #
 # Environment: FLINK_CLUSTER_DIR (state: conf, logs, pids, checkpoints, cluster.env; default
 # ~/.cache/beam-pixels/flink-cluster), FLINK_CACHE_DIR (installs; default ~/.cache/beam-pixels),
