@@ -138,6 +138,15 @@ class FlinkCluster:
             total += int(float(metric[0]["value"])) if metric else 0
         return total
 
+    def figures(self, job: str) -> tuple[int, int, int]:
+        """(checkpoint id, state bytes, heap bytes) now; zeros, which the summary leaves out, when
+        the REST API does not answer (a loaded machine)."""
+        try:
+            return (*self.latest_checkpoint(job), self.heap_used())
+        except OSError as e:
+            soak._say(f"flink soak: Flink's REST API did not answer ({e}); no checkpoint or heap figures this time")
+            return 0, 0, 0
+
     def cancel(self, job: str) -> None:
         request = urllib.request.Request(f"{self.rest.url}/jobs/{job}?mode=cancel", method="PATCH")
         urllib.request.urlopen(request, timeout=30).close()
@@ -247,7 +256,7 @@ def run(options: Options, workdir: Path) -> tuple[str, list[Sample]]:
                     committed += int(match.group("changes"))
                     files = table.files()
                     sample = Sample(
-                        elapsed, phase, *cluster.latest_checkpoint(job), cluster.heap_used(), commit=commits,
+                        elapsed, phase, *cluster.figures(job), commit=commits,
                         batch_id=int(match.group("batch")), changes=int(match.group("changes")),
                         commit_s=float(match.group("commit_s")),
                         table_bytes=sum(soak.walk_sizes(table.location()).values()),
@@ -256,7 +265,7 @@ def run(options: Options, workdir: Path) -> tuple[str, list[Sample]]:
                     samples.append(sample)
                     soak._say(_describe(sample))
                 if elapsed >= next_sample:
-                    samples.append(Sample(elapsed, phase, *cluster.latest_checkpoint(job), cluster.heap_used()))
+                    samples.append(Sample(elapsed, phase, *cluster.figures(job)))
                     soak._say(_describe(samples[-1]))
                     next_sample = elapsed + options.sample_s
                 if elapsed >= options.duration_s:
