@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "soak",
         add_help=False,
-        help="soak benchmark: one run against an endless CDC stream, commit by commit (beam-pixels soak --help)",
+        help="soak benchmark: one run against an endless CDC stream, commit by commit (beam-pixels soak --help; "
+        "on a local Flink cluster: beam-pixels soak --runner flink --help)",
     )
 
     mock = commands.add_parser("mock-server", help="serve generated change records over the Pixels protocol")
@@ -112,9 +113,14 @@ def main(argv: list[str] | None = None) -> int:
             return soak([a for a in extra if a != "--soak"])
         return bench(extra)
     if args.command == "soak":
+        from beam_pixels.bench import flink_soak
         from beam_pixels.bench.soak import main as soak
 
-        return soak(extra)
+        runner, rest = flink_soak.runner_of(extra)
+        if runner not in ("local", "flink"):
+            print(f"beam-pixels soak: --runner {runner!r}: expected local or flink", file=sys.stderr)
+            return USER_ERROR
+        return flink_soak.main(rest) if runner == "flink" else soak(rest)
     if extra and args.command != "run":
         print(f"beam-pixels {args.command}: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
         return USER_ERROR

@@ -28,6 +28,7 @@
 # machines reach, so the job server runs from the dependency closure of
 # org.apache.beam:beam-runners-flink-1.19:2.62.0 (scripts/flink/pom.xml), the newest Flink
 # runner that resolves completely; its Flink is 1.19.0, so the cluster is apache-flink 1.19.0.
+# install also patches three of that runner's classes (apache/beam#27648, docs/flink-state.md).
 #
 # Environment: FLINK_CLUSTER_DIR (state: conf, logs, pids, checkpoints, cluster.env; default
 # ~/.cache/beam-pixels/flink-cluster), FLINK_CACHE_DIR (installs; default ~/.cache/beam-pixels),
@@ -44,8 +45,14 @@ TASKMANAGERS="${FLINK_TASKMANAGERS:-2}"
 SLOTS="${FLINK_SLOTS:-2}"
 FLINK_VENV="$CACHE/flink-$FLINK_VERSION"
 CLASSPATH_FILE="$CACHE/beam-flink-job-server-$BEAM_RUNNER_VERSION.classpath"
+# Beam 2.62.0's portable Flink runner with apache/beam#27648 fixed (an SDF's self-checkpoint
+# state grew without end): scripts/flink/beam-sdf-residual-state.patch applied to Beam's sources
+# and compiled. The jar's name carries the patch's hash, so a changed patch is rebuilt.
+SDF_PATCH="$HERE/flink/beam-sdf-residual-state.patch"
+SDF_PATCH_JAR="$CACHE/beam-flink-sdf-residual-state-$BEAM_RUNNER_VERSION-$(sha256sum "$SDF_PATCH" | cut -c1-12).jar"
 # A launcher jar for Beam's FlinkRunner (--flink_job_server_jar): no classes, only a manifest
-# naming the main class, the classpath above and the --add-opens Java 17 needs.
+# naming the main class, the patched classes and the classpath above (in that order: the job
+# server stages it to the TaskManagers in that order too) and the --add-opens Java 17 needs.
 LAUNCHER_JAR="$CACHE/beam-flink-job-server-$BEAM_RUNNER_VERSION.jar"
 # Java 17: the packages the job server opens to reflection (as Beam's own Flink tests do).
 ADD_OPENS="java.base/java.lang java.base/java.nio java.base/java.util java.base/java.lang.reflect java.base/java.io java.base/java.net java.base/java.time java.base/sun.nio.ch java.base/java.util.concurrent"
@@ -70,16 +77,43 @@ install() {
       -Dmdep.outputFile="$CLASSPATH_FILE.tmp" >&2
     mv "$CLASSPATH_FILE.tmp" "$CLASSPATH_FILE"
   fi
-  if [ ! -s "$LAUNCHER_JAR" ] || [ "$CLASSPATH_FILE" -nt "$LAUNCHER_JAR" ]; then
+  if [ ! -s "$SDF_PATCH_JAR" ]; then
+    build_sdf_patch_jar
+  fi
+  if [ ! -s "$LAUNCHER_JAR" ] || [ "$CLASSPATH_FILE" -nt "$LAUNCHER_JAR" ] || [ "$SDF_PATCH_JAR" -nt "$LAUNCHER_JAR" ]; then
     write_launcher_jar
   fi
 }
 
+build_sdf_patch_jar() {
+  command -v javac >/dev/null || die "javac not found (a JDK 11 or 17 compiles the patched runner classes)"
+  command -v patch >/dev/null || die "patch not found (it applies $SDF_PATCH)"
+  echo "building $SDF_PATCH_JAR from Beam $BEAM_RUNNER_VERSION's sources and $SDF_PATCH" >&2
+  local work; work="$(mktemp -d)"
+  local artifact files
+  for artifact in beam-runners-java-fn-execution beam-runners-flink-1.19; do
+    mvn --batch-mode --quiet -Dstyle.color=never -f "$HERE/flink/pom.xml" dependency:copy \
+      -Dartifact="org.apache.beam:$artifact:$BEAM_RUNNER_VERSION:jar:sources" -DoutputDirectory="$work" >&2
+  done
+  files="$(sed -n 's|^+++ b/||p' "$SDF_PATCH")"
+  mkdir "$work/src" "$work/classes"
+  # shellcheck disable=SC2086
+  (cd "$work/src" && for jar in "$work"/*-sources.jar; do jar xf "$jar" $files; done)  # each jar holds some
+  patch --batch --silent -p1 -d "$work/src" <"$SDF_PATCH" || die "$SDF_PATCH does not apply to Beam $BEAM_RUNNER_VERSION"
+  # shellcheck disable=SC2086
+  (cd "$work/src" && javac -nowarn -XDsuppressNotes -proc:none -encoding UTF-8 -d "$work/classes" -cp "$(cat "$CLASSPATH_FILE")" $files) >&2 \
+    || die "the patched Beam classes did not compile"
+  jar cf "$work/patched.jar" -C "$work/classes" .
+  mv "$work/patched.jar" "$SDF_PATCH_JAR"  # whole or not at all, also when two installs race
+  rm -rf "$work"
+}
+
 write_launcher_jar() {
-  python3 - "$CLASSPATH_FILE" "$LAUNCHER_JAR" "$ADD_OPENS" <<'PY'
+  python3 - "$CLASSPATH_FILE" "$LAUNCHER_JAR" "$ADD_OPENS" "$SDF_PATCH_JAR" <<'PY'
 import pathlib, sys, zipfile
-classpath, jar, opens = sys.argv[1:4]
-urls = " ".join(pathlib.Path(p).as_uri() for p in pathlib.Path(classpath).read_text().strip().split(":"))
+classpath, jar, opens, patched = sys.argv[1:5]
+entries = [patched] + pathlib.Path(classpath).read_text().strip().split(":")
+urls = " ".join(pathlib.Path(p).as_uri() for p in entries)
 def header(name, value):  # manifest lines hold at most 72 bytes; continuations start with a space
     line = f"{name}: {value}".encode()
     parts = [line[:72]] + [b" " + line[i:i + 71] for i in range(72, len(line), 71)]

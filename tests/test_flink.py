@@ -232,8 +232,8 @@ def submit(flink, tmp_path):
         run.kill()
 
 
-def streaming_properties(tmp_path: Path, sink: str) -> Path:
-    """Unbounded (no idle stop), two poll groups, 2 s windows, the journal on a shared directory."""
+def streaming_properties(tmp_path: Path, sink: str, checkpoint_interval_ms: int = 2000) -> Path:
+    """Unbounded (no idle stop), two poll groups, 2 s windows (unless told), the journal on a shared directory."""
     return write_properties(
         tmp_path,
         sink,
@@ -241,7 +241,7 @@ def streaming_properties(tmp_path: Path, sink: str) -> Path:
             "source.stop.after.idle.ms": "0",
             "source.parallelism": str(PARALLELISM),
             "source.poll.interval.ms": "100",
-            "checkpoint.interval.ms": "2000",
+            "checkpoint.interval.ms": str(checkpoint_interval_ms),
             "source.journal.dir": str(tmp_path / "journal"),
         },
     )
@@ -612,3 +612,38 @@ def test_what_was_handed_out_before_an_outage_is_committed_during_it(tmp_path, f
     server.start()  # same port, queues kept
     wait_all_committed(feeder, config, run)
     assert_table_is_exactly_what_was_handed_out(config, server)
+
+
+def latest_checkpoint_state(flink, job: str) -> tuple[int, int]:
+    """(id, state size in bytes) of the job's latest completed Flink checkpoint ((0, 0) before one)."""
+    completed = (flink.rest(f"/jobs/{job}/checkpoints").get("latest") or {}).get("completed") or {}
+    return int(completed.get("id", 0)), int(completed.get("state_size", 0))
+
+
+@pytest.mark.parametrize("sink", ["iceberg"])
+def test_checkpoint_state_stays_flat_through_a_busy_and_an_idle_phase(tmp_path, flink, feeders, submit, sink):
+    """apache/beam#27648: Beam 2.62.0 kept each SDF self-checkpoint's residual in a keyed state of
+    its own, never cleared, so the job's checkpoints grew by ~5 KB a residual forever. With the
+    patched runner classes the launcher jar puts first (scripts/flink/beam-sdf-residual-state.patch),
+    the state 150 checkpoints after the first poll is at most 1.2x that after 30: a busy phase
+    (the stream arriving) first, then an idle one (the job polling an empty stream)."""
+    properties = streaming_properties(tmp_path, sink, checkpoint_interval_ms=500)
+    feeder = feeders(cdc_history(8000, seed=25), chunk=100, every_s=0.5)
+    config = load_config(properties, feeder.server.port)
+    run, job = submit(properties, feeder.server)
+    feeder.start()
+    first, _ = latest_checkpoint_state(flink, job)
+
+    def state_after(checkpoints: int) -> int:
+        wanted = first + checkpoints
+        return wait_until(
+            lambda: (s := latest_checkpoint_state(flink, job))[0] >= wanted and s, 300, f"checkpoint {wanted}", run
+        )[1]
+
+    early = state_after(30)
+    assert feeder.arriving, "the stream stopped arriving before checkpoint 30: no busy phase measured"
+    wait_all_committed(feeder, config, run)
+    late = state_after(150)
+    print(f"checkpoint state: {early:,} B at the first poll's checkpoint + 30, {late:,} B at + 150")
+    assert late <= 1.2 * early, f"checkpoint state grew from {early:,} B (first poll + 30) to {late:,} B (+150)"
+    assert_table_is_exactly_what_was_handed_out(config, feeder.server)
