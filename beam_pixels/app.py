@@ -28,11 +28,12 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from beam_pixels import job_server, source
+from beam_pixels import source
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig
 from beam_pixels.dead_letters import WriteDeadLetters
-from beam_pixels.flink_rest import FINISHED_STATES, FlinkRest
+from beam_pixels.flink import job_server
+from beam_pixels.flink.rest import FINISHED_STATES, FlinkRest
 from beam_pixels.journal import TrimJournal
 from beam_pixels.sinks import sink_for
 from beam_pixels.sinks.committing import SinkConfigurationError, TableWriter
@@ -179,7 +180,7 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: b
 
     Without ``detach`` the run waits for the job; Ctrl-C or SIGTERM cancels it, and a job server
     the run started stops with the run, even when the run is killed (see
-    :mod:`beam_pixels.job_server`). With ``detach`` the run returns once the job polls, leaving it
+    :mod:`beam_pixels.flink.job_server`). With ``detach`` the run returns once the job polls, leaving it
     running on the cluster (see :func:`_detach`).
     """
     options = PipelineOptions(

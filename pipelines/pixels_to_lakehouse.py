@@ -18,7 +18,7 @@ import sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pixels import job_server
+from beam_pixels.flink import job_server
 from beam_pixels.app import IN_PROCESS_RUNNERS, open_table_writer
 from beam_pixels.cli import configure_logging
 from beam_pixels.config import ConfigError, PixelsConfig

@@ -43,7 +43,7 @@ from app_helpers import (
 
 from beam_pixels.testing import mock_data
 from beam_pixels.buckets import partition_buckets
-from beam_pixels.flink_rest import FlinkRest
+from beam_pixels.flink.rest import FlinkRest
 from beam_pixels.testing.mock_server import MockPixelsServer
 
 # A Flink test waits for its jobs' start-up and windows: beyond the suite's 300 s.

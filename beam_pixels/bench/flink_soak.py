@@ -39,7 +39,7 @@ from pathlib import Path
 from beam_pixels.bench import soak
 from beam_pixels.bench.soak_server import SoakServerProcess, StreamOptions
 from beam_pixels.bench.workdir import work_directory
-from beam_pixels.flink_rest import FlinkRest
+from beam_pixels.flink.rest import FlinkRest
 
 CLUSTER_SCRIPT = soak.REPO / "scripts" / "flink-local-cluster.sh"
 # The reference figures: samples taken this long after the job started (minute 2).

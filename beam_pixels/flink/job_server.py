@@ -3,7 +3,7 @@
 Beam stops the job server it started at a normal exit and on Ctrl-C, but not when its process
 is killed (SIGKILL, or SIGTERM, which Python does not turn into an exit by default): the JVM
 then runs on, with the MiniCluster of ``--flink_master [local]``. :func:`tie_to_this_process`
-makes Beam start the JVM through this module (``python -m beam_pixels.job_server java ...``,
+makes Beam start the JVM through this module (``python -m beam_pixels.flink.job_server java ...``,
 via Beam's ``--job_server_java_launcher``), which asks Linux to send the JVM SIGTERM when the
 process that started it ends (``prctl(PR_SET_PDEATHSIG)``), then becomes ``java``.
 """
@@ -32,10 +32,10 @@ def tie_to_this_process(options: PipelineOptions) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m beam_pixels.job_server LAUNCHER ARGS...``: exec LAUNCHER with ARGS, signalled
+    """``python -m beam_pixels.flink.job_server LAUNCHER ARGS...``: exec LAUNCHER with ARGS, signalled
     with SIGTERM when this process's parent ends."""
     if not argv:
-        sys.exit("usage: python -m beam_pixels.job_server JAVA [ARGS...]")
+        sys.exit("usage: python -m beam_pixels.flink.job_server JAVA [ARGS...]")
     parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:

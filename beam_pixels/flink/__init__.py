@@ -1,0 +1,3 @@
+"""What a run needs from Flink beside Beam's runner: :mod:`.rest` reads a job's state and
+counters from the JobManager's REST API (``--detach``, the Flink soak), :mod:`.job_server`
+ties a job server the run starts to the run's own life."""
