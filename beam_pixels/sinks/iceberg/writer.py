@@ -40,7 +40,7 @@ from beam_pixels.changes import CHANGELOG_COLUMNS, changelog_rows, collapse_to_f
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig, SinkConfigurationError
 from beam_pixels.schema import SourceSchema, TypeKind
-from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
+from beam_pixels.sinks.committing import DEFAULT_CATALOG_RETRY_MS, CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
 from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read
 from beam_pixels.sinks.key_index import key_codes
 
@@ -213,11 +213,12 @@ class IcebergTableWriter(TableWriter):
 
     def maintain(self) -> maintenance.PassReport | None:
         """Run a maintenance pass when one is due (:mod:`~beam_pixels.sinks.iceberg.maintenance`).
-        A failed pass is logged, never fails the job: the next one starts afresh."""
+        A pass the catalog interrupts is run again once it is back; a failed pass is logged,
+        never fails the job: the next one starts afresh."""
         if self._table is None or not maintenance.due(self._table, self._maintenance):
             return None
         try:
-            return self.maintain_now()
+            return self.retrying("run a maintenance pass", self.maintain_now)
         except Exception as e:  # maintenance must not stop the data
             _LOG.warning("%s: maintenance pass stopped (%s); the next pass starts afresh", self.table_name, e, exc_info=True)
             return None
@@ -284,6 +285,7 @@ class WriteToIceberg(beam.PTransform):
         database: str | None = None,
         window_ms: int | None = None,
         commit_retries: int = 5,
+        catalog_retry_ms: int = DEFAULT_CATALOG_RETRY_MS,
         mode: str = "merge-on-read",
         table_properties: typing.Mapping[str, str] | None = None,
         maintenance_settings: maintenance.Settings | None = None,
@@ -298,6 +300,7 @@ class WriteToIceberg(beam.PTransform):
             table_properties=table_properties,
             maintenance_settings=maintenance_settings,
         )
+        self._writer.catalog_retry_ms = catalog_retry_ms
         self._window_ms = window_ms
         self._commit_retries = commit_retries
 
@@ -311,6 +314,7 @@ class WriteToIceberg(beam.PTransform):
             database=config.iceberg_database,
             window_ms=window_ms,
             commit_retries=config.iceberg_commit_retries,
+            catalog_retry_ms=config.catalog_retry_ms,
             mode=config.iceberg_write_mode,
             table_properties=config.table_properties("iceberg"),
             maintenance_settings=maintenance.Settings.from_config(config),
