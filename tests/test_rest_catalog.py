@@ -129,20 +129,30 @@ def test_a_locked_sqlite_catalog_is_waited_for(tmp_path, serve, launch):  # noqa
     properties = _properties(tmp_path, {"type": "sql"})  # its SQLite file in the warehouse
     run = launch.cli(*run_args(properties, server.port))
     run.wait_for(COMMITTED, timeout=90)
-    feeder = _feed(server, history[200:], chunk=100, every_s=0.5)
+    feeder = _feed(server, history[200:], chunk=40, every_s=0.5)
     run.wait_for(COMMITTED, timeout=60, count=2)
 
-    # Another process holds the catalog file locked for longer than SQLite's busy timeout (5 s).
+    # Another process holds the catalog file locked for longer than SQLite's busy timeout (5 s):
+    # first for writing (reads wait too), then for reading (commits wait: SQLite refuses the
+    # COMMIT, which leaves the refused transaction open on the connection).
     holder = sqlite3.connect(warehouse / "catalog.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     run.wait_for(RETRY_LINE + r".*database is locked", timeout=60)
-    time.sleep(5)
+    time.sleep(3)
+    holder.execute("COMMIT")
+    retries = len(re.findall(RETRY_LINE, run.output))
+    holder.execute("BEGIN")
+    holder.execute("SELECT count(*) FROM iceberg_tables").fetchall()
+    run.wait_for(r"catalog unavailable while trying to commit .*database is locked", timeout=60)
+    time.sleep(3)
     holder.execute("COMMIT")
     holder.close()
     feeder.join(60)
 
     run_cli_to_end(run, timeout=180)
-    assert re.search(r"catalog back after \d+ retries", run.output), run.describe()
+    assert retries >= 1 and re.search(r"catalog back after \d+ retries", run.output), run.describe()
+    # The refused commit was not taken for done: every round's changes were committed by it.
+    assert "already committed; nothing to do" not in run.output, run.describe()
     assert_commits_account_for_everything(run, load_config(properties, server.port), server)
 
 

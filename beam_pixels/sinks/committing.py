@@ -118,11 +118,13 @@ class CatalogUnavailable(RuntimeError):
 class CatalogRetry:
     """Calls to a table's catalog, retried with backoff while the catalog is briefly away
     (:func:`catalog_away`) for up to ``retry_ms`` from the first failure; then
-    :class:`CatalogUnavailable`. Each retry is logged and counted (``catalog_retries``)."""
+    :class:`CatalogUnavailable`. Before each retry ``reconnect`` drops the catalog's
+    connections. Each retry is logged and counted (``catalog_retries``)."""
 
-    def __init__(self, table_name: str, retry_ms: int):
+    def __init__(self, table_name: str, retry_ms: int, reconnect: typing.Callable[[], None] = lambda: None):
         self._table_name = table_name
         self._retry_ms = retry_ms
+        self._reconnect = reconnect
         self._retries = Metrics.counter(METRICS_NAMESPACE, "catalog_retries")
 
     def call(self, what: str, call: typing.Callable[[], typing.Any]) -> typing.Any:
@@ -151,6 +153,7 @@ class CatalogRetry:
                 _LOG.warning("%s: catalog unavailable while trying to %s (%s); retry %d in %.1f s, giving up in %.0f s",
                              self._table_name, what, reason, attempt, wait, left)
                 time.sleep(wait)
+                self._reconnect()
                 continue
             if attempt:
                 _LOG.warning("%s: catalog back after %d retries (%.1f s); %s done", self._table_name, attempt,
@@ -208,7 +211,10 @@ class TableWriter(abc.ABC):
 
     def retrying(self, what: str, call: typing.Callable[[], typing.Any]) -> typing.Any:
         """``call()`` retried while the catalog is briefly away (:class:`CatalogRetry`)."""
-        return CatalogRetry(self.table_name, self.catalog_retry_ms).call(what, call)
+        return CatalogRetry(self.table_name, self.catalog_retry_ms, self.reconnect).call(what, call)
+
+    def reconnect(self) -> None:
+        """Drop the catalog's connections, which an error may have left in a bad state (none by default)."""
 
     @abc.abstractmethod
     def open(self) -> None:

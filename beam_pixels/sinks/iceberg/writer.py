@@ -144,6 +144,13 @@ class IcebergTableWriter(TableWriter):
             self._catalog.close()
         self._catalog = self._table = None
 
+    def reconnect(self) -> None:
+        """Drop the catalog's pooled connections: a SQLite COMMIT refused as locked leaves its
+        transaction open on the connection, whose next reads would see the refused commit as
+        done (pyiceberg's close() disposes a SQL catalog's connection pool, which stays usable)."""
+        if self._catalog is not None:
+            self._catalog.close()
+
     def last_checkpoint(self) -> Checkpoint:
         """Reload the table and return the checkpoint of its newest snapshot that has one.
 
