@@ -64,11 +64,15 @@ def spark_session(engines: Engines):
         sys.path.insert(0, engines.pyspark_path)
     from pyspark.sql import SparkSession
 
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # tests talk only to 127.0.0.1
+
     spark = (
         SparkSession.builder.master("local[1]")
         .appName("beam-pixels tests")
         .config("spark.jars", engines.spark_jars)
         .config("spark.sql.extensions", "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "1")
