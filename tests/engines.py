@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -101,6 +102,10 @@ def with_catalog(spark, catalog_properties: dict[str, str], name: str = "pixels"
         session.conf.set(f"{prefix}.type", "jdbc")
         session.conf.set(f"{prefix}.uri", "jdbc:sqlite:" + uri[len("sqlite://"):])
         session.conf.set(f"{prefix}.warehouse", catalog_properties["warehouse"])
+        # The connector created the catalog's tables. Iceberg's check for them at start leaves a
+        # statement open on its SQLite connection, whose read lock then refuses every other
+        # writer's commits (database is locked) for as long as the session lives.
+        session.conf.set(f"{prefix}.jdbc.init-catalog-tables", "false")
     return session
 
 
@@ -174,3 +179,26 @@ class RestCatalogServer:
     def catalog_properties(self) -> dict[str, str]:
         """The connector's ``iceberg.catalog.*`` keys for this server."""
         return {"type": "rest", "uri": self.uri}
+
+
+# --- a CDC stream ------------------------------------------------------------------------
+
+
+def feed(server, history, chunk: int, every_s: float, stop: threading.Event | None = None,
+         lull: threading.Event | None = None) -> threading.Thread:
+    """Load ``history`` into the mock ``server`` ``chunk`` changes every ``every_s`` seconds on a
+    thread, until ``stop`` is set, pausing while ``lull`` is set."""
+    stop, lull = stop or threading.Event(), lull or threading.Event()
+
+    def run():
+        start = 0
+        while start < len(history):
+            if stop.wait(every_s):
+                return
+            if not lull.is_set():
+                server.load_cdc(history[start : start + chunk])
+                start += chunk
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

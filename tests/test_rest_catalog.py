@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import threading
 import time
 
 import pytest
 from app_helpers import SCHEMA, cdc_history, free_port, last_checkpoint, load_config, run_cli_to_end, table_state, write_properties
-from engines import RestCatalogServer, require
+from engines import RestCatalogServer, feed, require
 from test_app import assert_commits_account_for_everything, launch, run_args, serve  # noqa: F401 (fixtures)
 
 from beam_pixels import mock_data
@@ -40,18 +39,6 @@ def _properties(tmp_path, catalog: dict[str, str], **settings: str):
     })
 
 
-def _feed(server, history, chunk: int = 100, every_s: float = 0.5) -> threading.Thread:
-    """Load ``history`` into ``server`` ``chunk`` changes every ``every_s`` seconds, on a thread."""
-    def run():
-        for start in range(0, len(history), chunk):
-            time.sleep(every_s)
-            server.load_cdc(history[start : start + chunk])
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_a_run_through_the_rest_catalog_restarts_exactly_once_and_maintains(tmp_path, serve, launch, rest_catalog):  # noqa: F811
     history = cdc_history(2400, seed=31)
     server = serve(history[:600])
@@ -59,7 +46,7 @@ def test_a_run_through_the_rest_catalog_restarts_exactly_once_and_maintains(tmp_
         "iceberg.maintenance.interval.ms": "1000", "iceberg.maintenance.compaction.deleted.percent": "5"})
     first = launch.cli(*run_args(properties, server.port))
     first.wait_for(COMMITTED, timeout=90)
-    feeder = _feed(server, history[600:1800], chunk=100, every_s=0.3)
+    feeder = feed(server, history[600:1800], chunk=100, every_s=0.3)
     first.wait_for(COMMITTED, timeout=60, count=4)
     first.kill()  # SIGKILL, mid-stream
     feeder.join(30)
@@ -80,14 +67,21 @@ def test_a_run_through_the_rest_catalog_restarts_exactly_once_and_maintains(tmp_
         first.describe() + second.describe()
 
 
-def test_a_frozen_rest_catalog_is_waited_for(tmp_path, serve, launch, rest_catalog):  # noqa: F811
-    history = cdc_history(2000, seed=32)
+def _streaming_run(tmp_path, serve, launch, catalog: dict[str, str], seed: int, chunk: int = 100):  # noqa: F811
+    """A run into ``catalog`` with 2,000 changes arriving over a few seconds, three commits in:
+    the mock server, the properties file, the run and the thread feeding the server."""
+    history = cdc_history(2000, seed=seed)
     server = serve(history[:200])
-    properties = _properties(tmp_path, rest_catalog.catalog_properties())
+    properties = _properties(tmp_path, catalog)
     run = launch.cli(*run_args(properties, server.port))
     run.wait_for(COMMITTED, timeout=90)
-    feeder = _feed(server, history[200:], chunk=100, every_s=0.5)
+    feeder = feed(server, history[200:], chunk=chunk, every_s=0.5)
     run.wait_for(COMMITTED, timeout=60, count=3)
+    return server, properties, run, feeder
+
+
+def test_a_frozen_rest_catalog_is_waited_for(tmp_path, serve, launch, rest_catalog):  # noqa: F811
+    server, properties, run, feeder = _streaming_run(tmp_path, serve, launch, rest_catalog.catalog_properties(), seed=32)
 
     rest_catalog.freeze()
     time.sleep(5)
@@ -103,13 +97,7 @@ def test_a_frozen_rest_catalog_is_waited_for(tmp_path, serve, launch, rest_catal
 
 
 def test_a_rest_catalog_restarted_on_its_port_is_waited_for(tmp_path, serve, launch, rest_catalog):  # noqa: F811
-    history = cdc_history(2000, seed=33)
-    server = serve(history[:200])
-    properties = _properties(tmp_path, rest_catalog.catalog_properties())
-    run = launch.cli(*run_args(properties, server.port))
-    run.wait_for(COMMITTED, timeout=90)
-    feeder = _feed(server, history[200:], chunk=100, every_s=0.5)
-    run.wait_for(COMMITTED, timeout=60, count=3)
+    server, properties, run, feeder = _streaming_run(tmp_path, serve, launch, rest_catalog.catalog_properties(), seed=33)
 
     rest_catalog.stop()
     run.wait_for(RETRY_LINE, timeout=60)
@@ -123,14 +111,9 @@ def test_a_rest_catalog_restarted_on_its_port_is_waited_for(tmp_path, serve, lau
 
 
 def test_a_locked_sqlite_catalog_is_waited_for(tmp_path, serve, launch):  # noqa: F811
-    history = cdc_history(1600, seed=34)
-    server = serve(history[:200])
+    # The SQL catalog's SQLite file in the warehouse; changes arrive slower, for the locks below.
+    server, properties, run, feeder = _streaming_run(tmp_path, serve, launch, {"type": "sql"}, seed=34, chunk=40)
     warehouse = tmp_path / "warehouse" / "iceberg"
-    properties = _properties(tmp_path, {"type": "sql"})  # its SQLite file in the warehouse
-    run = launch.cli(*run_args(properties, server.port))
-    run.wait_for(COMMITTED, timeout=90)
-    feeder = _feed(server, history[200:], chunk=40, every_s=0.5)
-    run.wait_for(COMMITTED, timeout=60, count=2)
 
     # Another process holds the catalog file locked for longer than SQLite's busy timeout (5 s):
     # first for writing (reads wait too), then for reading (commits wait: SQLite refuses the
@@ -162,7 +145,7 @@ def test_a_catalog_away_too_long_ends_the_run_with_one_line_and_loses_nothing(tm
     properties = _properties(tmp_path, rest_catalog.catalog_properties(), **{"sink.catalog.retry.ms": "4000"})
     run = launch.cli(*run_args(properties, server.port))
     run.wait_for(COMMITTED, timeout=90)
-    feeder = _feed(server, history[400:1200], chunk=100, every_s=0.3)
+    feeder = feed(server, history[400:1200], chunk=100, every_s=0.3)
     rest_catalog.stop()  # while changes keep arriving: rounds poll them and cannot commit
 
     assert run.wait(120) == 3, run.describe()
