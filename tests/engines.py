@@ -93,6 +93,8 @@ def with_catalog(spark, catalog_properties: dict[str, str], name: str = "pixels"
     session = spark.newSession()
     prefix = f"spark.sql.catalog.{name}"
     session.conf.set(prefix, "org.apache.iceberg.spark.SparkCatalog")
+    # Spark caches a table it loaded: maintenance would start from a stale snapshot and conflict.
+    session.conf.set(f"{prefix}.cache-enabled", "false")
     if catalog_properties.get("type") == "rest":
         session.conf.set(f"{prefix}.type", "rest")
         session.conf.set(f"{prefix}.uri", catalog_properties["uri"])
