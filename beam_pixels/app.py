@@ -48,7 +48,7 @@ def open_table_writer(config: PixelsConfig) -> TableWriter:
     driver to read checkpoints and tables; the caller closes it."""
     writer = sink_for(config).writer
     try:
-        writer.open()
+        writer.retrying("open the table", writer.open)
     except OSError as error:
         raise SinkConfigurationError(
             f"{config.sink_type}.catalog.warehouse cannot be used: {error}; check the location and its permissions"
@@ -122,7 +122,7 @@ class _StopOnSignal:
 def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> RunSummary:
     """Run as bounded rounds on the in-process runner until a bound or a signal ends it."""
     writer = open_table_writer(config)
-    summary = RunSummary(checkpoint=writer.last_checkpoint())
+    summary = RunSummary(checkpoint=writer.retrying("read the last checkpoint", writer.last_checkpoint))
     journal = config.journal_location(local_run=True)
     _LOG.info("poll journal: %s", journal or "off (records polled but not yet committed are lost in a crash)")
     _LOG.info("dead letters: %s", config.dead_letter_location(local_run=True) or "logged only")
@@ -145,7 +145,7 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
             records = _counter(result, "records")
             summary.rounds += 1
             summary.records += records
-            summary.checkpoint = writer.last_checkpoint()
+            summary.checkpoint = writer.retrying("read the last checkpoint", writer.last_checkpoint)
             # Idle: the server answered, with nothing. Not a round spent retrying or waiting to retry
             # an unreachable server, which may hold records it could not hand out.
             idle = records == 0 and _counter(result, "empty_polls") > 0 and _counter(result, "poll_failures") == 0

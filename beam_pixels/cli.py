@@ -1,7 +1,8 @@
 """``beam-pixels``: the command line (``run``, ``demo``, ``mock-server``, ``bench``, ``soak``, ``maintain``).
 
 User errors (bad properties, a bad schema, an unreachable catalog path) end with
-a one-line message and exit code 2, never a traceback.
+a one-line message and exit code 2, never a traceback; so does a catalog that stayed
+away longer than ``sink.catalog.retry.ms``, with exit code 3.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from beam_pixels.config import ConfigError, PixelsConfig
 from beam_pixels.schema import SchemaError
 
 USER_ERROR = 2
+CATALOG_AWAY = 3
 INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 
 
@@ -22,6 +24,15 @@ class _DropBeamImportNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("apitools not found")
+
+
+class _DropCatalogOutageTraceback(logging.Filter):
+    """Beam logs the error that ends a bundle with its traceback; a catalog away for longer than
+    sink.catalog.retry.ms ends the run with one line of its own (see :func:`_run`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return type(error).__name__ != "CatalogUnavailable"
 
 
 def configure_logging(verbose: bool = False) -> None:
@@ -33,6 +44,7 @@ def configure_logging(verbose: bool = False) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropBeamImportNoise())
+        handler.addFilter(_DropCatalogOutageTraceback())
     logging.getLogger("beam_pixels").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
@@ -155,6 +167,14 @@ def _run(args, pipeline_args: list[str]) -> int:
     except app.DetachFailed as error:
         print(f"beam-pixels run: {error}", file=sys.stderr)
         return 1
+    except Exception as error:
+        from beam_pixels.sinks.committing import CatalogUnavailable
+
+        gave_up = CatalogUnavailable.found_in(error)
+        if gave_up is None:
+            raise
+        print(f"beam-pixels: {gave_up}", file=sys.stderr, flush=True)
+        return CATALOG_AWAY
     if summary is not None:
         print(summary.describe(), flush=True)
     return 0

@@ -80,6 +80,10 @@ KEYS: tuple[Key, ...] = (
     Key("checkpoint.max.records", "checkpoint_max_records", "500000", _Int(0),
         "Local runs: a round also commits after this many records, which bounds memory (0 = no limit).", _SINK),
     Key("sink.type", "sink_type", "iceberg", _Choice(SINK_TYPES), "Table format to write.", _SINK),
+    Key("sink.catalog.retry.ms", "catalog_retry_ms", "600000", _Int(0),
+        "How long commits, checkpoint reads and maintenance wait for a catalog that is briefly away (a locked "
+        "SQLite file, a REST catalog restarting or answering 5xx, a refused connection), retrying with "
+        "backoff; then the run stops, and a restart replays what was not committed (0 = stop at once).", _SINK),
     Key("iceberg.catalog.type", "iceberg_catalog_type", "sql",
         _Choice(("sql", "glue", "rest", "hive", "dynamodb"), refused={"hadoop": _NO_HADOOP}),
         "pyiceberg catalog type.", _ICEBERG),

@@ -4,7 +4,8 @@ A sink supplies a :class:`TableWriter` (how to read the last checkpoint from its
 table and how to commit records with a new one); :class:`WriteChanges` does the
 rest: fixed windows of the checkpoint interval (or one global window for a
 bounded run), one committer per table, replayed records skipped, commit
-conflicts refreshed and retried by the committer itself.
+conflicts refreshed and retried by the committer itself, a catalog that is briefly
+away (:class:`CatalogRetry`) waited for.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 import random
+import re
 import threading
 import time
 import typing
@@ -71,6 +73,99 @@ class CommitConflict(Exception):
     """Another writer committed to the table first; refresh and try again."""
 
 
+DEFAULT_CATALOG_RETRY_MS = 600_000
+# Errors of a catalog that is briefly away, by class name (their libraries are optional):
+# an unreachable database or a full connection pool (SQLAlchemy), a REST catalog that does not
+# answer or answers 5xx / 429 (requests, pyiceberg), connections refused or timed out (OSError's);
+# and a locked SQLite database (below; SQLite's other OperationalErrors are for good).
+_AWAY = {
+    ("sqlalchemy.exc", "OperationalError"),
+    ("sqlalchemy.exc", "TimeoutError"),
+    ("requests.exceptions", "ConnectionError"),
+    ("requests.exceptions", "Timeout"),
+    ("pyiceberg.exceptions", "ServiceUnavailableError"),
+    ("pyiceberg.exceptions", "ServerError"),
+    ("pyiceberg.exceptions", "TooManyRequestsError"),
+    ("pyiceberg.exceptions", "CommitStateUnknownException"),
+    ("builtins", "ConnectionError"),
+    ("builtins", "TimeoutError"),
+}
+
+
+def catalog_away(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) says the catalog is briefly away,
+    as opposed to refusing what was asked."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__module__ == "sqlite3":
+            return "locked" in str(error) or "busy" in str(error)
+        if any((kind.__module__, kind.__name__) in _AWAY for kind in type(error).__mro__):
+            orig = getattr(error, "orig", None)  # SQLAlchemy's wrapper of the database's own error
+            return orig is None or type(orig).__module__ != "sqlite3" or catalog_away(orig)
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class CatalogUnavailable(RuntimeError):
+    """The catalog stayed away longer than ``sink.catalog.retry.ms``."""
+
+    @staticmethod
+    def found_in(error: BaseException) -> str | None:
+        """The message of a :class:`CatalogUnavailable` that ended a run with ``error``, or None.
+        A runner reports an error of its workers as text in an error of its own."""
+        if isinstance(error, CatalogUnavailable):
+            return str(error)
+        found = re.search(rf"{CatalogUnavailable.__name__}: (.+)", str(error))
+        return found.group(1).strip() if found else None
+
+
+class CatalogRetry:
+    """Calls to a table's catalog, retried with backoff while the catalog is briefly away
+    (:func:`catalog_away`) for up to ``retry_ms`` from the first failure; then
+    :class:`CatalogUnavailable`. Before each retry ``reconnect`` drops the catalog's
+    connections. Each retry is logged and counted (``catalog_retries``)."""
+
+    def __init__(self, table_name: str, retry_ms: int, reconnect: typing.Callable[[], None] = lambda: None):
+        self._table_name = table_name
+        self._retry_ms = retry_ms
+        self._reconnect = reconnect
+        self._retries = Metrics.counter(METRICS_NAMESPACE, "catalog_retries")
+
+    def call(self, what: str, call: typing.Callable[[], typing.Any]) -> typing.Any:
+        """``call()``, retried as the class says; ``what`` names it in the log."""
+        first_failure = None
+        attempt = 0
+        while True:
+            try:
+                result = call()
+            except Exception as error:
+                if not catalog_away(error):
+                    raise
+                now = time.monotonic()
+                first_failure = first_failure if first_failure is not None else now
+                left = first_failure + self._retry_ms / 1000 - now
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+                if left <= 0:
+                    raise CatalogUnavailable(
+                        f"{self._table_name}: the catalog was away for {now - first_failure:.0f} s while trying to "
+                        f"{what} ({reason}); gave up after sink.catalog.retry.ms={self._retry_ms}. Nothing is lost: "
+                        f"the changes not committed are replayed from the poll journal (or polled again) on restart"
+                    ) from error
+                attempt += 1
+                wait = min(left, min(10.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+                self._retries.inc()
+                _LOG.warning("%s: catalog unavailable while trying to %s (%s); retry %d in %.1f s, giving up in %.0f s",
+                             self._table_name, what, reason, attempt, wait, left)
+                time.sleep(wait)
+                self._reconnect()
+                continue
+            if attempt:
+                _LOG.warning("%s: catalog back after %d retries (%.1f s); %s done", self._table_name, attempt,
+                             time.monotonic() - first_failure, what)
+            return result
+
+
 @dataclass(frozen=True)
 class CommitResult:
     """What one commit did, for progress lines and tests."""
@@ -116,6 +211,15 @@ class TableWriter(abc.ABC):
 
     schema: SourceSchema
     table_name: str
+    # How long calls to a briefly unavailable catalog are retried (sink.catalog.retry.ms).
+    catalog_retry_ms: int = DEFAULT_CATALOG_RETRY_MS
+
+    def retrying(self, what: str, call: typing.Callable[[], typing.Any]) -> typing.Any:
+        """``call()`` retried while the catalog is briefly away (:class:`CatalogRetry`)."""
+        return CatalogRetry(self.table_name, self.catalog_retry_ms, self.reconnect).call(what, call)
+
+    def reconnect(self) -> None:
+        """Drop the catalog's connections, which an error may have left in a bad state (none by default)."""
 
     @abc.abstractmethod
     def open(self) -> None:
@@ -227,7 +331,7 @@ class _PrepareFn(beam.DoFn):
         self._latency = Metrics.distribution(METRICS_NAMESPACE, "write_data_files_ms")
 
     def setup(self):
-        self._writer.open()
+        self._writer.retrying("open the table", self._writer.open)
 
     def teardown(self):
         self._writer.close()
@@ -236,7 +340,7 @@ class _PrepareFn(beam.DoFn):
         (table, poll_group), batches = element
         started = time.monotonic()
         records = concat_records(batches, self._writer.schema)
-        todo = self._writer.last_checkpoint().uncommitted(records)
+        todo = self._writer.retrying("read the last checkpoint", self._writer.last_checkpoint).uncommitted(records)
         skipped = records.num_rows - todo.num_rows
         self._skipped.inc(skipped)
         positions = todo.column("position").to_numpy()
@@ -258,7 +362,7 @@ class _CommitFn(beam.DoFn):
         self._latency = Metrics.distribution(METRICS_NAMESPACE, "commit_ms")
 
     def setup(self):
-        self._writer.open()
+        self._writer.retrying("open the table", self._writer.open)
 
     def teardown(self):
         self._writer.close()
@@ -269,14 +373,10 @@ class _CommitFn(beam.DoFn):
         skipped = sum(part.skipped for part in every_part)
         parts = [part for part in every_part if part.rows]
         for attempt in range(self._retries + 1):
-            last = self._writer.last_checkpoint()
-            parts = self._not_yet_committed(parts, last)
-            if not parts:
-                _LOG.info("%s: all %d changes already committed; nothing to do", self._writer.table_name, skipped)
-                return
-            checkpoint = last.advance_to({part.poll_group: part.end for part in parts})
             try:
-                snapshot_id = self._writer.commit_prepared([part.handle for part in parts], checkpoint)
+                # Each try reads the table's last checkpoint first: a commit whose outcome was
+                # unknown (the catalog went away mid-commit) is found there if it was applied.
+                done = self._writer.retrying("commit", lambda: self._commit_once(parts))
             except CommitConflict as conflict:
                 self._conflicts.inc()
                 if attempt == self._retries:
@@ -288,10 +388,24 @@ class _CommitFn(beam.DoFn):
                 _LOG.warning("%s: commit conflict (%s); refreshing and retrying in %.2fs", self._writer.table_name, conflict, wait)
                 time.sleep(wait)
                 continue
+            if done is None:
+                _LOG.info("%s: all %d changes already committed; nothing to do", self._writer.table_name, skipped)
+                return
+            parts, checkpoint, snapshot_id = done
             result = self._report(parts, checkpoint, snapshot_id, skipped, time.monotonic() - started)
             self._writer.after_commit()
             yield result
             return
+
+    def _commit_once(self, parts: list[_PreparedPart]) -> tuple[list[_PreparedPart], Checkpoint, int | None] | None:
+        """Commit the parts the table does not hold yet on top of its last checkpoint: those
+        parts, the new checkpoint and the snapshot id; None when it holds them all."""
+        last = self._writer.last_checkpoint()
+        parts = self._not_yet_committed(parts, last)
+        if not parts:
+            return None
+        checkpoint = last.advance_to({part.poll_group: part.end for part in parts})
+        return parts, checkpoint, self._writer.commit_prepared([part.handle for part in parts], checkpoint)
 
     def _not_yet_committed(self, parts: list[_PreparedPart], last: Checkpoint) -> list[_PreparedPart]:
         """Parts whose positions the table does not hold yet. A part the table already

@@ -38,8 +38,15 @@ from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 from beam_pixels.changes import CHANGELOG_COLUMNS, changelog_rows, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.schema import SourceSchema, TypeKind
-from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
-from beam_pixels.sinks.committing import SinkConfigurationError
+from beam_pixels.sinks.committing import (
+    DEFAULT_CATALOG_RETRY_MS,
+    CommitConflict,
+    SinkConfigurationError,
+    TableWriter,
+    WriteChanges,
+    first_time,
+    split_table_name,
+)
 from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read
 from beam_pixels.sinks.iceberg._pyiceberg_private import promotable
 from beam_pixels.sinks.key_index import key_codes
@@ -144,6 +151,13 @@ class IcebergTableWriter(TableWriter):
             self._catalog.close()
         self._catalog = self._table = None
 
+    def reconnect(self) -> None:
+        """Drop the catalog's pooled connections: a SQLite COMMIT refused as locked leaves its
+        transaction open on the connection, whose next reads would see the refused commit as
+        done (pyiceberg's close() disposes a SQL catalog's connection pool, which stays usable)."""
+        if self._catalog is not None:
+            self._catalog.close()
+
     def last_checkpoint(self) -> Checkpoint:
         """Reload the table and return the checkpoint of its newest snapshot that has one.
 
@@ -213,11 +227,12 @@ class IcebergTableWriter(TableWriter):
 
     def maintain(self) -> maintenance.PassReport | None:
         """Run a maintenance pass when one is due (:mod:`~beam_pixels.sinks.iceberg.maintenance`).
-        A failed pass is logged, never fails the job: the next one starts afresh."""
+        A pass the catalog interrupts is run again once it is back; a failed pass is logged,
+        never fails the job: the next one starts afresh."""
         if self._table is None or not maintenance.due(self._table, self._maintenance):
             return None
         try:
-            return self.maintain_now()
+            return self.retrying("run a maintenance pass", self.maintain_now)
         except Exception as e:  # maintenance must not stop the data
             _LOG.warning("%s: maintenance pass stopped (%s); the next pass starts afresh", self.table_name, e, exc_info=True)
             return None
@@ -285,6 +300,7 @@ class WriteToIceberg(WriteChanges):
         database: str | None = None,
         window_ms: int | None = None,
         commit_retries: int = 5,
+        catalog_retry_ms: int = DEFAULT_CATALOG_RETRY_MS,
         mode: str = "merge-on-read",
         table_properties: typing.Mapping[str, str] | None = None,
         maintenance_settings: maintenance.Settings | None = None,
@@ -298,6 +314,7 @@ class WriteToIceberg(WriteChanges):
             table_properties=table_properties,
             maintenance_settings=maintenance_settings,
         )
+        writer.catalog_retry_ms = catalog_retry_ms
         super().__init__(writer, window_ms, commit_retries)
 
     @classmethod
@@ -310,6 +327,7 @@ class WriteToIceberg(WriteChanges):
             database=config.iceberg_database,
             window_ms=window_ms,
             commit_retries=config.iceberg_commit_retries,
+            catalog_retry_ms=config.catalog_retry_ms,
             mode=config.iceberg_write_mode,
             table_properties=config.table_properties("iceberg"),
             maintenance_settings=maintenance.Settings.from_config(config),

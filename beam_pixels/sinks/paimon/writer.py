@@ -46,8 +46,15 @@ from pypaimon.write.table_write import StreamTableWrite
 from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.schema import SourceSchema
-from beam_pixels.sinks.committing import CommitConflict, TableWriter, WriteChanges, first_time, split_table_name
-from beam_pixels.sinks.committing import SinkConfigurationError
+from beam_pixels.sinks.committing import (
+    DEFAULT_CATALOG_RETRY_MS,
+    CommitConflict,
+    SinkConfigurationError,
+    TableWriter,
+    WriteChanges,
+    first_time,
+    split_table_name,
+)
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import background, deletion_vectors, merge_on_read
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
@@ -371,6 +378,7 @@ class WriteToPaimon(WriteChanges):
         bucket: int = 4,
         window_ms: int | None = None,
         commit_retries: int = 5,
+        catalog_retry_ms: int = DEFAULT_CATALOG_RETRY_MS,
         table_options: dict[str, str] | None = None,
         compaction_trigger: int | None = None,
         compaction_max_bytes: int = 256 * 2**20,
@@ -383,6 +391,7 @@ class WriteToPaimon(WriteChanges):
             compaction_max_bytes=compaction_max_bytes, compaction_file_percent=compaction_file_percent,
             write_only=write_only,
         )
+        writer.catalog_retry_ms = catalog_retry_ms
         super().__init__(writer, window_ms, commit_retries)
 
     @classmethod
@@ -396,6 +405,7 @@ class WriteToPaimon(WriteChanges):
             bucket=config.paimon_bucket,
             window_ms=window_ms,
             commit_retries=config.paimon_commit_retries,
+            catalog_retry_ms=config.catalog_retry_ms,
             table_options=config.table_properties("paimon"),
             compaction_trigger=config.paimon_compaction_trigger,
             compaction_max_bytes=config.paimon_compaction_max_mb * 2**20,
