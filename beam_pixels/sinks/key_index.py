@@ -253,7 +253,7 @@ class SnapshotCache(typing.Generic[_Indexed]):
             if entry is not None and entry.snapshot_id == snapshot_id:
                 return entry
             if entry is not None:
-                _LOG.info("%s: changed by another writer (snapshot %s, index at %s); rebuilding its key index",
+                _LOG.info("%s: changed by another writer (snapshot %s, index at %s); rebuilding the key index",
                           name, snapshot_id, entry.snapshot_id)
             entry = self._entries[table] = build()
             return entry
