@@ -16,7 +16,7 @@ from app_helpers import SCHEMA, cdc_history, free_port, last_checkpoint, load_co
 from engines import RestCatalogServer, feed, require
 from test_app import assert_commits_account_for_everything, launch, run_args, serve  # noqa: F401 (fixtures)
 
-from beam_pixels import mock_data
+from beam_pixels.testing import mock_data
 
 COMMITTED = r"committed batch \d+"
 RETRY_LINE = r"catalog unavailable while trying to \w+"

@@ -17,12 +17,13 @@ from urllib.parse import urlparse
 import pytest
 from app_helpers import SCHEMA, assert_table_is_final_state, cdc_history, expected_state, free_port, load_config, write_properties
 from engines import RestCatalogServer, feed, require, spark_rows, spark_session, with_catalog
+from iceberg_helpers import duckdb_rows
+from iceberg_stream import ORDERS, Stream, commit
 from test_app import launch, run_args, serve  # noqa: F401 (fixtures)
 
-from beam_pixels import app, mock_data
+from beam_pixels import app
 from beam_pixels.sinks.iceberg import IcebergTableWriter, maintenance
-from tests.iceberg_helpers import duckdb_rows
-from tests.iceberg_stream import ORDERS, Stream, commit
+from beam_pixels.testing import mock_data
 
 COMPACT_ALL = maintenance.Settings(interval_ms=1, deleted_percent=1, small_file_mb=1, orphan_age_ms=3_600_000,
                                    max_manifests=4, max_compact_percent=100)
@@ -80,7 +81,7 @@ def test_spark_reads_every_retained_snapshot_as_duckdb_and_pyiceberg_do(tmp_path
 
 
 def _duckdb_rows_at(metadata_location: str, snapshot_id: int) -> list[dict]:
-    from beam_pixels.duckdb_reader import connect
+    from beam_pixels.testing.duckdb_reader import connect
 
     con = connect()
     try:
