@@ -10,6 +10,7 @@ from beam_pixels.config.validators import _Bool, _Buckets, _Choice, _Columns, _E
 from beam_pixels.config.validators import _OptionalInt, _OptionalLocation, _Parser, _Schema, _Text, _Warehouse
 
 SINK_TYPES = ("iceberg", "paimon")
+EVOLUTION_MODES = ("add-and-widen", "none")  # sink.schema.evolution (beam_pixels.sinks.evolution)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ KEYS: tuple[Key, ...] = (
     Key("checkpoint.max.records", "checkpoint_max_records", "500000", _Int(0),
         "Local runs: a round also commits after this many records, which bounds memory (0 = no limit).", _SINK),
     Key("sink.type", "sink_type", "iceberg", _Choice(SINK_TYPES), "Table format to write.", _SINK),
+    Key("sink.schema.evolution", "schema_evolution", "add-and-widen", _Choice(EVOLUTION_MODES),
+        "How an existing table follows a changed source.schema: add-and-widen adds new columns (old rows read "
+        "NULL) and widens types; none leaves the table alone and fails at start when it does not fit. "
+        "See docs/schema-changes.md.", _SINK),
     Key("iceberg.catalog.type", "iceberg_catalog_type", "sql",
         _Choice(("sql", "glue", "rest", "hive", "dynamodb"), refused={"hadoop": _NO_HADOOP}),
         "pyiceberg catalog type.", _ICEBERG),

@@ -68,6 +68,7 @@ class PixelsConfig:
     checkpoint_interval_ms: int
     checkpoint_max_records: int
     sink_type: str
+    schema_evolution: str
     iceberg_catalog_type: str
     iceberg_warehouse: str
     iceberg_table: str
