@@ -30,17 +30,21 @@ NEW = SourceSchema.parse(NEW_SPEC, ["id"])
 BUCKETS = 8
 
 
-def _run(tmp_path: Path, sink: str, spec: str, port: int, **settings: str) -> Run:
-    properties = write_properties(tmp_path, sink, {
+def _properties(tmp_path: Path, sink: str, spec: str, **settings: str) -> Path:
+    return write_properties(tmp_path, sink, {
         "source.schema": spec, "source.bucket.count": str(BUCKETS),
         "source.journal.dir": str(tmp_path / "journal"), "source.dead.letter.dir": str(tmp_path / "dead"),
         **settings,
     })
+
+
+def _run(tmp_path: Path, sink: str, spec: str, port: int, **settings: str) -> Run:
+    properties = _properties(tmp_path, sink, spec, **settings)
     return Run.cli(tmp_path, "run", "--config", str(properties), "--set", f"pixels.server.port={port}")
 
 
-def _config(tmp_path: Path, sink: str, port: int):
-    return load_config(tmp_path / f"{sink}.properties", port)
+def _config(tmp_path: Path, sink: str, spec: str, port: int):
+    return load_config(_properties(tmp_path, sink, spec), port)
 
 
 def _journaled(tmp_path: Path, since: int) -> int:
@@ -71,7 +75,7 @@ def test_a_restart_with_a_changed_schema_evolves_the_table_and_replays_the_old_j
         crashed.kill()  # SIGKILL: nothing of the 250 journaled records was committed
         assert _journaled(tmp_path, 250) == 250, crashed.describe()
         assert len(old_server.handed_out()) == 500
-    config = _config(tmp_path, sink, old_server.port)
+    config = _config(tmp_path, sink, OLD_SPEC, old_server.port)
     with contextlib.closing(app.open_table_writer(config)) as writer:
         assert writer.last_checkpoint().positions == {0: 250}
         before_change = _snapshot_id(writer)
@@ -86,7 +90,7 @@ def test_a_restart_with_a_changed_schema_evolves_the_table_and_replays_the_old_j
 
     widened = [(op, _widen(before), _widen(after)) for op, before, after in old_history]
     expected = {k[0]: mock_data.comparable(row) for k, row in mock_data.final_state(NEW, widened + new_history).items()}
-    config = _config(tmp_path, sink, new_server.port)
+    config = _config(tmp_path, sink, NEW_SPEC, new_server.port)
     with contextlib.closing(app.open_table_writer(config)) as writer:
         assert writer.last_checkpoint().positions == {0: 900}
         assert _state(writer.read_table().to_pylist()) == expected  # pyiceberg / pypaimon
@@ -211,6 +215,23 @@ def test_a_change_that_cannot_be_followed_fails_at_start_in_one_line_and_writes_
     assert f"{sink.capitalize()} table db.orders" in message
     assert named[sink == "paimon"] in message, message
     assert _table_state(first) == untouched
+
+
+@pytest.mark.parametrize("sink", ["iceberg", "paimon"])
+def test_a_run_with_a_narrowed_schema_exits_2_with_one_line_and_writes_nothing(tmp_path, sink):
+    with MockPixelsServer(OLD, bucket_count=BUCKETS).start() as server:
+        server.load_cdc(mock_data.generate_cdc(OLD, n_keys=20, n_events=40, seed=3))
+        run_cli_to_end(_run(tmp_path, sink, OLD_SPEC, server.port))
+        server.load_cdc(mock_data.generate_cdc(OLD, n_keys=20, n_events=40, seed=4))
+        narrowed = _run(tmp_path, sink, OLD_SPEC.replace("qty:INT", "qty:SMALLINT").replace("(10,2)", "(8,2)"),
+                        server.port)
+        assert narrowed.wait(60) == 2, narrowed.describe()
+        assert server.pending() == 40  # not even polled
+    lines = [line for line in narrowed.stderr.splitlines() if "cannot follow source.schema" in line]
+    assert len(lines) == 1 and "Traceback" not in narrowed.output, narrowed.describe()
+    assert f"table pixels.{sink}_orders cannot follow source.schema: column 'price' is " in lines[0]
+    with contextlib.closing(app.open_table_writer(_config(tmp_path, sink, OLD_SPEC, server.port))) as writer:
+        assert writer.last_checkpoint().positions == {0: 40}
 
 
 @pytest.mark.parametrize("sink", ["iceberg", "paimon"])

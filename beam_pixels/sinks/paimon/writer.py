@@ -299,10 +299,16 @@ class PaimonTableWriter(TableWriter):
         change = plan(f"Paimon table {self.table_name}", existing, wanted, widens=_widens, mode=self._schema_evolution)
         if not change:
             return table
-        catalog.alter_table(self.table_name, [
-            *(SchemaChange.add_column(c.name, AtomicType(c.type, True)) for c in change.added),
-            *(SchemaChange.update_column_type(name, AtomicType(new, True), True) for name, _, new in change.widened),
-        ])
+        try:
+            catalog.alter_table(self.table_name, [
+                *(SchemaChange.add_column(c.name, AtomicType(c.type, True)) for c in change.added),
+                *(SchemaChange.update_column_type(name, AtomicType(new, True), True) for name, _, new in change.widened),
+            ])
+        except RuntimeError:
+            latest = catalog.get_table(self.table_name)
+            if latest.table_schema.id == table.table_schema.id:
+                raise
+            return self._fit(catalog, latest)  # another worker altered it first: check again
         table = catalog.get_table(self.table_name)
         _LOG.info("Paimon table %s follows source.schema: %s (schema id %d)",
                   self.table_name, change.describe(), table.table_schema.id)
