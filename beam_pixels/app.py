@@ -145,7 +145,10 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
             summary.rounds += 1
             summary.records += records
             summary.checkpoint = writer.last_checkpoint()
-            idle_ms = idle_ms + (time.monotonic() - round_started) * 1000 if records == 0 else 0.0
+            # Idle: the server answered, with nothing. Not a round spent retrying or waiting to retry
+            # an unreachable server, which may hold records it could not hand out.
+            idle = records == 0 and _counter(result, "empty_polls") > 0 and _counter(result, "poll_failures") == 0
+            idle_ms = idle_ms + (time.monotonic() - round_started) * 1000 if idle else 0.0
             if stop.requested or (config.max_records and summary.records >= config.max_records):
                 break
             every_group_idle = _counter(result, "groups_stopped_idle") >= config.parallelism

@@ -17,6 +17,13 @@ records as it emits it, and checkpoints (``defer_remainder``) after an empty pol
 it. Runner-initiated splits at a fraction of the open-ended range are declined
 (a checkpoint split is accepted); on drain the restriction truncates to nothing. A poll group ends only in the bounded modes (idle time, record
 count, or duration), used for local runs and tests.
+
+While the server is unreachable a call retries for a poll interval at most (never
+past its own end or the end of the bounded read), then moves the watermark to the
+clock and checkpoints; the next call goes on retrying. So the windows of what was
+polled before an outage close and commit during it. A failed poll was never
+answered: nothing was handed out, nothing is claimed, and records polled after the
+outage are stamped with a later poll time than that watermark.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from beam_pixels.buckets import DEFAULT_BUCKET_COUNT, partition_buckets
-from beam_pixels.client import PixelsClient, PixelsStoppedError
+from beam_pixels.client import Outage, PixelsClient, PixelsRetryDeadlineError, PixelsStoppedError
 from beam_pixels.codec import BINARY
 from beam_pixels.decode import CHANGES, DEAD_LETTERS, METRICS_NAMESPACE, DecodePollsFn
 from beam_pixels.journal import PollJournal, Segment
@@ -90,7 +97,9 @@ class ServerOptions:
     tls_client_key: bytes | None = None
 
     def connect(self, stop: threading.Event | None = None) -> PixelsClient:
-        """A client for this server; setting ``stop`` abandons its retries."""
+        """A client for this server; setting ``stop`` abandons its retries. The clients of one
+        server in a process share its :class:`~beam_pixels.client.Outage`, so retry numbers,
+        back-off and the time unreachable go on across them (a local run has one per round)."""
 
         return PixelsClient(
             self.host,
@@ -103,14 +112,31 @@ class ServerOptions:
             tls_client_cert=self.tls_client_cert,
             tls_client_key=self.tls_client_key,
             stop=stop,
+            outage=_OUTAGES.of(f"{self.host}:{self.port}"),
         )
+
+
+class _Outages:
+    """The :class:`~beam_pixels.client.Outage` of each server address, in this process."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._outages: dict[str, Outage] = {}
+
+    def of(self, address: str) -> Outage:
+        with self._lock:
+            return self._outages.setdefault(address, Outage())
+
+
+_OUTAGES = _Outages()
 
 
 @dataclass(frozen=True)
 class Bounds:
     """When a read stops by itself (0 = no such bound); unbounded when all are 0.
 
-    ``stop_after_idle_ms`` and ``max_duration_ms`` apply to each poll group.
+    ``stop_after_idle_ms`` applies to each poll group (time unreachable is not idle);
+    ``max_duration_ms`` counts from the read's first call in the worker, for all its groups.
     ``max_records`` counts the records of all poll groups of one read together
     (in each worker process: exactly the run's total on in-process runners).
     """
@@ -220,6 +246,10 @@ _WATERMARK = beam.DoFn.WatermarkEstimatorParam(_NowWatermarkProvider())
 # each; one second keeps checkpoints frequent on streaming runners.
 UNBOUNDED_MAX_CALL_MS = 1000
 
+# The least time a call waits for an unreachable server before it checkpoints (a poll interval
+# of 0 would otherwise end calls back to back while the retry back-off runs).
+OUTAGE_CALL_MIN_MS = 100
+
 
 @dataclass(frozen=True)
 class _Response:
@@ -241,7 +271,10 @@ class _PollPixelsFn(beam.DoFn):
     """Polls one poll group per element and emits each non-empty response.
 
     One call polls until a response comes back empty, a bound ends the group, or
-    ``max_call_ms`` (None: no limit) has passed; then it checkpoints. While a response
+    ``max_call_ms`` (None: no limit) has passed; then it checkpoints. A poll the server
+    does not answer is retried for a poll interval at most (never past the call's end or
+    the bounded read's), then the call moves the watermark to now and checkpoints, as an
+    empty poll does; failed tries count in ``poll_failures``. While a response
     is emitted (and decoded downstream), the next poll is already on its way on a
     fetch thread, journaled there before it is handed back, so the network, the
     server and the journal's disk overlap the decoding. A call never ends with a
@@ -272,14 +305,19 @@ class _PollPixelsFn(beam.DoFn):
         self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes")
         self._stopped_idle = Metrics.counter(METRICS_NAMESPACE, "groups_stopped_idle")
         self._stopped_at_limit = Metrics.counter(METRICS_NAMESPACE, "groups_stopped_at_max_records")
+        self._poll_failures = Metrics.counter(METRICS_NAMESPACE, "poll_failures")
 
     def setup(self):
         self._client = self._server.connect(stop=_LOCAL_STOP)
         self._fetcher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixels-poll")
-        # Per poll group: when this worker first polled it, last saw records, last polled empty.
-        self._started: dict[int, float] = {}
-        self._last_records: dict[int, float] = {}
+        # When this worker first polled for the read (max_duration_ms counts from there).
+        self._started: float | None = None
+        # Per poll group: since when it has polled nothing (records, failed polls and polls given
+        # up restart it: an unreachable server is not an idle one), when it last polled empty.
+        self._idle_since: dict[int, float] = {}
         self._last_empty: dict[int, float] = {}
+        # The client's failed tries already counted in poll_failures.
+        self._failures_counted = 0
         # Per poll group: journaled responses still to replay before polling the server.
         self._to_replay: dict[int, collections.deque[Segment]] = {}
         # Per poll group: a response polled while the runner checkpointed the restriction
@@ -299,8 +337,8 @@ class _PollPixelsFn(beam.DoFn):
     def _poll(self, group: PollGroup, tracker, watermark):
         gid = group.group_id
         now = time.time()
-        self._started.setdefault(gid, now)
-        self._last_records.setdefault(gid, now)
+        self._started = self._started or now
+        self._idle_since.setdefault(gid, now)
         position = tracker.current_restriction().start
         if self._bounded_stop(group, position):
             _finish(tracker)
@@ -313,7 +351,8 @@ class _PollPixelsFn(beam.DoFn):
                 return
             position = floor
         call_ends = time.monotonic() + self._max_call_s
-        next_response = functools.partial(self._next_response, group, position)
+        give_up_at = self._give_up_at(call_ends)
+        next_response = functools.partial(self._next_response, group, position, give_up_at)
         while True:
             try:
                 response = next_response()
@@ -322,6 +361,15 @@ class _PollPixelsFn(beam.DoFn):
                           gid, tracker.current_restriction().start)
                 _finish(tracker)
                 return
+            except PixelsRetryDeadlineError:
+                # Not answered, so nothing was handed out or claimed. What was polled before is
+                # stamped before now, what is polled next after now: the watermark follows the clock.
+                self._idle_since[gid] = time.time()
+                _advance(watermark, Timestamp.now())
+                tracker.defer_remainder()
+                return
+            finally:
+                self._count_failures(gid)
             if response.replayed:
                 self._replayed.inc(response.count)
             else:
@@ -334,7 +382,7 @@ class _PollPixelsFn(beam.DoFn):
                 tracker.defer_remainder(Duration.of(self._poll_interval_s))
                 return
             poll_time = time.time()
-            self._last_records[gid] = poll_time
+            self._idle_since[gid] = poll_time
             if not tracker.try_claim(response.end - 1):
                 _LOG.warning("poll group %d: the runner checkpointed while positions %d..%d were being polled; "
                              "they are emitted when the group resumes", gid, response.start, response.end - 1)
@@ -345,13 +393,13 @@ class _PollPixelsFn(beam.DoFn):
             _advance(watermark, Timestamp.of(poll_time))
             goes_on = time.monotonic() < call_ends and self._polls_next(gid) and self._stop_reason(gid) is None
             if goes_on:  # poll on while this response is decoded downstream
-                next_response = self._fetcher.submit(self._fetch, group, response.end).result
+                next_response = self._fetcher.submit(self._fetch, group, response.end, give_up_at).result
             yield TimestampedValue(RawPoll(gid, response.start, poll_time, response.payload, response.schema), poll_time)
             if not goes_on:
                 tracker.defer_remainder()
                 return
 
-    def _next_response(self, group: PollGroup, position: int) -> _Response:
+    def _next_response(self, group: PollGroup, position: int, give_up_at: float) -> _Response:
         """The response for ``position``: a stashed or journaled one, else a new poll."""
         gid = group.group_id
         stashed = self._unclaimed.pop(gid, None)
@@ -365,7 +413,27 @@ class _PollPixelsFn(beam.DoFn):
         if replayed is not None:
             return replayed
         self._wait_after_empty_poll(gid)
-        return self._fetch(group, position)
+        return self._fetch(group, position, give_up_at)
+
+    def _give_up_at(self, call_ends: float) -> float:
+        """When a poll the server does not answer stops retrying in this call (``time.monotonic()``):
+        a poll interval from now (at least :data:`OUTAGE_CALL_MIN_MS`), so that an outage keeps the
+        cadence of idle polling, and never after the end of the call or of the read."""
+        now = time.monotonic()
+        ends = min(call_ends, now + max(self._poll_interval_s, OUTAGE_CALL_MIN_MS / 1000.0))
+        if self._bounds.max_duration_ms:
+            read_ends = self._started + self._bounds.max_duration_ms / 1000.0
+            ends = min(ends, now + read_ends - time.time())
+        return ends
+
+    def _count_failures(self, group_id: int) -> None:
+        """Count the client's new failed tries in ``poll_failures`` (on the bundle's thread, where
+        metrics are kept); a failure restarts the group's idle time."""
+        failures = self._client.failed_polls - self._failures_counted
+        if failures:
+            self._poll_failures.inc(failures)
+            self._failures_counted += failures
+            self._idle_since[group_id] = time.time()
 
     def _committed_floor(self, group_id: int) -> int:
         """The journal's committed position for the group, read once per worker (0 without a journal)."""
@@ -379,10 +447,10 @@ class _PollPixelsFn(beam.DoFn):
         """Whether this group's next response comes from the server (nothing left to replay)."""
         return not self._to_replay.get(group_id) and group_id not in self._unclaimed
 
-    def _fetch(self, group: PollGroup, start: int) -> _Response:
+    def _fetch(self, group: PollGroup, start: int, give_up_at: float) -> _Response:
         """Poll the server once; a non-empty response is journaled before it is returned.
         Runs on the fetch thread or the caller's (no metrics here: they belong to the bundle's thread)."""
-        payload = self._client.poll_raw(self._schema_name, self._table_name, group.buckets)
+        payload = self._client.poll_raw(self._schema_name, self._table_name, group.buckets, give_up_at=give_up_at)
         count = count_records(payload)
         if count and self._journal is not None:
             self._journal.append(group.group_id, start, count, payload)
@@ -426,9 +494,9 @@ class _PollPixelsFn(beam.DoFn):
             return "stop requested", None
         if b.max_records and emitted >= b.max_records:
             return f"{emitted} records (source.max.records={b.max_records})", self._stopped_at_limit
-        if b.stop_after_idle_ms and (now - self._last_records[group_id]) * 1000 >= b.stop_after_idle_ms:
+        if b.stop_after_idle_ms and (now - self._idle_since[group_id]) * 1000 >= b.stop_after_idle_ms:
             return f"no records for {b.stop_after_idle_ms} ms (source.stop.after.idle.ms)", self._stopped_idle
-        if b.max_duration_ms and (now - self._started[group_id]) * 1000 >= b.max_duration_ms:
+        if b.max_duration_ms and (now - self._started) * 1000 >= b.max_duration_ms:
             return f"round of {b.max_duration_ms} ms ended", None
         return None
 

@@ -156,6 +156,23 @@ class Run:
         return Done(int(records), int(rounds), int(batch), ast.literal_eval(positions))
 
 
+def wait_for_uncommitted(run: Run, server, records: int, timeout: float = 60) -> None:
+    """Until the server has handed out ``records`` more records than the run's commits hold."""
+    deadline = time.monotonic() + timeout
+    while len(server.handed_out()) - sum(c.changes for c in run.commits()) < records:
+        assert time.monotonic() < deadline, f"not {records} records polled and uncommitted:\n{run.describe()}"
+        time.sleep(0.02)
+
+
+def wait_for_commits_of(run: Run, records: int, timeout: float) -> None:
+    """Until the run's commit lines hold ``records`` changes in all (read from its output: reading
+    the table takes longer than the commits some tests time)."""
+    deadline = time.monotonic() + timeout
+    while sum(c.changes for c in run.commits()) < records:
+        assert time.monotonic() < deadline, f"{records} changes not committed in {timeout}s:\n{run.describe()}"
+        time.sleep(0.02)
+
+
 def run_cli_to_end(run: Run, timeout: float = 90) -> Run:
     """Wait for a bounded run; it must exit 0 without a traceback."""
     code = run.wait(timeout)

@@ -5,8 +5,10 @@ the final state of exactly the changes the server handed out."""
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -24,6 +26,8 @@ from app_helpers import (
     load_config,
     records_per_poll_group,
     run_cli_to_end,
+    wait_for_commits_of,
+    wait_for_uncommitted,
     write_properties,
 )
 
@@ -337,6 +341,52 @@ def test_a_run_outlives_a_server_restart(tmp_path, serve, launch):
     config = load_config(properties, server.port)
     assert_commits_account_for_everything(run, config, server)
     assert assert_summary_is_the_tables(run, config).positions == {0: 800}
+
+
+@pytest.mark.parametrize("sink", SINKS)
+def test_what_was_handed_out_before_an_outage_is_committed_during_it(tmp_path, serve, launch, sink):
+    interval_s = 1.5
+    history = cdc_history(3000, seed=12)
+    server = serve(history[:300], batch_size=10)
+    # The idle bound is shorter than the outage: time unreachable must not count as idle.
+    properties = write_properties(
+        tmp_path, sink,
+        {"checkpoint.interval.ms": str(int(interval_s * 1000)), "source.stop.after.idle.ms": "2000",
+         "source.parallelism": "2"},
+    )
+    config = load_config(properties, server.port)
+    run = launch.cli(*run_args(properties, server.port))
+    run.wait_for(COMMITTED, timeout=60)
+    feeder = threading.Thread(target=feed_slowly, args=(server, history[300:], 30, 0.1))
+    feeder.start()
+    wait_for_uncommitted(run, server, 100)  # mid-stream: polled in the current round, more arriving
+
+    server.stop(grace=1.0)  # polls in flight are answered; later ones fail
+    stopped = time.monotonic()
+    handed_out = len(server.handed_out())
+    assert sum(c.changes for c in run.commits()) < handed_out, "the round committed before the outage"
+    assert feeder.is_alive(), "the stream ended before the outage"
+
+    wait_for_commits_of(run, handed_out, timeout=30)
+    landed_s = time.monotonic() - stopped
+    print(f"{sink}: {handed_out} records handed out before the outage committed {landed_s:.2f}s into it")
+    assert landed_s <= 2 * interval_s, f"committed {landed_s:.1f}s into the outage:\n{run.describe()}"
+    assert last_checkpoint(config).positions == records_per_poll_group(config, server)
+    assert_table_is_final_state(config, server)  # exact: nothing missing, extra or stale
+    run.wait_for(r"unreachable for \d+\.\ds", timeout=10)
+
+    while time.monotonic() - stopped < 4:  # an outage twice the idle bound
+        assert run.proc.poll() is None, f"the run ended during the outage:\n{run.describe()}"
+        time.sleep(0.2)
+    assert len(server.handed_out()) == handed_out
+    assert last_checkpoint(config).positions == records_per_poll_group(config, server)
+    feeder.join()
+    server.start()  # same port, queues kept
+
+    run_cli_to_end(run, timeout=60)
+    assert len(server.handed_out()) == 3000
+    assert_commits_account_for_everything(run, config, server)
+    assert re.search(r"answered again after \d+ failed attempt\(s\) over [4-9]\.\d+s", run.output), run.describe()
 
 
 # --- 8. the demo ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from beam_pixels.client import (
     PixelsClient,
     PixelsClientError,
     PixelsResponseTooLargeError,
+    PixelsRetryDeadlineError,
     PixelsUnavailableError,
 )
 from beam_pixels.codec import RowCodec
@@ -165,12 +166,38 @@ def test_retries_run_out_into_pixels_unavailable_error(caplog):
     ]
 
 
-def test_resource_exhausted_is_retried(server, client, caplog):
+def test_a_poll_gives_up_at_its_deadline_and_the_next_one_goes_on_with_the_retries(server, caplog):
+    port = server.port
+    server.stop()
+    retries = dict(deadline_s=2.0, initial_backoff_s=0.2, max_backoff_s=0.4)
+    with PixelsClient("127.0.0.1", port, retry_attempts=None, **retries) as client:
+        with caplog.at_level(logging.INFO, logger="beam_pixels.client"):
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(PixelsRetryDeadlineError, match=f"127.0.0.1:{port} not answered \\(UNAVAILABLE\\)"):
+                    client.poll("public", "orders", ALL_BUCKETS, give_up_at=started + 0.3)
+                assert 0.25 < time.monotonic() - started < 1.0  # neither at once nor after the back-off
+            server.start()
+            client.poll("public", "orders", ALL_BUCKETS)  # retried until answered
+    messages = [r.getMessage() for r in caplog.records]
+    numbers = [int(re.search(r"retry (\d+) of unlimited", m).group(1)) for m in messages[:-1]]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 3  # counted across the polls
+    assert client.failed_polls == len(numbers)
+    assert re.search(r"unreachable for [0-9.]+s$", messages[-2])
+    answered = rf"PollEvents on 127.0.0.1:{port} answered again after {len(numbers)} failed attempt\(s\) over .*s"
+    assert re.fullmatch(answered, messages[-1])
+
+
+@pytest.mark.parametrize(
+    "code, message",
+    [(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy"), (grpc.StatusCode.CANCELLED, "server shutting down")],
+)
+def test_a_busy_or_cancelling_server_is_retried(server, client, caplog, code, message):
     server.load_rows(generate_rows(SCHEMA, 2, seed=0))
-    server.fail_next(grpc.StatusCode.RESOURCE_EXHAUSTED, times=2, message="server busy")
+    server.fail_next(code, times=2, message=message)
     with caplog.at_level(logging.WARNING, logger="beam_pixels.client"):
         assert len(client.poll("public", "orders", ALL_BUCKETS).records) == 2
-    assert len(caplog.records) == 2 and "RESOURCE_EXHAUSTED (server busy)" in caplog.text
+    assert len(caplog.records) == 2 and f"{code.name} ({message})" in caplog.text
 
 
 def test_other_status_codes_raise_at_once_with_the_servers_message(server, client, caplog):

@@ -36,6 +36,8 @@ from app_helpers import (
     load_config,
     records_per_poll_group,
     table_state,
+    wait_for_commits_of,
+    wait_for_uncommitted,
     write_properties,
 )
 
@@ -574,3 +576,39 @@ def test_a_stopped_run_leaves_no_job_server_behind(tmp_path, flink, feeders, sto
         for pid in job_servers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sink", ["iceberg"])
+def test_what_was_handed_out_before_an_outage_is_committed_during_it(tmp_path, flink, feeders, submit, sink):
+    """The Pixels server stops mid-stream: the poller's retries give way to the watermark, so
+    every record handed out before the outage is committed within two windows while the server
+    is still down, and the rest after it comes back on the same port."""
+    window_s = 2.0  # checkpoint.interval.ms of streaming_properties
+    properties = streaming_properties(tmp_path, sink)
+    feeder = feeders(cdc_history(3000, seed=25), chunk=100, every_s=0.5)
+    server = feeder.server
+    config = load_config(properties, server.port)
+    run, job = submit(properties, server)
+    feeder.start()
+    wait_until(lambda: last_checkpoint(config).batch_id >= 1, 120, "a first commit", run)
+    wait_for_uncommitted(run, server, 100)  # mid-stream: polled in the current windows, more arriving
+
+    server.stop(grace=1.0)  # polls in flight are answered; later ones fail
+    stopped = time.monotonic()
+    assert feeder.arriving, "the stream ended before the outage"
+    handed_out = records_per_poll_group(config, server)
+    assert sum(c.changes for c in run.commits()) < sum(handed_out.values()), "committed before the outage"
+    wait_for_commits_of(run, sum(handed_out.values()), timeout=60)
+    landed_s = time.monotonic() - stopped
+    print(f"{sum(handed_out.values())} records handed out before the outage committed {landed_s:.2f}s into it")
+    assert landed_s <= 2 * window_s, f"committed {landed_s:.1f}s into the outage:\n{run.describe()}"
+    assert last_checkpoint(config).positions == handed_out
+    assert table_state(config) == expected_state(server)  # exact: nothing missing, extra or stale
+    wait_until(lambda: flink.source_metric(job, "poll_failures") > 0, 60, "poll_failures counted")
+    assert "PollEvents" in run.output and "unreachable for" in run.output, run.describe()
+    assert {j["status"] for j in flink.rest("/jobs")["jobs"] if j["id"] == job} == {"RUNNING"}
+
+    feeder.wait_all_loaded(60)  # all of it queued while the server is down
+    server.start()  # same port, queues kept
+    wait_all_committed(feeder, config, run)
+    assert_table_is_exactly_what_was_handed_out(config, server)

@@ -4,6 +4,7 @@ import math
 import os
 import pickle
 import tempfile
+import time
 
 import apache_beam as beam
 import pytest
@@ -197,11 +198,13 @@ def test_max_records_bounds_a_run(server_for):
     assert len(changes) == len(server.handed_out())
 
 
-def _drive(fn, group, restriction):
-    """One process() call as the SDK harness makes it; returns outputs and the residual."""
+def _drive(fn, group, restriction, watermark=None):
+    """One process() call as the SDK harness makes it (with ``watermark``, a ManualWatermarkEstimator,
+    or a fresh one); returns outputs and the residual."""
     provider = _PollRestrictionProvider()
     tracker = ThreadsafeRestrictionTracker(provider.create_tracker(restriction))
-    outputs = list(fn.process(group, RestrictionTrackerView(tracker), ManualWatermarkEstimator(Timestamp.now())))
+    watermark = watermark or ManualWatermarkEstimator(Timestamp.now())
+    outputs = list(fn.process(group, RestrictionTrackerView(tracker), watermark))
     status = tracker.deferred_status()
     if status is None:
         tracker.check_done()
@@ -275,6 +278,53 @@ def test_response_polled_during_a_runner_checkpoint_is_emitted_on_resume(server_
     fn.teardown()
     _assert_contiguous(polls, 1000)
     assert server.pending() == 0
+
+
+def test_during_an_outage_each_call_ends_on_time_with_the_watermark_at_the_clock_and_nothing_claimed(server_for):
+    server = server_for(SMALL, batch_size=5)
+    server.load_rows([(i, f"n{i}", i) for i in range(40)])
+    fn = _poller(server, Bounds(), max_call_ms=500)  # unbounded, as on Flink
+    group = PollGroup(0, tuple(range(128)))
+    watermark = ManualWatermarkEstimator(Timestamp.now())
+    polls, restriction = [], _PollRestrictionProvider().initial_restriction(group)
+    while server.pending():
+        outputs, restriction = _drive(fn, group, restriction, watermark)
+        polls.extend(outputs)
+
+    server.stop()
+    server.load_rows([(i, f"n{i}", i) for i in range(40, 80)])  # queued while the server is down
+    for _ in range(3):  # each call gives up at its end instead of blocking in the retries
+        before = Timestamp.now()
+        started = time.monotonic()
+        outputs, residual = _drive(fn, group, restriction, watermark)
+        assert time.monotonic() - started < 1.5
+        assert outputs == [] and residual.start == restriction.start == 40  # a failed poll claims nothing
+        assert watermark.current_watermark() >= before  # so windows up to now can fire
+        restriction = residual
+    assert fn._client.failed_polls >= 1
+
+    outage_watermark = watermark.current_watermark()
+    server.start()  # same port, queues kept
+    while server.pending() or restriction.start < 80:
+        outputs, restriction = _drive(fn, group, restriction, watermark)
+        polls.extend(outputs)
+    fn.teardown()
+    _assert_contiguous(polls, 80)  # nothing lost or repeated across the outage
+    assert all(p.timestamp >= outage_watermark for p in polls if p.value.start_position >= 40)  # none late
+
+
+def test_a_bounded_read_ends_at_its_max_duration_while_the_server_is_down(server_for):
+    server = server_for(SMALL)
+    server.stop()
+    fn = _poller(server, Bounds(max_duration_ms=800))  # a local round
+    group = PollGroup(0, tuple(range(128)))
+    started = time.monotonic()
+    restriction = _PollRestrictionProvider().initial_restriction(group)
+    while restriction is not None:  # calls of a poll interval each (at least OUTAGE_CALL_MIN_MS)...
+        outputs, restriction = _drive(fn, group, restriction)
+        assert outputs == [] and (restriction is None or restriction.start == 0)
+    assert 0.7 < time.monotonic() - started < 2.0  # ...until the round's end
+    fn.teardown()
 
 
 def _poller(server, bounds, **kwargs):
