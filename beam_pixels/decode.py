@@ -1,7 +1,8 @@
 """The decode stage of ReadFromPixels: raw poll responses to ChangeBatches and dead letters.
 
 Values are decoded by the configured schema, a whole response at a time
-(:meth:`beam_pixels.codec.RowCodec.decode_serialized_images`). A record that
+(:meth:`beam_pixels.codec.RowCodec.decode_serialized_images`); a journaled response
+polled under an earlier schema by that one, then conformed to the configured one. A record that
 cannot be decoded never stops the pipeline and never vanishes: it leaves
 through the ``dead_letters`` output as a :class:`DeadLetter` and is counted.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -83,11 +85,15 @@ class DecodePollsFn(beam.DoFn):
         self._safe_path = Metrics.counter(METRICS_NAMESPACE, "responses_decoded_safe_path")
 
     def setup(self):
+        self._prepare()
+        self._earlier: dict[str, DecodePollsFn] = {}  # decoders of the schemas journaled responses name
+        self._threads = os.cpu_count() or 1
+        self._decoders = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="pixels-decode")
+
+    def _prepare(self):
         self._codec = RowCodec(self._schema, self._encoding, self._empty_as_null)
         self._records_schema = records_schema(self._schema)
         self._key_indexes = [self._schema.names.index(k) for k in self._schema.primary_key]
-        self._threads = os.cpu_count() or 1
-        self._decoders = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="pixels-decode")
 
     def teardown(self):
         self._decoders.shutdown(wait=True)
@@ -121,6 +127,8 @@ class DecodePollsFn(beam.DoFn):
 
     def _decode(self, raw: RawPoll) -> _Decoded:
         """One response to its ChangeBatch and dead letters (on a decoding thread)."""
+        if raw.schema:
+            return self._decode_earlier(raw)
         decoded = self._decode_fast(raw)
         safe_path = decoded is None
         if safe_path:
@@ -142,6 +150,23 @@ class DecodePollsFn(beam.DoFn):
                 for row, reason in sorted(bad.items())
             ]
         return _Decoded(ChangeBatch(self._source_table, raw.poll_group, raw.poll_time, batch), letters, safe_path)
+
+    def _decode_earlier(self, raw: RawPoll) -> _Decoded:
+        """A response polled under an earlier ``source.schema`` (journaled before it changed):
+        decoded by that schema, its images then conformed to this one (columns added since read
+        NULL, widened ones are cast; the sink refused any other change at start)."""
+        earlier = self._earlier.get(raw.schema)
+        if earlier is None:
+            schema = SourceSchema.parse(raw.schema, self._schema.primary_key)
+            earlier = DecodePollsFn(schema, self._source_table, self._encoding, self._empty_as_null, self._bucket_count)
+            earlier._prepare()
+            self._earlier[raw.schema] = earlier
+        decoded = earlier._decode(dataclasses.replace(raw, schema=""))
+        records = decoded.batch.records
+        image = self._records_schema.field("after").type
+        arrays = [*records.columns[:4], *(_conform_images(records.column(name), image) for name in ("before", "after"))]
+        batch = dataclasses.replace(decoded.batch, records=pa.RecordBatch.from_arrays(arrays, schema=self._records_schema))
+        return dataclasses.replace(decoded, batch=batch)
 
     def _decode_safe(self, raw: RawPoll):
         """``(ops, [bucket, before, after], bad rows, record bytes by row)`` via protobuf messages.
@@ -224,6 +249,15 @@ class DecodePollsFn(beam.DoFn):
         else:
             buckets = np.abs(hashes.astype(np.int64)) % self._bucket_count
         return pa.array(buckets.astype(np.int32), mask=~(has_after | has_before))
+
+
+def _conform_images(images: pa.StructArray, image_type: pa.StructType) -> pa.StructArray:
+    """Row images of an earlier schema as ``image_type``'s: fields by name, cast; missing ones NULL."""
+    names = {f.name for f in images.type}
+    children = [
+        images.field(f.name).cast(f.type) if f.name in names else pa.nulls(len(images), f.type) for f in image_type
+    ]
+    return pa.StructArray.from_arrays(children, fields=list(image_type), mask=images.is_null())
 
 
 def _image_mismatches(ops: np.ndarray, has_before: np.ndarray, has_after: np.ndarray) -> dict[int, str]:

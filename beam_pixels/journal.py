@@ -9,12 +9,23 @@ positions, then polls anew; after each commit, segments wholly below the
 committed positions are deleted and the committed position is recorded as an
 empty marker segment (see :meth:`PollJournal.trim`).
 
+Values are read by position, so a response is only meaningful with the
+``source.schema`` it was polled under, and that may change between runs
+(``docs/schema-changes.md``). A segment's name carries a fingerprint of that
+schema (``<start>-<count>.<fingerprint>.pb``), and ``<fingerprint>.schema`` in the same
+directory holds its text, written by the group's poller before the first segment that
+names it. A replayed
+response polled under another schema is decoded by that schema
+(:meth:`PollJournal.schema_of`), never by guessing from its width. Segments of
+journals from before this (no fingerprint) are read by the current schema.
+
 Segments are written durably by :class:`beam_pixels.storage.Location` (local
 paths, ``file://`` or object-store URIs).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import typing
@@ -25,7 +36,7 @@ import apache_beam as beam
 from beam_pixels.storage import Location
 
 _LOG = logging.getLogger(__name__)
-_SEGMENT_RE = re.compile(r"^(\d{20})-(\d{10})\.pb$")
+_SEGMENT_RE = re.compile(r"^(\d{20})-(\d{10})(?:\.([0-9a-f]{16}))?\.pb$")
 
 
 @dataclass(frozen=True, order=True)
@@ -35,6 +46,7 @@ class Segment:
     start: int
     count: int
     path: str
+    schema_id: str | None = None  # fingerprint of the schema it was polled under (None: not recorded)
 
     @property
     def end(self) -> int:
@@ -42,16 +54,31 @@ class Segment:
 
 
 class PollJournal:
-    """Durable per-poll-group log of raw poll responses. Picklable; opens lazily."""
+    """Durable per-poll-group log of raw poll responses, polled under ``schema`` (the text of
+    a :class:`~beam_pixels.schema.SourceSchema`; empty for a journal that only trims).
+    Picklable; opens lazily."""
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, schema: str = ""):
         self.location = location
+        self.schema = schema
+        self._schema_id = hashlib.sha256(schema.encode()).hexdigest()[:16]
+        self._schema_recorded: set[int] = set()  # the groups whose directory holds this schema's file
         self._files = Location(location)
 
     def append(self, group: int, start: int, count: int, payload: bytes) -> Segment:
         """Store one response durably; returns only once it would survive a crash."""
-        path = self._files.write(f"{_group_dir(group)}/{start:020d}-{count:010d}.pb", payload)
-        return Segment(start, count, path)
+        if group not in self._schema_recorded:
+            self._files.write(f"{_group_dir(group)}/{self._schema_id}.schema", self.schema.encode())
+            self._schema_recorded.add(group)
+        path = self._files.write(f"{_group_dir(group)}/{start:020d}-{count:010d}.{self._schema_id}.pb", payload)
+        return Segment(start, count, path, self._schema_id)
+
+    def schema_of(self, segment: Segment) -> str:
+        """The schema ``segment`` was polled under when it is not this journal's, else empty."""
+        if segment.schema_id is None or segment.schema_id == self._schema_id:
+            return ""
+        directory = segment.path.rsplit("/", 1)[0]
+        return self._files.read(f"{directory}/{segment.schema_id}.schema").decode()
 
     def segments(self, group: int) -> list[Segment]:
         """The group's segments in position order."""
@@ -68,7 +95,7 @@ class PollJournal:
         for info in self._files.list(_group_dir(group)):
             match = _SEGMENT_RE.match(info.base_name)
             if match:
-                found.append(Segment(int(match.group(1)), int(match.group(2)), info.path))
+                found.append(Segment(int(match.group(1)), int(match.group(2)), info.path, match.group(3)))
         return sorted(found)
 
     def read(self, segment: Segment) -> bytes:

@@ -259,6 +259,7 @@ class _Response:
     count: int
     payload: bytes
     replayed: bool = False
+    schema: str = ""  # the source.schema it was polled under, if not the pipeline's (see RawPoll)
 
     @property
     def end(self) -> int:
@@ -393,7 +394,7 @@ class _PollPixelsFn(beam.DoFn):
             goes_on = time.monotonic() < call_ends and self._polls_next(gid) and self._stop_reason(gid) is None
             if goes_on:  # poll on while this response is decoded downstream
                 next_response = self._fetcher.submit(self._fetch, group, response.end, give_up_at).result
-            yield TimestampedValue(RawPoll(gid, response.start, poll_time, response.payload), poll_time)
+            yield TimestampedValue(RawPoll(gid, response.start, poll_time, response.payload, response.schema), poll_time)
             if not goes_on:
                 tracker.defer_remainder()
                 return
@@ -481,7 +482,8 @@ class _PollPixelsFn(beam.DoFn):
                 position,
                 segment.start - 1,
             )
-        return _Response(segment.start, segment.count, self._journal.read(segment), replayed=True)
+        schema = self._journal.schema_of(segment)
+        return _Response(segment.start, segment.count, self._journal.read(segment), replayed=True, schema=schema)
 
     def _stop_reason(self, group_id: int) -> tuple[str, typing.Any] | None:
         """Why this poll group ends now (and the metric counting it), or None while it goes on."""
@@ -574,7 +576,7 @@ class ReadFromPixels(beam.PTransform):
         journal: str | None = None,
     ):
         super().__init__()
-        self._journal = PollJournal(journal) if journal else None
+        self._journal = PollJournal(journal, str(schema)) if journal else None
         self._schema = schema
         self._server = server
         self._schema_name = schema_name

@@ -101,32 +101,41 @@ def scan_row_values(images: SerializedImages, width: int):
 
 @dataclass(frozen=True)
 class RawPoll:
-    """One non-empty poll response, serialized, with the position of its first record."""
+    """One non-empty poll response, serialized, with the position of its first record.
+
+    ``schema`` is empty for a response of the pipeline's ``source.schema``; a journaled
+    response polled under another one (replayed after ``source.schema`` changed) carries
+    the columns it was polled under, as ``str(SourceSchema)``, so that it is decoded by them.
+    """
 
     poll_group: int
     start_position: int
     poll_time: float
     payload: bytes
+    schema: str = ""
 
 
 class RawPollCoder(beam.coders.Coder):
-    """A RawPoll as a fixed header and the payload. Registered for :class:`RawPoll`; its
-    size is known without encoding (Beam samples element sizes for its metrics)."""
+    """A RawPoll as a fixed header, the schema (UTF-8, usually empty) and the payload. Registered
+    for :class:`RawPoll`; its size is known without encoding (Beam samples element sizes for its metrics)."""
 
-    _HEADER = struct.Struct(">qqd")  # poll_group, start_position, poll_time
+    _HEADER = struct.Struct(">qqdI")  # poll_group, start_position, poll_time, bytes of the schema
 
     def encode(self, poll: RawPoll) -> bytes:
-        return self._HEADER.pack(poll.poll_group, poll.start_position, poll.poll_time) + poll.payload
+        schema = poll.schema.encode()
+        return self._HEADER.pack(poll.poll_group, poll.start_position, poll.poll_time, len(schema)) + schema + poll.payload
 
     def decode(self, encoded: bytes) -> RawPoll:
-        poll_group, start_position, poll_time = self._HEADER.unpack_from(encoded)
-        return RawPoll(poll_group, start_position, poll_time, encoded[self._HEADER.size :])
+        poll_group, start_position, poll_time, schema_size = self._HEADER.unpack_from(encoded)
+        payload_start = self._HEADER.size + schema_size
+        schema = encoded[self._HEADER.size : payload_start].decode()
+        return RawPoll(poll_group, start_position, poll_time, encoded[payload_start:], schema)
 
     def is_deterministic(self) -> bool:
         return True
 
     def estimate_size(self, poll: RawPoll) -> int:
-        return self._HEADER.size + len(poll.payload)
+        return self._HEADER.size + len(poll.schema) + len(poll.payload)
 
     def to_type_hint(self):
         return RawPoll

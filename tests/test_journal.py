@@ -155,3 +155,27 @@ def test_a_poller_restored_behind_the_table_resumes_numbering_at_the_committed_p
     assert [p for p, _ in first] == list(range(20))
     assert [p for p, _ in restored] == list(range(20, 30))
     assert sorted(i for _, i in restored) == list(range(20, 30))
+
+
+def test_a_segment_names_the_schema_it_was_polled_under(tmp_path):
+    old = PollJournal(str(tmp_path / "j"), "id:BIGINT,name:STRING")
+    old.append(0, 0, 3, b"old")
+    (tmp_path / "j" / "group-0000" / f"{3:020d}-{2:010d}.pb").write_bytes(b"from before schemas were recorded")
+    new = PollJournal(str(tmp_path / "j"), "id:BIGINT,name:STRING,note:STRING")
+    new.append(0, 5, 1, b"new")
+
+    segments = new.segments(0)
+    assert [(s.start, s.count) for s in segments] == [(0, 3), (3, 2), (5, 1)]
+    # Polled under another schema: decoded by it. Unrecorded (older journals) or this one's: by this one.
+    assert [new.schema_of(s) for s in segments] == ["id:BIGINT,name:STRING", "", ""]
+    assert [old.schema_of(s) for s in old.segments(0)][2] == "id:BIGINT,name:STRING,note:STRING"
+    assert new.trim({0: 6}) == 3 and new.segments(0) == []
+
+
+def test_a_raw_poll_keeps_its_schema_through_the_coder():
+    from beam_pixels.wire import RawPoll, RawPollCoder
+
+    coder = RawPollCoder()
+    for poll in (RawPoll(2, 7, 1.5, b"payload"), RawPoll(2, 7, 1.5, b"payload", "id:BIGINT,qty:INT")):
+        assert coder.decode(coder.encode(poll)) == poll
+        assert coder.estimate_size(poll) == len(coder.encode(poll))

@@ -10,6 +10,7 @@ from beam_pixels.config.validators import _Bool, _Buckets, _Choice, _Columns, _E
 from beam_pixels.config.validators import _OptionalInt, _OptionalLocation, _Parser, _Schema, _Text, _Warehouse
 
 SINK_TYPES = ("iceberg", "paimon")
+EVOLUTION_MODES = ("add-and-widen", "none")  # sink.schema.evolution (beam_pixels.sinks.evolution)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ KEYS: tuple[Key, ...] = (
         "How long commits, checkpoint reads and maintenance wait for a catalog that is briefly away (a locked "
         "SQLite file, a REST catalog restarting or answering 5xx, a refused connection), retrying with "
         "backoff; then the run stops, and a restart replays what was not committed (0 = stop at once).", _SINK),
+    Key("sink.schema.evolution", "schema_evolution", "add-and-widen", _Choice(EVOLUTION_MODES),
+        "How an existing table follows a changed source.schema: add-and-widen adds new columns (old rows read "
+        "NULL) and widens types; none leaves the table alone and fails at start when it does not fit. "
+        "See docs/schema-changes.md.", _SINK),
     Key("iceberg.catalog.type", "iceberg_catalog_type", "sql",
         _Choice(("sql", "glue", "rest", "hive", "dynamodb"), refused={"hadoop": _NO_HADOOP}),
         "pyiceberg catalog type.", _ICEBERG),

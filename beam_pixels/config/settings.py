@@ -69,6 +69,7 @@ class PixelsConfig:
     checkpoint_max_records: int
     sink_type: str
     catalog_retry_ms: int
+    schema_evolution: str
     iceberg_catalog_type: str
     iceberg_warehouse: str
     iceberg_table: str

@@ -47,6 +47,7 @@ from beam_pixels.sinks.committing import (
     first_time,
     split_table_name,
 )
+from beam_pixels.sinks.evolution import Wanted, plan
 from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read
 from beam_pixels.sinks.iceberg._pyiceberg_private import promotable
 from beam_pixels.sinks.key_index import key_codes
@@ -93,6 +94,7 @@ class IcebergTableWriter(TableWriter):
         mode: str = "merge-on-read",
         table_properties: typing.Mapping[str, str] | None = None,
         maintenance_settings: maintenance.Settings | None = None,
+        schema_evolution: str = "add-and-widen",
     ):
         floats = [c for c in schema.primary_key if schema.column(c).type.kind in (TypeKind.FLOAT, TypeKind.DOUBLE)]
         if floats:
@@ -104,6 +106,7 @@ class IcebergTableWriter(TableWriter):
             raise SinkConfigurationError(f"iceberg.write.mode={mode!r} is not accepted; accepted: {', '.join(WRITE_MODES)}")
         self.schema = schema
         self.mode = mode
+        self._schema_evolution = schema_evolution
         self._table_properties = {**DEFAULT_TABLE_PROPERTIES, **(table_properties or {})}
         self._maintenance = maintenance_settings or maintenance.Settings()
         namespace, name = split_table_name(table_name, database, "iceberg")
@@ -128,12 +131,12 @@ class IcebergTableWriter(TableWriter):
                 self._identifier, schema=self._expected_schema(), properties=self._table_properties
             )
             action = "created"
-        self._check_fits(table.schema())
         if self._merges_on_read and table.metadata.format_version < 2:
             raise SinkConfigurationError(
                 f"Iceberg table {self.table_name} is format v{table.metadata.format_version}; merge-on-read needs "
                 f"position deletes (v2): upgrade the table (format-version=2) or set iceberg.write.mode=copy-on-write"
             )
+        table = self._fit(table)
         self._table = _without_blind_retries(table)
         if not first_time("iceberg", str(table.metadata.table_uuid), action):
             return
@@ -253,34 +256,46 @@ class IcebergTableWriter(TableWriter):
         fields += [NestedField(len(fields) + i + 1, name, t, required=True) for i, (name, t) in enumerate(extra)]
         return Schema(*fields)
 
-    def _check_fits(self, table_schema: Schema) -> None:
-        """Raise :class:`IcebergSchemaMismatch` unless the table can take this source's rows."""
-        expected = self._expected_schema()
-        problems = []
-        for field in expected.fields:
-            try:
-                actual = table_schema.find_field(field.name)
-            except ValueError:
-                problems.append(f"column {field.name!r} ({field.field_type}) is missing")
-                continue
-            if not promotable(field.field_type, actual.field_type):
-                problems.append(f"column {field.name!r} is {actual.field_type}, the source sends {field.field_type}")
-            elif actual.required and not field.required:
-                problems.append(f"column {field.name!r} is required but the source may send NULL")
-        names = set(expected.column_names)
-        for actual in table_schema.fields:
-            if actual.required and actual.name not in names:
-                problems.append(f"required column {actual.name!r} is not in the source")
-        key = sorted(self.schema.primary_key)
+    def _fit(self, table: Table) -> Table:
+        """``table``, evolved to take this source's rows (:mod:`beam_pixels.sinks.evolution`): added
+        columns and widened types in one schema update, recorded in the table's schema history.
+        Raises, before anything changes, when the table cannot follow."""
+        table_schema = table.schema()
+        key = set(self.schema.primary_key)
+        wanted = [
+            Wanted(f.name, f.field_type, key=f.name in key, required=f.name in CHANGELOG_COLUMNS)
+            for f in self._expected_schema().fields
+        ]
+        existing = {f.name: f.field_type for f in table_schema.fields}
+        problems = [
+            f"column {w.name!r} is required but the source may send NULL"
+            for w in wanted
+            if w.name in existing and table_schema.find_field(w.name).required and not (w.key or w.required)
+        ]
         identifiers = sorted(table_schema.identifier_field_names())
-        if identifiers != key:
-            problems.append(f"identifier fields are {identifiers}, the primary key is {key}")
+        if identifiers != sorted(key):
+            problems.append(f"identifier fields are {identifiers}, the primary key is {sorted(key)}")
         if problems:
             raise IcebergSchemaMismatch(
                 f"Iceberg table {self.table_name} does not fit source.schema ({self.schema}): "
                 + "; ".join(problems)
                 + ". Alter the table, or write to a new table name and let the sink create it."
             )
+        change = plan(f"Iceberg table {self.table_name}", existing, wanted, widens=promotable, mode=self._schema_evolution)
+        if not change:
+            return table
+        try:
+            with table.update_schema() as update:
+                for column in change.added:
+                    update.add_column(column.name, column.type, required=False)
+                for name, _, new in change.widened:
+                    update.update_column(name, field_type=new)
+        except CommitFailedException:  # another worker evolved it first: check again
+            return self._fit(self._catalog.load_table(self._identifier))
+        table = self._catalog.load_table(self._identifier)
+        _LOG.info("Iceberg table %s follows source.schema: %s (schema id %d)",
+                 self.table_name, change.describe(), table.schema().schema_id)
+        return table
 
 
 class WriteToIceberg(WriteChanges):
@@ -304,6 +319,7 @@ class WriteToIceberg(WriteChanges):
         mode: str = "merge-on-read",
         table_properties: typing.Mapping[str, str] | None = None,
         maintenance_settings: maintenance.Settings | None = None,
+        schema_evolution: str = "add-and-widen",
     ):
         writer = IcebergTableWriter(
             schema,
@@ -313,6 +329,7 @@ class WriteToIceberg(WriteChanges):
             mode=mode,
             table_properties=table_properties,
             maintenance_settings=maintenance_settings,
+            schema_evolution=schema_evolution,
         )
         writer.catalog_retry_ms = catalog_retry_ms
         super().__init__(writer, window_ms, commit_retries)
@@ -331,6 +348,7 @@ class WriteToIceberg(WriteChanges):
             mode=config.iceberg_write_mode,
             table_properties=config.table_properties("iceberg"),
             maintenance_settings=maintenance.Settings.from_config(config),
+            schema_evolution=config.schema_evolution,
         )
 
 

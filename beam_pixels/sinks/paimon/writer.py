@@ -41,6 +41,7 @@ import pyarrow as pa
 from pypaimon import CatalogFactory, Schema
 from pypaimon.catalog.catalog_exception import TableNotExistException
 from pypaimon.schema.data_types import AtomicType, DataField
+from pypaimon.schema.schema_change import SchemaChange
 from pypaimon.write.table_write import StreamTableWrite
 
 from beam_pixels.changes import changelog_rows, changelog_schema, collapse_to_final_state
@@ -55,6 +56,7 @@ from beam_pixels.sinks.committing import (
     first_time,
     split_table_name,
 )
+from beam_pixels.sinks.evolution import Wanted, plan
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import background, deletion_vectors, merge_on_read
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
@@ -102,6 +104,7 @@ class PaimonTableWriter(TableWriter):
         compaction_max_bytes: int = 256 * 2**20,
         compaction_file_percent: int = DEFAULT_FILE_PERCENT,
         write_only: bool = False,
+        schema_evolution: str = "add-and-widen",
     ):
         self.database, table = split_table_name(table_name, database, "paimon")
         if bucket < 1:
@@ -116,6 +119,7 @@ class PaimonTableWriter(TableWriter):
         self.compaction_max_bytes = compaction_max_bytes
         self.compaction_file_percent = compaction_file_percent
         self.write_only = write_only
+        self._schema_evolution = schema_evolution
         self._maintenance: MaintenanceOptions | None = None
         self._maintained_through: int | None = None  # the latest snapshot after a pass that left nothing to do
         self._deletion_vectors = False
@@ -132,7 +136,7 @@ class PaimonTableWriter(TableWriter):
             catalog.create_table(self.table_name, self._paimon_schema(), True)
             table = catalog.get_table(self.table_name)
             created = True
-        _check_fits(table, self._paimon_schema(), self.table_name)
+        table = self._fit(catalog, table)
         self._table = table
         self._write_schema = private.arrow_schema(table)
         options = private.table_options(table)
@@ -289,6 +293,34 @@ class PaimonTableWriter(TableWriter):
         fields = [DataField(i, name, AtomicType(kind, nullable)) for i, (name, kind, nullable) in enumerate(columns)]
         return Schema(fields, primary_keys=list(key), options=options)
 
+    def _fit(self, catalog, table):
+        """``table``, evolved to take this source's rows (:mod:`beam_pixels.sinks.evolution`): added
+        columns and widened types in one ``alter_table``, a new schema in the table's schema history.
+        Raises, before anything changes, when the table cannot follow."""
+        expected = self._paimon_schema()
+        key = set(expected.primary_keys)
+        meta = {f.name for f in expected.fields} - set(self.schema.names)
+        wanted = [Wanted(f.name, _type_name(f.type), key=f.name in key, required=f.name in meta) for f in expected.fields]
+        existing = {f.name: _type_name(f.type) for f in table.schema().fields}
+        _check_key_and_options(table, expected, self.table_name)
+        change = plan(f"Paimon table {self.table_name}", existing, wanted, widens=_widens, mode=self._schema_evolution)
+        if not change:
+            return table
+        try:
+            catalog.alter_table(self.table_name, [
+                *(SchemaChange.add_column(c.name, AtomicType(c.type, True)) for c in change.added),
+                *(SchemaChange.update_column_type(name, AtomicType(new, True), True) for name, _, new in change.widened),
+            ])
+        except RuntimeError:
+            latest = catalog.get_table(self.table_name)
+            if latest.table_schema.id == table.table_schema.id:
+                raise
+            return self._fit(catalog, latest)  # another worker altered it first: check again
+        table = catalog.get_table(self.table_name)
+        _LOG.info("Paimon table %s follows source.schema: %s (schema id %d)",
+                  self.table_name, change.describe(), table.table_schema.id)
+        return table
+
     def _prepare_live_rows(self, records: pa.Table) -> merge_on_read.PreparedFiles:
         """Deletion-vector tables: the surviving after-images as ``+I`` files, their key codes, the touched keys."""
         key = list(self.schema.primary_key)
@@ -384,12 +416,13 @@ class WriteToPaimon(WriteChanges):
         compaction_max_bytes: int = 256 * 2**20,
         compaction_file_percent: int = DEFAULT_FILE_PERCENT,
         write_only: bool = False,
+        schema_evolution: str = "add-and-widen",
     ):
         writer = PaimonTableWriter(
             schema, table_name, catalog_properties, database=database, bucket=bucket,
             table_options=table_options, compaction_trigger=compaction_trigger,
             compaction_max_bytes=compaction_max_bytes, compaction_file_percent=compaction_file_percent,
-            write_only=write_only,
+            write_only=write_only, schema_evolution=schema_evolution,
         )
         writer.catalog_retry_ms = catalog_retry_ms
         super().__init__(writer, window_ms, commit_retries)
@@ -411,6 +444,7 @@ class WriteToPaimon(WriteChanges):
             compaction_max_bytes=config.paimon_compaction_max_mb * 2**20,
             compaction_file_percent=config.paimon_compaction_file_percent,
             write_only=config.paimon_write_only,
+            schema_evolution=config.schema_evolution,
         )
 
 
@@ -440,17 +474,9 @@ def _redact(uri: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", uri)
 
 
-def _check_fits(table, expected: Schema, name: str) -> None:
-    """Raise naming every column, key or option of ``table`` that differs from ``expected``."""
-    actual = {f.name: str(f.type) for f in table.schema().fields}
-    wanted = {f.name: str(f.type) for f in expected.fields}
-    problems = [f"column {n!r} is missing from the table (expected {t})" for n, t in wanted.items() if n not in actual]
-    problems += [f"column {n!r} is not in source.schema" for n in actual if n not in wanted]
-    problems += [
-        f"column {n!r} is {actual[n]} in the table, {t} expected"
-        for n, t in wanted.items()
-        if n in actual and _normal(actual[n]) != _normal(t)
-    ]
+def _check_key_and_options(table, expected: Schema, name: str) -> None:
+    """Raise naming the primary key or option of ``table`` that differs from ``expected``."""
+    problems = []
     if list(table.schema().primary_keys) != list(expected.primary_keys):
         problems.append(
             f"primary key is ({', '.join(table.schema().primary_keys)}) in the table, "
@@ -470,5 +496,26 @@ def _check_fits(table, expected: Schema, name: str) -> None:
         )
 
 
-def _normal(type_name: str) -> str:
-    return type_name.replace(" ", "").upper()
+_INTEGERS = ("TINYINT", "SMALLINT", "INT", "BIGINT")
+_TYPE_NAME = re.compile(r"^([A-Z_]+)(?:\((\d+)(?:,(\d+))?\))?$")
+
+
+def _type_name(data_type) -> str:
+    """A Paimon type as compared here: upper case, without blanks or NOT NULL (keys are never NULL)."""
+    return re.sub(r"NOTNULL$", "", str(data_type).replace(" ", "").upper())
+
+
+def _widens(old: str, new: str) -> bool:
+    """Whether Paimon type ``new`` (a :func:`_type_name`) holds every value of ``old``: a wider integer,
+    FLOAT -> DOUBLE, DECIMAL of more precision and the same scale, a longer VARCHAR or STRING."""
+    o, n = _TYPE_NAME.match(old), _TYPE_NAME.match(new)
+    if o is None or n is None:
+        return False
+    (old_kind, old_a, old_b), (new_kind, new_a, new_b) = o.groups(), n.groups()
+    if old_kind in _INTEGERS and new_kind in _INTEGERS:
+        return _INTEGERS.index(new_kind) > _INTEGERS.index(old_kind)
+    if old_kind == "DECIMAL" and new_kind == "DECIMAL":
+        return old_b == new_b and int(new_a) > int(old_a)
+    if old_kind == "VARCHAR":
+        return new_kind == "STRING" or (new_kind == "VARCHAR" and int(new_a) > int(old_a))
+    return (old_kind, new_kind) == ("FLOAT", "DOUBLE")
