@@ -227,6 +227,22 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: b
             raise
 
 
+class FlinkBundleOptions(PipelineOptions):
+    """``--max_bundle_time_mills``: Flink's job server option, declared here to give it our default.
+
+    Flink's runner finishes a bundle after at most this long (its own default: 1000 ms). A window's
+    commit waits for the watermark to pass the poller, the data-file writers and the committer, and
+    each stage passes it on when its bundle finishes: with 1 s bundles a commit came 2-4 s after its
+    window's end, with 100 ms about 1 s (``benchmarks/flink_throughput.py``, docs/performance.md).
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--max_bundle_time_mills", type=int, default=100,
+            help="Flink: the longest a bundle stays open, in ms (beam-pixels' default: 100; Beam's: 1000)")
+
+
 # How long ``--detach`` waits for the job to poll; its start-up (SDK workers, first bundles) takes
 # 20-60 s on a small machine.
 DETACH_TIMEOUT_S = 600

@@ -1,15 +1,19 @@
 """Throughput of the pipeline on a Flink cluster started by ``scripts/flink-local-cluster.sh``.
 
     scripts/flink-local-cluster.sh start
-    python benchmarks/flink_throughput.py [--rows 200000] [--sinks iceberg paimon] [--parallelism 2]
+    python benchmarks/flink_throughput.py [--rows 200000] [--sinks iceberg paimon] [--parallelism 2] \
+        [--workdir DIR] [-- PIPELINE_ARG...]
 
 For each sink: the benchmark server (prebuilt responses, its own process, see
 :mod:`beam_pixels.bench.server`) holds ``--rows`` INSERTs; ``beam-pixels run`` submits the
 unbounded pipeline (PortableRunner, LOOPBACK) with ``--parallelism`` poll groups and Flink
 parallelism; the time runs from the first poll the server sees until the table's committed
 positions account for every row (a commit per window of ``--window-ms``). The table must then
-hold exactly ``--rows`` distinct keys. Job submission and start-up are not timed. Prints one
-line per sink and a ``RESULT`` line.
+hold exactly ``--rows`` distinct keys. Job submission and start-up are not timed. First, in the
+same run, the single-thread ceiling of :mod:`beam_pixels.bench.throughput` (poll, decode, write
+Parquet; no framework) on the same data, since a shared machine's speed varies from run to run.
+Prints one line per measurement and a ``RESULT`` line with each sink's rate and its ratio to the
+ceiling.
 """
 
 from __future__ import annotations
@@ -17,17 +21,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 from beam_pixels import app
-from beam_pixels.bench.throughput import KEY, SCHEMA, SCHEMA_NAME, TABLE_NAME
+from beam_pixels.bench import throughput
 from beam_pixels.bench.server import ServerProcess, build_chunks, save_chunks
+from beam_pixels.bench.throughput import KEY, SCHEMA, SCHEMA_NAME, TABLE_NAME
+from beam_pixels.bench.workdir import work_directory
 from beam_pixels.config import PixelsConfig
 from beam_pixels.schema import SourceSchema
 
@@ -58,7 +64,7 @@ def submit(path: Path, server: ServerProcess, args, cluster: dict[str, str], log
     run = subprocess.Popen(
         [sys.executable, "-m", "beam_pixels", "run", "--config", str(path), "--set", f"pixels.server.port={server.port}",
          "--runner", "PortableRunner", "--job_endpoint", cluster["BEAM_JOB_ENDPOINT"],
-         "--environment_type", "LOOPBACK", "--parallelism", str(args.parallelism)],
+         "--environment_type", "LOOPBACK", "--parallelism", str(args.parallelism), *args.pipeline_args],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + FIRST_POLL_S
@@ -102,7 +108,12 @@ def measure(sink: str, chunks_path: Path, rows: int, args, cluster: dict[str, st
                     if run.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"{sink}: the run ended or timed out; see {workdir / f'{sink}.log'}")
                     time.sleep(0.2)
-                seconds = time.time() - server.first_poll
+                committed = time.time()
+                seconds = committed - server.first_poll
+                polled = server.last_records - server.first_poll
+                # The last rows' window (event time = poll time, fixed windows aligned to the epoch) ends here:
+                window_s = args.window_ms / 1000
+                window_end = math.ceil(server.last_records / window_s) * window_s
                 keys = writer.read_table().column(KEY).unique()
             if len(keys) != rows:
                 raise RuntimeError(f"{sink}: the table holds {len(keys)} distinct keys, {rows} expected")
@@ -113,8 +124,18 @@ def measure(sink: str, chunks_path: Path, rows: int, args, cluster: dict[str, st
                     run.wait(60)
                 run.kill()
             log.close()
-    print(f"{sink}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f} rows/s", flush=True)
+    print(f"{sink}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f} rows/s (polled in {polled:.1f} s, their "
+          f"window ended {window_end - server.last_records:.1f} s later, committed {committed - window_end:.1f} s "
+          "after the window's end)", flush=True)
     return rows / seconds
+
+
+def ceiling_rate(chunks_path: Path, rows: int, workdir: Path) -> float:
+    """The single-thread ceiling (see :mod:`beam_pixels.bench.throughput`) on the same data, in rows/s."""
+    measurement = throughput.measure_ceiling(throughput.Options(rows=rows), chunks_path, workdir)
+    throughput.check_keys("ceiling", throughput.parquet_keys(workdir / "ceiling"), rows)
+    print(measurement.describe(), flush=True)
+    return measurement.rows_per_s
 
 
 def main(argv=None) -> int:
@@ -124,16 +145,22 @@ def main(argv=None) -> int:
     parser.add_argument("--parallelism", type=int, default=2, help="poll groups and Flink parallelism")
     parser.add_argument("--window-ms", type=int, default=5000, help="checkpoint.interval.ms: window and checkpoint")
     parser.add_argument("--timeout-s", type=float, default=900)
+    parser.add_argument("--workdir", type=Path,
+                        help="a new or empty directory to keep the data, logs and tables in (default: a temporary one)")
     parser.add_argument("--cluster-dir", type=Path, default=Path(os.environ.get("FLINK_CLUSTER_DIR", DEFAULT_STATE)))
+    parser.add_argument("pipeline_args", nargs="*", metavar="-- PIPELINE_ARG",
+                        help="more arguments for beam-pixels run, e.g. -- --max_bundle_time_mills=1000")
     args = parser.parse_args(argv)
     cluster = cluster_settings(args.cluster_dir)
     cancel_running_jobs(cluster["FLINK_REST_URL"])
-    with tempfile.TemporaryDirectory(prefix="flink-bench-") as tmp:
-        workdir = Path(tmp)
+    with work_directory(args.workdir, "flink-bench-") as workdir:
         chunks_path = workdir / "chunks.pickle"
         save_chunks(build_chunks(SourceSchema.parse(SCHEMA, [KEY]), args.rows), chunks_path)
+        ceiling = ceiling_rate(chunks_path, args.rows, workdir)
         rates = {sink: measure(sink, chunks_path, args.rows, args, cluster, workdir) for sink in args.sinks}
-    print("RESULT " + " ".join(f"flink_{sink}_rows_per_s={rate:.0f}" for sink, rate in rates.items()), flush=True)
+    print(f"RESULT ceiling_rows_per_s={ceiling:.0f} "
+          + " ".join(f"flink_{sink}_rows_per_s={rate:.0f} flink_{sink}_ratio={rate / ceiling:.2f}"
+                     for sink, rate in rates.items()), flush=True)
     return 0
 
 

@@ -327,6 +327,9 @@ def test_windows_commit_while_the_source_runs_and_the_table_ends_exact(tmp_path,
     # Two poll groups, each bucket polled by exactly one of them, over Flink parallelism 2.
     assert feeder.server.polled_bucket_sets() == {tuple(g) for g in partition_buckets(list(config.buckets), 2)}
     assert {v["parallelism"] for v in flink.rest(f"/jobs/{job}")["vertices"] if "Poll" in v["name"]} == {PARALLELISM}
+    # Bundles of at most 100 ms (beam-pixels' default, not Flink runner's 1 s): each stage passes the
+    # watermark on sooner, so a window commits sooner after its end.
+    assert flink.rest(f"/jobs/{job}/config")["execution-config"]["user-config"]["maxBundleTimeMills"] == "100"
 
     # The source's Beam metrics, through Flink's REST API (reported at the metric fetch interval).
     handed_out = len(feeder.server.handed_out())

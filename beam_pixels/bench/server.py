@@ -124,5 +124,10 @@ class ServerProcess(SpawnedServer):
         return self.stats.first_poll.value
 
     @property
+    def last_records(self) -> float:
+        """Wall-clock time the last records were handed out, 0 before that."""
+        return self.stats.last_records.value
+
+    @property
     def records_handed_out(self) -> int:
         return self.stats.records.value

@@ -152,6 +152,12 @@ def median_run(measurements: list[Measurement]) -> Measurement:
     return dataclasses.replace(middle, peak_rss_mb=max(m.peak_rss_mb for m in measurements))
 
 
+def measure_ceiling(options: Options, chunks: Path, workdir: Path) -> Measurement:
+    """One measurement of the ceiling on ``chunks`` (prebuilt responses of ``options.rows`` rows),
+    its Parquet file in ``workdir``; e.g. for the Flink benchmark, against the same data."""
+    return _measure("ceiling", _ceiling, options, chunks, workdir)
+
+
 def _remove(out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.with_suffix(".parquet").unlink(missing_ok=True)
