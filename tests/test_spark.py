@@ -150,7 +150,8 @@ def test_spark_maintains_a_table_while_the_connector_writes_it(tmp_path, serve, 
     with _catalog_for(kind, tmp_path) as catalog:
         properties = write_properties(tmp_path, "iceberg", {
             "checkpoint.interval.ms": "1000",
-            "source.stop.after.idle.ms": "3000",
+            # Longer than a lull (the connector drains, 4 s, then Spark's call): the run must outlive it.
+            "source.stop.after.idle.ms": "30000",
             # Spark maintains the table (the connector's own compaction would race its rewrites).
             "iceberg.maintenance.enabled": "false",
             **{f"iceberg.catalog.{k}": v for k, v in catalog.items()},
@@ -185,6 +186,7 @@ def test_spark_maintains_a_table_while_the_connector_writes_it(tmp_path, serve, 
                     tried.add(procedure)
                     lull.clear()
                     (done[procedure].append(result) if failure is None else failures.append(f"{procedure}: {failure}"))
+            assert run.proc.poll() is None, "the run ended while the stream went on: " + run.describe()
         finally:
             stop.set()
             feeder.join(60)
