@@ -225,6 +225,10 @@ class Column:
     type: ColumnType
 
 
+# How a table follows a changed source schema (``sink.schema.evolution``, see beam_pixels.sinks.evolution).
+SCHEMA_EVOLUTION_MODES = ("add-and-widen", "none")
+
+
 @dataclass(frozen=True)
 class SourceSchema:
     """The ordered columns of the source table and its primary key (may be empty)."""

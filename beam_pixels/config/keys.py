@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from beam_pixels.config.validators import _Bool, _Buckets, _Choice, _Columns, _ExistingFile, _Int, _Name
 from beam_pixels.config.validators import _OptionalInt, _OptionalLocation, _Parser, _Schema, _Text, _Warehouse
+from beam_pixels.schema import SCHEMA_EVOLUTION_MODES
 
 SINK_TYPES = ("iceberg", "paimon")
-EVOLUTION_MODES = ("add-and-widen", "none")  # sink.schema.evolution (beam_pixels.sinks.evolution)
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ KEYS: tuple[Key, ...] = (
         "How long commits, checkpoint reads and maintenance wait for a catalog that is briefly away (a locked "
         "SQLite file, a REST catalog restarting or answering 5xx, a refused connection), retrying with "
         "backoff; then the run stops, and a restart replays what was not committed (0 = stop at once).", _SINK),
-    Key("sink.schema.evolution", "schema_evolution", "add-and-widen", _Choice(EVOLUTION_MODES),
+    Key("sink.schema.evolution", "schema_evolution", "add-and-widen", _Choice(SCHEMA_EVOLUTION_MODES),
         "How an existing table follows a changed source.schema: add-and-widen adds new columns (old rows read "
         "NULL) and widens types; none leaves the table alone and fails at start when it does not fit. "
         "See docs/schema-changes.md.", _SINK),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 
-from beam_pixels.config.keys import EVOLUTION_MODES
+from beam_pixels.schema import SCHEMA_EVOLUTION_MODES
 from beam_pixels.sinks.committing import SinkConfigurationError
 
 T = typing.TypeVar("T")
@@ -73,9 +73,9 @@ def plan(
     """What ``table_name`` (e.g. ``Iceberg table db.orders``) with columns ``existing`` (name -> type, meta columns included) needs
     to take ``wanted``; raises :class:`SchemaEvolutionRefused` naming every column it cannot follow.
     """
-    if mode not in EVOLUTION_MODES:
+    if mode not in SCHEMA_EVOLUTION_MODES:
         raise SinkConfigurationError(
-            f"sink.schema.evolution={mode!r} is not accepted; accepted: {', '.join(EVOLUTION_MODES)}"
+            f"sink.schema.evolution={mode!r} is not accepted; accepted: {', '.join(SCHEMA_EVOLUTION_MODES)}"
         )
     result: Plan[T] = Plan()
     problems = []
