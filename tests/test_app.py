@@ -386,7 +386,8 @@ def test_what_was_handed_out_before_an_outage_is_committed_during_it(tmp_path, s
     run_cli_to_end(run, timeout=60)
     assert len(server.handed_out()) == 3000
     assert_commits_account_for_everything(run, config, server)
-    assert re.search(r"answered again after \d+ failed attempt\(s\) over [4-9]\.\d+s", run.output), run.describe()
+    answered = re.search(r"answered again after \d+ failed attempt\(s\) over (\d+\.\d)s", run.output)
+    assert answered and float(answered.group(1)) >= 4, run.describe()  # the whole outage, counted once
 
 
 # --- 8. the demo ----------------------------------------------------------------------------

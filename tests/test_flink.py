@@ -87,9 +87,15 @@ class FlinkCluster:
         return done.stdout
 
     def rest(self, path: str, method: str = "GET"):
+        """One REST call; a GET the JobManager is too busy to answer in time (a loaded machine) is asked again."""
         request = urllib.request.Request(self.rest_url + path, method=method)
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read() or b"{}")
+        for attempt in range(3):
+            try:
+                with urllib.request.urlopen(request, timeout=20) as response:
+                    return json.loads(response.read() or b"{}")
+            except TimeoutError:
+                if method != "GET" or attempt == 2:
+                    raise
 
     def running_job(self, timeout: float = 180) -> str:
         """The id of the one job RUNNING with all its tasks running."""
