@@ -162,10 +162,14 @@ class MockPixelsServer:
         next poll, so a later poll for the same buckets on the same connection
         confirms that the previous response arrived. What stays unconfirmed may have
         been lost in flight (a client killed mid-response), which no client of this
-        protocol can prevent.
+        protocol can prevent, or stored by a client killed before its next poll.
         """
+        return [record for response in self.unconfirmed_responses() for record in response]
+
+    def unconfirmed_responses(self) -> list[list[HandedOut]]:
+        """:meth:`unconfirmed`, one list per response: a killed client stored each whole or not at all."""
         with self._lock:
-            return [self._handed_out[i] for indexes in self._unconfirmed.values() for i in indexes]
+            return [[self._handed_out[i] for i in indexes] for indexes in self._unconfirmed.values()]
 
     def polled_bucket_sets(self) -> set[tuple[int, ...]]:
         """Every distinct set of buckets a poll request named, so far."""
