@@ -15,7 +15,7 @@ import pytest
 
 from beam_pixels.changes import records_schema
 from beam_pixels.codec import BINARY, TEXT, DecodeError, RowCodec
-from beam_pixels.codec.columns import _columns_of_protobuf
+from beam_pixels.codec.columns import columns_of_protobuf
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema, parse_type
 from beam_pixels.testing.encoding import encode_row, encode_value
@@ -434,7 +434,7 @@ def test_protobuf_images_are_read_from_their_serialized_bytes():
     empty_as_null = [False, False, True]
     pairs = [(b"", False), (b"v" * 300, False), (b"", True)]
     images = [pb_image(pairs), None, pb_image([(b"\x01", True), (b"", False), (b"abc", False)])]
-    columns = _columns_of_protobuf(images, np.array([True, False, True]), empty_as_null)
+    columns = columns_of_protobuf(images, np.array([True, False, True]), empty_as_null)
     assert [[c.raw(i) for i in range(3)] for c in columns] == [
         [b"", b"", b"\x01"],
         [b"v" * 300, b"", b""],
@@ -444,7 +444,7 @@ def test_protobuf_images_are_read_from_their_serialized_bytes():
     assert [c.valid.tolist() for c in columns] == [[True, False, False], [True, False, True], [False, False, True]]
 
     def parsed(image):
-        return _columns_of_protobuf([image], np.array([True]), empty_as_null)
+        return columns_of_protobuf([image], np.array([True]), empty_as_null)
 
     assert parsed(pb_image(pairs)) is not None
     assert parsed(pb_image(pairs, extra=b"\x7a\x00")) is None  # unknown field of RowValue

@@ -13,14 +13,14 @@ import numpy as np
 import pyarrow as pa
 from google.protobuf import message
 
-from beam_pixels.codec.numbers import _FLOAT_KINDS, _INT_KINDS, _STRING_KINDS, _TIMESTAMP_KINDS, _bounds
-from beam_pixels.codec.numbers import _per_kind, _physical_dtype
-from beam_pixels.codec.values import _wire_widths
+from beam_pixels.codec.numbers import FLOAT_KINDS, INT_KINDS, STRING_KINDS, TIMESTAMP_KINDS, bounds_of
+from beam_pixels.codec.numbers import per_kind, physical_dtype
+from beam_pixels.codec.values import wire_widths
 from beam_pixels.schema import ColumnType, TypeKind
 from beam_pixels.wire import SerializedImages, scan_row_values
 
 
-class _RawColumn:
+class RawColumn:
     """The raw values of one column of a batch: value ``i`` is
     ``data[starts[i]:starts[i] + lengths[i]]``; ``valid`` marks the non-NULL ones.
     ``packed`` says the values lie back to back from ``data[0]`` in row order."""
@@ -38,7 +38,7 @@ class _RawColumn:
         self.valid = ~is_null & (lengths > 0) if empty_is_null else ~is_null
 
     @classmethod
-    def of_values(cls, values: list[bytes], is_null: np.ndarray, empty_is_null: bool) -> "_RawColumn":
+    def of_values(cls, values: list[bytes], is_null: np.ndarray, empty_is_null: bool) -> "RawColumn":
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
         data = np.frombuffer(b"".join(values), dtype=np.uint8)
         return cls(data, np.cumsum(lengths) - lengths, lengths, is_null, empty_is_null, packed=True)
@@ -81,49 +81,49 @@ class _RawColumn:
 
 # A column decoder returns the Arrow buffers after the validity bitmap, and the
 # mask of valid rows whose value is not valid.
-_ColumnDecoder = typing.Callable[[ColumnType, _RawColumn], tuple[list[pa.Buffer], np.ndarray]]
+_ColumnDecoder = typing.Callable[[ColumnType, RawColumn], tuple[list[pa.Buffer], np.ndarray]]
 
 
-def _width_errors(col_type: ColumnType, column: _RawColumn) -> np.ndarray:
+def _width_errors(col_type: ColumnType, column: RawColumn) -> np.ndarray:
     """The valid values whose width the column does not accept (one or two widths:
     comparisons beat ``np.isin``, which sorts)."""
-    accepted = np.logical_or.reduce([column.lengths == width for width in _wire_widths(col_type)])
+    accepted = np.logical_or.reduce([column.lengths == width for width in wire_widths(col_type)])
     return column.valid & ~accepted
 
 
-def _column_of_booleans(col_type: ColumnType, column: _RawColumn):
+def _column_of_booleans(col_type: ColumnType, column: RawColumn):
     rows, _ = column.matrix(1)
     byte = rows[:, 0]
     return [pa.py_buffer(np.packbits(byte == 1, bitorder="little"))], _width_errors(col_type, column) | (byte > 1)
 
 
-def _column_of_floats(col_type: ColumnType, column: _RawColumn):
+def _column_of_floats(col_type: ColumnType, column: RawColumn):
     width = col_type.wire_width
     rows, _ = column.matrix(width)
     values = rows.view(f">f{width}")[:, 0].astype(f"<f{width}")
     return [pa.py_buffer(values)], _width_errors(col_type, column)
 
 
-def _numbers(col_type: ColumnType, column: _RawColumn) -> tuple[np.ndarray, np.ndarray]:
+def _numbers(col_type: ColumnType, column: RawColumn) -> tuple[np.ndarray, np.ndarray]:
     """The canonical numbers (int64) of a column whose wire width is at most 8, and the errors."""
     numbers = np.zeros(len(column), dtype=np.int64)
-    for width in _wire_widths(col_type):
+    for width in wire_widths(col_type):
         rows, selected = column.matrix(width)
         numbers[selected] = rows.view(f">i{width}")[selected, 0]
-    low, high = _bounds(col_type)
+    low, high = bounds_of(col_type)
     errors = _width_errors(col_type, column) | (column.valid & ((numbers < low) | (numbers > high)))
     return numbers, errors
 
 
-def _column_of_numbers(col_type: ColumnType, column: _RawColumn):
+def _column_of_numbers(col_type: ColumnType, column: RawColumn):
     numbers, errors = _numbers(col_type, column)
-    return [pa.py_buffer(numbers.astype(_physical_dtype(col_type)))], errors
+    return [pa.py_buffer(numbers.astype(physical_dtype(col_type)))], errors
 
 
 _DECIMAL128 = np.dtype([("low", "<u8"), ("high", "<i8")])
 
 
-def _column_of_decimals(col_type: ColumnType, column: _RawColumn):
+def _column_of_decimals(col_type: ColumnType, column: RawColumn):
     if col_type.wire_width == 8:
         numbers, errors = _numbers(col_type, column)
         low, high = numbers.view(np.uint64), numbers >> 63
@@ -131,7 +131,7 @@ def _column_of_decimals(col_type: ColumnType, column: _RawColumn):
         rows, _ = column.matrix(16)
         wire = rows.view(np.dtype([("high", ">i8"), ("low", ">u8")]))[:, 0]
         low, high = wire["low"], wire["high"]
-        errors = _width_errors(col_type, column) | (column.valid & ~_within_128(low, high, *_bounds(col_type)))
+        errors = _width_errors(col_type, column) | (column.valid & ~_within_128(low, high, *bounds_of(col_type)))
     out = np.empty(len(column), dtype=_DECIMAL128)
     out["low"], out["high"] = low, high
     return [pa.py_buffer(out)], errors
@@ -151,16 +151,16 @@ def _within_128(low: np.ndarray, high: np.ndarray, minimum: int, maximum: int) -
     return below_max & above_min
 
 
-def _column_of_fixed(col_type: ColumnType, column: _RawColumn):
+def _column_of_fixed(col_type: ColumnType, column: RawColumn):
     rows, _ = column.matrix(col_type.length)
     return [pa.py_buffer(np.ascontiguousarray(rows))], _width_errors(col_type, column)
 
 
-def _column_of_strings(col_type: ColumnType, column: _RawColumn):
+def _column_of_strings(col_type: ColumnType, column: RawColumn):
     buffers = list(column.packed_buffers())
     errors = np.zeros(len(column), dtype=bool)
     try:
-        pa.StringArray.from_buffers(len(column), *buffers, _bitmap(column.valid)).validate(full=True)
+        pa.StringArray.from_buffers(len(column), *buffers, validity_bitmap(column.valid)).validate(full=True)
     except pa.ArrowInvalid:
         errors = column.valid & ~np.fromiter(map(_is_utf8, column.values()), dtype=bool, count=len(column))
     return buffers, errors
@@ -174,28 +174,28 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
-def _column_of_bytes(col_type: ColumnType, column: _RawColumn):
+def _column_of_bytes(col_type: ColumnType, column: RawColumn):
     return list(column.packed_buffers()), np.zeros(len(column), dtype=bool)
 
 
-_COLUMN_DECODERS: dict[TypeKind, _ColumnDecoder] = _per_kind(
+COLUMN_DECODERS: dict[TypeKind, _ColumnDecoder] = per_kind(
     {
         (TypeKind.BOOLEAN,): _column_of_booleans,
-        _FLOAT_KINDS: _column_of_floats,
-        (*_INT_KINDS, TypeKind.DATE, TypeKind.TIME, *_TIMESTAMP_KINDS): _column_of_numbers,
+        FLOAT_KINDS: _column_of_floats,
+        (*INT_KINDS, TypeKind.DATE, TypeKind.TIME, *TIMESTAMP_KINDS): _column_of_numbers,
         (TypeKind.DECIMAL,): _column_of_decimals,
         (TypeKind.FIXED,): _column_of_fixed,
-        _STRING_KINDS: _column_of_strings,
+        STRING_KINDS: _column_of_strings,
         (TypeKind.BINARY, TypeKind.VARBINARY): _column_of_bytes,
     }
 )
 
 
-def _bitmap(valid: np.ndarray) -> pa.Buffer | None:
+def validity_bitmap(valid: np.ndarray) -> pa.Buffer | None:
     return None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
 
 
-def _columns_of_scan(images: SerializedImages, empty_is_null: list[bool]):
+def columns_of_scan(images: SerializedImages, empty_is_null: list[bool]):
     """``(raw columns, value starts, value lengths)`` of serialized ``RowValue`` images
     (see :func:`~beam_pixels.wire.scan_row_values`), or None."""
     scanned = scan_row_values(images, len(empty_is_null))
@@ -204,16 +204,16 @@ def _columns_of_scan(images: SerializedImages, empty_is_null: list[bool]):
     data, starts, sizes, nulls = scanned
     width = len(empty_is_null)
     return [
-        _RawColumn(data, starts[:, j], sizes[:, j], nulls[:, j], empty_is_null[j], packed=False) for j in range(width)
+        RawColumn(data, starts[:, j], sizes[:, j], nulls[:, j], empty_is_null[j], packed=False) for j in range(width)
     ], starts, sizes
 
 
-def _columns_of_protobuf(images: typing.Sequence, present: np.ndarray, empty_is_null: list[bool]):
+def columns_of_protobuf(images: typing.Sequence, present: np.ndarray, empty_is_null: list[bool]):
     """The raw columns of protobuf ``RowValue`` images, read from their serialized
-    bytes (see :func:`_columns_of_scan`). None unless every image is a message
+    bytes (see :func:`columns_of_scan`). None unless every image is a message
     holding exactly one value per column and nothing else."""
     messages = [image for image in images if image is not None]
     if not all(issubclass(t, message.Message) for t in set(map(type, messages))):
         return None
-    scanned = _columns_of_scan(SerializedImages.of_messages(images), empty_is_null)
+    scanned = columns_of_scan(SerializedImages.of_messages(images), empty_is_null)
     return None if scanned is None else scanned[0]

@@ -19,7 +19,7 @@ import numpy as np
 from beam_pixels.schema import ColumnType, TypeKind
 
 
-def _per_kind(groups: dict[tuple[TypeKind, ...], typing.Callable]) -> dict[TypeKind, typing.Callable]:
+def per_kind(groups: dict[tuple[TypeKind, ...], typing.Callable]) -> dict[TypeKind, typing.Callable]:
     """A table by kind from a table by groups of kinds."""
     return {kind: fn for kinds, fn in groups.items() for kind in kinds}
 
@@ -30,12 +30,12 @@ _ONE_US = timedelta(microseconds=1)
 # Exact decimal arithmetic: 38 digits plus headroom for text such as "1.50000".
 _DECIMAL_CTX = Context(prec=80, traps=[Inexact, InvalidOperation])
 
-_INT_KINDS = (TypeKind.TINYINT, TypeKind.SMALLINT, TypeKind.INT, TypeKind.BIGINT)
-_TIMESTAMP_KINDS = (TypeKind.TIMESTAMP, TypeKind.TIMESTAMPTZ)
-_NUMBER_KINDS = (*_INT_KINDS, TypeKind.DECIMAL, TypeKind.DATE, TypeKind.TIME, *_TIMESTAMP_KINDS)
-_FLOAT_KINDS = (TypeKind.FLOAT, TypeKind.DOUBLE)
-_STRING_KINDS = (TypeKind.STRING, TypeKind.VARCHAR, TypeKind.CHAR)
-_BYTES_KINDS = (TypeKind.BINARY, TypeKind.VARBINARY, TypeKind.FIXED)
+INT_KINDS = (TypeKind.TINYINT, TypeKind.SMALLINT, TypeKind.INT, TypeKind.BIGINT)
+TIMESTAMP_KINDS = (TypeKind.TIMESTAMP, TypeKind.TIMESTAMPTZ)
+NUMBER_KINDS = (*INT_KINDS, TypeKind.DECIMAL, TypeKind.DATE, TypeKind.TIME, *TIMESTAMP_KINDS)
+FLOAT_KINDS = (TypeKind.FLOAT, TypeKind.DOUBLE)
+STRING_KINDS = (TypeKind.STRING, TypeKind.VARCHAR, TypeKind.CHAR)
+BYTES_KINDS = (TypeKind.BINARY, TypeKind.VARBINARY, TypeKind.FIXED)
 
 # Bounds of DATE / TIME / TIMESTAMP numbers: what Python's date, time and datetime hold.
 _RANGES = {
@@ -54,31 +54,31 @@ _UNITS = {
 
 
 @functools.cache
-def _bounds(col_type: ColumnType) -> tuple[int, int]:
-    """Inclusive bounds of the canonical number of a kind in ``_NUMBER_KINDS``."""
+def bounds_of(col_type: ColumnType) -> tuple[int, int]:
+    """Inclusive bounds of the canonical number of a kind in ``NUMBER_KINDS``."""
     kind = col_type.kind
     if kind is TypeKind.DECIMAL:
         return -(10**col_type.precision - 1), 10**col_type.precision - 1
-    if kind in _INT_KINDS:
-        info = np.iinfo(_physical_dtype(col_type))
+    if kind in INT_KINDS:
+        info = np.iinfo(physical_dtype(col_type))
         return int(info.min), int(info.max)
     return _RANGES[kind]
 
 
-def _check_bounds(col_type: ColumnType, number: int) -> int:
-    low, high = _bounds(col_type)
+def check_bounds(col_type: ColumnType, number: int) -> int:
+    low, high = bounds_of(col_type)
     if not low <= number <= high:
         unit = _UNITS.get(col_type.kind, "value")
         raise ValueError(f"{unit} {number} is outside [{low}, {high}] for {col_type}")
     return number
 
 
-def _physical_dtype(col_type: ColumnType) -> np.dtype:
+def physical_dtype(col_type: ColumnType) -> np.dtype:
     """The little-endian numpy integer dtype of the column's Arrow values."""
     return np.dtype(f"<i{col_type.to_arrow().bit_width // 8}")
 
 
-def _unscaled(col_type: ColumnType, value: Decimal) -> int:
+def unscaled_of(col_type: ColumnType, value: Decimal) -> int:
     """The unscaled integer of ``value`` at the column's scale; no rounding allowed."""
     try:
         quantized = Decimal(value).quantize(Decimal(1).scaleb(-col_type.scale), context=_DECIMAL_CTX)
@@ -87,7 +87,7 @@ def _unscaled(col_type: ColumnType, value: Decimal) -> int:
     return int(quantized.scaleb(col_type.scale, context=_DECIMAL_CTX))
 
 
-def _millis(value: time) -> int:
+def millis(value: time) -> int:
     if value.tzinfo is not None:
         raise ValueError(f"TIME values carry no time zone, got {value}")
     if value.microsecond % 1000:
@@ -95,7 +95,7 @@ def _millis(value: time) -> int:
     return ((value.hour * 60 + value.minute) * 60 + value.second) * 1000 + value.microsecond // 1000
 
 
-def _micros(col_type: ColumnType, value: datetime) -> int:
+def micros(col_type: ColumnType, value: datetime) -> int:
     """Microseconds since the epoch: TIMESTAMP takes naive values, TIMESTAMPTZ aware or naive UTC."""
     if value.tzinfo is not None:
         if col_type.kind is TypeKind.TIMESTAMP:
@@ -104,17 +104,17 @@ def _micros(col_type: ColumnType, value: datetime) -> int:
     return (value - _EPOCH) // _ONE_US
 
 
-_TO_NUMBER: dict[TypeKind, typing.Callable[[ColumnType, typing.Any], int]] = {
-    **{k: lambda t, v: operator.index(v) for k in _INT_KINDS},
-    TypeKind.DECIMAL: _unscaled,
+TO_NUMBER: dict[TypeKind, typing.Callable[[ColumnType, typing.Any], int]] = {
+    **{k: lambda t, v: operator.index(v) for k in INT_KINDS},
+    TypeKind.DECIMAL: unscaled_of,
     TypeKind.DATE: lambda t, v: (v - _EPOCH_DATE).days,
-    TypeKind.TIME: lambda t, v: _millis(v),
-    TypeKind.TIMESTAMP: _micros,
-    TypeKind.TIMESTAMPTZ: _micros,
+    TypeKind.TIME: lambda t, v: millis(v),
+    TypeKind.TIMESTAMP: micros,
+    TypeKind.TIMESTAMPTZ: micros,
 }
 
-_FROM_NUMBER: dict[TypeKind, typing.Callable[[ColumnType, int], typing.Any]] = {
-    **{k: lambda t, n: n for k in _INT_KINDS},
+FROM_NUMBER: dict[TypeKind, typing.Callable[[ColumnType, int], typing.Any]] = {
+    **{k: lambda t, n: n for k in INT_KINDS},
     TypeKind.DECIMAL: lambda t, n: Decimal(n).scaleb(-t.scale, context=_DECIMAL_CTX),
     TypeKind.DATE: lambda t, n: _EPOCH_DATE + timedelta(days=n),
     TypeKind.TIME: lambda t, n: (_EPOCH + timedelta(milliseconds=n)).time(),
@@ -123,18 +123,18 @@ _FROM_NUMBER: dict[TypeKind, typing.Callable[[ColumnType, int], typing.Any]] = {
 }
 
 
-def _number(col_type: ColumnType, value) -> int:
-    return _check_bounds(col_type, _TO_NUMBER[col_type.kind](col_type, value))
+def number_of(col_type: ColumnType, value) -> int:
+    return check_bounds(col_type, TO_NUMBER[col_type.kind](col_type, value))
 
 
-def _checked_bytes(col_type: ColumnType, value: bytes) -> bytes:
+def checked_bytes(col_type: ColumnType, value: bytes) -> bytes:
     value = bytes(value)
     if col_type.kind is TypeKind.FIXED and len(value) != col_type.length:
         raise ValueError(f"{col_type} takes exactly {col_type.length} bytes, got {len(value)}")
     return value
 
 
-def _float32(value: float) -> float:
+def to_float32(value: float) -> float:
     """``value`` rounded to float32 (ValueError when it is finite but too large)."""
     try:
         return struct.unpack(">f", struct.pack(">f", value))[0]

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow as pa
 
-from beam_pixels.codec.columns import _COLUMN_DECODERS, _bitmap, _columns_of_protobuf, _columns_of_scan, _RawColumn
-from beam_pixels.codec.values import _DECODERS, BINARY, DecodeError, _check_encoding
+from beam_pixels.codec.columns import COLUMN_DECODERS, validity_bitmap, columns_of_protobuf, columns_of_scan, RawColumn
+from beam_pixels.codec.values import DECODERS, BINARY, DecodeError, check_encoding
 from beam_pixels.schema import SourceSchema
 from beam_pixels.wire import SerializedImages
 
@@ -38,12 +38,12 @@ class RowCodec:
     """
 
     def __init__(self, schema: SourceSchema, encoding: str = BINARY, empty_as_null: bool = False):
-        _check_encoding(encoding)
+        check_encoding(encoding)
         self.schema = schema
         self.encoding = encoding
         self.empty_as_null = empty_as_null
         self._types = [c.type for c in schema.columns]
-        self._decoders = [_DECODERS[encoding][t.kind] for t in self._types]
+        self._decoders = [DECODERS[encoding][t.kind] for t in self._types]
         self._empty_is_null = [empty_as_null or t.wire_width is not None for t in self._types]
         self._is_key = [c.name in schema.primary_key for c in schema.columns]
         self._struct_type = pa.struct(list(schema.to_arrow()))
@@ -71,7 +71,7 @@ class RowCodec:
         the dict maps each failed index to the error of its first bad column."""
         present = np.array([image is not None for image in images], dtype=bool)
         errors: dict[int, DecodeError] = {}
-        columns = _columns_of_protobuf(images, present, self._empty_is_null)
+        columns = columns_of_protobuf(images, present, self._empty_is_null)
         if columns is None:
             columns, errors = self._columns_of_objects(images, present)
         return self._decode_columns(columns, present, errors)
@@ -87,7 +87,7 @@ class RowCodec:
             struct = pa.StructArray.from_arrays(children, fields=list(self._struct_type), mask=pa.array(np.ones(n, bool)))
             nothing = np.zeros((n, len(self._types)), dtype=np.int64)
             return DecodedImages(struct, {}, images.data, nothing, nothing)
-        scanned = _columns_of_scan(images, self._empty_is_null)
+        scanned = columns_of_scan(images, self._empty_is_null)
         if scanned is None:
             return None
         columns, starts, lengths = scanned
@@ -95,7 +95,7 @@ class RowCodec:
         return DecodedImages(struct, errors, images.data, starts, lengths)
 
     def _decode_columns(
-        self, columns: list[_RawColumn], present: np.ndarray, errors: dict[int, DecodeError]
+        self, columns: list[RawColumn], present: np.ndarray, errors: dict[int, DecodeError]
     ) -> tuple[pa.StructArray, dict[int, DecodeError]]:
         decode = self._decode_binary_columns if self.encoding == BINARY else self._decode_text_columns
         children, bad = decode(columns, present)
@@ -120,30 +120,30 @@ class RowCodec:
             rows[i], present[i] = missing, False
         values = [v.value for row in rows for v in row]
         nulls = np.array([v.is_null for row in rows for v in row], dtype=bool).reshape(len(rows), width)
-        columns = [_RawColumn.of_values(values[j::width], nulls[:, j], self._empty_is_null[j]) for j in range(width)]
+        columns = [RawColumn.of_values(values[j::width], nulls[:, j], self._empty_is_null[j]) for j in range(width)]
         return columns, errors
 
     def _decode_binary_columns(
-        self, columns: list[_RawColumn], present: np.ndarray
+        self, columns: list[RawColumn], present: np.ndarray
     ) -> tuple[list[pa.Array], list[np.ndarray]]:
         """Children arrays (NULL in rows with an error) and per column the rows in error."""
         bad = []
         buffers = []
         for j, (col_type, column) in enumerate(zip(self._types, columns)):
-            column_buffers, errors = _COLUMN_DECODERS[col_type.kind](col_type, column)
+            column_buffers, errors = COLUMN_DECODERS[col_type.kind](col_type, column)
             if self._is_key[j]:
                 errors |= present & ~column.valid
             buffers.append(column_buffers)
             bad.append(errors)
         row_ok = ~np.logical_or.reduce(bad)
         children = [
-            pa.Array.from_buffers(t.to_arrow(), len(present), [_bitmap(column.valid & row_ok), *column_buffers])
+            pa.Array.from_buffers(t.to_arrow(), len(present), [validity_bitmap(column.valid & row_ok), *column_buffers])
             for t, column, column_buffers in zip(self._types, columns, buffers)
         ]
         return children, bad
 
     def _decode_text_columns(
-        self, columns: list[_RawColumn], present: np.ndarray
+        self, columns: list[RawColumn], present: np.ndarray
     ) -> tuple[list[pa.Array], list[np.ndarray]]:
         """Like :meth:`_decode_binary_columns`, one value at a time."""
         n = len(present)

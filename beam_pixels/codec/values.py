@@ -17,9 +17,9 @@ import typing
 from datetime import date, datetime, time
 from decimal import Decimal
 
-from beam_pixels.codec.numbers import _BYTES_KINDS, _FLOAT_KINDS, _FROM_NUMBER, _INT_KINDS, _NUMBER_KINDS
-from beam_pixels.codec.numbers import _STRING_KINDS, _TO_NUMBER, _check_bounds, _checked_bytes, _float32
-from beam_pixels.codec.numbers import _micros, _millis, _per_kind, _unscaled
+from beam_pixels.codec.numbers import BYTES_KINDS, FLOAT_KINDS, FROM_NUMBER, INT_KINDS, NUMBER_KINDS
+from beam_pixels.codec.numbers import STRING_KINDS, TO_NUMBER, check_bounds, checked_bytes, to_float32
+from beam_pixels.codec.numbers import micros, millis, per_kind, unscaled_of
 from beam_pixels.schema import ColumnType, TypeKind
 
 BINARY = "binary"
@@ -45,7 +45,7 @@ class DecodeError(ValueError):
         return f"cannot decode column {self.column!r} ({type_name}, {self.length} bytes): {self.reason}"
 
 
-def _check_encoding(encoding: str) -> None:
+def check_encoding(encoding: str) -> None:
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown value encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
 
@@ -53,7 +53,7 @@ def _check_encoding(encoding: str) -> None:
 _Decoder = typing.Callable[[ColumnType, bytes], typing.Any]
 
 
-def _wire_widths(col_type: ColumnType) -> tuple[int, ...]:
+def wire_widths(col_type: ColumnType) -> tuple[int, ...]:
     """Byte widths accepted for a fixed-width column (SMALLINT: 4 from older servers)."""
     if col_type.kind is TypeKind.SMALLINT:
         return (2, 4)
@@ -62,7 +62,7 @@ def _wire_widths(col_type: ColumnType) -> tuple[int, ...]:
 
 def _fixed_width(decode: _Decoder) -> _Decoder:
     def check_width(col_type: ColumnType, raw: bytes):
-        widths = _wire_widths(col_type)
+        widths = wire_widths(col_type)
         if len(raw) not in widths:
             raise ValueError(f"expected {' or '.join(map(str, widths))} bytes, got {len(raw)}")
         return decode(col_type, raw)
@@ -81,8 +81,8 @@ def _float_from_bytes(col_type: ColumnType, raw: bytes) -> float:
 
 
 def _number_from_bytes(col_type: ColumnType, raw: bytes):
-    number = _check_bounds(col_type, int.from_bytes(raw, "big", signed=True))
-    return _FROM_NUMBER[col_type.kind](col_type, number)
+    number = check_bounds(col_type, int.from_bytes(raw, "big", signed=True))
+    return FROM_NUMBER[col_type.kind](col_type, number)
 
 
 def _utf8(raw: bytes) -> str:
@@ -92,12 +92,12 @@ def _utf8(raw: bytes) -> str:
         raise ValueError(f"invalid UTF-8: {e.reason} at byte {e.start}") from None
 
 
-_BINARY_DECODERS: dict[TypeKind, _Decoder] = _per_kind(
+_BINARY_DECODERS: dict[TypeKind, _Decoder] = per_kind(
     {
         (TypeKind.BOOLEAN,): _fixed_width(_boolean_from_byte),
-        _NUMBER_KINDS: _fixed_width(_number_from_bytes),
-        _FLOAT_KINDS: _fixed_width(_float_from_bytes),
-        _STRING_KINDS: lambda t, raw: _utf8(raw),
+        NUMBER_KINDS: _fixed_width(_number_from_bytes),
+        FLOAT_KINDS: _fixed_width(_float_from_bytes),
+        STRING_KINDS: lambda t, raw: _utf8(raw),
         (TypeKind.BINARY, TypeKind.VARBINARY): lambda t, raw: raw,
         (TypeKind.FIXED,): _fixed_width(lambda t, raw: raw),
     }
@@ -121,18 +121,18 @@ def _parse_datetime(text: str) -> datetime:
 
 
 _TEXT_TO_NUMBER: dict[TypeKind, typing.Callable[[ColumnType, str], int]] = {
-    **{k: lambda t, s: int(_matching(_INT_TEXT, s, "an integer")) for k in _INT_KINDS},
-    TypeKind.DECIMAL: lambda t, s: _unscaled(t, Decimal(_matching(_FLOAT_TEXT, s, "a decimal number"))),
-    TypeKind.DATE: lambda t, s: _TO_NUMBER[TypeKind.DATE](t, date.fromisoformat(s)),
-    TypeKind.TIME: lambda t, s: _millis(time.fromisoformat(s)),
-    TypeKind.TIMESTAMP: lambda t, s: _micros(t, _parse_datetime(s)),
-    TypeKind.TIMESTAMPTZ: lambda t, s: _micros(t, _parse_datetime(s)),
+    **{k: lambda t, s: int(_matching(_INT_TEXT, s, "an integer")) for k in INT_KINDS},
+    TypeKind.DECIMAL: lambda t, s: unscaled_of(t, Decimal(_matching(_FLOAT_TEXT, s, "a decimal number"))),
+    TypeKind.DATE: lambda t, s: TO_NUMBER[TypeKind.DATE](t, date.fromisoformat(s)),
+    TypeKind.TIME: lambda t, s: millis(time.fromisoformat(s)),
+    TypeKind.TIMESTAMP: lambda t, s: micros(t, _parse_datetime(s)),
+    TypeKind.TIMESTAMPTZ: lambda t, s: micros(t, _parse_datetime(s)),
 }
 
 
 def _number_from_text(col_type: ColumnType, raw: bytes):
-    number = _check_bounds(col_type, _TEXT_TO_NUMBER[col_type.kind](col_type, _utf8(raw)))
-    return _FROM_NUMBER[col_type.kind](col_type, number)
+    number = check_bounds(col_type, _TEXT_TO_NUMBER[col_type.kind](col_type, _utf8(raw)))
+    return FROM_NUMBER[col_type.kind](col_type, number)
 
 
 def _float_from_text(col_type: ColumnType, raw: bytes) -> float:
@@ -142,7 +142,7 @@ def _float_from_text(col_type: ColumnType, raw: bytes) -> float:
     value = float(_matching(_FLOAT_TEXT, text, "a number"))
     if math.isinf(value):
         raise ValueError(f"{text[:40]!r} is out of range for {col_type}")
-    return _float32(value) if col_type.kind is TypeKind.FLOAT else value
+    return to_float32(value) if col_type.kind is TypeKind.FLOAT else value
 
 
 def _boolean_from_text(col_type: ColumnType, raw: bytes) -> bool:
@@ -152,14 +152,14 @@ def _boolean_from_text(col_type: ColumnType, raw: bytes) -> bool:
     return _BOOLEAN_TEXT[text]
 
 
-_TEXT_DECODERS: dict[TypeKind, _Decoder] = _per_kind(
+_TEXT_DECODERS: dict[TypeKind, _Decoder] = per_kind(
     {
         (TypeKind.BOOLEAN,): _boolean_from_text,
-        _NUMBER_KINDS: _number_from_text,
-        _FLOAT_KINDS: _float_from_text,
-        _STRING_KINDS: lambda t, raw: _utf8(raw),
-        _BYTES_KINDS: lambda t, raw: _checked_bytes(t, base64.b64decode(raw, validate=True)),
+        NUMBER_KINDS: _number_from_text,
+        FLOAT_KINDS: _float_from_text,
+        STRING_KINDS: lambda t, raw: _utf8(raw),
+        BYTES_KINDS: lambda t, raw: checked_bytes(t, base64.b64decode(raw, validate=True)),
     }
 )
 
-_DECODERS = {BINARY: _BINARY_DECODERS, TEXT: _TEXT_DECODERS}
+DECODERS = {BINARY: _BINARY_DECODERS, TEXT: _TEXT_DECODERS}

@@ -12,9 +12,9 @@ import struct
 import typing
 
 from beam_pixels.codec import BINARY, TEXT, RowCodec
-from beam_pixels.codec.numbers import _BYTES_KINDS, _FLOAT_KINDS, _FROM_NUMBER, _INT_KINDS, _NUMBER_KINDS
-from beam_pixels.codec.numbers import _STRING_KINDS, _checked_bytes, _float32, _number, _per_kind
-from beam_pixels.codec.values import _check_encoding
+from beam_pixels.codec.numbers import BYTES_KINDS, FLOAT_KINDS, FROM_NUMBER, INT_KINDS, NUMBER_KINDS
+from beam_pixels.codec.numbers import STRING_KINDS, checked_bytes, to_float32, number_of, per_kind
+from beam_pixels.codec.values import check_encoding
 from beam_pixels.schema import ColumnType, TypeKind
 
 _Encoder = typing.Callable[[ColumnType, typing.Any], bytes]
@@ -22,7 +22,7 @@ _Encoder = typing.Callable[[ColumnType, typing.Any], bytes]
 
 def _pack_float(col_type: ColumnType, value: float) -> bytes:
     if col_type.kind is TypeKind.FLOAT:
-        return struct.pack(">f", _float32(value))
+        return struct.pack(">f", to_float32(value))
     return struct.pack(">d", value)
 
 
@@ -31,39 +31,39 @@ def _float_text(col_type: ColumnType, value: float) -> str:
         return "NaN"
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
-    return repr(_float32(value) if col_type.kind is TypeKind.FLOAT else float(value))
+    return repr(to_float32(value) if col_type.kind is TypeKind.FLOAT else float(value))
 
 
 def _number_text(col_type: ColumnType, value) -> str:
-    """The text form of a value of a kind in ``_NUMBER_KINDS`` (range-checked)."""
-    number = _number(col_type, value)
+    """The text form of a value of a kind in ``NUMBER_KINDS`` (range-checked)."""
+    number = number_of(col_type, value)
     kind = col_type.kind
     if kind is TypeKind.TIMESTAMPTZ:
-        return _FROM_NUMBER[TypeKind.TIMESTAMP](col_type, number).isoformat() + "Z"
+        return FROM_NUMBER[TypeKind.TIMESTAMP](col_type, number).isoformat() + "Z"
     if kind is TypeKind.TIME:
         return value.isoformat(timespec="milliseconds")
     if kind is TypeKind.DECIMAL:
-        return format(_FROM_NUMBER[kind](col_type, number), "f")
-    return str(number) if kind in _INT_KINDS else value.isoformat()
+        return format(FROM_NUMBER[kind](col_type, number), "f")
+    return str(number) if kind in INT_KINDS else value.isoformat()
 
 
-_BINARY_ENCODERS: dict[TypeKind, _Encoder] = _per_kind(
+_BINARY_ENCODERS: dict[TypeKind, _Encoder] = per_kind(
     {
         (TypeKind.BOOLEAN,): lambda t, v: b"\x01" if v else b"\x00",
-        _NUMBER_KINDS: lambda t, v: _number(t, v).to_bytes(t.wire_width, "big", signed=True),
-        _FLOAT_KINDS: _pack_float,
-        _STRING_KINDS: lambda t, v: v.encode("utf-8"),
-        _BYTES_KINDS: _checked_bytes,
+        NUMBER_KINDS: lambda t, v: number_of(t, v).to_bytes(t.wire_width, "big", signed=True),
+        FLOAT_KINDS: _pack_float,
+        STRING_KINDS: lambda t, v: v.encode("utf-8"),
+        BYTES_KINDS: checked_bytes,
     }
 )
 
-_TEXT_ENCODERS: dict[TypeKind, _Encoder] = _per_kind(
+_TEXT_ENCODERS: dict[TypeKind, _Encoder] = per_kind(
     {
         (TypeKind.BOOLEAN,): lambda t, v: b"true" if v else b"false",
-        _NUMBER_KINDS: lambda t, v: _number_text(t, v).encode("ascii"),
-        _FLOAT_KINDS: lambda t, v: _float_text(t, v).encode("ascii"),
-        _STRING_KINDS: lambda t, v: v.encode("utf-8"),
-        _BYTES_KINDS: lambda t, v: base64.b64encode(_checked_bytes(t, v)),
+        NUMBER_KINDS: lambda t, v: _number_text(t, v).encode("ascii"),
+        FLOAT_KINDS: lambda t, v: _float_text(t, v).encode("ascii"),
+        STRING_KINDS: lambda t, v: v.encode("utf-8"),
+        BYTES_KINDS: lambda t, v: base64.b64encode(checked_bytes(t, v)),
     }
 )
 
@@ -77,7 +77,7 @@ def encode_value(col_type: ColumnType, value, encoding: str = BINARY) -> bytes:
     fractional digits than the scale, a FIXED value of the wrong length,
     sub-millisecond TIME). TIMESTAMPTZ takes aware datetimes or naive ones in UTC.
     """
-    _check_encoding(encoding)
+    check_encoding(encoding)
     return _ENCODERS[encoding][col_type.kind](col_type, value)
 
 
