@@ -20,13 +20,12 @@ CACHE="${ENGINES_CACHE_DIR:-$HOME/.cache/beam-pixels}"
 PYTHON_TAG="$(python3 -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')"
 HASH="$( (cat "$HERE/engines/pom.xml"; echo "$PYSPARK_VERSION $PYTHON_TAG") | sha256sum | cut -c1-12)"
 DIR="$CACHE/engines-$HASH"
+. "$HERE/lib/cached-install.sh"
 
 die() { echo "engines: $*" >&2; exit 1; }
 
 installed() {  # pyspark importable from its directory, and every jar of the classpath in Maven's repository
-  [ -s "$DIR/classpath" ] && [ -f "$DIR/pyspark/pyspark/__init__.py" ] || return 1
-  local jar
-  for jar in $(tr ':' ' ' <"$DIR/classpath"); do [ -f "$jar" ] || return 1; done
+  [ -f "$DIR/pyspark/pyspark/__init__.py" ] && classpath_present "$DIR/classpath"
 }
 
 jar_named() { tr ':' '\n' <"$DIR/classpath" | grep "/$1-[^/]*\.jar\$"; }
@@ -39,10 +38,7 @@ print_env() {
 
 install() {
   if installed; then return 0; fi
-  # The tests install on first use: two test runs starting at once install one after the other.
-  mkdir -p "$CACHE"
-  exec 9>"$CACHE/engines.lock"
-  flock 9
+  hold_install_lock "$CACHE" engines
   if installed; then return 0; fi
   command -v java >/dev/null || die "java not found (Java 17 is needed by Spark 4)"
   command -v mvn >/dev/null || die "mvn not found (Maven fetches Iceberg's jars)"
@@ -52,8 +48,7 @@ install() {
   echo "installing pyspark $PYSPARK_VERSION and Iceberg $ICEBERG_VERSION's Spark runtime and REST catalog server into $DIR" >&2
   rm -rf "$DIR.tmp" && mkdir -p "$DIR.tmp"
   PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --target "$DIR.tmp/pyspark" "pyspark==$PYSPARK_VERSION" >&2
-  mvn --batch-mode --quiet -Dstyle.color=never -f "$HERE/engines/pom.xml" dependency:build-classpath \
-    -Dmdep.outputFile="$DIR.tmp/classpath" >&2
+  maven_classpath "$HERE/engines/pom.xml" "$DIR.tmp/classpath"
   rm -rf "$DIR" && mv "$DIR.tmp" "$DIR"
   echo "installed the other engines in $((SECONDS - started)) s" >&2
 }

@@ -20,21 +20,17 @@ SRC="$HERE/paimon-java-reader"
 CACHE="${PAIMON_JAVA_READER_CACHE_DIR:-$HOME/.cache/beam-pixels}"
 HASH="$(cat "$SRC/pom.xml" "$SRC/PaimonJavaReader.java" | sha256sum | cut -c1-12)"
 DIR="$CACHE/paimon-java-reader-$PAIMON_VERSION-$HASH"
+. "$HERE/lib/cached-install.sh"
 
 die() { echo "paimon-java-reader: $*" >&2; exit 1; }
 
 installed() {  # the compiled class, and every jar of its classpath still in Maven's repository
-  [ -s "$DIR/classpath" ] && [ -s "$DIR/classes/PaimonJavaReader.class" ] || return 1
-  local jar
-  for jar in $(tr ':' ' ' <"$DIR/classpath"); do [ -f "$jar" ] || return 1; done
+  [ -s "$DIR/classes/PaimonJavaReader.class" ] && classpath_present "$DIR/classpath"
 }
 
 install() {
   if installed; then return 0; fi
-  # The tests install on first use: two test runs starting at once install one after the other.
-  mkdir -p "$CACHE"
-  exec 9>"$CACHE/paimon-java-reader.lock"
-  flock 9
+  hold_install_lock "$CACHE" paimon-java-reader
   if installed; then return 0; fi
   command -v java >/dev/null || die "java not found (Java 11 or newer is needed)"
   command -v javac >/dev/null || die "javac not found (a JDK, not only a JRE, is needed)"
@@ -43,8 +39,7 @@ install() {
   local started=$SECONDS
   echo "installing Paimon's Java reader $PAIMON_VERSION into $DIR" >&2
   rm -rf "$DIR.tmp" && mkdir -p "$DIR.tmp/classes"
-  mvn --batch-mode --quiet -Dstyle.color=never -f "$SRC/pom.xml" dependency:build-classpath \
-    -Dmdep.outputFile="$DIR.tmp/classpath" >&2
+  maven_classpath "$SRC/pom.xml" "$DIR.tmp/classpath"
   javac -nowarn -d "$DIR.tmp/classes" -cp "$(cat "$DIR.tmp/classpath")" "$SRC/PaimonJavaReader.java"
   rm -rf "$DIR" && mv "$DIR.tmp" "$DIR"
   echo "installed Paimon's Java reader $PAIMON_VERSION in $((SECONDS - started)) s" >&2
