@@ -1,0 +1,387 @@
+"""Partitioned Paimon tables (``paimon.partition.keys``): rows that move across partitions,
+deletes, compaction and expiry per partition, the files a commit writes, pruned reads, tables
+read exactly by pypaimon and by Paimon's Java reader, and a run killed with SIGKILL and restarted."""
+
+import datetime
+import random
+import signal
+import time
+
+import pyarrow as pa
+import pytest
+from pypaimon import CatalogFactory, Schema
+from pypaimon.schema.data_types import AtomicType, DataField
+
+import paimon_java_reader as java
+from app_helpers import Run, run_cli_to_end, write_properties
+from beam_pixels.changes import ChangeBatch, Op, concat_records
+from beam_pixels.config import ConfigError, PixelsConfig
+from beam_pixels.schema import SourceSchema
+from beam_pixels.sinks.committing import SinkConfigurationError
+from beam_pixels.sinks.paimon import PaimonTableWriter
+from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon.maintenance import live_files
+from beam_pixels.testing import mock_data
+from beam_pixels.testing.mock_server import MockPixelsServer
+from test_paimon_maintenance import catalog_properties
+
+SPEC = "id:BIGINT, day:DATE, region:STRING, qty:INT, note:STRING"
+EVENTS = SourceSchema.parse(SPEC, primary_key=["id"])
+FIRST_DAY = datetime.date(2026, 12, 1)
+REGIONS = ("eu", "us")
+
+
+def open_table(properties: dict[str, str], name: str):
+    return CatalogFactory.create({k: v for k, v in properties.items() if k != "type"}).get_table(name)
+
+
+def read_rows(table, snapshot_id: int | None = None, predicate=None) -> tuple[list[dict], list]:
+    """pypaimon's rows (of ``snapshot_id``, else the latest; only those ``predicate(builder)``
+    selects) sorted by id, and the splits it read them from."""
+    if snapshot_id is not None:
+        table = table.copy({"scan.snapshot-id": str(snapshot_id)})
+    builder = table.new_read_builder()
+    if predicate is not None:
+        builder = builder.with_filter(predicate(builder.new_predicate_builder()))
+    splits = builder.new_scan().plan().splits()
+    rows = builder.new_read().to_arrow(splits)
+    return sorted(rows.select(EVENTS.names).to_pylist(), key=lambda r: r["id"]), splits
+
+
+def step(state: dict, batch: int, size: int = 60, keys: int = 150) -> list:
+    """Changes under a moving clock (``day`` advances every 4 batches): new rows of today, updates
+    that move a row to today or to the other region, updates in place, deletes; updates ``state``."""
+    rng = random.Random(batch)
+    today = FIRST_DAY + datetime.timedelta(days=batch // 4)
+    changes = []
+    for _ in range(size):
+        key = rng.randrange(keys)
+        row = state.get(key)
+        roll = rng.random()
+        if row is None:
+            after = {"id": key, "day": today, "region": rng.choice(REGIONS), "qty": batch, "note": f"in {batch}"}
+            changes.append((Op.INSERT, None, after))
+            state[key] = after
+            continue
+        if roll < 0.15:
+            changes.append((Op.DELETE, row, None))
+            del state[key]
+            continue
+        if roll < 0.45:
+            after = dict(row, day=today, qty=row["qty"] + 1, note=f"moved {batch}")
+        elif roll < 0.65:
+            after = dict(row, region=REGIONS[row["region"] == "eu"], note=f"region {batch}")
+        else:
+            after = dict(row, qty=row["qty"] + 1, note=f"up {batch}")
+        changes.append((Op.UPDATE, row, after))
+        state[key] = after
+    return changes
+
+
+def commit(writer: PaimonTableWriter, schema: SourceSchema, changes: list) -> None:
+    """Commit ``changes`` as the committer does (maintenance included)."""
+    checkpoint = writer.last_checkpoint()
+    records = concat_records([ChangeBatch.from_changes(schema, changes, poll_group=0,
+                                                       start_position=checkpoint.next_position(0))], schema)
+    writer.commit(records, checkpoint.advance(records))
+
+
+def expected(state: dict) -> list[dict]:
+    return [state[k] for k in sorted(state)]
+
+
+def partition_of(row: dict, keys: tuple) -> tuple:
+    return tuple(row[k] for k in keys)
+
+
+def files_by_partition(table) -> dict[tuple, list]:
+    found = {}
+    for (partition, _), entries in live_files(table, private.latest_snapshot(table)).items():
+        found.setdefault(partition, []).extend(entries)
+    return found
+
+
+@pytest.mark.parametrize("keys", [("day",), ("day", "region")], ids=["day", "day-region"])
+def test_updates_move_rows_across_partitions_exactly(tmp_path, keys):
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(EVENTS, "events", properties, bucket=2, compaction_trigger=3, partition_keys=keys,
+                               table_options={"snapshot.num-retained.min": "1000"})
+    writer.open()
+    state, history, moved = {}, {}, 0
+    for batch in range(1, 33):
+        before = dict(state)
+        commit(writer, EVENTS, step(state, batch))
+        moved += sum(1 for k, row in state.items() if k in before and partition_of(before[k], keys)
+                     != partition_of(row, keys))
+        table = open_table(properties, "pixels.events")
+        rows, splits = read_rows(table)
+        assert rows == expected(state), f"after batch {batch}"
+        assert all(split.raw_convertible for split in splits), "readers never merge sorted runs"
+        history[private.latest_snapshot(table).id] = expected(state)
+    table = open_table(properties, "pixels.events")
+    assert table.partition_keys == list(keys)
+    assert table.table_schema.primary_keys == ["id", *keys], "Paimon's rule: the key holds the partition keys"
+    assert moved > 200, "updates moved rows to other partitions"
+    partitions = files_by_partition(table)
+    assert len(partitions) >= 8 * len(keys), partitions.keys()
+    for partition, entries in partitions.items():  # each row lives in the partition its columns name
+        for entry in entries:
+            assert private.entry_partition(entry) == partition
+    for row in expected(state):
+        assert partition_of(row, keys) in partitions
+    vectors = private.deletion_vector_index(table, private.latest_snapshot(table))
+    assert len({partition for partition, _ in vectors}) >= 4, "moved rows deleted in their old partitions"
+    snapshots = [private.snapshot_by_id(table, i) for i in range(1, private.latest_snapshot(table).id + 1)]
+    assert any(s.commit_kind == "COMPACT" for s in snapshots), "compaction ran per partition"
+    for snapshot_id, rows in history.items():
+        assert read_rows(table, snapshot_id)[0] == rows, f"snapshot {snapshot_id}"
+
+    java.require()
+    reads = java.read_many(properties["warehouse"], [("pixels.events", {})] + [
+        ("pixels.events", {"scan.snapshot-id": str(i)}) for i in sorted(history)[::8]])
+    assert reads[0].sorted_rows(["id"], EVENTS.names) == expected(state)
+    for read in reads[1:]:
+        assert read.sorted_rows(["id"], EVENTS.names) == history[read.snapshot], f"snapshot {read.snapshot}"
+
+
+def test_a_filtered_read_touches_only_its_partitions(tmp_path):
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(EVENTS, "events", properties, bucket=2, partition_keys=("region", "day"))
+    writer.open()
+    state = {}
+    for batch in range(1, 13):
+        commit(writer, EVENTS, step(state, batch))
+    table = open_table(properties, "pixels.events")
+    everything, all_splits = read_rows(table)
+    day = FIRST_DAY + datetime.timedelta(days=1)
+    rows, splits = read_rows(table, predicate=lambda p: p.and_predicates([p.equal("region", "eu"), p.equal("day", day)]))
+    assert rows == [r for r in expected(state) if (r["region"], r["day"]) == ("eu", day)] and rows
+    assert {tuple(s.partition.values) for s in splits} == {("eu", day)}
+    assert len(splits) < len(all_splits) / 4
+    rows, splits = read_rows(table, predicate=lambda p: p.equal("region", "us"))
+    assert rows == [r for r in expected(state) if r["region"] == "us"]
+    assert {s.partition.values[0] for s in splits} == {"us"}
+
+    java.require()
+    whole, eu = java.read_many(properties["warehouse"], [("pixels.events", {}), ("pixels.events", {"where.region": "eu"})])
+    assert whole.sorted_rows(["id"], EVENTS.names) == everything
+    assert eu.sorted_rows(["id"], EVENTS.names) == [r for r in expected(state) if r["region"] == "eu"]
+    assert eu.splits < whole.splits, "Java's scan pruned the other region's partitions"
+
+
+def test_files_per_commit_are_bounded_by_the_partitions_and_buckets_it_touches(tmp_path):
+    """A commit writes one data file per (partition, bucket) its new rows fall in, and one
+    deletion-vector index file per (partition, bucket) whose stored rows it deletes."""
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(EVENTS, "events", properties, bucket=4, partition_keys=("day",))
+    writer.open()
+    state, figures = {}, []
+    for batch in range(1, 41):
+        changes = step(state, batch, size=400, keys=2000)
+        commit(writer, EVENTS, changes)
+        table = open_table(properties, "pixels.events")
+        snapshot = private.own_latest_snapshot(table, writer.commit_user)
+        assert snapshot.commit_kind == "APPEND"
+        data = [e for e in private.delta_entries(table, snapshot) if e.kind == 0]
+        written = {(private.entry_partition(e), e.bucket) for e in data}
+        assert len(data) == len(written), "one data file per (partition, bucket)"
+        survivors = [a for _, _, a in changes if a is not None]
+        assert {(a["day"],) for a in survivors} >= {p for p, _ in written}
+        assert len(data) <= 4 * len({a["day"] for a in survivors})
+        before = private.snapshot_by_id(table, snapshot.id - 1)
+        old = {k: e for k, e in private.deletion_vector_index(table, before).items()}
+        new = private.deletion_vector_index(table, snapshot)
+        index_files = sum(1 for k, e in new.items() if [x.index_file.file_name for x in e]
+                          != [x.index_file.file_name for x in old.get(k, [])])
+        figures.append((len(data), index_files, len(files_by_partition(table))))
+    data_files = [d for d, _, _ in figures]
+    index_files = [i for _, i, _ in figures]
+    partitions = figures[-1][2]
+    # Ten days of partitions by now, yet a commit writes files only where its rows go: today's
+    # (4 buckets) and yesterday's when the clock just moved, plus the index files of the old
+    # partitions its updates and deletes reach (at most partitions x buckets).
+    assert partitions >= 10
+    assert max(data_files) <= 8 and max(index_files) <= 4 * partitions
+    print(f"files per commit with {partitions} partitions x 4 buckets: data files max {max(data_files)} "
+          f"mean {sum(data_files) / len(data_files):.1f}; deletion-vector index files max {max(index_files)} "
+          f"mean {sum(index_files) / len(index_files):.1f}")
+
+
+def test_a_source_key_holding_the_partition_keys_needs_no_deletion_vectors(tmp_path):
+    """Paimon's rule met by the source key itself: a table without deletion vectors writes
+    ``-D`` rows into the right partition."""
+    orders = SourceSchema.parse("region:STRING, id:INT, qty:INT", primary_key=["region", "id"])
+    properties = catalog_properties(tmp_path)
+    for name, options in (("merged", {"deletion-vectors.enabled": "false"}), ("vectors", {})):
+        writer = PaimonTableWriter(orders, name, properties, bucket=2, compaction_trigger=3,
+                                   partition_keys=("region",), table_options=options)
+        writer.open()
+        state = {}
+        for batch in range(1, 16):
+            rng = random.Random(batch)
+            changes = []
+            for _ in range(30):
+                key = (rng.choice(REGIONS), rng.randrange(40))
+                row = state.get(key)
+                if row is None:
+                    row = {"region": key[0], "id": key[1], "qty": batch}
+                    changes.append((Op.INSERT, None, row))
+                    state[key] = row
+                elif rng.random() < 0.3:
+                    changes.append((Op.DELETE, row, None))
+                    del state[key]
+                else:
+                    changes.append((Op.UPDATE, row, dict(row, qty=batch)))
+                    state[key] = dict(row, qty=batch)
+            commit(writer, orders, changes)
+        table = open_table(properties, f"pixels.{name}")
+        assert table.table_schema.primary_keys == ["region", "id"]
+        builder = table.new_read_builder()
+        rows = builder.new_read().to_arrow(builder.new_scan().plan().splits()).select(orders.names).to_pylist()
+        assert sorted(rows, key=lambda r: (r["region"], r["id"])) == [state[k] for k in sorted(state)], name
+
+
+def test_a_keyless_changelog_is_written_per_partition(tmp_path):
+    log = SourceSchema.parse("id:BIGINT, day:DATE, qty:INT")
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(log, "log", properties, partition_keys=("day",),
+                               table_options={"compaction.min.file-num": "3"})
+    writer.open()
+    written = []
+    for batch in range(1, 13):
+        day = FIRST_DAY + datetime.timedelta(days=batch % 3)
+        rows = [{"id": batch * 100 + i, "day": day, "qty": i} for i in range(20)]
+        changes = [(Op.INSERT, None, r) for r in rows[:15]] + [(Op.DELETE, r, None) for r in rows[15:]]
+        commit(writer, log, changes)
+        written += [(r["id"], r["day"], op.name) for op, b, a in changes for r in [a or b]]
+    writer.finish_maintenance()
+    table = open_table(properties, "pixels.log")
+    builder = table.new_read_builder()
+    rows = builder.new_read().to_arrow(builder.new_scan().plan().splits()).to_pylist()
+    assert sorted((r["id"], r["day"], r["_op"]) for r in rows) == sorted(written)
+    partitions = files_by_partition(table)
+    assert set(partitions) == {(FIRST_DAY + datetime.timedelta(days=d),) for d in range(3)}
+    assert all(len(entries) < 4 for entries in partitions.values()), "small files compacted per partition"
+    day = FIRST_DAY + datetime.timedelta(days=1)
+    builder = table.new_read_builder()
+    builder = builder.with_filter(builder.new_predicate_builder().equal("day", day))
+    splits = builder.new_scan().plan().splits()
+    assert {tuple(s.partition.values) for s in splits} == {(day,)}
+    assert sorted(r["id"] for r in builder.new_read().to_arrow(splits).to_pylist()) == sorted(
+        i for i, d, _ in written if d == day)
+
+
+@pytest.mark.parametrize("options, write_only", [({"deletion-vectors.enabled": "false"}, False), ({}, True)],
+                         ids=["no-deletion-vectors", "write-only"])
+def test_partition_keys_outside_the_key_need_deletion_vectors(tmp_path, options, write_only):
+    writer = PaimonTableWriter(EVENTS, "events", catalog_properties(tmp_path), partition_keys=("day", "region"),
+                               table_options=options, write_only=write_only)
+    with pytest.raises(SinkConfigurationError) as refused:
+        writer.open()
+    message = str(refused.value)
+    assert "day, region are not in the primary key (id)" in message
+    assert ("write-only" if write_only else "deletion-vectors.enabled") in message
+    assert "source.primary.key" in message
+    with pytest.raises(Exception):
+        open_table(catalog_properties(tmp_path), "pixels.events")  # nothing was created
+
+
+def test_partition_keys_must_be_columns():
+    with pytest.raises(ConfigError, match=r"paimon\.partition\.keys.*'days' is not a column of source\.schema"):
+        PixelsConfig.from_properties({"source.schema": SPEC, "source.primary.key": "id",
+                                      "paimon.partition.keys": "days"})
+    config = PixelsConfig.from_properties({"source.schema": SPEC, "paimon.partition.keys": "day, region"})
+    assert config.paimon_partition_keys == ("day", "region")
+
+
+def _create(properties, name: str, partition_keys: list[str], primary_keys: list[str], options: dict) -> None:
+    fields = [DataField(i, c.name, AtomicType(c.type.to_paimon(), c.name not in primary_keys))
+              for i, c in enumerate(EVENTS.columns)]
+    fields.append(DataField(len(fields), "_rowkind", AtomicType("STRING", False)))
+    catalog = CatalogFactory.create({k: v for k, v in properties.items() if k != "type"})
+    catalog.create_database("pixels", True)
+    catalog.create_table(f"pixels.{name}", Schema(fields, partition_keys=partition_keys, primary_keys=primary_keys,
+                                                  options={"rowkind.field": "_rowkind", **options}), False)
+
+
+def test_an_existing_partitioned_table_is_written_as_it_is(tmp_path):
+    properties = catalog_properties(tmp_path)
+    _create(properties, "events", ["region"], ["id", "region"],
+            {"bucket": "3", "deletion-vectors.enabled": "true", "num-levels": "5"})
+    writer = PaimonTableWriter(EVENTS, "events", properties, partition_keys=("day",))  # the table's own win
+    writer.open()
+    state = {}
+    for batch in range(1, 9):
+        commit(writer, EVENTS, step(state, batch))
+    table = open_table(properties, "pixels.events")
+    assert table.partition_keys == ["region"]
+    assert read_rows(table)[0] == expected(state)
+    assert set(files_by_partition(table)) == {("eu",), ("us",)}
+
+    _create(properties, "upserts", ["day"], ["id"], {"bucket": "-1"})  # Paimon's cross-partition update mode
+    with pytest.raises(SinkConfigurationError, match=r"lacks its partition keys \(day\).*cross-partition update"):
+        PaimonTableWriter(EVENTS, "upserts", properties).open()
+
+
+# -- a run killed with SIGKILL and restarted --------------------------------------------------
+
+
+def _history(n_keys: int, n_events: int, seed: int) -> list:
+    """Events over ``n_keys`` ids, as rows in column order; updates move rows across days."""
+    rng = random.Random(seed)
+    live, events = {}, []
+    for i in range(n_events):
+        key = rng.randrange(n_keys)
+        day = FIRST_DAY + datetime.timedelta(days=i * 6 // n_events)
+        row = live.get(key)
+        if row is None:
+            after = (key, day, rng.choice(REGIONS), i, f"in {i}")
+            events.append((Op.INSERT, None, after))
+            live[key] = after
+        elif rng.random() < 0.2:
+            events.append((Op.DELETE, row, None))
+            del live[key]
+        else:
+            after = (key, day if rng.random() < 0.5 else row[1], row[2], i, f"up {i}")
+            events.append((Op.UPDATE, row, after))
+            live[key] = after
+    return events
+
+
+def test_a_killed_run_restarts_and_ends_exact(tmp_path):
+    history = _history(300, 3000, seed=5)
+    server = MockPixelsServer(EVENTS, batch_size=40)
+    server.load_cdc(history[:1500])
+    server.start()
+    properties = write_properties(tmp_path, "paimon", {
+        "source.schema": SPEC, "source.primary.key": "id", "paimon.partition.keys": "day",
+        "paimon.bucket": "2", "checkpoint.interval.ms": "3000", "source.stop.after.idle.ms": "4000"})
+    args = ["run", "--config", str(properties), "--set", f"pixels.server.port={server.port}"]
+    runs = [Run.cli(tmp_path, *args)]
+    try:
+        runs[0].wait_for(r"committed batch 1 ", timeout=120)
+        server.load_cdc(history[1500:])
+        deadline = time.monotonic() + 60
+        while server.pending() or len(server.handed_out()) <= sum(c.changes for c in runs[0].commits()):
+            assert time.monotonic() < deadline, runs[0].describe()
+            time.sleep(0.02)
+        runs[0].proc.send_signal(signal.SIGKILL)  # everything polled, the last of it not committed
+        runs[0].proc.wait(30)
+        committed = sum(c.changes for c in runs[0].commits())
+        assert committed < 3000, "the kill came before the last commit"
+        runs.append(Run.cli(tmp_path, *args))
+        run_cli_to_end(runs[1], timeout=180)
+    finally:
+        for run in runs:
+            run.kill()
+        server.stop()
+    assert len(server.handed_out()) == 3000
+    final = mock_data.final_state(EVENTS, history)
+    wanted = sorted((dict(zip(EVENTS.names, row)) for row in final.values()), key=lambda r: r["id"])
+    warehouse = tmp_path / "warehouse" / "paimon"
+    table = open_table({"warehouse": str(warehouse)}, "pixels.paimon_orders")
+    assert table.partition_keys == ["day"]
+    assert read_rows(table)[0] == wanted
+    assert len(files_by_partition(table)) == 6
+    java.require()
+    assert java.read(warehouse, "pixels.paimon_orders").sorted_rows(["id"], EVENTS.names) == wanted
