@@ -20,6 +20,7 @@ from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.committing import SinkConfigurationError
 from beam_pixels.sinks.paimon import PaimonTableWriter
 from beam_pixels.sinks.paimon import _pypaimon_private as private
+from beam_pixels.sinks.paimon.bucketing import bucket_ids
 from beam_pixels.sinks.paimon.maintenance import live_files
 from beam_pixels.testing import mock_data
 from beam_pixels.testing.mock_server import MockPixelsServer
@@ -107,7 +108,7 @@ def test_updates_move_rows_across_partitions_exactly(tmp_path, keys):
     writer = PaimonTableWriter(EVENTS, "events", properties, bucket=2, compaction_trigger=3, partition_keys=keys,
                                table_options={"snapshot.num-retained.min": "1000"})
     writer.open()
-    state, history, moved = {}, {}, 0
+    state, history, moved, deleted_in = {}, {}, 0, set()
     for batch in range(1, 33):
         before = dict(state)
         commit(writer, EVENTS, step(state, batch))
@@ -118,19 +119,19 @@ def test_updates_move_rows_across_partitions_exactly(tmp_path, keys):
         assert rows == expected(state), f"after batch {batch}"
         assert all(split.raw_convertible for split in splits), "readers never merge sorted runs"
         history[private.latest_snapshot(table).id] = expected(state)
+        deleted_in |= {p for p, _ in private.deletion_vector_index(table, private.latest_snapshot(table))}
     table = open_table(properties, "pixels.events")
     assert table.partition_keys == list(keys)
     assert table.table_schema.primary_keys == ["id", *keys], "Paimon's rule: the key holds the partition keys"
     assert moved > 200, "updates moved rows to other partitions"
     partitions = files_by_partition(table)
-    assert len(partitions) >= 8 * len(keys), partitions.keys()
+    assert len(partitions) >= 6 * len(keys), partitions.keys()
     for partition, entries in partitions.items():  # each row lives in the partition its columns name
         for entry in entries:
             assert private.entry_partition(entry) == partition
     for row in expected(state):
         assert partition_of(row, keys) in partitions
-    vectors = private.deletion_vector_index(table, private.latest_snapshot(table))
-    assert len({partition for partition, _ in vectors}) >= 4, "moved rows deleted in their old partitions"
+    assert len(deleted_in) >= 6, "moved and deleted rows marked in their old partitions' deletion vectors"
     snapshots = [private.snapshot_by_id(table, i) for i in range(1, private.latest_snapshot(table).id + 1)]
     assert any(s.commit_kind == "COMPACT" for s in snapshots), "compaction ran per partition"
     for snapshot_id, rows in history.items():
@@ -169,42 +170,52 @@ def test_a_filtered_read_touches_only_its_partitions(tmp_path):
     assert eu.splits < whole.splits, "Java's scan pruned the other region's partitions"
 
 
-def test_files_per_commit_are_bounded_by_the_partitions_and_buckets_it_touches(tmp_path):
-    """A commit writes one data file per (partition, bucket) its new rows fall in, and one
-    deletion-vector index file per (partition, bucket) whose stored rows it deletes."""
+@pytest.mark.parametrize("clock", ["updates-move-to-today", "updates-in-place"])
+def test_files_per_commit_are_bounded_by_the_partitions_and_buckets_it_touches(tmp_path, clock):
+    """A commit writes one data file per (partition, bucket) its after-images fall in, and one
+    deletion-vector index file per (partition, bucket) whose stored rows it deletes. Under a
+    moving clock whose updates move rows to today (the soak), that is today's buckets; updates
+    that leave rows in their old days write in every day they touch."""
     properties = catalog_properties(tmp_path)
     writer = PaimonTableWriter(EVENTS, "events", properties, bucket=4, partition_keys=("day",))
     writer.open()
     state, figures = {}, []
     for batch in range(1, 41):
         changes = step(state, batch, size=400, keys=2000)
+        if clock == "updates-move-to-today":
+            today = FIRST_DAY + datetime.timedelta(days=batch // 4)
+            changes = [(op, b, a if a is None else dict(a, day=today)) for op, b, a in changes]
+            state.update({a["id"]: a for _, _, a in changes if a is not None and a["id"] in state})
         commit(writer, EVENTS, changes)
         table = open_table(properties, "pixels.events")
         snapshot = private.own_latest_snapshot(table, writer.commit_user)
-        assert snapshot.commit_kind == "APPEND"
+        while snapshot.commit_kind != "APPEND":  # past the compactions that followed it
+            snapshot = private.snapshot_by_id(table, snapshot.id - 1)
         data = [e for e in private.delta_entries(table, snapshot) if e.kind == 0]
-        written = {(private.entry_partition(e), e.bucket) for e in data}
-        assert len(data) == len(written), "one data file per (partition, bucket)"
-        survivors = [a for _, _, a in changes if a is not None]
-        assert {(a["day"],) for a in survivors} >= {p for p, _ in written}
-        assert len(data) <= 4 * len({a["day"] for a in survivors})
+        final = {a["id"]: a for _, _, a in changes if a is not None and state.get(a["id"]) == a}
+        survivors = pa.Table.from_pylist(list(final.values())) if final else None
+        buckets = bucket_ids(survivors.select(["id"]), ["BIGINT"], 4) if final else []
+        touched = {(a["day"],) for a in final.values()}
+        assert {(private.entry_partition(e), e.bucket) for e in data} == {
+            ((a["day"],), int(b)) for a, b in zip(final.values(), buckets)}, "files only where after-images go"
+        assert len(data) <= 4 * len(touched), "one data file per (partition, bucket)"
         before = private.snapshot_by_id(table, snapshot.id - 1)
-        old = {k: e for k, e in private.deletion_vector_index(table, before).items()}
+        old = private.deletion_vector_index(table, before)
         new = private.deletion_vector_index(table, snapshot)
         index_files = sum(1 for k, e in new.items() if [x.index_file.file_name for x in e]
                           != [x.index_file.file_name for x in old.get(k, [])])
-        figures.append((len(data), index_files, len(files_by_partition(table))))
-    data_files = [d for d, _, _ in figures]
-    index_files = [i for _, i, _ in figures]
-    partitions = figures[-1][2]
-    # Ten days of partitions by now, yet a commit writes files only where its rows go: today's
-    # (4 buckets) and yesterday's when the clock just moved, plus the index files of the old
-    # partitions its updates and deletes reach (at most partitions x buckets).
-    assert partitions >= 10
-    assert max(data_files) <= 8 and max(index_files) <= 4 * partitions
-    print(f"files per commit with {partitions} partitions x 4 buckets: data files max {max(data_files)} "
-          f"mean {sum(data_files) / len(data_files):.1f}; deletion-vector index files max {max(index_files)} "
-          f"mean {sum(index_files) / len(index_files):.1f}")
+        figures.append((len(data), index_files, len(touched), len(files_by_partition(table))))
+    assert read_rows(open_table(properties, "pixels.events"))[0] == expected(state)
+    data_files, index_files, touched, partitions = (list(column) for column in zip(*figures))
+    assert partitions[-1] >= 10
+    assert max(index_files) <= 4 * partitions[-1]
+    if clock == "updates-move-to-today":
+        assert max(data_files) <= 8, "today's buckets, and yesterday's when the clock just moved"
+    else:
+        assert max(touched) >= 8, "updates reached many old days"
+    print(f"{clock}: {partitions[-1]} partitions x 4 buckets; per commit (400 changes): data files max "
+          f"{max(data_files)} mean {sum(data_files) / len(data_files):.1f} (days written max {max(touched)}), "
+          f"deletion-vector index files max {max(index_files)} mean {sum(index_files) / len(index_files):.1f}")
 
 
 def test_a_source_key_holding_the_partition_keys_needs_no_deletion_vectors(tmp_path):
