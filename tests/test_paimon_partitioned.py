@@ -382,6 +382,7 @@ def test_a_killed_run_restarts_and_ends_exact(tmp_path):
         assert committed < 3000, "the kill came before the last commit"
         runs.append(Run.cli(tmp_path, *args))
         run_cli_to_end(runs[1], timeout=180)
+        assert "replaying" in runs[1].output, "the restart replays what the killed run polled but never committed"
     finally:
         for run in runs:
             run.kill()
