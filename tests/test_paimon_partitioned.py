@@ -6,6 +6,7 @@ import datetime
 import random
 import signal
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -24,7 +25,7 @@ from beam_pixels.sinks.paimon.bucketing import bucket_ids
 from beam_pixels.sinks.paimon.maintenance import live_files
 from beam_pixels.testing import mock_data
 from beam_pixels.testing.mock_server import MockPixelsServer
-from test_paimon_maintenance import catalog_properties
+from test_paimon_maintenance import catalog_properties, reachable_data_files
 
 SPEC = "id:BIGINT, day:DATE, region:STRING, qty:INT, note:STRING"
 EVENTS = SourceSchema.parse(SPEC, primary_key=["id"])
@@ -168,6 +169,33 @@ def test_a_filtered_read_touches_only_its_partitions(tmp_path):
     assert whole.sorted_rows(["id"], EVENTS.names) == everything
     assert eu.sorted_rows(["id"], EVENTS.names) == [r for r in expected(state) if r["region"] == "eu"]
     assert eu.splits < whole.splits, "Java's scan pruned the other region's partitions"
+
+
+def test_maintenance_compacts_and_expires_per_partition_within_its_budget(tmp_path):
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(EVENTS, "events", properties, bucket=2, compaction_trigger=2, compaction_max_bytes=1,
+                               partition_keys=("day",), table_options={
+                                   "snapshot.num-retained.min": "2", "snapshot.num-retained.max": "3",
+                                   "snapshot.time-retained": "1 ms", "num-levels": "4"})
+    writer.open()
+    state, reports, compacted = {}, [], set()
+    for batch in range(1, 29):
+        commit(writer, EVENTS, step(state, batch))
+        report = writer.maintain()  # None: nothing to do since the last pass
+        assert report is None or not report.errors, report
+        reports += [report] if report else []
+        table = open_table(properties, "pixels.events")
+        if report and report.buckets:
+            snapshot = private.snapshot_by_id(table, report.snapshot_id)
+            compacted |= {private.entry_partition(e) for e in private.delta_entries(table, snapshot)}
+        assert read_rows(table)[0] == expected(state), f"after batch {batch}"
+    assert max(r.buckets for r in reports) == 1, "a pass over its byte budget compacts one bucket"
+    assert any(r.buckets_waiting for r in reports), "the rest waits for later passes"
+    assert len(compacted) >= 4, "passes compacted buckets of many partitions"
+    assert sum(r.snapshots_expired for r in reports) > 20
+    table = open_table(properties, "pixels.events")
+    on_disk = {p.name for p in Path(table.table_path).glob("day=*/bucket-*/*.parquet")}
+    assert on_disk == reachable_data_files(table), "expiry deleted the files of every partition it no longer needs"
 
 
 @pytest.mark.parametrize("clock", ["updates-move-to-today", "updates-in-place"])
