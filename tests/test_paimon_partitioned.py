@@ -325,6 +325,16 @@ def test_partition_keys_outside_the_key_need_deletion_vectors(tmp_path, options,
         open_table(catalog_properties(tmp_path), "pixels.events")  # nothing was created
 
 
+def test_a_null_partition_value_of_a_keyed_table_is_refused_by_name(tmp_path):
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(EVENTS, "events", properties, partition_keys=("day",))
+    writer.open()
+    row = {"id": 1, "day": None, "region": "eu", "qty": 1, "note": "x"}
+    with pytest.raises(ValueError, match=r"1 row\(s\) of this batch have a NULL day, a partition key"):
+        commit(writer, EVENTS, [(Op.INSERT, None, row)])
+    assert private.latest_snapshot(open_table(properties, "pixels.events")) is None, "nothing was committed"
+
+
 def test_partition_keys_must_be_columns():
     with pytest.raises(ConfigError, match=r"paimon\.partition\.keys.*'days' is not a column of source\.schema"):
         PixelsConfig.from_properties({"source.schema": SPEC, "source.primary.key": "id",

@@ -14,6 +14,13 @@ How it maps onto pypaimon (>= 2.1, pure Python):
   a commit writes ``+I`` rows only and marks the stored row of every touched key
   deleted instead (:mod:`.merge_on_read`), so readers read every file as it is,
   without merging.
+- Partition keys (``partition_keys``, for tables the connector creates; an existing
+  table keeps its own): a primary-key table's Paimon key is the source key followed by
+  the partition keys it lacks (Paimon's rule), so the table has fixed buckets in each
+  partition. An update that changes a partition column writes the row into its new
+  partition and, through the key index (keyed by the source key), marks the old row
+  deleted in its old partition's deletion vector; so partition keys outside the source
+  key need deletion vectors, and are refused without them. docs/partitioned-tables.md.
 - A source table without a key becomes an append table holding the changelog
   (``changes.changelog_rows``: ``_op``, ``_poll_group``, ``_position``).
 - Every commit is one stream commit with commit identifier = batch id, by a
@@ -196,6 +203,7 @@ class PaimonTableWriter(TableWriter):
             return self._prepare_live_rows(records)
         if self.schema.primary_key:
             rows = self._final_state_rows(records)
+            self._refuse_null_partitions(rows)
         else:
             rows = changelog_rows(records, self.schema)
         rows = rows.select(self._write_schema.names).cast(self._write_schema)
@@ -374,6 +382,7 @@ class PaimonTableWriter(TableWriter):
         key = list(self.schema.primary_key)
         state = collapse_to_final_state(records, self.schema)
         rows = state.upserts.append_column(ROW_KIND_COLUMN, pa.repeat("+I", state.upserts.num_rows))
+        self._refuse_null_partitions(rows)
         rows = rows.select(self._write_schema.names).cast(self._write_schema)
         touched = pa.table({k: state.touched_keys.column(k).cast(self._write_schema.field(k).type) for k in key})
         write = StreamWrite(self._table, self.commit_user)
@@ -387,6 +396,17 @@ class PaimonTableWriter(TableWriter):
         finally:
             write.close()
         return merge_on_read.PreparedFiles(messages, merge_on_read.key_codes_of(self._table, messages, key), touched)
+
+    def _refuse_null_partitions(self, rows: pa.Table) -> None:
+        """Raise, before anything is written, when a row of a primary-key table has a NULL partition
+        value: the partition keys are part of the Paimon primary key, which cannot be NULL."""
+        for name in self.partition_keys:
+            nulls = rows.column(name).null_count
+            if nulls:
+                raise ValueError(
+                    f"Paimon table {self.table_name}: {nulls} row(s) of this batch have a NULL {name}, a partition "
+                    f"key (paimon.partition.keys) and so part of the primary key, which cannot be NULL. Nothing was "
+                    f"written; the poll journal keeps the batch. Partition by columns the source never leaves NULL.")
 
     def _final_state_rows(self, records: pa.Table) -> pa.Table:
         """One row per touched key: ``+I`` with its after-image, or ``-D`` when it ended deleted."""
