@@ -374,17 +374,19 @@ def test_a_killed_run_restarts_and_ends_exact(tmp_path):
     server.start()
     properties = write_properties(tmp_path, "paimon", {
         "source.schema": SPEC, "source.primary.key": "id", "paimon.partition.keys": "day",
-        "paimon.bucket": "2", "checkpoint.interval.ms": "3000", "source.stop.after.idle.ms": "4000"})
+        "paimon.bucket": "2", "checkpoint.interval.ms": "6000", "source.stop.after.idle.ms": "7000"})
     args = ["run", "--config", str(properties), "--set", f"pixels.server.port={server.port}"]
     runs = [Run.cli(tmp_path, *args)]
     try:
         runs[0].wait_for(r"committed batch 1 ", timeout=120)
         server.load_cdc(history[1500:])
         deadline = time.monotonic() + 60
-        while server.pending() or len(server.handed_out()) <= sum(c.changes for c in runs[0].commits()):
+        # Everything polled and confirmed by a later poll (so journaled, not in flight), not all committed.
+        while (server.pending() or server.unconfirmed()
+               or len(server.handed_out()) <= sum(c.changes for c in runs[0].commits())):
             assert time.monotonic() < deadline, runs[0].describe()
             time.sleep(0.02)
-        runs[0].proc.send_signal(signal.SIGKILL)  # everything polled, the last of it not committed
+        runs[0].proc.send_signal(signal.SIGKILL)
         runs[0].proc.wait(30)
         committed = sum(c.changes for c in runs[0].commits())
         assert committed < 3000, "the kill came before the last commit"
