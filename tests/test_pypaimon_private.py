@@ -263,3 +263,26 @@ def test_table_metadata_hooks_read_what_the_table_holds(tmp_path):
         io.delete_quietly(options_file + ".missing")  # no error for a file that is not there
     finally:
         writer.close()
+
+
+def test_key_columns_of_partitioned_data_files_are_where_pypaimon_writes_them(tmp_path):
+    """A primary-key data file holds ``_KEY_<k>`` for the key less the partition keys, and a
+    partition key only as its value column: what the key index reads for a key holding one."""
+    from beam_pixels.changes import ChangeBatch, Op, concat_records
+
+    writer = PaimonTableWriter(ORDERS, "pixels.parts", catalog_properties(tmp_path), partition_keys=("region",))
+    writer.open()
+    try:
+        records = concat_records([ChangeBatch.from_changes(ORDERS, [
+            (Op.INSERT, None, {"region": "EU", "id": 7, "qty": 1, "note": "a"})], poll_group=0, start_position=0)],
+            ORDERS)
+        writer.commit(records, writer.last_checkpoint().advance(records))
+        table = writer._table
+        assert table.trimmed_primary_keys == ["id"]
+        stored = private.stored_key_columns(table, ["region", "id"])
+        assert stored == ["region", "_KEY_id"]
+        (entry,) = private.live_entries(table, private.latest_snapshot(table))
+        assert private.entry_partition(entry) == ("EU",)
+        assert private.read_key_values(table, entry, stored).to_pylist() == [{"region": "EU", "_KEY_id": 7}]
+    finally:
+        writer.close()

@@ -144,6 +144,12 @@ KEYS: tuple[Key, ...] = (
     Key("paimon.bucket", "paimon_bucket", "4", _Int(1),
         "Fixed number of buckets of a new primary-key Paimon table; size it for at most about 256 MB "
         "of data files per bucket (a full compaction merges a whole bucket in memory in one pass).", _PAIMON),
+    Key("paimon.partition.keys", "paimon_partition_keys", "", _Columns("comma-separated column names of "
+                                                                       "source.schema, or empty for none"),
+        "Partition columns of a new Paimon table (an existing table keeps its own). A keyed table's Paimon "
+        "primary key gets them appended, as Paimon requires; an update that moves a row to another partition "
+        "deletes it there through a deletion vector, so unless the source key holds them all they need "
+        "deletion vectors (the default; not paimon.write-only). See docs/partitioned-tables.md.", _PAIMON),
     Key("paimon.compaction.trigger", "paimon_compaction_trigger", "", _OptionalInt(1),
         "Compact a bucket once it holds this many sorted runs (Paimon's "
         "num-sorted-run.compaction-trigger; empty = the table's option, else 5).", _PAIMON),

@@ -92,6 +92,7 @@ class PixelsConfig:
     paimon_database: str
     paimon_commit_retries: int
     paimon_bucket: int
+    paimon_partition_keys: tuple[str, ...]
     paimon_compaction_trigger: int | None
     paimon_compaction_max_mb: int
     paimon_compaction_file_percent: int
@@ -235,6 +236,11 @@ def _relate(values: dict[str, Any], props: Mapping[str, str]) -> None:
         raise fail("source.primary.key", f"comma-separated columns of source.schema ({', '.join(schema.names)})",
                    str(e)) from None
     values["source.primary.key"] = schema.primary_key
+
+    unknown = [c for c in values["paimon.partition.keys"] if c not in schema.names]
+    if unknown:
+        raise fail("paimon.partition.keys", f"comma-separated columns of source.schema ({', '.join(schema.names)})",
+                   f"{unknown[0]!r} is not a column of source.schema")
 
     for sink in SINK_TYPES:
         table_key, db_key = f"{sink}.table.name", f"{sink}.database.name"

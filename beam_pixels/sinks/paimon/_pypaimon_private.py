@@ -232,6 +232,14 @@ KEY_PREFIX = "_KEY_"
 FILE_SOURCE_COMPACT = 1  # DataFileMeta.file_source: 0 append, 1 compact
 
 
+def stored_key_columns(table, key_columns: list[str]) -> list[str]:
+    """The columns of the table's primary-key data files that hold ``key_columns``: ``_KEY_<k>``
+    for Paimon's key fields (the primary key less the partition keys), the value column ``<k>``
+    for a partition key (constant within a file, so not among the key fields)."""
+    key_fields = set(table.trimmed_primary_keys)
+    return [KEY_PREFIX + k if k in key_fields else k for k in key_columns]
+
+
 class CompactionConflict(Exception):
     """Another commit removed a file this compaction meant to replace; nothing was committed."""
 

@@ -136,7 +136,7 @@ class LiveRows:
         def read(name: str, positions: np.ndarray) -> pa.Table:
             rows = private.read_key_values(table, self.entries[name], self.key_columns)
             return rows.take(pa.array(positions)).rename_columns(
-                [c[len(private.KEY_PREFIX):] for c in self.key_columns])
+                [c.removeprefix(private.KEY_PREFIX) for c in self.key_columns])
 
         return read
 
@@ -195,7 +195,7 @@ def build(table, key_columns: list[str], snapshot, live_files) -> LiveRows:
     """Read the key columns of every live file above level 0, less deleted positions."""
     started = time.monotonic()
     fields = {f.name: f for f in table.schema().fields}
-    stored = [private.KEY_PREFIX + k for k in key_columns]
+    stored = private.stored_key_columns(table, key_columns)
     types = [private.arrow_type(fields[k]) for k in key_columns]
     state = LiveRows(snapshot.id if snapshot else None, KeyIndex(is_exact(types), None), stored)
     if snapshot is None:

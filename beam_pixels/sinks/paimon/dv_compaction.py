@@ -142,14 +142,15 @@ def merge_live_runs(table, bucket: tuple, rewrite: Rewrite, vectors: dict, key_c
     deleted rows, and the live rows of its ``absorb_from`` files in its key range, sorted by
     key, as files of its level; ``vectors`` maps a file name to its deleted positions. Each
     key is live in one file only, so the inputs just interleave."""
-    stored = [private.KEY_PREFIX + k for k in key_columns]
+    order = [private.KEY_PREFIX + k for k in table.trimmed_primary_keys]  # files are sorted by Paimon's key fields
+    stored = private.stored_key_columns(table, key_columns)  # the key index's columns (may hold a partition key)
     inputs = rewrite.inputs
     tables = [rows for rows in (_live(table, entry, vectors) for entry in sorted(inputs, key=lambda e: -e.file.level))
               if rows is not None]  # oldest first
     moved = {}
     for entry in rewrite.absorb_from:
         rows = private.read_key_values(table, entry)
-        take = _in_range(rows.select(stored), rewrite.lower, rewrite.upper)
+        take = _in_range(rows.select(order), rewrite.lower, rewrite.upper)
         deleted = vectors.get(entry.file.file_name)
         if deleted is not None and len(deleted):
             take[deleted] = False
@@ -157,7 +158,7 @@ def merge_live_runs(table, bucket: tuple, rewrite: Rewrite, vectors: dict, key_c
             rows = rows.filter(pa.array(take))
             moved[entry.file.file_name] = (key_codes(rows.select(stored)), np.flatnonzero(take).astype(np.uint32))
             tables.append(rows)
-    merged = merge_runs(tables, stored, drop_retractions=True) if tables else None
+    merged = merge_runs(tables, order, drop_retractions=True) if tables else None
     outputs, codes = [], {}
     if merged is not None and merged.num_rows:
         merged = _one_sequence_number(merged)

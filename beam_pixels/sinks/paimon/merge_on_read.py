@@ -51,7 +51,7 @@ def key_codes_of(table, messages: list, key_columns: list[str]) -> dict:
     """The key code of every row of the files in ``messages``, read back from the files."""
     from beam_pixels.sinks.key_index import key_codes
 
-    stored = [private.KEY_PREFIX + k for k in key_columns]
+    stored = private.stored_key_columns(table, key_columns)
     codes = {}
     for message in messages:
         for meta in message.new_files:

@@ -14,6 +14,13 @@ How it maps onto pypaimon (>= 2.1, pure Python):
   a commit writes ``+I`` rows only and marks the stored row of every touched key
   deleted instead (:mod:`.merge_on_read`), so readers read every file as it is,
   without merging.
+- Partition keys (``partition_keys``, for tables the connector creates; an existing
+  table keeps its own): a primary-key table's Paimon key is the source key followed by
+  the partition keys it lacks (Paimon's rule), so the table has fixed buckets in each
+  partition. An update that changes a partition column writes the row into its new
+  partition and, through the key index (keyed by the source key), marks the old row
+  deleted in its old partition's deletion vector; so partition keys outside the source
+  key need deletion vectors, and are refused without them. docs/partitioned-tables.md.
 - A source table without a key becomes an append table holding the changelog
   (``changes.changelog_rows``: ``_op``, ``_poll_group``, ``_position``).
 - Every commit is one stream commit with commit identifier = batch id, by a
@@ -105,6 +112,7 @@ class PaimonTableWriter(TableWriter):
         compaction_file_percent: int = DEFAULT_FILE_PERCENT,
         write_only: bool = False,
         schema_evolution: str = "add-and-widen",
+        partition_keys: tuple[str, ...] = (),
     ):
         self.database, table = split_table_name(table_name, database, "paimon")
         if bucket < 1:
@@ -112,6 +120,11 @@ class PaimonTableWriter(TableWriter):
         self.schema = schema
         self.table_name = f"{self.database}.{table}"
         self.bucket = bucket
+        unknown = [k for k in partition_keys if k not in schema.names]
+        if unknown:
+            raise SinkConfigurationError(f"Paimon partition key {unknown[0]!r} is not a column of source.schema "
+                                         f"({', '.join(schema.names)})")
+        self.partition_keys = tuple(partition_keys)  # an existing table's own, once open
         self.commit_user = commit_user or f"beam-pixels:{self.table_name}"
         self._catalog_options = _catalog_options(catalog_properties)
         self.table_options = dict(table_options or {})
@@ -133,9 +146,11 @@ class PaimonTableWriter(TableWriter):
             table = catalog.get_table(self.table_name)
             created = False
         except TableNotExistException:
+            self._check_partitioning(self._write_only_asked(), self._paimon_schema().options)
             catalog.create_table(self.table_name, self._paimon_schema(), True)
             table = catalog.get_table(self.table_name)
             created = True
+        self._take_partition_keys(table)
         table = self._fit(catalog, table)
         self._table = table
         self._write_schema = private.arrow_schema(table)
@@ -144,6 +159,7 @@ class PaimonTableWriter(TableWriter):
         # Deletion-vector commits need the connector's own compaction; a write-only table
         # gets level-0 files, which Paimon's compaction job turns into deletion vectors.
         self._deletion_vectors = bool(self.schema.primary_key) and deletion_vectors.enabled(options) and not write_only
+        self._check_partitioning(write_only, options)
         if not write_only:
             try:
                 self._maintenance = MaintenanceOptions.of(
@@ -165,6 +181,8 @@ class PaimonTableWriter(TableWriter):
             else "append-only changelog",
             self.commit_user,
         )
+        if self.partition_keys:
+            _LOG.info("Paimon table %s is partitioned by %s", self.table_name, ", ".join(self.partition_keys))
 
     def last_checkpoint(self) -> Checkpoint:
         snapshot = self._last_own_snapshot()
@@ -185,6 +203,7 @@ class PaimonTableWriter(TableWriter):
             return self._prepare_live_rows(records)
         if self.schema.primary_key:
             rows = self._final_state_rows(records)
+            self._refuse_null_partitions(rows)
         else:
             rows = changelog_rows(records, self.schema)
         rows = rows.select(self._write_schema.names).cast(self._write_schema)
@@ -272,14 +291,13 @@ class PaimonTableWriter(TableWriter):
 
     def _paimon_schema(self) -> Schema:
         """The Paimon schema this writer creates and expects."""
-        key = self.schema.primary_key
+        key = self._paimon_primary_key()
         if key:
             columns = [(c.name, c.type.to_paimon(), c.name not in key) for c in self.schema.columns]
             columns.append((ROW_KIND_COLUMN, "STRING", False))
             # A write-only table is compacted by Paimon's job; with deletion vectors its
             # level-0 files would stay unread until then, so it gets none unless asked.
-            write_only = self.write_only or str(self.table_options.get("write-only", "false")).lower() == "true"
-            options = {**({} if write_only else DEFAULT_PK_TABLE_OPTIONS), **self.table_options}
+            options = {**({} if self._write_only_asked() else DEFAULT_PK_TABLE_OPTIONS), **self.table_options}
             if deletion_vectors.enabled(options):
                 options = {**DEFAULT_DELETION_VECTOR_TABLE_OPTIONS, **options}
             options.update({"bucket": str(self.bucket), "rowkind.field": ROW_KIND_COLUMN})
@@ -291,7 +309,45 @@ class PaimonTableWriter(TableWriter):
             ]
             options = dict(self.table_options)
         fields = [DataField(i, name, AtomicType(kind, nullable)) for i, (name, kind, nullable) in enumerate(columns)]
-        return Schema(fields, primary_keys=list(key), options=options)
+        return Schema(fields, partition_keys=list(self.partition_keys), primary_keys=list(key), options=options)
+
+    def _paimon_primary_key(self) -> tuple[str, ...]:
+        """The table's primary key: the source's, then the partition keys it lacks (Paimon's rule:
+        a partitioned primary-key table's key holds its partition keys); none without a source key."""
+        key = tuple(self.schema.primary_key)
+        return key + tuple(k for k in self.partition_keys if k not in key) if key else ()
+
+    def _write_only_asked(self) -> bool:
+        return self.write_only or str(self.table_options.get("write-only", "false")).lower() == "true"
+
+    def _take_partition_keys(self, table) -> None:
+        """Honour the partition keys ``table`` has (another engine may have made it)."""
+        existing = tuple(table.partition_keys)
+        if self.partition_keys and existing != self.partition_keys:
+            _LOG.warning("Paimon table %s exists, partitioned by (%s): writing it so, not by paimon.partition.keys=%s",
+                         self.table_name, ", ".join(existing), ",".join(self.partition_keys))
+        unknown = [k for k in existing if k not in self.schema.names]
+        if unknown:
+            raise SinkConfigurationError(
+                f"Paimon table {self.table_name} is partitioned by {unknown[0]!r}, which is not a column of "
+                f"source.schema; drop the table or point paimon.table.name at a new one")
+        self.partition_keys = existing
+
+    def _check_partitioning(self, write_only: bool, options: dict[str, str]) -> None:
+        """Refuse a partitioned primary-key table whose cross-partition moves cannot be written: a row
+        whose partition columns change is deleted in its old partition through a deletion vector
+        (the key index finds it there); without deletion vectors a delete would have to name the old
+        partition, which the change records do not give."""
+        moving = [k for k in self.partition_keys if k not in self.schema.primary_key]
+        if not self.schema.primary_key or not moving or (deletion_vectors.enabled(options) and not write_only):
+            return
+        why = "the table is write-only" if write_only else "deletion-vectors.enabled is not true"
+        raise SinkConfigurationError(
+            f"Paimon table {self.table_name}: partition key(s) {', '.join(moving)} are not in the primary key "
+            f"({', '.join(self.schema.primary_key)}), so an update may move a row to another partition; the "
+            f"connector deletes it in its old partition with a deletion vector, and {why}. Enable deletion "
+            f"vectors and maintenance (drop paimon.write-only and write-only / deletion-vectors.enabled=false), "
+            f"or add {', '.join(moving)} to source.primary.key, or drop them from paimon.partition.keys")
 
     def _fit(self, catalog, table):
         """``table``, evolved to take this source's rows (:mod:`beam_pixels.sinks.evolution`): added
@@ -326,6 +382,7 @@ class PaimonTableWriter(TableWriter):
         key = list(self.schema.primary_key)
         state = collapse_to_final_state(records, self.schema)
         rows = state.upserts.append_column(ROW_KIND_COLUMN, pa.repeat("+I", state.upserts.num_rows))
+        self._refuse_null_partitions(rows)
         rows = rows.select(self._write_schema.names).cast(self._write_schema)
         touched = pa.table({k: state.touched_keys.column(k).cast(self._write_schema.field(k).type) for k in key})
         write = StreamWrite(self._table, self.commit_user)
@@ -339,6 +396,17 @@ class PaimonTableWriter(TableWriter):
         finally:
             write.close()
         return merge_on_read.PreparedFiles(messages, merge_on_read.key_codes_of(self._table, messages, key), touched)
+
+    def _refuse_null_partitions(self, rows: pa.Table) -> None:
+        """Raise, before anything is written, when a row of a primary-key table has a NULL partition
+        value: the partition keys are part of the Paimon primary key, which cannot be NULL."""
+        for name in self.partition_keys:
+            nulls = rows.column(name).null_count
+            if nulls:
+                raise ValueError(
+                    f"Paimon table {self.table_name}: {nulls} row(s) of this batch have a NULL {name}, a partition "
+                    f"key (paimon.partition.keys) and so part of the primary key, which cannot be NULL. Nothing was "
+                    f"written; the poll journal keeps the batch. Partition by columns the source never leaves NULL.")
 
     def _final_state_rows(self, records: pa.Table) -> pa.Table:
         """One row per touched key: ``+I`` with its after-image, or ``-D`` when it ended deleted."""
@@ -359,7 +427,9 @@ class PaimonTableWriter(TableWriter):
         return pa.concat_tables([live, dead.select(live.column_names).cast(live.schema)])
 
     def _write(self, write: StreamTableWrite, rows: pa.Table) -> None:
-        """Write ``rows`` bucket by bucket when their buckets can be computed here, else let pypaimon route."""
+        """Write ``rows`` by partition and bucket when their buckets can be computed here, else let
+        pypaimon route them. Either way a commit writes files only in the (partition, bucket) pairs its
+        rows fall in."""
         buckets = None
         if self.schema.primary_key:
             fields = self._table.schema().logical_bucket_key_fields
@@ -368,18 +438,26 @@ class PaimonTableWriter(TableWriter):
         if buckets is None:
             write.write_arrow(rows)
             return
-        order = np.argsort(buckets, kind="stable")
-        rows = rows.take(pa.array(order))
-        counts = np.bincount(buckets, minlength=self._table.options.bucket())
-        start = 0
-        for b, count in enumerate(counts):
-            if count:
-                write.write_arrow(rows.slice(start, count), bucket=b)
-            start += count
+        groups = buckets + self._table.options.bucket() * _partition_numbers(rows, self.partition_keys)
+        order = np.argsort(groups, kind="stable")
+        rows, groups = rows.take(pa.array(order)), groups[order]
+        starts = np.flatnonzero(np.diff(groups, prepend=-1))
+        for start, end in zip(starts, [*starts[1:], len(groups)]):
+            write.write_arrow(rows.slice(start, end - start), bucket=int(buckets[order[start]]))
 
     def _last_own_snapshot(self):
         """The newest snapshot committed by our commit user, or None."""
         return private.own_latest_snapshot(self._table, self.commit_user)
+
+
+def _partition_numbers(rows: pa.Table, partition_keys: tuple[str, ...]) -> np.ndarray:
+    """A number per row, the same for rows of the same partition (all 0 when unpartitioned)."""
+    numbers = np.zeros(rows.num_rows, np.int64)
+    for name in partition_keys:
+        codes = rows.column(name).combine_chunks().dictionary_encode()
+        values = np.asarray(codes.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int64) + 1
+        numbers = numbers * (len(codes.dictionary) + 1) + values
+    return numbers
 
 
 def _pass(table, table_name: str, commit_user: str, options: MaintenanceOptions) -> PassReport | None:
@@ -417,12 +495,13 @@ class WriteToPaimon(WriteChanges):
         compaction_file_percent: int = DEFAULT_FILE_PERCENT,
         write_only: bool = False,
         schema_evolution: str = "add-and-widen",
+        partition_keys: tuple[str, ...] = (),
     ):
         writer = PaimonTableWriter(
             schema, table_name, catalog_properties, database=database, bucket=bucket,
             table_options=table_options, compaction_trigger=compaction_trigger,
             compaction_max_bytes=compaction_max_bytes, compaction_file_percent=compaction_file_percent,
-            write_only=write_only, schema_evolution=schema_evolution,
+            write_only=write_only, schema_evolution=schema_evolution, partition_keys=partition_keys,
         )
         writer.catalog_retry_ms = catalog_retry_ms
         super().__init__(writer, window_ms, commit_retries)
@@ -445,6 +524,7 @@ class WriteToPaimon(WriteChanges):
             compaction_file_percent=config.paimon_compaction_file_percent,
             write_only=config.paimon_write_only,
             schema_evolution=config.schema_evolution,
+            partition_keys=config.paimon_partition_keys,
         )
 
 
@@ -489,6 +569,9 @@ def _check_key_and_options(table, expected: Schema, name: str) -> None:
             for k, (value, unset) in _REQUIRED_PK_OPTIONS.items()
             if options.get(k, unset) != value
         ]
+    if problems and table.table_schema.cross_partition_update():
+        problems.append(f"its primary key lacks its partition keys ({', '.join(table.partition_keys)}): Paimon's "
+                        f"cross-partition update mode, which pypaimon cannot write")
     if problems:
         raise SinkConfigurationError(
             f"Paimon table {name} does not fit source.schema: {'; '.join(problems)}. "
