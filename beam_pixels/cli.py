@@ -96,11 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         "on a local Flink cluster: beam-pixels soak --runner flink --help)",
     )
 
-    mock = commands.add_parser("mock-server", help="serve generated change records over the Pixels protocol")
+    mock = commands.add_parser(
+        "mock-server", help="serve generated change records over the Pixels protocol (every table of the file)")
     _add_config_arguments(mock)
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, help="default: pixels.server.port")
-    mock.add_argument("--rows", type=int, default=1000, help="rows (keys with --cdc) to generate")
+    mock.add_argument("--rows", type=int, default=1000, help="rows (keys with --cdc) to generate, per table")
     mock.add_argument("--cdc", action="store_true", help="inserts, updates, deletes and snapshots per key")
     mock.add_argument("--seed", type=int, default=0)
     mock.add_argument("--batch-size", type=int, default=200, help="records per bucket per poll")
@@ -202,18 +203,20 @@ def _mock_server(args) -> int:
     from beam_pixels.testing.mock_server import serve
 
     config = PixelsConfig.load(args.config, args.overrides)
+    first, *more = config.tables().values()
     serve(
-        config.source_schema,
+        first.source_schema,
         host=args.host,
         port=args.port if args.port is not None else config.server_port,
         rows=args.rows,
         cdc=args.cdc,
         seed=args.seed,
-        schema_name=config.schema_name,
-        table_name=config.table_name,
-        bucket_count=config.bucket_count,
+        schema_name=first.schema_name,
+        table_name=first.table_name,
+        bucket_count=first.bucket_count,
         batch_size=args.batch_size,
-        encoding=config.value_encoding,
+        encoding=first.value_encoding,
+        more_tables=[(c.source_schema, c.schema_name, c.table_name) for c in more],
     )
     return 0
 

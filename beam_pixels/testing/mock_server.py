@@ -343,39 +343,47 @@ def serve(
     events: int | None = None,
     stop: threading.Event | None = None,
     report_every_s: float = 10.0,
+    more_tables: Sequence[tuple[SourceSchema, str, str]] = (),
     **server_options,
 ) -> MockPixelsServer:
     """Serve generated data until SIGINT/SIGTERM (or ``stop`` is set); returns the stopped server.
 
     Without ``cdc`` it queues ``rows`` INSERTs from :func:`mock_data.generate_rows`;
     with ``cdc``, ``events`` (default ``3 * rows``) changes over ``rows`` keys from
-    :func:`mock_data.generate_cdc`. ``server_options`` go to :class:`MockPixelsServer`.
+    :func:`mock_data.generate_cdc`. ``server_options`` go to :class:`MockPixelsServer`;
+    ``more_tables`` (schema, schema name, table name) are served on the same port, each with
+    data of its own.
     """
     server = MockPixelsServer(schema, host=host, port=port, **server_options)
-    if cdc:
-        history = mock_data.generate_cdc(schema, rows, 3 * rows if events is None else events, seed)
-        server.load_cdc(history)
-        counts = collections.Counter(op.name for op, _, _ in history)
-        breakdown = ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
-        what = f"{len(history)} change events over {rows} keys ({breakdown})"
-    else:
-        server.load_rows(mock_data.generate_rows(schema, rows, seed))
-        what = f"{rows} INSERTs"
+    tables = [server, *(server.serve_table(s, schema_name=n, table_name=t) for s, n, t in more_tables)]
+    for i, table in enumerate(tables):
+        if cdc:
+            history = mock_data.generate_cdc(table.schema, rows, 3 * rows if events is None else events, seed + i)
+            table.load_cdc(history)
+            counts = collections.Counter(op.name for op, _, _ in history)
+            breakdown = ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
+            what = f"{len(history)} change events over {rows} keys ({breakdown})"
+        else:
+            table.load_rows(mock_data.generate_rows(table.schema, rows, seed + i))
+            what = f"{rows} INSERTs"
+        _LOG.info("%s.%s: %s with seed %d", table.schema_name, table.table_name, what, seed + i)
     stop = stop or threading.Event()
     restore = _stop_on_signals(stop)
     server.start()
-    _LOG.info("serving %s with seed %d on %s; stop with Ctrl-C", what, seed, server.address)
+    _LOG.info("serving on %s; stop with Ctrl-C", server.address)
     try:
         delivered = 0
         while not stop.wait(report_every_s):
-            now = len(server.handed_out())
+            now = sum(len(t.handed_out()) for t in tables)
             if now != delivered:
                 delivered = now
-                _LOG.info("handed out %d records, %d pending", delivered, server.pending())
+                _LOG.info("handed out %d records, %d pending", delivered, sum(t.pending() for t in tables))
     finally:
         server.stop(grace=1.0)
         restore()
-        _LOG.info("handed out %d records, %d left undelivered", len(server.handed_out()), server.pending())
+        for table in tables:
+            _LOG.info("%s.%s: handed out %d records, %d left undelivered", table.schema_name, table.table_name,
+                      len(table.handed_out()), table.pending())
     return server
 
 
