@@ -143,20 +143,22 @@ class _StopOnSignal:
 
 @dataclass
 class _TableProgress:
-    """A table's way through a local run: records polled, time idle, whether its bounds ended it."""
+    """A table's way through a local run: records polled, time idle, whether it reached
+    ``source.max.records`` (``ended``) or has been idle for ``source.stop.after.idle.ms`` (``idle``)."""
 
     records: int = 0
     idle_ms: float = 0.0
     ended: bool = False
+    idle: bool = False
 
 
 def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> RunSummary:
     """Run as bounded rounds on the in-process runner until a bound or a signal ends it.
 
     A round polls every table (one branch per table) for ``checkpoint.interval.ms`` and commits
-    each table on its own, from the positions that table has committed. A table whose bounds
-    (``source.max.records``, ``source.stop.after.idle.ms``) ended it is left out of later rounds;
-    the run ends when every table has ended, or on a signal.
+    each table on its own, from the positions that table has committed. A table that reached its
+    ``source.max.records`` is left out of later rounds; the run ends when every table has reached
+    it or has been idle for its ``source.stop.after.idle.ms``, or on a signal.
     """
     tables = config.tables()
     writers = {name: open_table_writer(c) for name, c in tables.items()}
@@ -200,7 +202,7 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
                 summary.records += records
                 summary.checkpoints[name] = _last_checkpoint(writers[name])
                 _follow(progress[name], c, records, round_ms, lambda counter: _counter(result, counter, name))
-            if stop.requested or all(t.ended for t in progress.values()):
+            if stop.requested or all(t.ended or t.idle for t in progress.values()):
                 break
     for writer in writers.values():
         writer.finish_maintenance()
@@ -214,18 +216,16 @@ def _last_checkpoint(writer: TableWriter) -> Checkpoint:
 
 
 def _follow(table: _TableProgress, config: PixelsConfig, records: int, round_ms: float, counter) -> None:
-    """Account a round's ``records`` to ``table``; it ends at ``source.max.records``, or once idle for
-    ``source.stop.after.idle.ms`` (``counter(name)``: the round's counter of the table)."""
+    """Account a round's ``records`` to ``table``: whether it reached ``source.max.records``, whether
+    it is idle for ``source.stop.after.idle.ms`` now (``counter(name)``: the round's counter of the table)."""
     table.records += records
     # Idle: the server answered, with nothing. Not a round spent retrying or waiting to retry
     # an unreachable server, which may hold records it could not hand out.
     idle = records == 0 and counter("empty_polls") > 0 and counter("poll_failures") == 0
     table.idle_ms = table.idle_ms + round_ms if idle else 0.0
     every_group_idle = counter("groups_stopped_idle") >= config.parallelism
-    table.ended = bool(
-        (config.max_records and table.records >= config.max_records)
-        or (config.stop_after_idle_ms and (every_group_idle or table.idle_ms >= config.stop_after_idle_ms))
-    )
+    table.ended = bool(config.max_records and table.records >= config.max_records)
+    table.idle = bool(config.stop_after_idle_ms and (every_group_idle or table.idle_ms >= config.stop_after_idle_ms))
 
 
 def _round_record_limit(config: PixelsConfig, records_so_far: int) -> int:

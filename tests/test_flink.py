@@ -671,6 +671,7 @@ def test_three_tables_in_one_job_commit_each_on_its_own_and_end_exact(tmp_path, 
             "source.stop.after.idle.ms": "0", "checkpoint.interval.ms": "2000",
             "source.journal.dir": str(tmp_path / "journal")})
         run, job = submit(props, streams.server)
+        streams.feed_once_polled(run)
         # Each table's steps are labelled by the table, in the Flink job too.
         names = " ".join(v["name"] for v in flink.rest(f"/jobs/{job}")["vertices"])
         assert all(f"{table}/ReadFromPixels" in names for table in ("orders", "customers", "page_views")), names

@@ -73,7 +73,7 @@ def history(name: str, seed: int) -> list[mock_data.Event]:
 class Streams:
     """One mock server serving every table; each table's history arrives in chunks on a thread."""
 
-    def __init__(self, seed: int = 0, chunks: int = 60, every_s: float = 0.5, port: int = 0):
+    def __init__(self, seed: int = 0, chunks: int = 40, every_s: float = 0.5, port: int = 0):
         first, *rest = TABLES
         self.server = MockPixelsServer(schema_of(first), table_name=first, port=port, batch_size=40)
         self.tables = {first: self.server, **{n: self.server.serve_table(schema_of(n), table_name=n) for n in rest}}
@@ -83,8 +83,15 @@ class Streams:
 
     def start(self) -> Streams:
         self.server.start()
-        self._thread.start()
         return self
+
+    def feed_once_polled(self, run: Run, timeout: float = 120) -> None:
+        """Start feeding once ``run`` polls (a run under load takes long to start)."""
+        deadline = time.monotonic() + timeout
+        while not self.server.polls():
+            assert time.monotonic() < deadline and run.proc.poll() is None, f"the run does not poll:\n{run.describe()}"
+            time.sleep(0.05)
+        self._thread.start()
 
     def _feed(self) -> None:
         for i in range(self._chunks):
@@ -238,6 +245,7 @@ def test_kill_9_mid_run_and_a_restart_leave_every_table_exact(tmp_path, launched
     try:
         props = properties(tmp_path, sink, streams.server.port)
         first = cli(launched, tmp_path, "run", "--config", str(props))
+        streams.feed_once_polled(first)
         # Killed once every table has committed and more was polled than committed.
         deadline = time.monotonic() + 120
         while not (len(committed_per_table(first)) == 3
@@ -277,6 +285,7 @@ def test_a_table_whose_server_is_away_does_not_hold_the_others_commits(tmp_path,
     try:
         props = properties(tmp_path, "iceberg", streams.server.port, **{"table.customers.pixels.server.port": str(away_port)})
         run = cli(launched, tmp_path, "run", "--config", str(props))
+        streams.feed_once_polled(run)
         deadline = time.monotonic() + 120
         while sum(1 for c in run.commits() if c.table == "pixels.orders") < 2:
             assert time.monotonic() < deadline and run.proc.poll() is None, run.describe()
