@@ -1,8 +1,9 @@
 """The application: Pixels -> ReadFromPixels -> WriteToIceberg / WriteToPaimon, from properties.
 
 On an in-process runner (the default) the job runs as a sequence of bounded
-rounds of about ``checkpoint.interval.ms``: each round resumes from the
-positions the table has committed, polls, and commits once. (Beam's local
+rounds of about ``checkpoint.interval.ms``: each round resumes each table from the
+positions it has committed, polls, and commits each table once (a job of several
+tables, ``tables=...``, has a read-and-write branch per table). (Beam's local
 runners hold windowed output until a splittable DoFn finishes, so rounds are
 how a local run commits continuously.) On a distributed runner (Flink) it
 submits one unbounded pipeline that commits once per fixed window.

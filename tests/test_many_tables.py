@@ -82,23 +82,28 @@ class Streams:
         self._thread = threading.Thread(target=self._feed, daemon=True)
 
     def start(self) -> Streams:
+        """Serve, with the first chunk of every table already queued."""
+        self._load(0)
         self.server.start()
         return self
 
     def feed_once_polled(self, run: Run, timeout: float = 120) -> None:
-        """Start feeding once ``run`` polls (a run under load takes long to start)."""
+        """Feed the other chunks once ``run`` polls (a run under load takes long to start)."""
         deadline = time.monotonic() + timeout
         while not self.server.polls():
             assert time.monotonic() < deadline and run.proc.poll() is None, f"the run does not poll:\n{run.describe()}"
             time.sleep(0.05)
         self._thread.start()
 
+    def _load(self, chunk: int) -> None:
+        for name, events in self._histories.items():
+            size = -(-len(events) // self._chunks)
+            self.tables[name].load_cdc(events[chunk * size : (chunk + 1) * size])
+
     def _feed(self) -> None:
-        for i in range(self._chunks):
-            for name, events in self._histories.items():
-                size = -(-len(events) // self._chunks)
-                self.tables[name].load_cdc(events[i * size : (i + 1) * size])
+        for i in range(1, self._chunks):
             time.sleep(self._every_s)
+            self._load(i)
 
     def wait_all_loaded(self, timeout: float = 60) -> None:
         self._thread.join(timeout)
