@@ -1,8 +1,9 @@
 """The application: Pixels -> ReadFromPixels -> WriteToIceberg / WriteToPaimon, from properties.
 
 On an in-process runner (the default) the job runs as a sequence of bounded
-rounds of about ``checkpoint.interval.ms``: each round resumes from the
-positions the table has committed, polls, and commits once. (Beam's local
+rounds of about ``checkpoint.interval.ms``: each round resumes each table from the
+positions it has committed, polls, and commits each table once (a job of several
+tables, ``tables=...``, has a read-and-write branch per table). (Beam's local
 runners hold windowed output until a splittable DoFn finishes, so rounds are
 how a local run commits continuously.) On a distributed runner (Flink) it
 submits one unbounded pipeline that commits once per fixed window.
@@ -63,13 +64,23 @@ def build_pipeline(
     local_run: bool,
     start_positions: dict[int, int] | None = None,
     max_duration_ms: int = 0,
+    drain_after: float = 0.0,
     window_ms: int | None = None,
+    table: str = "",
 ):
-    """Add the whole job to ``p``; returns the PCollection of CommitResults."""
+    """Add one table's job (a single-table ``config``) to ``p``; returns the PCollection of
+    CommitResults. ``table`` names the table among several: its steps go under that label
+    (``orders/ReadFromPixels``), so Beam metrics and the Flink UI name the table.
+    ``max_duration_ms`` and ``drain_after`` bound a local round (see :class:`~beam_pixels.source.Bounds`)."""
+    bounds = dict(start_positions=start_positions, max_duration_ms=max_duration_ms, drain_after=drain_after)
+    if table:
+        return p | table >> _table_job(config, local_run=local_run, window_ms=window_ms, read_bounds=bounds)
+    return _add_table_job(p, config, local_run, window_ms, bounds)
+
+
+def _add_table_job(root, config: PixelsConfig, local_run: bool, window_ms: int | None, read_bounds: dict):
     journal = config.journal_location(local_run)
-    read = p | "ReadFromPixels" >> source.ReadFromPixels.from_config(
-        config, start_positions=start_positions, max_duration_ms=max_duration_ms, journal=journal
-    )
+    read = root | "ReadFromPixels" >> source.ReadFromPixels.from_config(config, journal=journal, **read_bounds)
     _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letter_location(local_run))
     commits = read.changes | "WriteToLakehouse" >> sink_for(config, window_ms)
     if journal:
@@ -77,23 +88,35 @@ def build_pipeline(
     return commits
 
 
+@beam.ptransform_fn
+def _table_job(pbegin, config, *, local_run, window_ms, read_bounds):
+    """One table's read and write, as a composite step labelled by the table."""
+    return _add_table_job(pbegin, config, local_run, window_ms, read_bounds)
+
 
 @dataclass
 class RunSummary:
-    """What a run did, over all its rounds."""
+    """What a run did, over all its rounds and tables."""
 
     rounds: int = 0
     records: int = 0
     seconds: float = 0.0
-    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    # Each table's last committed checkpoint, by its name in ``tables`` ("" for a single-table job).
+    checkpoints: dict[str, Checkpoint] = field(default_factory=lambda: {"": Checkpoint()})
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """The last committed checkpoint of a single-table job."""
+        return self.checkpoints[""]
 
     def describe(self) -> str:
         rate = self.records / self.seconds if self.seconds > 0 else 0.0
-        return (
-            f"done: {self.records} records polled in {self.rounds} round(s), {self.seconds:.1f}s "
-            f"({rate:,.0f} records/s); last committed batch {self.checkpoint.batch_id}, "
-            f"positions {self.checkpoint.positions or '{}'}"
-        )
+        head = f"done: {self.records} records polled in {self.rounds} round(s), {self.seconds:.1f}s ({rate:,.0f} records/s)"
+        lines = [
+            f"{name + ': ' if name else ''}last committed batch {c.batch_id}, positions {c.positions or '{}'}"
+            for name, c in self.checkpoints.items()
+        ]
+        return f"{head}; {lines[0]}" if list(self.checkpoints) == [""] else "\n  ".join([f"{head}; per table:", *lines])
 
 
 class _StopOnSignal:
@@ -119,46 +142,91 @@ class _StopOnSignal:
         source.clear_local_stop()
 
 
+@dataclass
+class _TableProgress:
+    """A table's way through a local run: records polled, time idle, whether it reached
+    ``source.max.records`` (``ended``) or has been idle for ``source.stop.after.idle.ms`` (``idle``)."""
+
+    records: int = 0
+    idle_ms: float = 0.0
+    ended: bool = False
+    idle: bool = False
+
+
 def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> RunSummary:
-    """Run as bounded rounds on the in-process runner until a bound or a signal ends it."""
-    writer = open_table_writer(config)
-    summary = RunSummary(checkpoint=writer.retrying("read the last checkpoint", writer.last_checkpoint))
-    journal = config.journal_location(local_run=True)
-    _LOG.info("poll journal: %s", journal or "off (records polled but not yet committed are lost in a crash)")
-    _LOG.info("dead letters: %s", config.dead_letter_location(local_run=True) or "logged only")
+    """Run as bounded rounds on the in-process runner until a bound or a signal ends it.
+
+    A round polls every table (one branch per table) for ``checkpoint.interval.ms`` and commits
+    each table on its own, from the positions that table has committed. A table that reached its
+    ``source.max.records`` is left out of later rounds; the run ends when every table has reached
+    it or has been idle for its ``source.stop.after.idle.ms``, or on a signal.
+    """
+    tables = config.tables()
+    writers = {name: open_table_writer(c) for name, c in tables.items()}
+    summary = RunSummary(checkpoints={name: _last_checkpoint(w) for name, w in writers.items()})
+    progress = {name: _TableProgress() for name in tables}
+    for name, c in tables.items():
+        journal = c.journal_location(local_run=True)
+        table = writers[name].table_name
+        _LOG.info("%s: poll journal: %s", table,
+                  journal or "off (records polled but not yet committed are lost in a crash)")
+        _LOG.info("%s: dead letters: %s", table, c.dead_letter_location(local_run=True) or "logged only")
+        _LOG.info("resuming %s from batch %d, positions %s", table, summary.checkpoints[name].batch_id,
+                  summary.checkpoints[name].positions)
     started = time.monotonic()
-    idle_ms = 0.0
-    _LOG.info("resuming %s from batch %d, positions %s", writer.table_name, summary.checkpoint.batch_id, summary.checkpoint.positions)
     with _StopOnSignal() as stop:
         while True:
+            active = {name: c for name, c in tables.items() if not progress[name].ended}
             p = beam.Pipeline(options=PipelineOptions(pipeline_args or [], runner="FnApiRunner"))
-            build_pipeline(
-                p,
-                config.with_bounds(max_records=_round_record_limit(config, summary.records)),
-                local_run=True,
-                start_positions=summary.checkpoint.positions,
-                max_duration_ms=config.checkpoint_interval_ms,
-            )
+            # The runner runs one table's steps after another's: every table polls until the round's
+            # end, or later until it has drained the server, then ends (so rounds do not grow with tables).
+            drain_after = time.time() + config.checkpoint_interval_ms / 1000
+            for name, c in active.items():
+                build_pipeline(
+                    p,
+                    c.with_bounds(max_records=_round_record_limit(c, progress[name].records)),
+                    local_run=True,
+                    start_positions=summary.checkpoints[name].positions,
+                    max_duration_ms=config.checkpoint_interval_ms,
+                    drain_after=drain_after,
+                    table=name,
+                )
             round_started = time.monotonic()
             result = p.run()
             result.wait_until_finish()
-            records = _counter(result, "records")
+            round_ms = (time.monotonic() - round_started) * 1000
             summary.rounds += 1
-            summary.records += records
-            summary.checkpoint = writer.retrying("read the last checkpoint", writer.last_checkpoint)
-            # Idle: the server answered, with nothing. Not a round spent retrying or waiting to retry
-            # an unreachable server, which may hold records it could not hand out.
-            idle = records == 0 and _counter(result, "empty_polls") > 0 and _counter(result, "poll_failures") == 0
-            idle_ms = idle_ms + (time.monotonic() - round_started) * 1000 if idle else 0.0
-            if stop.requested or (config.max_records and summary.records >= config.max_records):
+            for name, c in active.items():
+                records = _counter(result, "records", name)
+                _LOG.debug("round %d: %s polled %d records; the round took %.0f ms", summary.rounds,
+                           writers[name].table_name, records, round_ms)
+                summary.records += records
+                summary.checkpoints[name] = _last_checkpoint(writers[name])
+                _follow(progress[name], c, records, round_ms, lambda counter: _counter(result, counter, name))
+            if stop.requested or all(t.ended or t.idle for t in progress.values()):
                 break
-            every_group_idle = _counter(result, "groups_stopped_idle") >= config.parallelism
-            if config.stop_after_idle_ms and (every_group_idle or idle_ms >= config.stop_after_idle_ms):
-                break
-    writer.finish_maintenance()
-    writer.close()
+    for writer in writers.values():
+        writer.finish_maintenance()
+        writer.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _last_checkpoint(writer: TableWriter) -> Checkpoint:
+    return writer.retrying("read the last checkpoint", writer.last_checkpoint)
+
+
+def _follow(table: _TableProgress, config: PixelsConfig, records: int, round_ms: float, counter) -> None:
+    """Account a round's ``records`` to ``table``: whether it reached ``source.max.records``, whether
+    it is idle for ``source.stop.after.idle.ms`` now (``counter(name)``: the round's counter of the table)."""
+    table.records += records
+    # Idle: the server answered, with nothing. Not a round spent retrying or waiting to retry
+    # an unreachable server, which may hold records it could not hand out.
+    idle = records == 0 and counter("empty_polls") > 0 and counter("poll_failures") == 0
+    table.idle_ms = table.idle_ms + round_ms if idle else 0.0
+    every_group_idle = counter("groups_stopped_idle") >= config.parallelism
+    table.ended = bool(config.max_records and table.records >= config.max_records)
+    table.idle = bool(config.stop_after_idle_ms and (every_group_idle or table.idle_ms >= config.stop_after_idle_ms))
 
 
 def _round_record_limit(config: PixelsConfig, records_so_far: int) -> int:
@@ -170,9 +238,10 @@ def _round_record_limit(config: PixelsConfig, records_so_far: int) -> int:
     return min((limit for limit in limits if limit), default=0)
 
 
-def _counter(result, name: str) -> int:
+def _counter(result, name: str, table: str = "") -> int:
+    """A ``beam_pixels.source`` counter of the run, of the steps of ``table`` alone when named."""
     counters = result.metrics().query(MetricsFilter().with_namespace(source.METRICS_NAMESPACE).with_name(name))["counters"]
-    return sum(c.committed or c.attempted or 0 for c in counters)
+    return sum(c.committed or c.attempted or 0 for c in counters if not table or c.key.step.startswith(f"{table}/"))
 
 
 def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: bool = False) -> None:
@@ -192,21 +261,23 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: b
     )
     flink_rest = _detachable(options) if detach else None
     job_server.tie_to_this_process(options)
-    bounded = config.stop_after_idle_ms or config.max_records
-    with contextlib.closing(open_table_writer(config)) as writer:
-        checkpoint = writer.last_checkpoint()
-    _LOG.info("resuming %s from batch %d, positions %s", writer.table_name, checkpoint.batch_id, checkpoint.positions)
-    if not config.journal_location(local_run=False):
-        _LOG.warning("no poll journal (source.journal.dir): records polled but not yet committed are lost "
-                     "when a task fails or the job is cancelled")
     p = beam.Pipeline(options=options)
-    build_pipeline(
-        p,
-        config,
-        local_run=False,
-        start_positions=checkpoint.positions,
-        window_ms=None if bounded else config.checkpoint_interval_ms,
-    )
+    for name, c in config.tables().items():
+        with contextlib.closing(open_table_writer(c)) as writer:
+            checkpoint = writer.last_checkpoint()
+        _LOG.info("resuming %s from batch %d, positions %s", writer.table_name, checkpoint.batch_id, checkpoint.positions)
+        if not c.journal_location(local_run=False):
+            _LOG.warning("%s: no poll journal (source.journal.dir): records polled but not yet committed are lost "
+                         "when a task fails or the job is cancelled", writer.table_name)
+        bounded = c.stop_after_idle_ms or c.max_records
+        build_pipeline(
+            p,
+            c,
+            local_run=False,
+            start_positions=checkpoint.positions,
+            window_ms=None if bounded else config.checkpoint_interval_ms,
+            table=name,
+        )
     with _InterruptOnSignal():
         result = p.run()
         if flink_rest is not None:

@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--sink", choices=("iceberg", "paimon"), default="iceberg")
     demo.add_argument("--rows", type=int, default=2000, help="change events the mock server hands out")
     demo.add_argument("--warehouse", default="./demo-warehouse", help="local warehouse directory")
+    demo.add_argument("--tables", type=int, choices=(1, 2, 3), default=1,
+                      help="tables in one job: orders, then customers, then page_views (no primary key)")
 
     commands.add_parser(
         "bench",
@@ -96,11 +98,12 @@ def _parser() -> argparse.ArgumentParser:
         "on a local Flink cluster: beam-pixels soak --runner flink --help)",
     )
 
-    mock = commands.add_parser("mock-server", help="serve generated change records over the Pixels protocol")
+    mock = commands.add_parser(
+        "mock-server", help="serve generated change records over the Pixels protocol (every table of the file)")
     _add_config_arguments(mock)
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, help="default: pixels.server.port")
-    mock.add_argument("--rows", type=int, default=1000, help="rows (keys with --cdc) to generate")
+    mock.add_argument("--rows", type=int, default=1000, help="rows (keys with --cdc) to generate, per table")
     mock.add_argument("--cdc", action="store_true", help="inserts, updates, deletes and snapshots per key")
     mock.add_argument("--seed", type=int, default=0)
     mock.add_argument("--batch-size", type=int, default=200, help="records per bucket per poll")
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from beam_pixels.demo import run_demo
 
-            return run_demo(args.sink, args.rows, args.warehouse)
+            return run_demo(args.sink, args.rows, args.warehouse, args.tables)
         return _mock_server(args)
     except (ConfigError, SchemaError) as error:
         print(f"beam-pixels: configuration error: {error}", file=sys.stderr)
@@ -181,20 +184,22 @@ def _run(args, pipeline_args: list[str]) -> int:
 
 
 def _maintain(args) -> int:
-    """One maintenance pass on the Iceberg table the configuration names (``iceberg.maintenance.*``)."""
-    config = PixelsConfig.load(args.config, args.overrides)
-    if config.sink_type != "iceberg":
-        print(f"beam-pixels maintain: sink.type={config.sink_type}; maintenance passes are for iceberg tables",
+    """One maintenance pass on each Iceberg table the configuration names (``iceberg.maintenance.*``)."""
+    tables = PixelsConfig.load(args.config, args.overrides).tables()
+    not_iceberg = next((c for c in tables.values() if c.sink_type != "iceberg"), None)
+    if not_iceberg is not None:
+        print(f"beam-pixels maintain: sink.type={not_iceberg.sink_type}; maintenance passes are for iceberg tables",
               file=sys.stderr)
         return USER_ERROR
     from beam_pixels.sinks import sink_for
 
-    writer = sink_for(config).writer
-    writer.open()
-    try:
-        print(writer.maintain_now().summary(writer.table_name), flush=True)
-    finally:
-        writer.close()
+    for config in tables.values():
+        writer = sink_for(config).writer
+        writer.open()
+        try:
+            print(writer.maintain_now().summary(writer.table_name), flush=True)
+        finally:
+            writer.close()
     return 0
 
 
@@ -202,18 +207,20 @@ def _mock_server(args) -> int:
     from beam_pixels.testing.mock_server import serve
 
     config = PixelsConfig.load(args.config, args.overrides)
+    first, *more = config.tables().values()
     serve(
-        config.source_schema,
+        first.source_schema,
         host=args.host,
         port=args.port if args.port is not None else config.server_port,
         rows=args.rows,
         cdc=args.cdc,
         seed=args.seed,
-        schema_name=config.schema_name,
-        table_name=config.table_name,
-        bucket_count=config.bucket_count,
+        schema_name=first.schema_name,
+        table_name=first.table_name,
+        bucket_count=first.bucket_count,
         batch_size=args.batch_size,
-        encoding=config.value_encoding,
+        encoding=first.value_encoding,
+        more_tables=[(c.source_schema, c.schema_name, c.table_name) for c in more],
     )
     return 0
 

@@ -55,8 +55,8 @@ class _WriteDeadLetterFn(beam.DoFn):
         relative = f"{letter.source_table}/group-{letter.poll_group:04d}/{letter.position:020d}.json"
         path = self._files.write(relative, json.dumps(document, indent=1).encode("utf-8"))
         self._written.inc()
-        _LOG.error("undecodable record at poll group %d position %d (%s) written to %s",
-                   letter.poll_group, letter.position, letter.reason, path)
+        _LOG.error("undecodable record of %s at poll group %d position %d (%s) written to %s",
+                   letter.source_table, letter.poll_group, letter.position, letter.reason, path)
         yield path
 
 

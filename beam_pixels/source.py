@@ -137,6 +137,9 @@ class Bounds:
 
     ``stop_after_idle_ms`` applies to each poll group (time unreachable is not idle);
     ``max_duration_ms`` counts from the read's first call in the worker, for all its groups.
+    ``drain_after`` (``time.time()``): from then on a poll group ends once the server had nothing
+    for it; the reads of one local round share it, so that a read the runner starts late (it runs
+    one table's steps after another's) still drains what waits for it, and then ends.
     ``max_records`` counts the records of all poll groups of one read together
     (in each worker process: exactly the run's total on in-process runners).
     """
@@ -144,11 +147,12 @@ class Bounds:
     stop_after_idle_ms: int = 0
     max_records: int = 0
     max_duration_ms: int = 0
+    drain_after: float = 0.0
     read_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def unbounded(self) -> bool:
-        return not (self.stop_after_idle_ms or self.max_records or self.max_duration_ms)
+        return not (self.stop_after_idle_ms or self.max_records or self.max_duration_ms or self.drain_after)
 
 
 class _EmittedRecords:
@@ -294,6 +298,7 @@ class _PollPixelsFn(beam.DoFn):
         self._server = server
         self._schema_name = schema_name
         self._table_name = table_name
+        self._source_table = f"{schema_name}.{table_name}"  # names the table in log lines
         self._poll_interval_s = poll_interval_ms / 1000.0
         self._bounds = bounds
         self._journal = journal
@@ -345,8 +350,8 @@ class _PollPixelsFn(beam.DoFn):
             return
         floor = self._committed_floor(gid)
         if floor > position:  # restored from a runner checkpoint older than the table's last commit
-            _LOG.info("poll group %d: positions %d..%d are already in the table (journal); resuming at %d",
-                      gid, position, floor - 1, floor)
+            _LOG.info("%s poll group %d: positions %d..%d are already in the table (journal); resuming at %d",
+                      self._source_table, gid, position, floor - 1, floor)
             if not tracker.try_claim(floor - 1):
                 return
             position = floor
@@ -357,8 +362,8 @@ class _PollPixelsFn(beam.DoFn):
             try:
                 response = next_response()
             except PixelsStoppedError:
-                _LOG.info("poll group %d stops at position %d: stop requested while the server was unreachable",
-                          gid, tracker.current_restriction().start)
+                _LOG.info("%s poll group %d stops at position %d: stop requested while the server was unreachable",
+                          self._source_table, gid, tracker.current_restriction().start)
                 _finish(tracker)
                 return
             except PixelsRetryDeadlineError:
@@ -384,8 +389,8 @@ class _PollPixelsFn(beam.DoFn):
             poll_time = time.time()
             self._idle_since[gid] = poll_time
             if not tracker.try_claim(response.end - 1):
-                _LOG.warning("poll group %d: the runner checkpointed while positions %d..%d were being polled; "
-                             "they are emitted when the group resumes", gid, response.start, response.end - 1)
+                _LOG.warning("%s poll group %d: the runner checkpointed while positions %d..%d were being polled; "
+                             "they are emitted when the group resumes", self._source_table, gid, response.start, response.end - 1)
                 self._unclaimed[gid] = response
                 return
             self._records.inc(response.count)
@@ -406,8 +411,8 @@ class _PollPixelsFn(beam.DoFn):
         if stashed is not None:
             if stashed.start == position:
                 return stashed
-            _LOG.error("poll group %d resumed at position %d, not at %d: positions %d..%d polled during a "
-                       "checkpoint are lost unless the journal holds them", gid, position, stashed.start,
+            _LOG.error("%s poll group %d resumed at position %d, not at %d: positions %d..%d polled during a "
+                       "checkpoint are lost unless the journal holds them", self._source_table, gid, position, stashed.start,
                        stashed.start, stashed.end - 1)
         replayed = self._next_replayed(gid, position)
         if replayed is not None:
@@ -466,7 +471,8 @@ class _PollPixelsFn(beam.DoFn):
             self._to_replay[group_id] = pending
             if pending:
                 _LOG.info(
-                    "poll group %d: replaying %d journaled response(s), %d records, from position %d",
+                    "%s poll group %d: replaying %d journaled response(s), %d records, from position %d",
+                    self._source_table,
                     group_id,
                     len(pending),
                     sum(s.count for s in pending),
@@ -477,7 +483,8 @@ class _PollPixelsFn(beam.DoFn):
         segment = pending.popleft()
         if segment.start > position:
             _LOG.error(
-                "poll group %d: journal has no records for positions %d..%d (lost before this run); continuing",
+                "%s poll group %d: journal has no records for positions %d..%d (lost before this run); continuing",
+                self._source_table,
                 group_id,
                 position,
                 segment.start - 1,
@@ -498,6 +505,8 @@ class _PollPixelsFn(beam.DoFn):
             return f"no records for {b.stop_after_idle_ms} ms (source.stop.after.idle.ms)", self._stopped_idle
         if b.max_duration_ms and (now - self._started) * 1000 >= b.max_duration_ms:
             return f"round of {b.max_duration_ms} ms ended", None
+        if b.drain_after and now >= b.drain_after and group_id in self._last_empty:
+            return "round ended and nothing left on the server", None
         return None
 
     def _bounded_stop(self, group: PollGroup, position: int) -> bool:
@@ -506,7 +515,7 @@ class _PollPixelsFn(beam.DoFn):
         if stop is None:
             return False
         reason, counter = stop
-        _LOG.info("poll group %d stops at position %d: %s", group.group_id, position, reason)
+        _LOG.info("%s poll group %d stops at position %d: %s", self._source_table, group.group_id, position, reason)
         if counter is not None:
             counter.inc()
         return True
@@ -593,7 +602,8 @@ class ReadFromPixels(beam.PTransform):
 
     @classmethod
     def from_config(
-        cls, config, *, start_positions=None, max_duration_ms: int = 0, journal: str | None = None
+        cls, config, *, start_positions=None, max_duration_ms: int = 0, drain_after: float = 0.0,
+        journal: str | None = None,
     ) -> "ReadFromPixels":
         """Build from a :class:`beam_pixels.config.PixelsConfig`."""
         return cls(
@@ -611,7 +621,7 @@ class ReadFromPixels(beam.PTransform):
             buckets=config.buckets,
             parallelism=config.parallelism,
             poll_interval_ms=config.poll_interval_ms,
-            bounds=Bounds(config.stop_after_idle_ms, config.max_records, max_duration_ms),
+            bounds=Bounds(config.stop_after_idle_ms, config.max_records, max_duration_ms, drain_after),
             encoding=config.value_encoding,
             empty_as_null=config.empty_as_null,
             bucket_count=config.bucket_count,

@@ -52,6 +52,10 @@ def main(argv=None) -> int:
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    if config.table_labels:
+        print("configuration error: tables is set; this file runs one table: use beam-pixels run, or "
+              "beam_pixels.app.build_pipeline(..., table=name) once per table (docs/many-tables.md)", file=sys.stderr)
+        return 2
 
     # Resume numbering where the table's last commit left off (and replay the journal from there).
     with contextlib.closing(open_table_writer(config)) as writer:

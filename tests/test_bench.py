@@ -72,3 +72,25 @@ def test_beam_pixels_bench_is_the_same_benchmark():
     )
     assert done.returncode == 0, done.stderr
     assert "--rows" in done.stdout and "ceiling" in done.stdout
+
+
+def test_result_line_with_many_tables_gives_their_ratio_to_one_table():
+    ceiling = bench.Measurement("ceiling", 1000, 0.01, 100.0)
+    iceberg = bench.Measurement("iceberg", 1000, 0.02, 250.4)
+    paimon = bench.Measurement("paimon", 1000, 0.03, 300.6)
+    many_iceberg = bench.Measurement("iceberg-10-tables", 1000, 0.025, 320.0)
+    many_paimon = bench.Measurement("paimon-10-tables", 1000, 0.03, 310.0)
+    assert bench.result_line(ceiling, iceberg, paimon, many_iceberg, many_paimon) == (
+        "RESULT ceiling_rows_per_s=100000 iceberg_rows_per_s=50000 paimon_rows_per_s=33333 "
+        "iceberg_ratio=0.50 paimon_ratio=0.33 peak_rss_mb=320 "
+        "iceberg_10_tables_rows_per_s=40000 iceberg_10_tables_ratio=0.80 "
+        "paimon_10_tables_rows_per_s=33333 paimon_10_tables_ratio=1.00"
+    )
+
+
+def test_tables_must_divide_the_rows():
+    done = subprocess.run(
+        [sys.executable, "-m", "beam_pixels", "bench", "--rows", "1001", "--tables", "10"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and "--rows 1001 is not a multiple of --tables 10" in done.stderr, done.stderr

@@ -43,6 +43,7 @@ from app_helpers import (
 
 from beam_pixels.testing import mock_data
 from beam_pixels.buckets import partition_buckets
+from beam_pixels.config import PixelsConfig
 from beam_pixels.flink.rest import FlinkRest
 from beam_pixels.testing.mock_server import MockPixelsServer
 
@@ -656,3 +657,34 @@ def test_checkpoint_state_stays_flat_through_a_busy_and_an_idle_phase(tmp_path, 
     print(f"checkpoint state: {early:,} B at the first poll's checkpoint + 30, {late:,} B at + 150")
     assert late <= 1.2 * early, f"checkpoint state grew from {early:,} B (first poll + 30) to {late:,} B (+150)"
     assert_table_is_exactly_what_was_handed_out(config, feeder.server)
+
+
+@pytest.mark.parametrize("sink", ["iceberg", "paimon"])
+def test_three_tables_in_one_job_commit_each_on_its_own_and_end_exact(tmp_path, flink, submit, sink):
+    """Issue 20 on Flink: three tables (one keyless) from one server in one job, each committing
+    its own windows; every table read back by DuckDB or pypaimon (tests/test_many_tables.py)."""
+    from test_many_tables import Streams, assert_table_exact, properties
+
+    streams = Streams(seed=13, chunks=20, every_s=0.5).start()
+    try:
+        props = properties(tmp_path, sink, streams.server.port, **{
+            "source.stop.after.idle.ms": "0", "checkpoint.interval.ms": "2000",
+            "source.journal.dir": str(tmp_path / "journal")})
+        run, job = submit(props, streams.server)
+        streams.feed_once_polled(run)
+        # Each table's steps are labelled by the table, in the Flink job too.
+        names = " ".join(v["name"] for v in flink.rest(f"/jobs/{job}")["vertices"])
+        assert all(f"{table}/ReadFromPixels" in names for table in ("orders", "customers", "page_views")), names
+        streams.wait_all_loaded()
+        tables = PixelsConfig.load(props).tables()
+
+        def received(name: str) -> int:
+            return sum(last_checkpoint(tables[name]).positions.values())
+
+        wait_until(lambda: all(received(n) == len(t.handed_out()) and t.pending() == 0
+                               for n, t in streams.tables.items()), 180, "every table committed whole", run)
+        for name, table in tables.items():
+            assert_table_exact(table, streams.tables[name])
+            assert last_checkpoint(table).batch_id >= 2, name
+    finally:
+        streams.stop()

@@ -19,6 +19,7 @@ import collections
 import logging
 import pickle
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from beam_pixels.client import PixelsClient
@@ -73,22 +74,22 @@ class _Stats:
 
 
 class _PrebuiltPolls:
-    """``PollEvents`` over prebuilt chunks: up to one chunk per requested bucket, destructive."""
+    """``PollEvents`` over prebuilt chunks of each table: up to one chunk per requested bucket, destructive."""
 
-    def __init__(self, chunks: Chunks, schema_name: str, table_name: str, stats: _Stats):
-        self._queues = {b: collections.deque(c) for b, c in chunks.items()}
-        self._table = (schema_name, table_name)
+    def __init__(self, tables: dict[str, Chunks], schema_name: str, stats: _Stats):
+        self._queues = {
+            (schema_name, table): {b: collections.deque(c) for b, c in chunks.items()} for table, chunks in tables.items()
+        }
         self._stats = stats
 
     def poll(self, request: sink_pb2.PollRequest, context) -> bytes:
         now = time.time()
         if not self._stats.first_poll.value:
             self._stats.first_poll.value = now
-        if (request.schema_name, request.table_name) != self._table:
-            return b""
+        queues = self._queues.get((request.schema_name, request.table_name), {})
         parts, records = [], 0
         for bucket in request.buckets:
-            queue = self._queues.get(bucket)
+            queue = queues.get(bucket)
             if queue:
                 payload, count = queue.popleft()
                 parts.append(payload)
@@ -99,9 +100,9 @@ class _PrebuiltPolls:
         return b"".join(parts)
 
 
-def _serve(path: str, schema_name: str, table_name: str, stats: _Stats, ready, commands) -> None:
+def _serve(paths: dict[str, str], schema_name: str, stats: _Stats, ready, commands) -> None:
     """Process target: load the chunks, serve on 127.0.0.1 (a free port, sent back) until told to quit."""
-    polls = _PrebuiltPolls(load_chunks(Path(path)), schema_name, table_name, stats)
+    polls = _PrebuiltPolls({table: load_chunks(Path(path)) for table, path in paths.items()}, schema_name, stats)
     # One worker: polls of one reader are sequential anyway, and the queues need no lock.
     server, port = start_poll_server(polls.poll, workers=1)
     ready.send(port)
@@ -110,12 +111,17 @@ def _serve(path: str, schema_name: str, table_name: str, stats: _Stats, ready, c
 
 
 class ServerProcess(SpawnedServer):
-    """A prebuilt-response server in its own process; use as a context manager."""
+    """A prebuilt-response server in its own process; use as a context manager. ``chunks_path``: the
+    chunks of ``table_name``, or a mapping of several tables' names to their chunks."""
 
-    def __init__(self, chunks_path: Path, schema_name: str = "public", table_name: str = "orders"):
+    def __init__(
+        self, chunks_path: Path | Mapping[str, Path], schema_name: str = "public", table_name: str = "orders"
+    ):
         self.stats = _Stats(CONTEXT)
+        paths = dict(chunks_path) if isinstance(chunks_path, Mapping) else {table_name: chunks_path}
         super().__init__(
-            _serve, (str(chunks_path), schema_name, table_name, self.stats), name="bench-pixels-server", start_timeout_s=300
+            _serve, ({t: str(p) for t, p in paths.items()}, schema_name, self.stats), name="bench-pixels-server",
+            start_timeout_s=300,
         )
 
     @property

@@ -6,7 +6,9 @@ and each in its own fresh (spawned) process, so its peak RSS is its own:
 
 1. ``ceiling``: one thread, no framework: poll, ``RowCodec.decode_images``, write Parquet;
 2. ``iceberg``: :func:`beam_pixels.app.run_local` into Iceberg (SQLite catalog);
-3. ``paimon``: the same into Paimon (filesystem catalog).
+3. ``paimon``: the same into Paimon (filesystem catalog);
+4. with ``--tables N``, ``iceberg-N-tables`` and ``paimon-N-tables``: one job of N tables of
+   ``--rows``/N rows each (one server, one pipeline, a commit per table), to compare with 2 and 3.
 
 A measurement's time runs from the first poll the server sees to the end of
 the measured process's work (the Parquet file closed, ``run_local`` returned
@@ -65,6 +67,7 @@ class Options:
     workdir: Path | None = None
     profile_dir: Path | None = None
     properties: tuple[tuple[str, str], ...] = ()
+    tables: int = 1
 
     @property
     def schema(self) -> SourceSchema:
@@ -93,14 +96,19 @@ class Measurement:
         )
 
 
-def result_line(ceiling: Measurement, iceberg: Measurement, paimon: Measurement) -> str:
-    """The ``RESULT`` line: rates, pipeline/ceiling ratios, the pipelines' highest peak RSS."""
-    return (
+def result_line(ceiling: Measurement, iceberg: Measurement, paimon: Measurement, *many_tables: Measurement) -> str:
+    """The ``RESULT`` line: rates, pipeline/ceiling ratios, the pipelines' highest peak RSS; with
+    ``many_tables`` (Iceberg's and Paimon's job of N tables) their rates and ratios to one table."""
+    line = (
         f"RESULT ceiling_rows_per_s={ceiling.rows_per_s:.0f} iceberg_rows_per_s={iceberg.rows_per_s:.0f} "
         f"paimon_rows_per_s={paimon.rows_per_s:.0f} iceberg_ratio={iceberg.rows_per_s / ceiling.rows_per_s:.2f} "
         f"paimon_ratio={paimon.rows_per_s / ceiling.rows_per_s:.2f} "
-        f"peak_rss_mb={max(iceberg.peak_rss_mb, paimon.peak_rss_mb):.0f}"
+        f"peak_rss_mb={max(iceberg.peak_rss_mb, paimon.peak_rss_mb, *(m.peak_rss_mb for m in many_tables)):.0f}"
     )
+    for one, many in zip((iceberg, paimon), many_tables):
+        name = many.name.replace("-", "_")
+        line += f" {name}_rows_per_s={many.rows_per_s:.0f} {name}_ratio={many.rows_per_s / one.rows_per_s:.2f}"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,11 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(options: Options, workdir: Path) -> tuple[Measurement, Measurement, Measurement]:
-    """Build the data once, then measure the ceiling, Iceberg and Paimon; verify every output."""
+def run(options: Options, workdir: Path) -> tuple[Measurement, ...]:
+    """Build the data once, then measure the ceiling, Iceberg and Paimon (and N tables of each);
+    verify every output."""
     chunks = workdir / "chunks.pkl"
     started = time.monotonic()
     _in_child("build", _build_data, options, chunks)
+    if options.tables > 1:
+        _in_child("build", _build_tables_data, options, workdir)
     size_mb = chunks.stat().st_size / 2**20
     print(f"data: {options.rows} rows of ({SCHEMA}), {size_mb:.1f} MB of responses prebuilt in "
           f"{time.monotonic() - started:.1f} s", flush=True)
@@ -131,17 +142,26 @@ def run(options: Options, workdir: Path) -> tuple[Measurement, Measurement, Meas
         options.profile_dir.mkdir(parents=True, exist_ok=True)
         print(f"profiling into {options.profile_dir}: the figures below include cProfile's overhead", flush=True)
 
-    runs: dict[str, list[Measurement]] = {name: [] for name, _, _ in _MEASUREMENTS}
+    measurements = list(_MEASUREMENTS)
+    if options.tables > 1:
+        measurements += [(f"{sink}-{options.tables}-tables", _pipeline_tables, verify)
+                         for sink, verify in (("iceberg", iceberg_keys), ("paimon", paimon_keys))]
+    runs: dict[str, list[Measurement]] = {name: [] for name, _, _ in measurements}
     for attempt in range(1, options.repeat + 1):
-        for name, target, verify in _MEASUREMENTS:
+        for name, target, verify in measurements:
             out = workdir / name
             _remove(out)  # the previous run's output
-            measurement = _measure(name, target, options, chunks, workdir)
-            check_keys(name, verify(out), options.rows)
+            if target is _pipeline_tables:
+                measurement = _measure(name, target, options, _table_chunks(options, workdir), workdir)
+                for table in _table_names(options):
+                    check_keys(f"{name} {table}", verify(out, table), options.rows // options.tables)
+            else:
+                measurement = _measure(name, target, options, chunks, workdir)
+                check_keys(name, verify(out), options.rows)
             suffix = f" (run {attempt} of {options.repeat})" if options.repeat > 1 else ""
             print(measurement.describe() + suffix, flush=True)
             runs[name].append(measurement)
-    return tuple(median_run(runs[name]) for name, _, _ in _MEASUREMENTS)
+    return tuple(median_run(runs[name]) for name, _, _ in measurements)
 
 
 def median_run(measurements: list[Measurement]) -> Measurement:
@@ -198,9 +218,14 @@ def _parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--profile-dir", type=Path, help="write a cProfile dump per measurement here")
     parser.add_argument("--property", dest="properties", action="append", default=[], metavar="KEY=VALUE",
                         help="set a pipeline property, e.g. source.journal.dir=off (repeatable)")
+    parser.add_argument("--tables", type=int, default=d.tables,
+                        help="also measure one job of this many tables of --rows/N rows each, into Iceberg and "
+                             "Paimon, against one table of --rows (default %(default)s: not measured)")
     args = parser.parse_args(argv)
-    if args.rows < 1 or args.batch_size < 1 or args.repeat < 1:
-        parser.error("--rows, --repeat and --batch-size must be at least 1")
+    if args.rows < 1 or args.batch_size < 1 or args.repeat < 1 or args.tables < 1:
+        parser.error("--rows, --repeat, --batch-size and --tables must be at least 1")
+    if args.rows % args.tables:
+        parser.error(f"--rows {args.rows} is not a multiple of --tables {args.tables}")
     if any("=" not in p for p in args.properties):
         parser.error("--property takes KEY=VALUE")
     args.properties = tuple(tuple(p.split("=", 1)) for p in args.properties)
@@ -235,8 +260,9 @@ def _child_main(target: Callable, args: tuple, send) -> None:
         raise
 
 
-def _measure(name: str, target: Callable, options: Options, chunks: Path, workdir: Path) -> Measurement:
-    """One measurement against a fresh server; checks the server handed out every row."""
+def _measure(name: str, target: Callable, options: Options, chunks, workdir: Path) -> Measurement:
+    """One measurement against a fresh server (``chunks``: a file, or each table's); checks the
+    server handed out every row."""
     with ServerProcess(chunks, SCHEMA_NAME, TABLE_NAME) as server:
         ended, peak_rss_kb, detail = _in_child(name, _profiled, name, target, options, server.port, workdir / name)
         first_poll, handed_out = server.first_poll, server.records_handed_out
@@ -270,6 +296,21 @@ def _build_data(options: Options, path: Path) -> None:
                      schema_name=SCHEMA_NAME, table_name=TABLE_NAME),
         path,
     )
+
+
+def _table_names(options: Options) -> list[str]:
+    return [f"{TABLE_NAME}_{i}" for i in range(options.tables)]
+
+
+def _table_chunks(options: Options, workdir: Path) -> dict[str, Path]:
+    return {table: workdir / f"chunks-{table}.pkl" for table in _table_names(options)}
+
+
+def _build_tables_data(options: Options, workdir: Path) -> None:
+    """``--rows``/N rows for each of the N tables, each with rows of its own."""
+    for i, (table, path) in enumerate(_table_chunks(options, workdir).items()):
+        save_chunks(build_chunks(options.schema, options.rows // options.tables, seed=options.seed + i,
+                                 batch_size=options.batch_size, schema_name=SCHEMA_NAME, table_name=table), path)
 
 
 # -- the measured work ---------------------------------------------------------------------
@@ -316,29 +357,51 @@ def _pipeline(sink: str, options: Options, port: int, out: Path) -> str:
     from beam_pixels.app import run_local
     from beam_pixels.config import PixelsConfig
 
-    config = PixelsConfig.from_properties(
-        {
-            "pixels.server.host": "127.0.0.1",
-            "pixels.server.port": str(port),
-            "schema.name": SCHEMA_NAME,
-            "table.name": TABLE_NAME,
-            "source.schema": SCHEMA,
-            "source.primary.key": KEY,
-            "source.poll.interval.ms": str(options.poll_interval_ms),
-            "source.max.records": str(options.rows),
-            "source.stop.after.idle.ms": str(options.idle_timeout_ms),
-            "checkpoint.interval.ms": str(options.checkpoint_interval_ms),
-            "sink.type": sink,
-            f"{sink}.catalog.warehouse": str(out),
-            f"{sink}.database.name": DATABASE,
-            f"{sink}.table.name": SINK_TABLE,
-            **dict(options.properties),
-        }
-    )
-    summary = run_local(config)
+    summary = run_local(PixelsConfig.from_properties(_properties(sink, options, port, out)))
     if summary.records != options.rows:
         raise BenchmarkError(f"{sink}: run_local polled {summary.records} of {options.rows} records")
-    return f"{summary.rounds} round(s), last batch {summary.checkpoint.batch_id}, run_local {summary.seconds:.2f} s"
+    return (f"{summary.rounds} round(s) of {summary.seconds / summary.rounds:.2f} s on average, last batch "
+            f"{summary.checkpoint.batch_id}, run_local {summary.seconds:.2f} s")
+
+
+def _pipeline_tables(name: str, options: Options, port: int, out: Path) -> str:
+    """``run_local`` of one job of ``--tables`` tables into the sink ``name`` starts with."""
+    from beam_pixels.app import run_local
+    from beam_pixels.config import PixelsConfig
+
+    sink = name.split("-")[0]
+    properties = _properties(sink, options, port, out)
+    properties["source.max.records"] = str(options.rows // options.tables)  # each table's
+    properties["tables"] = ",".join(_table_names(options))
+    del properties["table.name"], properties[f"{sink}.table.name"]  # each table polls and writes its own
+    summary = run_local(PixelsConfig.from_properties(properties))
+    if summary.records != options.rows:
+        raise BenchmarkError(f"{name}: run_local polled {summary.records} of {options.rows} records")
+    batches = sorted(c.batch_id for c in summary.checkpoints.values())
+    return (f"{summary.rounds} round(s) of {summary.seconds / summary.rounds:.2f} s on average, last batches "
+            f"{batches[0]}..{batches[-1]}, run_local {summary.seconds:.2f} s")
+
+
+def _properties(sink: str, options: Options, port: int, out: Path) -> dict[str, str]:
+    """The pipeline's properties: one table of :data:`SCHEMA` from the server on ``port`` into
+    ``sink`` in the warehouse ``out``."""
+    return {
+        "pixels.server.host": "127.0.0.1",
+        "pixels.server.port": str(port),
+        "schema.name": SCHEMA_NAME,
+        "table.name": TABLE_NAME,
+        "source.schema": SCHEMA,
+        "source.primary.key": KEY,
+        "source.poll.interval.ms": str(options.poll_interval_ms),
+        "source.max.records": str(options.rows),
+        "source.stop.after.idle.ms": str(options.idle_timeout_ms),
+        "checkpoint.interval.ms": str(options.checkpoint_interval_ms),
+        "sink.type": sink,
+        f"{sink}.catalog.warehouse": str(out),
+        f"{sink}.database.name": DATABASE,
+        f"{sink}.table.name": SINK_TABLE,
+        **dict(options.properties),
+    }
 
 
 # -- verifying the outputs -----------------------------------------------------------------
@@ -358,22 +421,22 @@ def parquet_keys(out: Path) -> pa.ChunkedArray:
     return pq.read_table(out.with_suffix(".parquet"), columns=[KEY]).column(KEY)
 
 
-def iceberg_keys(warehouse: Path) -> pa.ChunkedArray:
+def iceberg_keys(warehouse: Path, table: str = SINK_TABLE) -> pa.ChunkedArray:
     """The key column of the Iceberg table a pipeline measurement wrote into ``warehouse``."""
     from pyiceberg.catalog import load_catalog
 
     catalog = load_catalog(
         "pixels", type="sql", uri=f"sqlite:///{warehouse}/catalog.db", warehouse=f"file://{warehouse}"
     )
-    return catalog.load_table((DATABASE, SINK_TABLE)).scan(selected_fields=(KEY,)).to_arrow().column(KEY)
+    return catalog.load_table((DATABASE, table)).scan(selected_fields=(KEY,)).to_arrow().column(KEY)
 
 
-def paimon_keys(warehouse: Path) -> pa.ChunkedArray:
+def paimon_keys(warehouse: Path, table: str = SINK_TABLE) -> pa.ChunkedArray:
     """The key column of the Paimon table a pipeline measurement wrote into ``warehouse``."""
     from pypaimon import CatalogFactory
 
     table = CatalogFactory.create({"warehouse": f"file://{warehouse}", "metastore": "filesystem"}).get_table(
-        f"{DATABASE}.{SINK_TABLE}"
+        f"{DATABASE}.{table}"
     )
     builder = table.new_read_builder().with_projection([KEY])
     return builder.new_read().to_arrow(builder.new_scan().plan().splits()).column(KEY)

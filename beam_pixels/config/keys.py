@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from beam_pixels.config.validators import _Bool, _Buckets, _Choice, _Columns, _ExistingFile, _Int, _Name
+from beam_pixels.config.validators import _Bool, _Buckets, _Choice, _Columns, _ExistingFile, _Int, _Name, _Names
 from beam_pixels.config.validators import _OptionalInt, _OptionalLocation, _Parser, _Schema, _Text, _Warehouse
 from beam_pixels.schema import SCHEMA_EVOLUTION_MODES
 
@@ -29,6 +29,7 @@ class Key:
 
 
 _SERVER, _SOURCE, _SINK, _ICEBERG, _PAIMON = "Pixels server", "Source", "Sink", "Iceberg", "Paimon"
+_TABLES = "Many tables"
 _NO_HADOOP = "pyiceberg has no Hadoop catalog; use sql (local SQLite), glue or rest"
 
 KEYS: tuple[Key, ...] = (
@@ -163,7 +164,16 @@ KEYS: tuple[Key, ...] = (
     Key("paimon.write-only", "paimon_write_only", "false", _Bool(),
         "Neither compact nor expire snapshots (also when the table has write-only=true): leave both to "
         "Paimon's dedicated compaction job.", _PAIMON),
+    Key("tables", "table_labels", "", _Names(),
+        "Several tables in one job: their names, e.g. orders,customers (empty = the one table the other keys "
+        "describe). Each table takes every key above, set for it alone as table.<name>.<key>; see below and "
+        "docs/many-tables.md.", _TABLES),
 )
+
+# Keys one job has once, for all its tables: not set per table (table.<name>.<key>).
+JOB_WIDE = ("tables", "checkpoint.interval.ms")
+# Where a table's own keys start: table.<name>.<key>.
+TABLE_PREFIX = "table."
 
 KEY_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 
@@ -200,5 +210,13 @@ def describe() -> str:
         "table keeps its own properties. Tables the sink creates get, unless set otherwise: `format-version=2`, "
         "`write.metadata.delete-after-commit.enabled=true`, `write.metadata.previous-versions-max=10`, "
         "`history.expire.max-snapshot-age-ms=300000`, `history.expire.min-snapshots-to-keep=5`."
+    )
+    out.append("")
+    out.append(
+        "With `tables` set, every `table.<name>.<key>=<value>` sets `<key>` for table `<name>` alone, over the "
+        "shared `<key>` (any key above, the catalog, table property and table option keys too, except "
+        f"{', '.join(f'`{k}`' for k in JOB_WIDE)}). A table's `table.name` defaults to its name, its "
+        "`iceberg.table.name` and `paimon.table.name` to its `table.name`; a shared `source.journal.dir` gets "
+        "a folder per table (`<dir>/<schema>.<table>`). See docs/many-tables.md."
     )
     return "\n".join(out) + "\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
-from beam_pixels.config.keys import _PASSTHROUGH, _TABLE_PROPERTIES, KEY_BY_NAME, KEYS, SINK_TYPES
+from beam_pixels.config.keys import _PASSTHROUGH, _TABLE_PROPERTIES, JOB_WIDE, KEY_BY_NAME, KEYS, SINK_TYPES, TABLE_PREFIX
 from beam_pixels.config.properties import load_properties, parse_override
 from beam_pixels.config.validators import LOCATION_OFF, _invalid, _Rejected
 from beam_pixels.errors import ConfigError
@@ -97,6 +97,7 @@ class PixelsConfig:
     paimon_compaction_max_mb: int
     paimon_compaction_file_percent: int
     paimon_write_only: bool
+    table_labels: tuple[str, ...]
     properties: dict[str, str] = dataclasses.field(repr=False, hash=False)
     warnings: tuple[str, ...] = dataclasses.field(repr=False, compare=False)
 
@@ -117,6 +118,12 @@ class PixelsConfig:
         warnings = tuple(_unknown_key_warnings(props))
         for w in warnings:
             _log.warning("%s", w)
+        config = cls._validated(props, warnings)
+        config.tables()  # a table's bad key fails the load, as a shared one does
+        return config
+
+    @classmethod
+    def _validated(cls, props: dict[str, str], warnings: tuple[str, ...]) -> PixelsConfig:
         values: dict[str, Any] = {}
         for key in KEYS:
             raw = props.get(key.name, key.default)
@@ -127,6 +134,43 @@ class PixelsConfig:
         _relate(values, props)
         fields = {KEY_BY_NAME[name].field: value for name, value in values.items()}
         return cls(**fields, properties=props, warnings=warnings)
+
+    def tables(self) -> dict[str, PixelsConfig]:
+        """One single-table configuration per table of the job, by name (``tables``); a file without
+        ``tables`` is one table, named ``""``.
+
+        A table's configuration is the shared keys with its own ``table.<name>.<key>`` keys over
+        them; its ``table.name`` defaults to its name, its ``iceberg.table.name`` and
+        ``paimon.table.name`` to its ``table.name``, and a shared ``source.journal.dir`` gets a
+        folder per table. Raises :class:`ConfigError` naming the table and the key.
+        """
+        if not self.table_labels:
+            return {"": self}
+        own_keys = tuple(f"{TABLE_PREFIX}{label}." for label in self.table_labels)
+        shared = {k: v for k, v in self.properties.items() if k != "tables" and not k.startswith(own_keys)}
+        configs = {label: self._table(label, shared) for label in self.table_labels}
+        _refuse_shared_tables(configs)
+        return configs
+
+    def _table(self, label: str, shared: Mapping[str, str]) -> PixelsConfig:
+        prefix = f"{TABLE_PREFIX}{label}."
+        own = {k[len(prefix):]: v for k, v in self.properties.items() if k.startswith(prefix)}
+        refused = next((k for k in own if k in JOB_WIDE), None)
+        if refused is not None:
+            raise ConfigError(f"table {label}: {prefix}{refused} cannot be set per table; set {refused} "
+                              "once for the whole job")
+        props = {"table.name": label, **shared, **own}
+        for sink in SINK_TYPES:
+            props.setdefault(f"{sink}.table.name", props["table.name"])
+        journal = props.get("source.journal.dir", "")
+        if "source.journal.dir" not in own and journal not in ("", LOCATION_OFF):
+            props["source.journal.dir"] = f"{journal.rstrip('/')}/{props.get('schema.name', KEY_BY_NAME['schema.name'].default)}.{props['table.name']}"
+        try:
+            return self._validated(props, ())
+        except ConfigError as error:
+            message = str(error)
+            key = message.partition("=")[0]
+            raise ConfigError(f"table {label}: {prefix if key in own else ''}{message}") from None
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
@@ -201,15 +245,36 @@ def _bucket_spec(buckets: Sequence[int]) -> str:
     return ",".join(f"{lo}-{hi}" if hi > lo else str(lo) for lo, hi in runs)
 
 
+def _refuse_shared_tables(configs: Mapping[str, PixelsConfig]) -> None:
+    """Two tables of one job may neither poll the same source table nor write the same table."""
+    seen: dict[tuple, str] = {}
+    for label, c in configs.items():
+        target = getattr(c, f"{c.sink_type}_table")
+        for key, what in (("table.name", (c.schema_name, c.table_name)),
+                          (f"{c.sink_type}.table.name", (c.sink_type, getattr(c, f"{c.sink_type}_database"), target))):
+            other = seen.setdefault((key, *what), label)
+            if other != label:
+                raise ConfigError(
+                    f"table {label}: {key} names {'.'.join(what[-2:])}, as table {other} does; every table of a job "
+                    f"needs its own (set table.{label}.{key})")
+
+
 def _unknown_key_warnings(props: Mapping[str, str]) -> list[str]:
-    """A warning per key that is neither known nor a catalog pass-through, with the closest known key."""
+    """A warning per key that is neither known nor a catalog pass-through, with the closest known key;
+    a table's own key (``table.<name>.<key>``) is checked without its prefix."""
     lowered = {name.lower(): name for name in KEY_BY_NAME}
+    try:
+        labels = KEY_BY_NAME["tables"].parser(props.get("tables", ""))
+    except _Rejected:
+        labels = ()  # the key's own check says what is wrong
     out = []
     for key in props:
-        if key in KEY_BY_NAME or key.startswith((*_PASSTHROUGH.values(), *_TABLE_PROPERTIES.values())):
+        prefix = next((p for p in (f"{TABLE_PREFIX}{label}." for label in labels) if key.startswith(p)), "")
+        name = key[len(prefix):]
+        if name in KEY_BY_NAME or name.startswith((*_PASSTHROUGH.values(), *_TABLE_PROPERTIES.values())):
             continue
-        close = difflib.get_close_matches(key.lower(), lowered, n=1)
-        out.append(f"unknown key {key!r}" + (f" (did you mean {lowered[close[0]]!r}?)" if close else ""))
+        close = difflib.get_close_matches(name.lower(), lowered, n=1)
+        out.append(f"unknown key {key!r}" + (f" (did you mean {prefix + lowered[close[0]]!r}?)" if close else ""))
     return out
 
 

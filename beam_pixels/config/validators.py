@@ -135,6 +135,23 @@ class _Name:
         return text
 
 
+@dataclass(frozen=True)
+class _Names:
+    """Comma-separated distinct names (letters, digits, '_' and '-'); empty = none."""
+
+    accepted: str = "empty, or comma-separated distinct names of letters, digits, '_' and '-'"
+
+    def __call__(self, text: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in text.split(",")) if text.strip() else ()
+        bad = next((n for n in names if not re.fullmatch(_PART, n)), None)
+        if bad is not None:
+            raise _Rejected(f"{bad!r} is not a valid name")
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise _Rejected(f"{twice!r} is named twice")
+        return names
+
+
 def _absolute(path: str) -> str:
     """``path`` made absolute against the current directory, so the value means the same on every worker."""
     return os.path.abspath(os.path.expanduser(path))

@@ -1,13 +1,14 @@
 """An in-process Pixels sink server for tests and demos, behaving as PROTOCOL.md says a real one does.
 
-It keeps one FIFO per bucket of one (schema, table); a record's bucket is
+It keeps one FIFO per bucket of one (schema, table), and serves more tables on the same
+port through :meth:`MockPixelsServer.serve_table`; a record's bucket is
 :func:`~beam_pixels.buckets.bucket_of` its routing key, the canonical binary
 encodings of its primary-key columns (of the ``after`` image, or ``before`` for
 a DELETE). A table without a primary key routes by all columns of that image,
 NULLs as empty bytes, so equal rows share a bucket. ``PollEvents`` walks the
 requested buckets in order and drains each queue, without blocking, up to
 ``batch_size`` records per bucket; reads are destructive. An empty bucket list,
-or another schema or table, gets an empty response.
+or a schema or table it does not serve, gets an empty response.
 
 Every record handed out is remembered (:meth:`MockPixelsServer.handed_out`) so
 a test can compare what a pipeline wrote with exactly what the server gave it.
@@ -105,6 +106,24 @@ class MockPixelsServer:
         self._sequence = 0
         self._failures: collections.deque[tuple[grpc.StatusCode, str]] = collections.deque()
         self._server: grpc.Server | None = None
+        self._other_tables: dict[tuple[str, str], MockPixelsServer] = {}
+
+    def serve_table(self, schema: SourceSchema, *, schema_name: str = "public", table_name: str) -> MockPixelsServer:
+        """Serve another table on this server's port, with this server's buckets, batch size and
+        encoding; returns that table's server object (never started) to feed and inspect it
+        (:meth:`enqueue`, :meth:`handed_out`, ...). Polls naming it drain its queues."""
+        if (schema_name, table_name) in self.tables():
+            raise ValueError(f"{schema_name}.{table_name} is already served on {self.address}")
+        table = MockPixelsServer(schema, schema_name=schema_name, table_name=table_name, bucket_count=self.bucket_count,
+                                 batch_size=self.batch_size, encoding=self.encoding)
+        with self._lock:
+            self._other_tables[(schema_name, table_name)] = table
+        return table
+
+    def tables(self) -> list[tuple[str, str]]:
+        """The (schema, table) pairs this server answers polls for."""
+        with self._lock:
+            return [(self.schema_name, self.table_name), *self._other_tables]
 
     # --- feeding -------------------------------------------------------------------
 
@@ -216,11 +235,12 @@ class MockPixelsServer:
         self.port = port
         server.start()
         self._server = server
-        _LOG.info(
-            "mock Pixels server on %s serves %s.%s (%s; %d buckets, batch %d, %s encoding%s)",
-            self.address, self.schema_name, self.table_name, self.schema, self.bucket_count,
-            self.batch_size, self.encoding, ", TLS" if cert is not None else "",
-        )
+        for table in (self, *self._other_tables.values()):
+            _LOG.info(
+                "mock Pixels server on %s serves %s.%s (%s; %d buckets, batch %d, %s encoding%s)",
+                self.address, table.schema_name, table.table_name, table.schema, self.bucket_count,
+                self.batch_size, self.encoding, ", TLS" if cert is not None else "",
+            )
         return self
 
     def stop(self, grace: float | None = None) -> None:
@@ -248,7 +268,8 @@ class MockPixelsServer:
         drains the queues it reads."""
         response = sink_pb2.PollResponse()
         if (request.schema_name, request.table_name) != (self.schema_name, self.table_name):
-            return response
+            other = self._other_tables.get((request.schema_name, request.table_name))
+            return response if other is None else other._drain(request, peer)
         poller = (peer, tuple(request.buckets))
         with self._lock:
             self._bucket_sets.add(tuple(request.buckets))
@@ -326,39 +347,47 @@ def serve(
     events: int | None = None,
     stop: threading.Event | None = None,
     report_every_s: float = 10.0,
+    more_tables: Sequence[tuple[SourceSchema, str, str]] = (),
     **server_options,
 ) -> MockPixelsServer:
     """Serve generated data until SIGINT/SIGTERM (or ``stop`` is set); returns the stopped server.
 
     Without ``cdc`` it queues ``rows`` INSERTs from :func:`mock_data.generate_rows`;
     with ``cdc``, ``events`` (default ``3 * rows``) changes over ``rows`` keys from
-    :func:`mock_data.generate_cdc`. ``server_options`` go to :class:`MockPixelsServer`.
+    :func:`mock_data.generate_cdc`. ``server_options`` go to :class:`MockPixelsServer`;
+    ``more_tables`` (schema, schema name, table name) are served on the same port, each with
+    data of its own.
     """
     server = MockPixelsServer(schema, host=host, port=port, **server_options)
-    if cdc:
-        history = mock_data.generate_cdc(schema, rows, 3 * rows if events is None else events, seed)
-        server.load_cdc(history)
-        counts = collections.Counter(op.name for op, _, _ in history)
-        breakdown = ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
-        what = f"{len(history)} change events over {rows} keys ({breakdown})"
-    else:
-        server.load_rows(mock_data.generate_rows(schema, rows, seed))
-        what = f"{rows} INSERTs"
+    tables = [server, *(server.serve_table(s, schema_name=n, table_name=t) for s, n, t in more_tables)]
+    for i, table in enumerate(tables):
+        if cdc:
+            history = mock_data.generate_cdc(table.schema, rows, 3 * rows if events is None else events, seed + i)
+            table.load_cdc(history)
+            counts = collections.Counter(op.name for op, _, _ in history)
+            breakdown = ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
+            what = f"{len(history)} change events over {rows} keys ({breakdown})"
+        else:
+            table.load_rows(mock_data.generate_rows(table.schema, rows, seed + i))
+            what = f"{rows} INSERTs"
+        _LOG.info("%s.%s: %s with seed %d", table.schema_name, table.table_name, what, seed + i)
     stop = stop or threading.Event()
     restore = _stop_on_signals(stop)
     server.start()
-    _LOG.info("serving %s with seed %d on %s; stop with Ctrl-C", what, seed, server.address)
+    _LOG.info("serving on %s; stop with Ctrl-C", server.address)
     try:
         delivered = 0
         while not stop.wait(report_every_s):
-            now = len(server.handed_out())
+            now = sum(len(t.handed_out()) for t in tables)
             if now != delivered:
                 delivered = now
-                _LOG.info("handed out %d records, %d pending", delivered, server.pending())
+                _LOG.info("handed out %d records, %d pending", delivered, sum(t.pending() for t in tables))
     finally:
         server.stop(grace=1.0)
         restore()
-        _LOG.info("handed out %d records, %d left undelivered", len(server.handed_out()), server.pending())
+        for table in tables:
+            _LOG.info("%s.%s: handed out %d records, %d left undelivered", table.schema_name, table.table_name,
+                      len(table.handed_out()), table.pending())
     return server
 
 
