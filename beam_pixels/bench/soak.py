@@ -12,8 +12,9 @@ write (DuckDB's iceberg extension; pypaimon's reader). After ``--commits``
 commits of the stream (or ``--duration-s``) the generator stops, the
 application drains, commits and is stopped with SIGINT, and the table is
 compared row by row with the server's expected state. The live rows are then
-written into a fresh table of the same sink in one commit, for the live data
-size and the fresh read time. Figures go to ``soak.csv`` / ``soak.json`` in the
+written into a fresh table of the same schema in one commit by the sink's
+reference library (pyiceberg's ``Table.append``; pypaimon's batch write, as many
+buckets), for the live data size and the fresh read time (:func:`write_fresh`). Figures go to ``soak.csv`` / ``soak.json`` in the
 work directory; the last line printed is::
 
     RESULT sink=iceberg preload=P commits=N commit_s_first=X commit_s_last=X storage_ratio=X read_ratio=X correct=yes|no storage_ratio_max=X cycle_s_first=X cycle_s_last=X
@@ -179,18 +180,22 @@ class SinkTable:
         self.table = table
 
     # catalog / table access, opened fresh each time (the application commits meanwhile)
-    def _iceberg(self):
-        from pyiceberg.catalog import load_catalog
+    def _catalog(self):
+        if self.sink == "iceberg":
+            from pyiceberg.catalog import load_catalog
 
-        catalog = load_catalog(
-            "pixels", type="sql", uri=f"sqlite:///{self.warehouse / 'catalog.db'}", warehouse=f"file://{self.warehouse}"
-        )
-        return catalog.load_table((DATABASE, self.table))
-
-    def _paimon(self):
+            return load_catalog(
+                "pixels", type="sql", uri=f"sqlite:///{self.warehouse / 'catalog.db'}", warehouse=f"file://{self.warehouse}"
+            )
         from pypaimon import CatalogFactory
 
-        return CatalogFactory.create({"warehouse": f"file://{self.warehouse}"}).get_table(f"{DATABASE}.{self.table}")
+        return CatalogFactory.create({"warehouse": f"file://{self.warehouse}"})
+
+    def _iceberg(self):
+        return self._catalog().load_table((DATABASE, self.table))
+
+    def _paimon(self):
+        return self._catalog().get_table(f"{DATABASE}.{self.table}")
 
     def location(self) -> Path:
         if self.sink == "iceberg":
@@ -457,7 +462,7 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
 
     # The same live rows, freshly written in one commit.
     fresh = SinkTable(options.sink, warehouse, FRESH_TABLE)
-    write_fresh(options, props, expected["keys"], expected["versions"])
+    write_fresh(options.sink, warehouse, expected["keys"], expected["versions"])
     fresh_bytes = sum(walk_sizes(fresh.location()).values())
     fresh_read_s = min(fresh.timed_read()[0] for _ in range(2))
     final_read_s = min(final_read_s, table.timed_read()[0])
@@ -539,33 +544,47 @@ def notes_as_arrow(note: np.ndarray) -> pa.Array:
     return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data)).cast(pa.string())
 
 
-def write_fresh(options: Options, props: dict[str, str], keys: np.ndarray, versions: np.ndarray) -> None:
-    """The live rows as INSERTs, committed in one commit by the project's own writer
-    into table ``FRESH_TABLE`` of the same warehouse (same sink settings)."""
-    from beam_pixels.app import open_table_writer
-    from beam_pixels.changes import records_schema
-    from beam_pixels.checkpoint import Checkpoint
-    from beam_pixels.config import PixelsConfig
+def write_fresh(sink: str, warehouse: Path, keys: np.ndarray, versions: np.ndarray) -> None:
+    """The live rows, sorted by key, written by the sink's reference library in one commit
+    into a new table ``FRESH_TABLE`` of the same warehouse, with the soak table's schema and
+    otherwise the library's defaults: pyiceberg's ``Table.append`` (Iceberg), pypaimon's
+    batch write into a primary-key table of as many buckets (Paimon). The project's writer
+    takes no part, so the storage and read baselines are what a user gets without it."""
+    source = SinkTable(sink, warehouse, TABLE)
+    ids, vs, amount, note = soak_server.row_values(keys, versions)
+    columns = {"id": pa.array(ids), "version": pa.array(vs), "amount": pa.array(amount), "note": notes_as_arrow(note)}
+    if sink == "iceberg":
+        from pyiceberg.io.pyarrow import schema_to_pyarrow
 
-    overrides = dict(props, **{f"{options.sink}.table.name": f"{DATABASE}.{FRESH_TABLE}"})
-    config = PixelsConfig.from_properties(overrides)
-    writer = open_table_writer(config)
+        schema = source._iceberg().schema()
+        catalog = source._catalog()
+        fresh = catalog.create_table((DATABASE, FRESH_TABLE), schema=schema)
+        arrow_schema = schema_to_pyarrow(schema, include_field_ids=False)
+        fresh.append(pa.Table.from_arrays([columns[f.name].cast(f.type) for f in arrow_schema], schema=arrow_schema))
+        return
+    from pypaimon import Schema
+
+    from beam_pixels.sinks.paimon.writer import ROW_KIND_COLUMN
+
+    table = source._paimon()
+    columns[ROW_KIND_COLUMN] = pa.repeat(pa.scalar("+I"), len(ids))
+    catalog = source._catalog()
+    catalog.create_table(
+        f"{DATABASE}.{FRESH_TABLE}",
+        Schema(table.table_schema.fields, primary_keys=table.table_schema.primary_keys,
+               options={"bucket": str(table.options.bucket())}),
+        False,
+    )
+    fresh = catalog.get_table(f"{DATABASE}.{FRESH_TABLE}")
+    names = [f.name for f in fresh.table_schema.fields]
+    builder = fresh.new_batch_write_builder()
+    write, commit = builder.new_write(), builder.new_commit()
     try:
-        ids, vs, amount, note = soak_server.row_values(keys, versions)
-        n = len(ids)
-        rs = records_schema(config.source_schema)
-        after = pa.StructArray.from_arrays(
-            [pa.array(ids), pa.array(vs), pa.array(amount), notes_as_arrow(note)],
-            fields=list(rs.field("after").type),
-        )
-        records = pa.table(
-            [pa.array(np.zeros(n, np.int8)), pa.array(np.zeros(n, np.int32)), pa.array(np.arange(n, dtype=np.int64)),
-             pa.array(soak_server.buckets_of(ids, options.bucket_count)), pa.nulls(n, rs.field("before").type), after],
-            schema=rs,
-        )
-        writer.commit(records, Checkpoint().advance_to({0: n}))
+        write.write_arrow(pa.table({name: columns[name] for name in names}))
+        commit.commit(write.prepare_commit())
     finally:
-        writer.close()
+        write.close()
+        commit.close()
 
 
 # --- output ------------------------------------------------------------------------
