@@ -11,7 +11,7 @@ producer derived from pyiceberg's private ``_SnapshotProducer`` (its constructor
 
 pyiceberg internals without an underscore but not documented as API, used as
 ``append`` and ``scan`` use them: :func:`write_parquet_files` (``write_file`` over
-``WriteTask``s, ``pyarrow_to_schema``), :func:`file_reader` (``ArrowScan``) and
+``WriteTask``s with their ``partition_key``, ``pyarrow_to_schema``), :func:`file_reader` (``ArrowScan``) and
 :func:`promotable` (``promote``).
 
 ``tests/test_pyiceberg_private.py`` fails loudly when an upgrade changes them.
@@ -34,6 +34,7 @@ from pyiceberg.manifest import (
     ManifestFile,
     ManifestWriterV2,
 )
+from pyiceberg.partitioning import PartitionKey
 from pyiceberg.schema import Schema, promote
 from pyiceberg.table import Table, Transaction, WriteTask
 from pyiceberg.table.snapshots import Operation, Summary
@@ -42,17 +43,29 @@ from pyiceberg.typedef import EMPTY_DICT
 from pyiceberg.types import IcebergType
 
 
-def write_parquet_files(table: Table, schema: pa.Schema, batches: list[list[pa.RecordBatch]], write_uuid) -> list[DataFile]:
+def write_parquet_files(
+    table: Table,
+    schema: pa.Schema,
+    batches: list[list[pa.RecordBatch]],
+    write_uuid,
+    partitions: typing.Sequence[PartitionKey | None] | None = None,
+) -> list[DataFile]:
     """Parquet data files of ``table``, one per list of record batches (rows of Arrow
     ``schema``), not committed; pyiceberg writes them in parallel, with the table's Parquet
-    properties and column statistics, as ``Transaction.append`` does."""
+    properties and column statistics, as ``Transaction.append`` does. ``partitions[i]`` is
+    the partition (of the table's current spec) of every row of ``batches[i]``: it sets the
+    file's partition tuple and its directory, as a partitioned ``append`` does."""
     metadata = table.metadata
     task_schema = pyarrow_to_schema(schema, name_mapping=metadata.schema().name_mapping, format_version=metadata.format_version)
+    keys = partitions if partitions is not None else [None] * len(batches)
     tasks = [
-        WriteTask(write_uuid=write_uuid, task_id=i, schema=task_schema, record_batches=records)
-        for i, records in enumerate(batches)
+        WriteTask(write_uuid=write_uuid, task_id=i, schema=task_schema, record_batches=records, partition_key=key)
+        for i, (records, key) in enumerate(zip(batches, keys))
     ]
-    return list(write_file(table.io, metadata, iter(tasks)))
+    written = list(write_file(table.io, metadata, iter(tasks)))
+    for data_file in written:  # as a manifest reader sets it: the spec the file was written under
+        data_file.spec_id = metadata.default_spec_id
+    return written
 
 
 def file_reader(table: Table, schema: Schema) -> ArrowScan:
@@ -90,6 +103,10 @@ def _manifest_content(data_file: DataFile) -> ManifestContent:
 
 class _FileChanges(_SnapshotProducer["_FileChanges"]):
     """One snapshot that adds data and delete files and removes any files.
+
+    An added file goes into a manifest of its own ``spec_id`` (which ``DataFile.from_args``
+    leaves unset: set it): a position-delete file for rows of a data file written under an
+    older partition spec has that spec and partition.
 
     Without removals the parent's manifests are kept as they are (one new manifest
     per content kind). With removals, or ``rewrite_manifests``, every live entry is
@@ -151,10 +168,9 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
         return written
 
     def _manifests(self) -> list[ManifestFile]:
-        default_spec = self._transaction.table_metadata.default_spec_id
         entries = [
             (
-                default_spec,
+                data_file.spec_id,
                 ManifestEntry.from_args(
                     status=ManifestEntryStatus.ADDED,
                     snapshot_id=self._snapshot_id,
