@@ -3,7 +3,7 @@
 pyiceberg 0.12 cannot write position deletes, nor remove delete files, nor
 rewrite manifests. :func:`commit_file_changes` does all three with a snapshot
 producer derived from pyiceberg's private ``_SnapshotProducer`` (its constructor,
-``_manifests``, ``_existing_manifests``, ``_deleted_entries``, ``_summary``,
+``_manifests``, ``_existing_manifests``, ``_deleted_entries``, ``_summary`` (replaced),
 ``_validate_concurrency``, ``new_manifest_output`` and the attributes
 ``_added_data_files``, ``_deleted_data_files``, ``_parent_snapshot_id``,
 ``_snapshot_id``, ``_compression``, ``_transaction._table``) and a subclass of
@@ -36,8 +36,8 @@ from pyiceberg.manifest import (
 )
 from pyiceberg.partitioning import PartitionKey
 from pyiceberg.schema import Schema, promote
-from pyiceberg.table import Table, Transaction, WriteTask
-from pyiceberg.table.snapshots import Operation, Summary
+from pyiceberg.table import Table, TableProperties, Transaction, WriteTask
+from pyiceberg.table.snapshots import Operation, SnapshotSummaryCollector, Summary, update_snapshot_summaries
 from pyiceberg.table.update.snapshot import _SnapshotProducer
 from pyiceberg.typedef import EMPTY_DICT
 from pyiceberg.types import IcebergType
@@ -137,7 +137,22 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
         self._rewrite = rewrite_manifests or bool(removed)
 
     def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Summary:
-        summary = super()._summary(snapshot_properties)
+        """pyiceberg's summary, with every added file counted under its own spec (pyiceberg
+        counts them under the current one, which fails for a file of an older spec)."""
+        metadata = self._transaction.table_metadata
+        schema, specs = metadata.schema(), metadata.specs()
+        limit = int(metadata.properties.get(TableProperties.WRITE_PARTITION_SUMMARY_LIMIT,
+                                            TableProperties.WRITE_PARTITION_SUMMARY_LIMIT_DEFAULT))
+        collector = SnapshotSummaryCollector(partition_summary_limit=limit)
+        for data_file in self._added_data_files:
+            collector.add_file(data_file=data_file, partition_spec=specs[data_file.spec_id], schema=schema)
+        for data_file in self._deleted_data_files:
+            collector.remove_file(data_file=data_file, partition_spec=specs[data_file.spec_id], schema=schema)
+        parent = metadata.snapshot_by_id(self._parent_snapshot_id) if self._parent_snapshot_id is not None else None
+        summary = update_snapshot_summaries(  # which knows no REPLACE: relabelled after
+            summary=Summary(operation=self._operation, **collector.build(), **snapshot_properties),
+            previous_summary=parent.summary if parent is not None else None,
+        )
         return Summary(self._final_operation, **summary.additional_properties)
 
     def _validate_concurrency(self) -> None:
