@@ -19,7 +19,7 @@ work directory; the last line printed is::
     RESULT sink=iceberg preload=P commits=N commit_s_first=X commit_s_last=X storage_ratio=X read_ratio=X correct=yes|no storage_ratio_max=X cycle_s_first=X cycle_s_last=X
 
 With ``--partitioned`` the stream is the clocked variant (:data:`soak_server.CLOCKED_SCHEMA`:
-also ``ts``, a clock that advances :data:`CLOCK_US` per change, and its ``day``) and both
+also ``ts``, a clock that advances :data:`CLOCK_US` per insert or update, and its ``day``) and both
 tables, the soak's and the fresh one, are partitioned as :data:`PARTITIONING` says for the
 sink. Every commit also counts the data and delete files it wrote (``files_written``).
 
@@ -64,7 +64,7 @@ COMMIT_LINE = re.compile(
 # "..., 2 manifests, 0.12s" and maybe " (notes)"; Paimon: "...reclaimed 1.2 MB; 0.26s" and maybe
 # "; errors: ..."). Paimon logs a pass that found nothing to do at DEBUG only: no line, ~0 s.
 MAINTENANCE_LINE = re.compile(r"maintained \S+: .*[,;] (?P<seconds>[0-9.]+)s(?: \(.*\))?(?:; errors: .*)?$")
-# The partitioned variant: a change advances the clock a quarter second (a simulated day per
+# The partitioned variant: an insert or update advances the clock a quarter second (a simulated day per
 # 345,600 changes: 1M preloaded keys span ~3 days, 2,000 changes/s add a day every ~3 minutes),
 # and each sink's partitioning by it, in one place.
 CLOCK_US = 250_000

@@ -3,7 +3,7 @@
 The stream is a preload of ``P`` INSERTs (keys ``0 .. P-1``), then ``R`` changes a
 second: about 30% INSERTs of new keys, 60% UPDATEs and 10% DELETEs of random
 live keys. The clocked variant (for partitioned tables, ``clock_us``) versions
-rows by a clock that advances one tick per generated change, and its rows carry
+rows by a clock that advances one tick per new row version (insert or update), and its rows carry
 the clock's time: ``ts`` (TIMESTAMP) and ``day`` (its DATE), so that a table
 partitioned by them sees new days arrive and updates move rows into them. It scales to ``P = 10,000,000`` because no Python object exists per
 key or per record: the state is two numpy arrays indexed by key id (the key's
@@ -190,7 +190,7 @@ class ChangeStream:
     def __init__(self, preload: int, seed: int = 0, shares: tuple[float, float, float] = OP_SHARES,
                  clocked: bool = False):
         self.clocked = clocked
-        self.clock = 0  # clocked: the next tick; every generated change takes one
+        self.clock = 0  # clocked: the next tick; every insert and update takes one
         self.preload_total = preload
         self.preloaded = 0
         self.rng = np.random.default_rng(seed)
