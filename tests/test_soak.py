@@ -259,7 +259,7 @@ def test_soak_smoke_run_is_correct(tmp_path, sink, variant):
     assert commits[-1]["live_rows"] == summary["live_rows_expected"]  # the progress lines add up
     assert all(c["storage_ratio"] > 0 and c["maint_s"] >= 0 for c in commits)
     assert "storage_ratio_max" in summary and summary["cycle_s_first"] >= min(c["commit_s"] for c in commits)
-    assert all(c["files_written"] >= 1 for c in commits) and "data and delete files written per stream commit" in done.stdout
+    assert sum(c["files_written"] for c in commits) >= 4 and "data and delete files written per stream commit" in done.stdout
     if variant:  # the clocked rows (ts, day) were checked too, in a table partitioned by them
         assert summary["partitioned"] and "partitioned day(ts),bucket(16,id)" in (tmp_path / "soak" / "app.err").read_text()
 
