@@ -18,10 +18,12 @@ from pyiceberg.manifest import DataFileContent, ManifestContent, ManifestWriterV
 from pyiceberg.schema import Schema
 from pyiceberg.table.snapshots import Operation
 from pyiceberg.table.update.snapshot import _SnapshotProducer
+from pyiceberg.transforms import BucketTransform, IdentityTransform
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from beam_pixels.sinks.iceberg import files
 from beam_pixels.sinks.iceberg._pyiceberg_private import commit_file_changes, file_reader, promotable, write_parquet_files
+from beam_pixels.sinks.iceberg.partitioning import partition_rows
 from iceberg_helpers import duckdb_rows
 
 
@@ -105,7 +107,7 @@ def test_a_position_delete_commit_and_a_file_removal_round_trip(tmp_path):
     """The whole private path end to end: a delete manifest is read back as one, pyiceberg and
     DuckDB apply its deletes, a removal rewrites manifests with the file gone."""
     catalog, table, rows = ten_rows_table(tmp_path)
-    (data,) = files.write_data_files(table, rows, uuid.uuid4())
+    (data,) = files.write_data_files(table, rows, uuid.uuid4()).files
     commit_file_changes(table, {"k": "1"}, added=[data], operation=Operation.APPEND)
     deletes = files.write_position_deletes(table, pa.array([data.file_path] * 2), np.array([3, 7]), uuid.uuid4())
     commit_file_changes(table, {"k": "2"}, added=[deletes], operation=Operation.OVERWRITE)
@@ -134,3 +136,36 @@ def test_a_position_delete_commit_and_a_file_removal_round_trip(tmp_path):
     ]
     assert live == [DataFileContent.DATA]
     assert sorted(table.scan().to_arrow().column("id").to_pylist()) == list(range(10))
+
+
+def test_partitioned_files_and_a_delete_file_of_an_older_spec_round_trip(tmp_path):
+    """``write_parquet_files`` with partition keys writes one partition per file (its tuple and
+    directory); after the spec evolved, a delete file of the old spec's partition is committed
+    in a manifest of that spec and counted in the summary, and readers apply it."""
+    catalog, table, rows = ten_rows_table(tmp_path)
+    with table.update_spec() as update:
+        update.add_field("id", BucketTransform(2), "id_bucket")
+    table = catalog.load_table("db.t")
+    groups = partition_rows(table.spec(), table.schema(), rows)
+    assert len(groups) == 2
+    written = write_parquet_files(table, rows.schema, [rows.take(pa.array(g.rows)).to_batches() for g in groups],
+                                  uuid.uuid4(), [g.key for g in groups])
+    assert [f.partition for f in written] == [g.key.partition for g in groups]
+    assert all("/id_bucket=" in f.file_path and f.spec_id == 1 for f in written)
+    commit_file_changes(table, {}, added=written, operation=Operation.APPEND)
+    table = catalog.load_table("db.t")
+    with table.update_spec() as update:  # spec 2: the data files stay in spec 1
+        update.add_field("s", IdentityTransform(), "s")
+    table = catalog.load_table("db.t")
+    first = written[0]
+    deletes = files.write_position_deletes(table, pa.array([first.file_path]), np.array([0]), uuid.uuid4(),
+                                           first.partition, first.spec_id)
+    commit_file_changes(table, {}, added=[deletes], operation=Operation.OVERWRITE)
+    table = catalog.load_table("db.t")
+    manifests = table.current_snapshot().manifests(table.io)
+    assert {(m.content, m.partition_spec_id) for m in manifests} == {(ManifestContent.DATA, 1), (ManifestContent.DELETES, 1)}
+    assert table.current_snapshot().summary["total-position-deletes"] == "1"
+    gone = rows.take(pa.array(groups[0].rows)).column("id")[0].as_py()
+    expected = [i for i in range(10) if i != gone]
+    assert sorted(table.scan().to_arrow().column("id").to_pylist()) == expected
+    assert sorted(r["id"] for r in duckdb_rows(table.metadata_location)) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema
 from beam_pixels.testing.mock_server import MockPixelsServer
 from beam_pixels.bench.soak import (
+    CLOCK_US,
     COMMIT_LINE,
     CommitFigures,
     check_rows,
@@ -166,6 +168,38 @@ def test_records_are_encoded_and_routed_as_the_mock_server_does():
             assert buckets[i] == bucket
 
 
+def test_the_clocked_stream_versions_rows_by_a_clock_and_encodes_its_time():
+    stream = soak_server.ChangeStream(40, seed=2, clocked=True)
+    preload = stream.preload(40)
+    assert preload.after.tolist() == list(range(40))  # one tick per change, from 0
+    ticks = 40
+    for n in [10, 60, 5]:
+        batch = stream.changes(n)
+        updates = batch.ops == soak_server.UPDATE
+        assert (batch.after[updates] > batch.before[updates]).all()  # updates move forward in time
+        assert batch.after.max() < stream.clock
+        ticks += int((batch.ops != soak_server.DELETE).sum())
+    assert stream.clock == ticks  # a tick per new version: the clock never goes back
+    ts, day = soak_server.clock_values(np.array([0, 345_599, 345_600]), CLOCK_US)
+    assert day.tolist() == [day[0], day[0], day[0] + 1] and ts[0] == soak_server.CLOCK_START_US
+
+    schema = SourceSchema.parse(soak_server.CLOCKED_SCHEMA, [soak_server.KEY])
+    reference = MockPixelsServer(schema)
+    keys, versions = np.array([3, 2**33]), np.array([7, 1_000_000])
+    encoded = soak_server.encode_records(int(Op.INSERT), keys, None, versions, soak_server._source("public", "orders"),
+                                         CLOCK_US)
+    for i, (key, version) in enumerate(zip(keys.tolist(), versions.tolist())):
+        ids, vs, amount, note = soak_server.row_values(np.array([key]), np.array([version]))
+        ts, day = soak_server.clock_values(np.array([version]), CLOCK_US)
+        row = (key, version, float(amount[0]), str(soak_server.notes_as_str(note)[0]),
+               datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=int(ts[0])),
+               datetime.date(1970, 1, 1) + datetime.timedelta(days=int(day[0])))
+        bucket = reference.enqueue(Op.INSERT, None, row)
+        record, _ = reference._queues[bucket][-1]
+        record.ClearField("transaction")
+        assert encoded[i].tobytes() == sink_pb2.PollResponse(records=[record]).SerializeToString()
+
+
 def test_queued_chunks_parse_and_keep_per_bucket_order():
     stream = soak_server.ChangeStream(500, seed=1)
     queues = soak_server._Queues("public", "orders", 8, 50)
@@ -204,11 +238,11 @@ def test_check_rows_finds_a_wrong_version():
     assert not check_rows(rows.slice(1), keys, versions)[0]
 
 
-@pytest.mark.parametrize("sink", ["iceberg", "paimon"])
-def test_soak_smoke_run_is_correct(tmp_path, sink):
+@pytest.mark.parametrize("sink, variant", [("iceberg", []), ("paimon", []), ("iceberg", ["--partitioned"])])
+def test_soak_smoke_run_is_correct(tmp_path, sink, variant):
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--sink", sink, "--preload", "3000", "--rate", "300", "--commits", "4",
-         "--checkpoint-interval-ms", "1000", "--read-every", "2", "--workdir", str(tmp_path / "soak")],
+         "--checkpoint-interval-ms", "1000", "--read-every", "2", "--workdir", str(tmp_path / "soak"), *variant],
         capture_output=True, text=True, timeout=180,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))),
     )
@@ -225,6 +259,9 @@ def test_soak_smoke_run_is_correct(tmp_path, sink):
     assert commits[-1]["live_rows"] == summary["live_rows_expected"]  # the progress lines add up
     assert all(c["storage_ratio"] > 0 and c["maint_s"] >= 0 for c in commits)
     assert "storage_ratio_max" in summary and summary["cycle_s_first"] >= min(c["commit_s"] for c in commits)
+    assert sum(c["files_written"] for c in commits) >= 4 and "data and delete files written per stream commit" in done.stdout
+    if variant:  # the clocked rows (ts, day) were checked too, in a table partitioned by them
+        assert summary["partitioned"] and "partitioned day(ts),bucket(16,id)" in (tmp_path / "soak" / "app.err").read_text()
 
 
 @pytest.mark.parametrize("command", [["soak"], ["bench", "--soak"]])

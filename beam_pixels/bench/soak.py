@@ -19,6 +19,11 @@ work directory; the last line printed is::
 
     RESULT sink=iceberg preload=P commits=N commit_s_first=X commit_s_last=X storage_ratio=X read_ratio=X correct=yes|no storage_ratio_max=X cycle_s_first=X cycle_s_last=X
 
+With ``--partitioned`` the stream is the clocked variant (:data:`soak_server.CLOCKED_SCHEMA`:
+also ``ts``, a clock that advances :data:`CLOCK_US` per insert or update, and its ``day``) and both
+tables, the soak's and the fresh one, are partitioned as :data:`PARTITIONING` says for the
+sink. Every commit also counts the data and delete files it wrote (``files_written``).
+
 ``storage_ratio_max`` is the largest per-commit storage ratio from a minute into the
 stream on (bytes under the table location over the live rows at that commit, counted
 from the progress lines, times the bytes per row of the fresh table); ``cycle_s`` is a
@@ -60,6 +65,16 @@ COMMIT_LINE = re.compile(
 # "..., 2 manifests, 0.12s" and maybe " (notes)"; Paimon: "...reclaimed 1.2 MB; 0.26s" and maybe
 # "; errors: ..."). Paimon logs a pass that found nothing to do at DEBUG only: no line, ~0 s.
 MAINTENANCE_LINE = re.compile(r"maintained \S+: .*[,;] (?P<seconds>[0-9.]+)s(?: \(.*\))?(?:; errors: .*)?$")
+# The partitioned variant: an insert or update advances the clock a quarter second (a simulated day per
+# 345,600 changes: 1M preloaded keys span ~3 days, 2,000 changes/s add a day every ~3 minutes),
+# and each sink's partitioning by it, in one place.
+CLOCK_US = 250_000
+PARTITIONING = {
+    "iceberg": {"iceberg.partition.spec": "day(ts),bucket(16,id)"},
+    "paimon": {"paimon.partition.keys": "day"},
+}
+COLUMNS = ("id", "version", "amount", "note")
+CLOCKED_COLUMNS = (*COLUMNS, "ts", "day")
 # storage_ratio_max counts the commits from this long after the stream started.
 STORAGE_SETTLE_S = 60.0
 REPO = Path(__file__).resolve().parents[2]
@@ -80,6 +95,15 @@ class Options:
     properties: tuple[tuple[str, str], ...] = ()
     workdir: Path | None = None
     drain_timeout_s: float = 600.0
+    partitioned: bool = False
+
+    @property
+    def clock_us(self) -> int:
+        return CLOCK_US if self.partitioned else 0
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return CLOCKED_COLUMNS if self.partitioned else COLUMNS
 
 
 @dataclasses.dataclass
@@ -106,6 +130,7 @@ class CommitFigures:
     live_rows: int = 0  # rows of the table after this commit: inserts less deletes committed so far
     maint_s: float = 0.0  # the maintenance pass that followed this commit (0: none logged)
     storage_ratio: float | None = None  # table_bytes / live bytes (live_rows x bytes per fresh row)
+    files_written: int = 0  # data and delete files new since the previous commit
 
 
 def maintenance_seconds(line: str) -> float | None:
@@ -174,10 +199,11 @@ def walk_sizes(root: Path) -> dict[str, int]:
 class SinkTable:
     """Read-only views of one table of a sink, with readers the project did not write."""
 
-    def __init__(self, sink: str, warehouse: Path, table: str):
+    def __init__(self, sink: str, warehouse: Path, table: str, columns: tuple[str, ...] = COLUMNS):
         self.sink = sink
         self.warehouse = warehouse
         self.table = table
+        self.columns = columns
 
     # catalog / table access, opened fresh each time (the application commits meanwhile)
     def _catalog(self):
@@ -232,13 +258,13 @@ class SinkTable:
         }
 
     def read(self) -> pa.Table:
-        """The whole table (id, version, amount, note) with the outside reader."""
+        """The whole table (its soak columns) with the outside reader."""
         if self.sink == "iceberg":
             from beam_pixels.testing.duckdb_reader import read_iceberg
 
-            return read_iceberg(self._iceberg().metadata_location, "id, version, amount, note")
+            return read_iceberg(self._iceberg().metadata_location, ", ".join(self.columns))
         table = self._paimon()
-        builder = table.new_read_builder().with_projection(["id", "version", "amount", "note"])
+        builder = table.new_read_builder().with_projection(list(self.columns))
         return builder.new_read().to_arrow(builder.new_scan().plan().splits())
 
     def timed_read(self) -> tuple[float, pa.Table]:
@@ -256,7 +282,7 @@ def _properties(options: Options, port: int, warehouse: Path) -> dict[str, str]:
         "pixels.server.port": str(port),
         "schema.name": "public",
         "table.name": "orders",
-        "source.schema": soak_server.SCHEMA,
+        "source.schema": soak_server.CLOCKED_SCHEMA if options.partitioned else soak_server.SCHEMA,
         "source.primary.key": soak_server.KEY,
         "source.bucket.count": str(options.bucket_count),
         "source.poll.interval.ms": "100",
@@ -269,6 +295,8 @@ def _properties(options: Options, port: int, warehouse: Path) -> dict[str, str]:
         "paimon.catalog.warehouse": str(warehouse),
         "paimon.table.name": f"{DATABASE}.{TABLE}",
     }
+    if options.partitioned:
+        props.update(PARTITIONING[options.sink])
     props.update(dict(options.properties))
     return props
 
@@ -318,8 +346,9 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
     warehouse = workdir / "warehouse"
     warehouse.mkdir(parents=True, exist_ok=True)
     stream = StreamOptions(preload=options.preload, rate=options.rate, seed=options.seed,
-                           bucket_count=options.bucket_count, batch_size=options.batch_size)
-    table = SinkTable(options.sink, warehouse, TABLE)
+                           bucket_count=options.bucket_count, batch_size=options.batch_size,
+                           clock_us=options.clock_us)
+    table = SinkTable(options.sink, warehouse, TABLE, options.columns)
     figures: list[CommitFigures] = []
     all_commits: list[CommitFigures] = []
     started = time.monotonic()
@@ -328,7 +357,9 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
         config_path = workdir / "soak.properties"
         _write_properties(props, config_path)
         _say(f"soak: sink {options.sink}, preload {options.preload:,} keys, then {options.rate:,.0f} changes/s; "
-             f"checkpoint.interval.ms={options.checkpoint_interval_ms}; server on 127.0.0.1:{server.port}")
+             f"checkpoint.interval.ms={options.checkpoint_interval_ms}; server on 127.0.0.1:{server.port}"
+             + (f"; partitioned: {', '.join(f'{k}={v}' for k, v in PARTITIONING[options.sink].items())}, "
+                f"the clock {CLOCK_US / 1e6:g} s per change" if options.partitioned else ""))
         if options.properties:
             _say("soak: properties set: " + ", ".join(f"{k}={v}" for k, v in options.properties))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -353,7 +384,8 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
             live_rows += int(match.group("inserts")) - int(match.group("deletes"))
             location = table.location()
             sizes = walk_sizes(location)
-            written = sum(size for path, size in sizes.items() if seen.get(path) != size)
+            new = [path for path, size in sizes.items() if seen.get(path) != size]
+            written = sum(sizes[path] for path in new)
             seen.clear()
             seen.update(sizes)
             files = table.files()
@@ -363,7 +395,8 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
             figure = CommitFigures(
                 commit=len(all_commits) + 1, batch_id=int(match.group("batch")), elapsed_s=now,
                 changes=int(match.group("changes")), commit_s=float(match.group("commit_s")), bytes_written=written,
-                table_bytes=sum(sizes.values()), pending=server.pending, phase=phase, live_rows=live_rows, **files,
+                table_bytes=sum(sizes.values()), pending=server.pending, phase=phase, live_rows=live_rows,
+                files_written=sum(not table.is_metadata(path) for path in new), **files,
             )
             all_commits.append(figure)
             return figure
@@ -395,7 +428,7 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
                         stream_commits += 1
                         if options.read_every and stream_commits % options.read_every == 0:
                             if reading is None or reading[1].done():
-                                reading = (figure, reader.submit(_timed_read, options.sink, warehouse, TABLE))
+                                reading = (figure, reader.submit(_timed_read, options.sink, warehouse, TABLE, options.columns))
                             else:
                                 _say(f"soak: the previous full read is still running; no read at commit {figure.commit}")
                         figures.append(figure)
@@ -456,13 +489,13 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
     _write_figures(workdir, all_commits, {"sink": options.sink, "preload": options.preload, "rate": options.rate})
     # Correctness, row by row.
     final_read_s, final_rows = table.timed_read()
-    correct, why = check_rows(final_rows, expected["keys"], expected["versions"])
+    correct, why = check_rows(final_rows, expected["keys"], expected["versions"], options.clock_us)
     _say(f"soak: table check: {'correct' if correct else 'WRONG: ' + why} ({final_rows.num_rows:,} rows)")
     table_bytes = sum(walk_sizes(table.location()).values())
 
     # The same live rows, freshly written in one commit.
-    fresh = SinkTable(options.sink, warehouse, FRESH_TABLE)
-    write_fresh(options.sink, warehouse, expected["keys"], expected["versions"])
+    fresh = SinkTable(options.sink, warehouse, FRESH_TABLE, options.columns)
+    write_fresh(options.sink, warehouse, expected["keys"], expected["versions"], options.clock_us)
     fresh_bytes = sum(walk_sizes(fresh.location()).values())
     fresh_read_s = min(fresh.timed_read()[0] for _ in range(2))
     final_read_s = min(final_read_s, table.timed_read()[0])
@@ -482,6 +515,11 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
     if settled:
         _say(f"soak: storage ratio per commit from {STORAGE_SETTLE_S:.0f} s into the stream: "
              f"{min(settled):.2f}-{max(settled):.2f} (median {statistics.median(settled):.2f}, {len(settled)} commits)")
+    if figures:
+        per_commit = [c.files_written for c in figures]
+        _say(f"soak: data and delete files written per stream commit: median {statistics.median(per_commit):.0f}, "
+             f"max {max(per_commit)}, {sum(per_commit):,} in {len(per_commit)} commits; at the end "
+             f"{all_commits[-1].data_files} data and {all_commits[-1].delete_files} delete files live")
     cycle_first, cycle_last = first_last([c.commit_s + c.maint_s for c in figures])
     _write_figures(workdir, all_commits, {
         "sink": options.sink, "preload": options.preload, "rate": options.rate,
@@ -490,13 +528,13 @@ def run(options: Options, workdir: Path) -> tuple[str, list[CommitFigures]]:
         "fresh_read_s": fresh_read_s, "correct": correct, "peak_rss_mb": peak_rss,
         "storage_ratio": storage_ratio, "read_ratio": read_ratio, "fresh_bytes_per_row": bytes_per_row,
         "stream_started_s": stream_started_s, "storage_ratio_max": ratio_max, "live_rows_expected": live_expected,
-        "cycle_s_first": cycle_first, "cycle_s_last": cycle_last,
+        "cycle_s_first": cycle_first, "cycle_s_last": cycle_last, "partitioned": options.partitioned,
     })
     _say(_table(figures))
     return result_line(options.sink, options.preload, figures, storage_ratio, read_ratio, correct, ratio_max), figures
 
 
-def _timed_read(sink: str, warehouse: Path, table: str) -> tuple[float, int]:
+def _timed_read(sink: str, warehouse: Path, table: str, columns: tuple[str, ...]) -> tuple[float, int]:
     """A full read in a reader process: seconds and rows (the reader's imports not timed)."""
     if sink == "iceberg":
         import pyiceberg.catalog.sql  # noqa: F401
@@ -506,7 +544,7 @@ def _timed_read(sink: str, warehouse: Path, table: str) -> tuple[float, int]:
         connect().close()
     else:
         import pypaimon  # noqa: F401
-    seconds, rows = SinkTable(sink, warehouse, table).timed_read()
+    seconds, rows = SinkTable(sink, warehouse, table, columns).timed_read()
     return seconds, rows.num_rows
 
 
@@ -515,8 +553,9 @@ def _finish_read(figure: CommitFigures, future: concurrent.futures.Future) -> No
     _say(f"soak: full read after commit {figure.commit}: {figure.read_s:.2f} s, {figure.rows_read:,} rows")
 
 
-def check_rows(rows: pa.Table, keys: np.ndarray, versions: np.ndarray) -> tuple[bool, str]:
-    """Whether ``rows`` are exactly the live rows of ``keys`` at ``versions``."""
+def check_rows(rows: pa.Table, keys: np.ndarray, versions: np.ndarray, clock_us: int = 0) -> tuple[bool, str]:
+    """Whether ``rows`` are exactly the live rows of ``keys`` at ``versions`` (and, clocked
+    with ``clock_us``, their ``ts`` and ``day``)."""
     if rows.num_rows != len(keys):
         return False, f"{rows.num_rows} rows, expected {len(keys)}"
     rows = rows.sort_by("id")
@@ -533,7 +572,19 @@ def check_rows(rows: pa.Table, keys: np.ndarray, versions: np.ndarray) -> tuple[
     notes = rows.column("note").combine_chunks().cast(pa.string())
     if rows.column("note").null_count or not pc.all(pc.equal(notes, notes_as_arrow(note))).as_py():
         return False, "notes differ"
+    if clock_us:
+        ts, day = clock_arrays(versions, clock_us)
+        if not rows.column("ts").cast(ts.type).equals(pa.chunked_array([ts])):
+            return False, "ts differ"
+        if not rows.column("day").cast(day.type).equals(pa.chunked_array([day])):
+            return False, "days differ"
     return True, ""
+
+
+def clock_arrays(versions: np.ndarray, clock_us: int) -> list[pa.Array]:
+    """The clocked variant's ``ts`` and ``day`` of each version, as Arrow arrays."""
+    ts, day = soak_server.clock_values(versions, clock_us)
+    return [pa.array(ts).cast(pa.timestamp("us")), pa.array(day).cast(pa.date32())]
 
 
 def notes_as_arrow(note: np.ndarray) -> pa.Array:
@@ -544,21 +595,25 @@ def notes_as_arrow(note: np.ndarray) -> pa.Array:
     return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data)).cast(pa.string())
 
 
-def write_fresh(sink: str, warehouse: Path, keys: np.ndarray, versions: np.ndarray) -> None:
+def write_fresh(sink: str, warehouse: Path, keys: np.ndarray, versions: np.ndarray, clock_us: int = 0) -> None:
     """The live rows, sorted by key, written by the sink's reference library in one commit
     into a new table ``FRESH_TABLE`` of the same warehouse, with the soak table's schema and
-    otherwise the library's defaults: pyiceberg's ``Table.append`` (Iceberg), pypaimon's
-    batch write into a primary-key table of as many buckets (Paimon). The project's writer
+    partitioning (``clock_us``: the clocked variant's ``ts`` and ``day`` too) and otherwise
+    the library's defaults: pyiceberg's ``Table.append`` (Iceberg), pypaimon's
+    batch write into a primary-key table of as many buckets and the same partition keys (Paimon). The project's writer
     takes no part, so the storage and read baselines are what a user gets without it."""
     source = SinkTable(sink, warehouse, TABLE)
     ids, vs, amount, note = soak_server.row_values(keys, versions)
     columns = {"id": pa.array(ids), "version": pa.array(vs), "amount": pa.array(amount), "note": notes_as_arrow(note)}
+    if clock_us:
+        columns["ts"], columns["day"] = clock_arrays(vs, clock_us)
     if sink == "iceberg":
         from pyiceberg.io.pyarrow import schema_to_pyarrow
 
-        schema = source._iceberg().schema()
+        soaked = source._iceberg()
+        schema = soaked.schema()
         catalog = source._catalog()
-        fresh = catalog.create_table((DATABASE, FRESH_TABLE), schema=schema)
+        fresh = catalog.create_table((DATABASE, FRESH_TABLE), schema=schema, partition_spec=soaked.spec())
         arrow_schema = schema_to_pyarrow(schema, include_field_ids=False)
         fresh.append(pa.Table.from_arrays([columns[f.name].cast(f.type) for f in arrow_schema], schema=arrow_schema))
         return
@@ -571,8 +626,8 @@ def write_fresh(sink: str, warehouse: Path, keys: np.ndarray, versions: np.ndarr
     catalog = source._catalog()
     catalog.create_table(
         f"{DATABASE}.{FRESH_TABLE}",
-        Schema(table.table_schema.fields, primary_keys=table.table_schema.primary_keys,
-               options={"bucket": str(table.options.bucket())}),
+        Schema(table.table_schema.fields, partition_keys=table.table_schema.partition_keys,
+               primary_keys=table.table_schema.primary_keys, options={"bucket": str(table.options.bucket())}),
         False,
     )
     fresh = catalog.get_table(f"{DATABASE}.{FRESH_TABLE}")
@@ -594,7 +649,7 @@ def _describe(f: CommitFigures) -> str:
     read = f" read {f.read_s:.2f}s ({f.rows_read:,} rows)" if f.read_s is not None else ""
     return (f"commit {f.commit} ({f.phase}) batch {f.batch_id}: {f.changes} changes, commit_s={f.commit_s:.3f}, "
             f"{f.cycle_s:.1f} s after the previous one, "
-            f"wrote {f.bytes_written / 2**20:.2f} MB, table {f.table_bytes / 2**20:.1f} MB, "
+            f"wrote {f.bytes_written / 2**20:.2f} MB in {f.files_written} files, table {f.table_bytes / 2**20:.1f} MB, "
             f"{f.data_files} data / {f.delete_files} delete files, {f.snapshots} snapshots, "
             f"{f.metadata_files} metadata files ({f.metadata_bytes / 2**20:.1f} MB), "
             f"{f.pending:,} queued at the server{read}")
@@ -644,6 +699,9 @@ def _parse_args(argv: list[str] | None) -> Options:
                         help="set an application property, e.g. iceberg.write.mode=merge-on-read (repeatable)")
     parser.add_argument("--workdir", type=Path, help="a new or empty directory to keep everything in (default: a temporary one, removed)")
     parser.add_argument("--drain-timeout-s", type=float, default=d.drain_timeout_s)
+    parser.add_argument("--partitioned", action="store_true",
+                        help="the partitioned variant: rows carry a moving clock (ts, day) and the tables are "
+                             "partitioned by it (Iceberg: day(ts),bucket(16,id); Paimon: partition keys day)")
     args = parser.parse_args(argv)
     if not args.commits and not args.duration_s:
         parser.error("give --commits or --duration-s")

@@ -2,7 +2,10 @@
 
 The stream is a preload of ``P`` INSERTs (keys ``0 .. P-1``), then ``R`` changes a
 second: about 30% INSERTs of new keys, 60% UPDATEs and 10% DELETEs of random
-live keys. It scales to ``P = 10,000,000`` because no Python object exists per
+live keys. The clocked variant (for partitioned tables, ``clock_us``) versions
+rows by a clock that advances one tick per new row version (insert or update), and its rows carry
+the clock's time: ``ts`` (TIMESTAMP) and ``day`` (its DATE), so that a table
+partitioned by them sees new days arrive and updates move rows into them. It scales to ``P = 10,000,000`` because no Python object exists per
 key or per record: the state is two numpy arrays indexed by key id (the key's
 current version, and whether it is live), a row's values are a pure function of
 ``(key, version)`` (:func:`row_values`), and changes are generated and encoded
@@ -43,7 +46,11 @@ from beam_pixels.testing.server_process import CONTEXT, SpawnedServer, answer_co
 _LOG = logging.getLogger(__name__)
 
 SCHEMA = "id:BIGINT, version:BIGINT, amount:DOUBLE, note:STRING"
+CLOCKED_SCHEMA = SCHEMA + ", ts:TIMESTAMP, day:DATE"
+"""The clocked variant's columns: ``ts`` and ``day`` are :func:`clock_values` of the version."""
 KEY = "id"
+CLOCK_START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00
+US_PER_DAY = 86_400_000_000
 NOTE_CHARS = 16
 INSERT, UPDATE, DELETE = 0, 1, 2
 OP_SHARES = (0.3, 0.6, 0.1)
@@ -76,6 +83,13 @@ def row_values(keys: np.ndarray, versions: np.ndarray) -> tuple[np.ndarray, np.n
     return keys.astype(np.int64), versions.astype(np.int64), amount, note
 
 
+def clock_values(versions: np.ndarray, clock_us: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clocked variant's ``ts`` (microseconds since the epoch) and ``day`` (days since the
+    epoch) of each version, a clock tick of ``clock_us`` microseconds."""
+    ts = CLOCK_START_US + versions.astype(np.int64) * clock_us
+    return ts, np.floor_divide(ts, US_PER_DAY).astype(np.int32)
+
+
 def notes_as_str(note: np.ndarray) -> np.ndarray:
     """``note`` bytes of :func:`row_values` as a numpy array of str."""
     return np.ascontiguousarray(note).view(f"S{NOTE_CHARS}").ravel().astype(f"U{NOTE_CHARS}")
@@ -93,8 +107,9 @@ def _column(tag_payload: np.ndarray) -> np.ndarray:
     return out
 
 
-def _image(keys: np.ndarray, versions: np.ndarray) -> np.ndarray:
-    """A serialized RowValue per row, all of one length (fixed-width columns)."""
+def _image(keys: np.ndarray, versions: np.ndarray, clock_us: int = 0) -> np.ndarray:
+    """A serialized RowValue per row, all of one length (fixed-width columns); with
+    ``clock_us``, also the clocked variant's ``ts`` and ``day``."""
     ids, vs, amount, note = row_values(keys, versions)
     parts = [
         _column(ids.astype(">i8").view(np.uint8).reshape(-1, 8)),
@@ -102,6 +117,10 @@ def _image(keys: np.ndarray, versions: np.ndarray) -> np.ndarray:
         _column(amount.astype(">f8").view(np.uint8).reshape(-1, 8)),
         _column(note),
     ]
+    if clock_us:
+        ts, day = clock_values(versions, clock_us)
+        parts += [_column(ts.astype(">i8").view(np.uint8).reshape(-1, 8)),
+                  _column(day.astype(">i4").view(np.uint8).reshape(-1, 4))]
     return np.concatenate(parts, axis=1)
 
 
@@ -120,7 +139,8 @@ def _length_prefix(n: int) -> bytes:
 
 
 def encode_records(
-    op: int, keys: np.ndarray, before_versions: np.ndarray | None, after_versions: np.ndarray | None, source: bytes
+    op: int, keys: np.ndarray, before_versions: np.ndarray | None, after_versions: np.ndarray | None, source: bytes,
+    clock_us: int = 0,
 ) -> np.ndarray:
     """PollResponse elements (``0a <len> <RowRecord>``) of one operation, one row each,
     as protobuf's serializer writes them (fields in number order, ``op`` left out for INSERT)."""
@@ -128,7 +148,7 @@ def encode_records(
     parts = []
     for tag, versions in ((0x0A, before_versions), (0x12, after_versions)):
         if versions is not None:
-            image = _image(keys, versions)
+            image = _image(keys, versions, clock_us)
             parts.append(np.broadcast_to(np.array([tag, image.shape[1]], dtype=np.uint8), (n, 2)))
             parts.append(image)
     tail = source + (bytes([0x28, op]) if op else b"")
@@ -167,7 +187,10 @@ class ChangeStream:
     generated batch is applied.
     """
 
-    def __init__(self, preload: int, seed: int = 0, shares: tuple[float, float, float] = OP_SHARES):
+    def __init__(self, preload: int, seed: int = 0, shares: tuple[float, float, float] = OP_SHARES,
+                 clocked: bool = False):
+        self.clocked = clocked
+        self.clock = 0  # clocked: the next tick; every insert and update takes one
         self.preload_total = preload
         self.preloaded = 0
         self.rng = np.random.default_rng(seed)
@@ -186,16 +209,26 @@ class ChangeStream:
         self.version = np.concatenate([self.version, np.full(capacity - len(self.version), -1, np.int64)])
         self.alive = np.concatenate([self.alive, np.zeros(capacity - len(self.alive), bool)])
 
+    def _versions(self, before: np.ndarray) -> np.ndarray:
+        """The next version of rows at versions ``before`` (-1: new rows): one more, or clocked,
+        the next ticks of the clock (later than any version so far)."""
+        if not self.clocked:
+            return before + 1
+        ticks = self.clock + np.arange(len(before), dtype=np.int64)
+        self.clock += len(before)
+        return ticks
+
     def _insert(self, n: int) -> Batch:
         keys = np.arange(self.next_key, self.next_key + n, dtype=np.int64)
         self._grow(self.next_key + n)
         self.next_key += n
-        self.version[keys] = 0
+        none = np.full(n, -1, np.int64)
+        versions = self._versions(none)
+        self.version[keys] = versions
         self.alive[keys] = True
         self.live += n
         self.generated["insert"] += n
-        none = np.full(n, -1, np.int64)
-        return Batch(np.full(n, INSERT, np.int8), keys, none, np.zeros(n, np.int64))
+        return Batch(np.full(n, INSERT, np.int8), keys, none, versions)
 
     def preload(self, n: int) -> Batch | None:
         """The next ``n`` preload INSERTs (fewer at the end; None when the preload is done)."""
@@ -229,7 +262,8 @@ class ChangeStream:
         updates = min(updates, len(touched))
         upd_keys, del_keys = touched[:updates], touched[updates:]
         upd_before = self.version[upd_keys].copy()
-        self.version[upd_keys] += 1
+        upd_after = self._versions(upd_before)
+        self.version[upd_keys] = upd_after
         del_before = self.version[del_keys].copy()
         self.alive[del_keys] = False
         self.live -= len(del_keys)
@@ -237,7 +271,7 @@ class ChangeStream:
         self.generated["delete"] += len(del_keys)
         ins = self._insert(inserts) if inserts else None
         parts = [
-            Batch(np.full(len(upd_keys), UPDATE, np.int8), upd_keys, upd_before, upd_before + 1),
+            Batch(np.full(len(upd_keys), UPDATE, np.int8), upd_keys, upd_before, upd_after),
             Batch(np.full(len(del_keys), DELETE, np.int8), del_keys, del_before, np.full(len(del_keys), -1, np.int64)),
         ] + ([ins] if ins else [])
         order = self.rng.permutation(sum(len(p.keys) for p in parts))
@@ -255,8 +289,9 @@ class ChangeStream:
 class _Queues:
     """Per bucket, ready-made chunks (bytes, record count) in generation order."""
 
-    def __init__(self, schema_name: str, table_name: str, bucket_count: int, batch_size: int):
+    def __init__(self, schema_name: str, table_name: str, bucket_count: int, batch_size: int, clock_us: int = 0):
         self.source = _source(schema_name, table_name)
+        self.clock_us = clock_us
         self.table = (schema_name, table_name)
         self.bucket_count = bucket_count
         self.batch_size = batch_size
@@ -279,7 +314,7 @@ class _Queues:
             if len(idx):
                 before = before_v[idx] if op != INSERT else None
                 after = after_v[idx] if op != DELETE else None
-                encoded.append((idx, encode_records(op, keys[idx], before, after, self.source)))
+                encoded.append((idx, encode_records(op, keys[idx], before, after, self.source, self.clock_us)))
         lengths = np.empty(n, np.int64)
         for idx, rows in encoded:
             lengths[idx] = rows.shape[1]
@@ -347,6 +382,8 @@ class StreamOptions:
     preload_slice: int = 100_000
     max_pending: int = 1_000_000
     tick_s: float = 0.1
+    clock_us: int = 0
+    """The clocked variant (:data:`CLOCKED_SCHEMA`) with a tick of this many microseconds; 0 = off."""
 
 
 def _generate(stream: ChangeStream, queues: _Queues, options: StreamOptions, stats: _Stats, lock, done) -> None:
@@ -398,8 +435,8 @@ def _generate(stream: ChangeStream, queues: _Queues, options: StreamOptions, sta
 def _serve(options: StreamOptions, stats: _Stats, ready, commands) -> None:
     """Process target: serve on 127.0.0.1 (a free port, sent back) and generate until told to quit."""
     logging.basicConfig(level=logging.WARNING)
-    stream = ChangeStream(options.preload, options.seed)
-    queues = _Queues(options.schema_name, options.table_name, options.bucket_count, options.batch_size)
+    stream = ChangeStream(options.preload, options.seed, clocked=bool(options.clock_us))
+    queues = _Queues(options.schema_name, options.table_name, options.bucket_count, options.batch_size, options.clock_us)
     lock, done = threading.Lock(), threading.Event()
 
     def poll(request, context) -> bytes:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from beam_pixels.config.validators import _Bool, _Buckets, _Choice, _Columns, _ExistingFile, _Int, _Name, _Names
-from beam_pixels.config.validators import _OptionalInt, _OptionalLocation, _Parser, _Schema, _Text, _Warehouse
+from beam_pixels.config.validators import _OptionalInt, _OptionalLocation, _Parser, _PartitionSpec, _Schema, _Text
+from beam_pixels.config.validators import _Warehouse
 from beam_pixels.schema import SCHEMA_EVOLUTION_MODES
 
 SINK_TYPES = ("iceberg", "paimon")
@@ -104,6 +105,10 @@ KEYS: tuple[Key, ...] = (
         "How a commit replaces keys: merge-on-read adds position-delete files and rewrites no data file; "
         "copy-on-write rewrites the data files holding touched keys (for readers that cannot apply deletes).",
         _ICEBERG),
+    Key("iceberg.partition.spec", "iceberg_partition_spec", "", _PartitionSpec(),
+        "Partition spec of tables the sink creates, e.g. day(ts),bucket(16,id). An existing table keeps its own "
+        "spec (also one another engine evolved); a different value here is logged as a warning and ignored. "
+        "See docs/partitioned-tables.md.", _ICEBERG),
     Key("iceberg.maintenance.enabled", "iceberg_maintenance_enabled", "true", _Bool(),
         "Run table maintenance (expire snapshots, delete unreachable and orphan files, compact, merge "
         "manifests) in the committer, between commits.", _ICEBERG),

@@ -76,6 +76,7 @@ class PixelsConfig:
     iceberg_database: str
     iceberg_commit_retries: int
     iceberg_write_mode: str
+    iceberg_partition_spec: tuple
     iceberg_maintenance_enabled: bool
     iceberg_maintenance_interval_ms: int
     iceberg_maintenance_budget_ms: int
@@ -301,6 +302,13 @@ def _relate(values: dict[str, Any], props: Mapping[str, str]) -> None:
         raise fail("source.primary.key", f"comma-separated columns of source.schema ({', '.join(schema.names)})",
                    str(e)) from None
     values["source.primary.key"] = schema.primary_key
+    if values["iceberg.partition.spec"]:
+        from beam_pixels.sinks.iceberg.partitioning import PartitionSpecError, check_terms
+
+        try:
+            check_terms(values["iceberg.partition.spec"], schema.to_iceberg())
+        except PartitionSpecError as e:
+            raise fail("iceberg.partition.spec", KEY_BY_NAME["iceberg.partition.spec"].accepted, str(e)) from None
 
     unknown = [c for c in values["paimon.partition.keys"] if c not in schema.names]
     if unknown:

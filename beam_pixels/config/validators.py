@@ -246,3 +246,21 @@ class _Columns:
         if "" in names:
             raise _Rejected("empty column name")
         return names
+
+
+@dataclass(frozen=True)
+class _PartitionSpec:
+    """An Iceberg partition spec such as ``day(ts),bucket(16,id)`` (empty = unpartitioned);
+    its columns are checked against ``source.schema`` with the other keys."""
+
+    accepted: str = "empty (unpartitioned), or " + (
+        "comma-separated terms: col, year(col), month(col), day(col), hour(col), bucket(N,col), truncate(W,col)"
+    )
+
+    def __call__(self, text: str) -> tuple:
+        from beam_pixels.sinks.iceberg.partitioning import PartitionSpecError, parse_spec
+
+        try:
+            return parse_spec(text) if text else ()
+        except PartitionSpecError as e:
+            raise _Rejected(str(e)) from None

@@ -7,7 +7,8 @@ and a hashed match is confirmed against the key values stored in the data file
 wrong row. The index keeps sorted runs of ``(code, file id, position)``, 16
 bytes per live row, merged like a log-structured tree: a commit adds a small
 run, lookups binary-search every run, deleted entries are tombstoned and
-dropped when runs merge.
+dropped when runs merge. Each file also keeps the partition the sink gave it, so
+that a row found in a file is known to be in that file's partition.
 
 :data:`INDEXES` is the process's one cache of them: per table, the index of one
 snapshot, rebuilt when the table has moved on without this process.
@@ -111,6 +112,7 @@ class KeyIndex:
         self.lock = threading.Lock()
         self._runs: list[_Run] = []
         self._paths: list[str] = []
+        self._partitions: list[typing.Hashable] = []
         self._ids: dict[str, int] = {}
         self._tombstones = 0
 
@@ -124,11 +126,19 @@ class KeyIndex:
     def path(self, file_id: int) -> str:
         return self._paths[file_id]
 
-    def add_file(self, path: str, codes: np.ndarray, positions: np.ndarray | None = None) -> None:
-        """Record data file ``path`` whose row ``positions[i]`` (default: ``i``) has key ``codes[i]``."""
+    def partition(self, file_id: int) -> typing.Hashable:
+        """The partition of a file, as given to :meth:`add_file` (None: unpartitioned)."""
+        return self._partitions[file_id]
+
+    def add_file(
+        self, path: str, codes: np.ndarray, positions: np.ndarray | None = None, partition: typing.Hashable = None
+    ) -> None:
+        """Record data file ``path`` (in ``partition``) whose row ``positions[i]`` (default: ``i``)
+        has key ``codes[i]``."""
         file_id = self._ids.setdefault(path, len(self._paths))
         if file_id == len(self._paths):
             self._paths.append(path)
+            self._partitions.append(partition)
         if positions is None:
             positions = np.arange(len(codes), dtype=np.int32)
         order = np.argsort(codes, kind="stable")

@@ -3,7 +3,7 @@
 pyiceberg 0.12 cannot write position deletes, nor remove delete files, nor
 rewrite manifests. :func:`commit_file_changes` does all three with a snapshot
 producer derived from pyiceberg's private ``_SnapshotProducer`` (its constructor,
-``_manifests``, ``_existing_manifests``, ``_deleted_entries``, ``_summary``,
+``_manifests``, ``_existing_manifests``, ``_deleted_entries``, ``_summary`` (replaced),
 ``_validate_concurrency``, ``new_manifest_output`` and the attributes
 ``_added_data_files``, ``_deleted_data_files``, ``_parent_snapshot_id``,
 ``_snapshot_id``, ``_compression``, ``_transaction._table``) and a subclass of
@@ -11,7 +11,7 @@ producer derived from pyiceberg's private ``_SnapshotProducer`` (its constructor
 
 pyiceberg internals without an underscore but not documented as API, used as
 ``append`` and ``scan`` use them: :func:`write_parquet_files` (``write_file`` over
-``WriteTask``s, ``pyarrow_to_schema``), :func:`file_reader` (``ArrowScan``) and
+``WriteTask``s with their ``partition_key``, ``pyarrow_to_schema``), :func:`file_reader` (``ArrowScan``) and
 :func:`promotable` (``promote``).
 
 ``tests/test_pyiceberg_private.py`` fails loudly when an upgrade changes them.
@@ -34,25 +34,38 @@ from pyiceberg.manifest import (
     ManifestFile,
     ManifestWriterV2,
 )
+from pyiceberg.partitioning import PartitionKey
 from pyiceberg.schema import Schema, promote
-from pyiceberg.table import Table, Transaction, WriteTask
-from pyiceberg.table.snapshots import Operation, Summary
+from pyiceberg.table import Table, TableProperties, Transaction, WriteTask
+from pyiceberg.table.snapshots import Operation, SnapshotSummaryCollector, Summary, update_snapshot_summaries
 from pyiceberg.table.update.snapshot import _SnapshotProducer
 from pyiceberg.typedef import EMPTY_DICT
 from pyiceberg.types import IcebergType
 
 
-def write_parquet_files(table: Table, schema: pa.Schema, batches: list[list[pa.RecordBatch]], write_uuid) -> list[DataFile]:
+def write_parquet_files(
+    table: Table,
+    schema: pa.Schema,
+    batches: list[list[pa.RecordBatch]],
+    write_uuid,
+    partitions: typing.Sequence[PartitionKey | None] | None = None,
+) -> list[DataFile]:
     """Parquet data files of ``table``, one per list of record batches (rows of Arrow
     ``schema``), not committed; pyiceberg writes them in parallel, with the table's Parquet
-    properties and column statistics, as ``Transaction.append`` does."""
+    properties and column statistics, as ``Transaction.append`` does. ``partitions[i]`` is
+    the partition (of the table's current spec) of every row of ``batches[i]``: it sets the
+    file's partition tuple and its directory, as a partitioned ``append`` does."""
     metadata = table.metadata
     task_schema = pyarrow_to_schema(schema, name_mapping=metadata.schema().name_mapping, format_version=metadata.format_version)
+    keys = partitions if partitions is not None else [None] * len(batches)
     tasks = [
-        WriteTask(write_uuid=write_uuid, task_id=i, schema=task_schema, record_batches=records)
-        for i, records in enumerate(batches)
+        WriteTask(write_uuid=write_uuid, task_id=i, schema=task_schema, record_batches=records, partition_key=key)
+        for i, (records, key) in enumerate(zip(batches, keys))
     ]
-    return list(write_file(table.io, metadata, iter(tasks)))
+    written = list(write_file(table.io, metadata, iter(tasks)))
+    for data_file in written:  # as a manifest reader sets it: the spec the file was written under
+        data_file.spec_id = metadata.default_spec_id
+    return written
 
 
 def file_reader(table: Table, schema: Schema) -> ArrowScan:
@@ -91,6 +104,10 @@ def _manifest_content(data_file: DataFile) -> ManifestContent:
 class _FileChanges(_SnapshotProducer["_FileChanges"]):
     """One snapshot that adds data and delete files and removes any files.
 
+    An added file goes into a manifest of its own ``spec_id`` (which ``DataFile.from_args``
+    leaves unset: set it): a position-delete file for rows of a data file written under an
+    older partition spec has that spec and partition.
+
     Without removals the parent's manifests are kept as they are (one new manifest
     per content kind). With removals, or ``rewrite_manifests``, every live entry is
     rewritten into one manifest per content kind and spec, which also bounds the
@@ -120,7 +137,22 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
         self._rewrite = rewrite_manifests or bool(removed)
 
     def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Summary:
-        summary = super()._summary(snapshot_properties)
+        """pyiceberg's summary, with every added file counted under its own spec (pyiceberg
+        counts them under the current one, which fails for a file of an older spec)."""
+        metadata = self._transaction.table_metadata
+        schema, specs = metadata.schema(), metadata.specs()
+        limit = int(metadata.properties.get(TableProperties.WRITE_PARTITION_SUMMARY_LIMIT,
+                                            TableProperties.WRITE_PARTITION_SUMMARY_LIMIT_DEFAULT))
+        collector = SnapshotSummaryCollector(partition_summary_limit=limit)
+        for data_file in self._added_data_files:
+            collector.add_file(data_file=data_file, partition_spec=specs[data_file.spec_id], schema=schema)
+        for data_file in self._deleted_data_files:
+            collector.remove_file(data_file=data_file, partition_spec=specs[data_file.spec_id], schema=schema)
+        parent = metadata.snapshot_by_id(self._parent_snapshot_id) if self._parent_snapshot_id is not None else None
+        summary = update_snapshot_summaries(  # which knows no REPLACE: relabelled after
+            summary=Summary(operation=self._operation, **collector.build(), **snapshot_properties),
+            previous_summary=parent.summary if parent is not None else None,
+        )
         return Summary(self._final_operation, **summary.additional_properties)
 
     def _validate_concurrency(self) -> None:
@@ -151,10 +183,9 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
         return written
 
     def _manifests(self) -> list[ManifestFile]:
-        default_spec = self._transaction.table_metadata.default_spec_id
         entries = [
             (
-                default_spec,
+                data_file.spec_id,
                 ManifestEntry.from_args(
                     status=ManifestEntryStatus.ADDED,
                     snapshot_id=self._snapshot_id,

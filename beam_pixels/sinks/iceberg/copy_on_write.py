@@ -32,7 +32,7 @@ def commit(table: Table, touched_keys: pa.Table | None, added: list[DataFile], p
     ``added``; returns its id. Only additions make an append snapshot."""
     survivors, rewritten = _rows_outside(table, touched_keys) if touched_keys is not None else ([], [])
     rows = pa.concat_tables(survivors) if survivors else None
-    new_files = [*files.write_data_files(table, rows, uuid.uuid4()), *added]
+    new_files = [*files.write_data_files(table, rows, uuid.uuid4()).files, *added]
     operation = Operation.OVERWRITE if rewritten else Operation.APPEND
     return commit_file_changes(table, properties, added=new_files, removed=rewritten, operation=operation)
 

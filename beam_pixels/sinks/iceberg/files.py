@@ -2,7 +2,8 @@
 
 A data file holds exactly the slice of rows it was written from, in order, so
 that row ``i`` of a slice is at position ``i`` of its file (what the key index
-records). A position-delete file lists ``(file_path, pos)`` sorted, as the
+records). In a partitioned table the rows are first grouped by partition
+(:mod:`.partitioning`), and every slice lies within one partition. A position-delete file lists ``(file_path, pos)`` sorted, as the
 Iceberg spec asks, with its ``file_path`` bounds set so that readers apply it
 only to the data files it names.
 """
@@ -10,7 +11,9 @@ only to the data files it names.
 from __future__ import annotations
 
 import os
+import typing
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +26,7 @@ from pyiceberg.table import Table
 from pyiceberg.typedef import Record
 from pyiceberg.types import LongType, StringType
 
+from beam_pixels.sinks.iceberg import partitioning
 from beam_pixels.sinks.iceberg._pyiceberg_private import write_parquet_files
 
 # Field ids the Iceberg spec reserves for the columns of a position-delete file.
@@ -79,6 +83,16 @@ def commit_rows_per_file(table: Table, rows: pa.Table, max_percent: int, target_
     return max(1, min(share, int(target_file_mb * 2**20 / max(arrow_bytes_per_row, 1.0))))
 
 
+@dataclass(frozen=True)
+class WrittenFiles:
+    """Data files written from some rows: ``files[i]`` holds ``rows.slice(*slices[i])`` in
+    order, ``rows`` being the input rows grouped by partition (as given if unpartitioned)."""
+
+    files: list[DataFile]
+    rows: pa.Table
+    slices: list[tuple[int, int]]
+
+
 def write_data_files(
     table: Table,
     rows: pa.Table | None,
@@ -86,19 +100,36 @@ def write_data_files(
     max_rows_per_file: int | None = None,
     *,
     per_core: bool = True,
-) -> list[DataFile]:
-    """Parquet data files holding ``rows`` (in the table's Arrow schema), not yet committed,
-    one per :func:`slices` entry and in that order; written at once (pyarrow writes
-    Parquet without the GIL)."""
+) -> WrittenFiles:
+    """Parquet data files holding ``rows`` (in the table's Arrow schema), not yet committed:
+    per partition of the table's current spec, one per :func:`slices` entry of its rows;
+    written at once (pyarrow writes Parquet without the GIL)."""
     if rows is None or not rows.num_rows:
-        return []
-    parts = slices(rows.num_rows, max_rows_per_file, per_core=per_core)
-    batches = [rows.slice(offset, length).to_batches() for offset, length in parts]
-    return write_parquet_files(table, rows.schema, batches, write_uuid)
+        return WrittenFiles([], rows, [])
+    groups = partitioning.partition_rows(table.spec(), table.schema(), rows)
+    if len(groups) > 1:
+        rows = rows.take(pa.array(np.concatenate([g.rows for g in groups])))
+    parts, keys, offset = [], [], 0
+    for group in groups:
+        for start, length in slices(len(group.rows), max_rows_per_file, per_core=per_core):
+            parts.append((offset + start, length))
+            keys.append(group.key)
+        offset += len(group.rows)
+    batches = [rows.slice(start, length).to_batches() for start, length in parts]
+    return WrittenFiles(write_parquet_files(table, rows.schema, batches, write_uuid, keys), rows, parts)
 
 
-def write_position_deletes(table: Table, paths: pa.Array, positions: np.ndarray, write_uuid: uuid.UUID) -> DataFile:
-    """One position-delete file deleting row ``positions[i]`` of data file ``paths[i]``."""
+def write_position_deletes(
+    table: Table,
+    paths: pa.Array,
+    positions: np.ndarray,
+    write_uuid: uuid.UUID,
+    partition: Record | None = None,
+    spec_id: int | None = None,
+) -> DataFile:
+    """One position-delete file deleting row ``positions[i]`` of data file ``paths[i]``; in a
+    partitioned table all of them data files of ``partition`` under spec ``spec_id`` (default:
+    the table's current spec), as Iceberg requires of a delete file."""
     deletes = pa.table([paths.cast(pa.string()), pa.array(positions, pa.int64())], schema=_DELETE_SCHEMA)
     deletes = deletes.sort_by([("file_path", "ascending"), ("pos", "ascending")])
     location = table.location_provider().new_data_location(f"delete-{write_uuid}.parquet")
@@ -108,20 +139,45 @@ def write_position_deletes(table: Table, paths: pa.Array, positions: np.ndarray,
     bounds = pc.min_max(deletes.column("file_path"))
     low, high = bounds["min"].as_py(), bounds["max"].as_py()
     pos = pc.min_max(deletes.column("pos"))
-    return DataFile.from_args(
+    delete_file = DataFile.from_args(
         content=DataFileContent.POSITION_DELETES,
         file_path=location,
         file_format=FileFormat.PARQUET,
-        partition=Record(),
+        partition=partition if partition is not None else Record(),
         record_count=deletes.num_rows,
         file_size_in_bytes=len(output),
         lower_bounds={DELETE_FILE_PATH_ID: to_bytes(StringType(), low), DELETE_POS_ID: to_bytes(LongType(), pos["min"].as_py())},
         upper_bounds={DELETE_FILE_PATH_ID: to_bytes(StringType(), high), DELETE_POS_ID: to_bytes(LongType(), pos["max"].as_py())},
-        spec_id=table.metadata.default_spec_id,
         sort_order_id=None,
         equality_ids=None,
         key_metadata=None,
     )
+    delete_file.spec_id = table.metadata.default_spec_id if spec_id is None else spec_id
+    return delete_file
+
+
+def write_partitioned_deletes(
+    table: Table, paths: pa.Array, positions: np.ndarray, partition_of: typing.Mapping[str, tuple[int, Record]]
+) -> list[DataFile]:
+    """Position-delete files deleting row ``positions[i]`` of data file ``paths[i]``: one per
+    partition (spec id and partition tuple, ``partition_of[path]``) of those data files."""
+    encoded = paths.cast(pa.string()).dictionary_encode()
+    ids = encoded.indices.to_numpy(zero_copy_only=False)
+    groups: dict[tuple[int, Record], list[int]] = {}
+    for number, path in enumerate(encoded.dictionary.to_pylist()):
+        groups.setdefault(partition_of[path], []).append(number)
+    written = []
+    for (spec_id, partition), numbers in groups.items():
+        mine = np.flatnonzero(np.isin(ids, numbers))
+        written.append(
+            write_position_deletes(table, paths.take(pa.array(mine)), positions[mine], uuid.uuid4(), partition, spec_id)
+        )
+    return written
+
+
+def partition_of(data_file: DataFile) -> tuple[int, Record]:
+    """A data file's partition: its spec id and partition tuple."""
+    return data_file.spec_id, data_file.partition
 
 
 def read_parquet(table: Table, path: str, columns: list[str] | None = None) -> pa.Table:

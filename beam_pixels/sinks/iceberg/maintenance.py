@@ -9,7 +9,10 @@ One pass (:func:`run_pass`), at most once per ``iceberg.maintenance.interval.ms`
    snapshot or metadata file reaches and that are older than a safety window;
 3. compact: rewrite data files that carry many deleted rows or are small, their
    position deletes folded away, sorted by key, and merge the manifests into one
-   per content kind; or only merge manifests when there are too many. A pass
+   per content kind; or only merge manifests when there are too many. In a
+   partitioned table, small files are merged only with small files of their own
+   partition (and spec), rewritten rows go to files of their partition under the
+   current spec, and the folded delete files stay one per partition. A pass
    rewrites files with deletes of at most ``max_compact_percent`` of the table's data
    bytes (at least one file) and writes files of about that share of the table, so rewrites
    are spread over passes: the files a rewrite replaces stay until the snapshots
@@ -23,6 +26,7 @@ any point leaves files nobody references, which a later pass removes as orphans.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -260,8 +264,8 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
     :func:`file_bytes`), smallest first, then those with at least ``deleted_percent`` of
     their rows deleted, most deleted first. Each kind adds up to at most
     ``max_compact_percent`` of the table's data bytes (or :data:`MIN_FILE_BYTES`; at least
-    two small files, one with deletes), all of it within ``max_compact_mb``. A lone small
-    file without deletes is left alone (nothing to merge it with)."""
+    two small files, one with deletes), all of it within ``max_compact_mb``. A small file
+    without deletes alone in its partition is left alone (nothing to merge it with)."""
     table_bytes = sum(f.file_size_in_bytes for f in data)
     small = min(settings.small_file_mb * 2**20, file_bytes(settings, table_bytes) // 4)
     most = settings.max_compact_mb * 2**20
@@ -272,8 +276,10 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
 
     heavy = sorted((f for f in data if share(f) * 100 >= settings.deleted_percent), key=share, reverse=True)
     heavy_paths = {f.file_path for f in heavy}
-    light = sorted((f for f in data if f.file_path not in heavy_paths and f.file_size_in_bytes < small),
-                   key=lambda f: f.file_size_in_bytes)
+    small_files = [f for f in data if f.file_path not in heavy_paths and f.file_size_in_bytes < small]
+    # A small file is worth rewriting only with another file of its partition: rows never leave it.
+    per_partition = collections.Counter(files.partition_of(f) for f in [*small_files, *heavy])
+    light = sorted((f for f in small_files if per_partition[files.partition_of(f)] > 1), key=lambda f: f.file_size_in_bytes)
     chosen, total = [], 0
     if len(light) > 1 or (light and heavy):
         for f in light:
@@ -293,9 +299,9 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
 
 def _compact(table: Table, settings: Settings, key_columns: list[str], properties: dict[str, str], report: PassReport) -> None:
     """Rewrite the chosen data files without their deleted rows, sorted by key, and fold
-    the delete files into one (without the rows naming rewritten data files or data files
-    no longer in the table), with all manifests merged; or only merge manifests when
-    there are many."""
+    the delete files into one per partition (without the rows naming rewritten data files
+    or data files no longer in the table), with all manifests merged; or only merge
+    manifests when there are many."""
     data, delete_files, report.manifests = _live_files(table)
     per_file = {f.file_path: files.read_parquet(table, f.file_path, ["file_path", "pos"]) for f in delete_files}
     all_deletes = pa.concat_tables(per_file.values()) if per_file else files.read_position_deletes(table, [])
@@ -303,7 +309,8 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     chosen = _choose(data, deleted, settings)
     live_paths = {f.file_path for f in data}
     gone = {path for path in deleted if path not in live_paths}  # e.g. rewritten by a copy-on-write commit
-    if not chosen and not gone and len(delete_files) < 2:
+    deletes_per_partition = collections.Counter(files.partition_of(f) for f in delete_files)
+    if not chosen and not gone and max(deletes_per_partition.values(), default=0) < 2:
         if report.manifests > settings.max_manifests:
             commit_file_changes(table, properties, operation=Operation.REPLACE, rewrite_manifests=True)
             report.manifests = len(table.current_snapshot().manifests(table.io))
@@ -325,10 +332,13 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     bytes_per_row = sum(f.file_size_in_bytes for f in chosen) / max(1, sum(f.record_count for f in chosen))
     target_bytes = file_bytes(settings, sum(f.file_size_in_bytes for f in data))
     rows_per_file = max(1, int(target_bytes / max(bytes_per_row, 1e-9)))
-    write_uuid = uuid.uuid4()
-    new_files = files.write_data_files(table, rows, write_uuid, rows_per_file, per_core=False)
+    written = files.write_data_files(table, rows, uuid.uuid4(), rows_per_file, per_core=False)
+    new_files = written.files
     dropped = chosen_paths | gone
-    folded = delete_files if len(delete_files) > 1 else [f for f in delete_files if _names_any(per_file[f.file_path], dropped)]
+    folded = [
+        f for f in delete_files
+        if deletes_per_partition[files.partition_of(f)] > 1 or _names_any(per_file[f.file_path], dropped)
+    ]
     kept = [per_file[f.file_path] for f in folded]
     kept_rows = pa.concat_tables(kept) if kept else None
     if kept_rows is not None:
@@ -336,8 +346,9 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
         kept_rows = kept_rows.filter(pc.invert(mask))
     added = list(new_files)
     if kept_rows is not None and kept_rows.num_rows:
-        added.append(
-            files.write_position_deletes(table, kept_rows.column("file_path").combine_chunks(), kept_rows.column("pos").to_numpy(), write_uuid)
+        partitions = {f.file_path: files.partition_of(f) for f in data}
+        added += files.write_partitioned_deletes(
+            table, kept_rows.column("file_path").combine_chunks(), kept_rows.column("pos").to_numpy(), partitions
         )
     try:
         snapshot_id = commit_file_changes(
@@ -350,9 +361,9 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     if index is not None:
         with index.lock:
             index.forget_files(chosen_paths)
-            codes = key_codes(rows.select(key_columns))
-            for f, (offset, length) in zip(new_files, files.slices(rows.num_rows, rows_per_file, per_core=False)):
-                index.add_file(f.file_path, codes[offset : offset + length])
+            codes = key_codes(written.rows.select(key_columns))
+            for f, (offset, length) in zip(new_files, written.slices):
+                index.add_file(f.file_path, codes[offset : offset + length], partition=files.partition_of(f))
             index.snapshot_id = snapshot_id
     report.files_compacted = len(chosen) + len(folded)
     report.files_written = len(added)

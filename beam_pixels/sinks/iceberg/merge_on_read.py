@@ -1,7 +1,10 @@
 """Merge-on-read commits: a commit rewrites no data file.
 
 It adds the surviving after-images as new data files and deletes the older rows
-of every touched key by position, in one position-delete file, in one snapshot.
+of every touched key by position, in one snapshot: one position-delete file per
+partition (and spec) holding such rows, since a delete file applies only to data
+files of its own partition. An update that moves a row to another partition so
+deletes it where it was, and adds it where it now belongs.
 The touched rows are found in a :class:`~beam_pixels.sinks.key_index.KeyIndex`
 built from the table once per process and kept current with every commit this
 process makes. A local run builds new pipelines (and writers) every round, so
@@ -66,18 +69,19 @@ def build_index(table: Table, key_columns: list[str]) -> KeyIndex:
     delete_files = list({d.file_path: d for task in tasks for d in task.delete_files}.values())
     deleted = files.positions_by_path(files.read_position_deletes(table, delete_files))
 
-    def load(path: str) -> tuple[str, np.ndarray, np.ndarray]:
+    def load(data_file: DataFile) -> tuple[DataFile, np.ndarray, np.ndarray]:
+        path = data_file.file_path
         codes = key_codes(files.read_parquet(table, path, key_columns))
         positions = np.arange(len(codes), dtype=np.int32)
         if path in deleted:
             live = np.ones(len(codes), bool)
             live[deleted[path]] = False
             codes, positions = codes[live], positions[live]
-        return path, codes, positions
+        return data_file, codes, positions
 
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="iceberg-index") as pool:
-        for path, codes, positions in pool.map(load, [task.file.file_path for task in tasks]):
-            index.add_file(path, codes, positions)
+        for data_file, codes, positions in pool.map(load, [task.file for task in tasks]):
+            index.add_file(data_file.file_path, codes, positions, files.partition_of(data_file))
     _LOG.info("%s: key index built from snapshot %s: %d keys in %d files, %.1f MB, %.2fs",
               ".".join(table.name()), index.snapshot_id, len(index), len(tasks), index.nbytes / 1e6, time.monotonic() - started)
     return index
@@ -98,8 +102,8 @@ def commit(
     added_codes: list[np.ndarray],
     properties: dict[str, str],
 ) -> int:
-    """One snapshot: ``added`` data files (key codes per row in ``added_codes``) and a
-    position-delete file for the stored rows of ``touched_keys``; returns its id.
+    """One snapshot: ``added`` data files (key codes per row in ``added_codes``) and
+    position-delete files (one per partition) for the stored rows of ``touched_keys``; returns its id.
     Raises ``CommitFailedException`` if another writer committed first."""
     index = key_index(table, key_columns)
     with index.lock:
@@ -109,23 +113,24 @@ def commit(
             keep = verify(hits, touched_keys, _stored_keys(table, key_columns), index)
         found_files = hits.files if keep is None else hits.files[keep]
         positions = hits.positions if keep is None else hits.positions[keep]
-        new_files = list(added)
+        deletes = []
         if len(positions):
             file_ids, file_of_hit = np.unique(found_files, return_inverse=True)
-            paths = pa.array([index.path(int(f)) for f in file_ids]).take(pa.array(file_of_hit))
-            new_files.append(files.write_position_deletes(table, paths, positions, uuid.uuid4()))
+            paths = [index.path(int(f)) for f in file_ids]
+            partitions = {path: index.partition(int(f)) for path, f in zip(paths, file_ids)}
+            deletes = files.write_partitioned_deletes(table, pa.array(paths).take(pa.array(file_of_hit)), positions, partitions)
         operation = Operation.OVERWRITE if len(positions) else Operation.APPEND
         try:
-            snapshot_id = commit_file_changes(table, properties, added=new_files, operation=operation)
+            snapshot_id = commit_file_changes(table, properties, added=[*added, *deletes], operation=operation)
         except CommitFailedException:
-            if len(positions):
-                table.io.delete(new_files[-1].file_path)
+            for delete_file in deletes:
+                table.io.delete(delete_file.file_path)
             raise
         except Exception:
             forget_index(table)
             raise
         index.forget(hits, keep)
         for data_file, codes in zip(added, added_codes):
-            index.add_file(data_file.file_path, codes)
+            index.add_file(data_file.file_path, codes, partition=files.partition_of(data_file))
         index.snapshot_id = snapshot_id
         return snapshot_id

@@ -48,7 +48,7 @@ from beam_pixels.sinks.committing import (
     split_table_name,
 )
 from beam_pixels.sinks.evolution import Wanted, plan
-from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read
+from beam_pixels.sinks.iceberg import copy_on_write, files, maintenance, merge_on_read, partitioning
 from beam_pixels.sinks.iceberg._pyiceberg_private import promotable
 from beam_pixels.sinks.key_index import key_codes
 
@@ -89,7 +89,10 @@ class IcebergTableWriter(TableWriter):
     ``uri`` gets a SQLite file inside its local ``warehouse`` directory. A sql
     catalog keeps tables per ``catalog_name``: other tools must use the same name.
     ``table_properties`` are set on a table this writer creates, over
-    :data:`DEFAULT_TABLE_PROPERTIES`; an existing table keeps its own.
+    :data:`DEFAULT_TABLE_PROPERTIES`; an existing table keeps its own. So with
+    ``partition_spec`` (``iceberg.partition.spec`` terms, :mod:`.partitioning`): a created
+    table gets it, an existing table is written with its own current spec (a different
+    configured spec is logged as a warning).
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class IcebergTableWriter(TableWriter):
         table_properties: typing.Mapping[str, str] | None = None,
         maintenance_settings: maintenance.Settings | None = None,
         schema_evolution: str = "add-and-widen",
+        partition_spec: typing.Sequence[partitioning.Term] = (),
     ):
         floats = [c for c in schema.primary_key if schema.column(c).type.kind in (TypeKind.FLOAT, TypeKind.DOUBLE)]
         if floats:
@@ -118,6 +122,11 @@ class IcebergTableWriter(TableWriter):
         self._schema_evolution = schema_evolution
         self._table_properties = {**DEFAULT_TABLE_PROPERTIES, **(table_properties or {})}
         self._maintenance = maintenance_settings or maintenance.Settings()
+        self._partition_terms = tuple(partition_spec)
+        try:
+            self._partition_spec = partitioning.build_spec(self._partition_terms, self._expected_schema())
+        except partitioning.PartitionSpecError as e:
+            raise SinkConfigurationError(f"{partitioning.SPEC_KEY}: {e}") from None
         namespace, name = split_table_name(table_name, database, "iceberg")
         self.table_name = f"{namespace}.{name}"
         self._namespace = namespace
@@ -137,7 +146,10 @@ class IcebergTableWriter(TableWriter):
             action = "using existing"
         except NoSuchTableError:
             table = self._catalog.create_table_if_not_exists(
-                self._identifier, schema=self._expected_schema(), properties=self._table_properties
+                self._identifier,
+                schema=self._expected_schema(),
+                partition_spec=self._partition_spec,
+                properties=self._table_properties,
             )
             action = "created"
         if self._merges_on_read and table.metadata.format_version < 2:
@@ -149,14 +161,23 @@ class IcebergTableWriter(TableWriter):
         self._table = _without_blind_retries(table)
         if not first_time("iceberg", str(table.metadata.table_uuid), action):
             return
+        spec = partitioning.describe(table.spec(), table.schema())
         _LOG.info(
-            "Iceberg catalog %r (type %s): %s table %s at %s",
+            "Iceberg catalog %r (type %s): %s table %s at %s, partitioned %s",
             self._catalog_name,
             self._properties.get("type", "inferred from uri"),
             action,
             self.table_name,
             table.location(),
+            spec,
         )
+        configured = ",".join(str(term) for term in self._partition_terms)
+        if configured and configured != spec:
+            _LOG.warning(
+                "Iceberg table %s is partitioned %s, not %s=%s: writing with the table's own spec (%s applies "
+                "only to tables the sink creates; evolve an existing table's spec with another engine)",
+                self.table_name, spec, partitioning.SPEC_KEY, configured, partitioning.SPEC_KEY,
+            )
 
     def close(self) -> None:
         if self._catalog is not None:
@@ -201,7 +222,7 @@ class IcebergTableWriter(TableWriter):
         target = files.arrow_schema(table)
         if not self.schema.primary_key:
             rows = files.conform(changelog_rows(records, self.schema), target)
-            return _PreparedFiles(None, files.write_data_files(table, rows, uuid.uuid4(), self._rows_per_file(rows)), [])
+            return _PreparedFiles(None, files.write_data_files(table, rows, uuid.uuid4(), self._rows_per_file(rows)).files, [])
         state = collapse_to_final_state(records, self.schema)
         rows = files.conform(state.upserts, target)
         keys = pa.table({k: state.touched_keys.column(k).cast(target.field(k).type) for k in self.schema.primary_key})
@@ -209,12 +230,12 @@ class IcebergTableWriter(TableWriter):
         # can rewrite them one at a time. Not sorted by key: that cost ~6% of bulk-load
         # throughput; compaction sorts the files it writes.
         rows_per_file = self._rows_per_file(rows)
-        data_files = files.write_data_files(table, rows, uuid.uuid4(), rows_per_file)
+        written = files.write_data_files(table, rows, uuid.uuid4(), rows_per_file)
         codes = []
         if self._merges_on_read and rows.num_rows:
-            all_codes = key_codes(rows.select(list(self.schema.primary_key)))
-            codes = [all_codes[offset : offset + length] for offset, length in files.slices(rows.num_rows, rows_per_file)]
-        return _PreparedFiles(keys, data_files, codes)
+            all_codes = key_codes(written.rows.select(list(self.schema.primary_key)))
+            codes = [all_codes[offset : offset + length] for offset, length in written.slices]
+        return _PreparedFiles(keys, written.files, codes)
 
     def _rows_per_file(self, rows: pa.Table) -> int:
         """At most this many rows per data file of a commit (see :func:`files.commit_rows_per_file`)."""
@@ -329,6 +350,7 @@ class WriteToIceberg(WriteChanges):
         table_properties: typing.Mapping[str, str] | None = None,
         maintenance_settings: maintenance.Settings | None = None,
         schema_evolution: str = "add-and-widen",
+        partition_spec: typing.Sequence[partitioning.Term] = (),
     ):
         writer = IcebergTableWriter(
             schema,
@@ -339,6 +361,7 @@ class WriteToIceberg(WriteChanges):
             table_properties=table_properties,
             maintenance_settings=maintenance_settings,
             schema_evolution=schema_evolution,
+            partition_spec=partition_spec,
         )
         writer.catalog_retry_ms = catalog_retry_ms
         super().__init__(writer, window_ms, commit_retries)
@@ -358,6 +381,7 @@ class WriteToIceberg(WriteChanges):
             table_properties=config.table_properties("iceberg"),
             maintenance_settings=maintenance.Settings.from_config(config),
             schema_evolution=config.schema_evolution,
+            partition_spec=config.iceberg_partition_spec,
         )
 
 
