@@ -2,8 +2,9 @@
 
 from setuptools import find_packages, setup
 
-# DuckDB's Iceberg reader: the soak benchmark's and the tests' reader the project did not write.
-DUCKDB = ["duckdb==1.5.5", "duckdb-extension-iceberg==1.5.5", "duckdb-extension-avro==1.5.5"]
+# DuckDB's Iceberg reader: the soak benchmark's and the tests' reader the project did not write;
+# pyiceberg's Rust core: its bucket transform, for the soak's partitioned baseline written by pyiceberg.
+BENCH = ["duckdb==1.5.5", "duckdb-extension-iceberg==1.5.5", "duckdb-extension-avro==1.5.5", "pyiceberg-core>=0.10.1,<0.11"]
 
 setup(
     name="beam-pixels",
@@ -28,13 +29,13 @@ setup(
         "jproperties>=2.1",
     ],
     extras_require={
-        "bench": DUCKDB,  # beam-pixels soak --sink iceberg
+        "bench": BENCH,  # beam-pixels soak
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
             "moto[server,s3,glue]>=5",
-            *DUCKDB,
+            *BENCH,
             "grpcio-tools==1.76.*",  # the check that generated protocol code is current
         ],
     },
