@@ -300,7 +300,7 @@ def test_a_good_partition_spec_is_parsed_in_order():
 # --- beam-pixels run, killed and restarted ------------------------------------------------------
 
 
-def test_a_partitioned_run_killed_with_sigkill_and_restarted_ends_exact(tmp_path, serve, launch):
+def test_a_partitioned_run_killed_with_sigkill_and_restarted_ends_exact(tmp_path, serve, launch):  # noqa: F811
     history = cdc_history(3000, seed=12)  # updates change ts: rows move between months; NULL ts too
     server = serve(history[:300], batch_size=20)
     feeder = feed(server, history[300:], chunk=150, every_s=0.3)

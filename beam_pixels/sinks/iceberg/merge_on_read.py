@@ -20,7 +20,6 @@ import logging
 import os
 import time
 import typing
-import uuid
 
 import numpy as np
 import pyarrow as pa
