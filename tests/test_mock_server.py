@@ -355,7 +355,7 @@ def test_serve_runs_until_sigterm_then_restores_signal_handlers(caplog):
         kill.cancel(), safety.cancel()
     assert time_module.monotonic() - started < 5, "SIGTERM did not stop serve()"
     assert signal.getsignal(signal.SIGTERM) is previous
-    assert "serving 60 change events over 20 keys" in caplog.text
+    assert "public.orders: 60 change events over 20 keys" in caplog.text
     assert "0 records, 60 left undelivered" in caplog.text
     assert server.pending() == 60 and server.handed_out() == []
     expected = generate_cdc(ORDERS, 20, 60, seed=1)
