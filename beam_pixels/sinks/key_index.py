@@ -135,16 +135,24 @@ class KeyIndex:
     ) -> None:
         """Record data file ``path`` (in ``partition``) whose row ``positions[i]`` (default: ``i``)
         has key ``codes[i]``."""
-        file_id = self._ids.setdefault(path, len(self._paths))
-        if file_id == len(self._paths):
-            self._paths.append(path)
-            self._partitions.append(partition)
-        if positions is None:
-            positions = np.arange(len(codes), dtype=np.int32)
+        self.add_files([(path, codes, positions, partition)])
+
+    def add_files(self, files: typing.Sequence[tuple[str, np.ndarray, np.ndarray | None, typing.Hashable]]) -> None:
+        """:meth:`add_file` for each ``(path, codes, positions, partition)``, as one run: a commit of
+        many files sorts its keys once instead of merging a run per file."""
+        if not files:
+            return
+        ids, positions = [], []
+        for path, codes, rows, partition in files:
+            file_id = self._ids.setdefault(path, len(self._paths))
+            if file_id == len(self._paths):
+                self._paths.append(path)
+                self._partitions.append(partition)
+            ids.append(np.full(len(codes), file_id, np.int32))
+            positions.append(np.arange(len(codes), dtype=np.int32) if rows is None else rows.astype(np.int32, copy=False))
+        codes = np.concatenate([f[1] for f in files])
         order = np.argsort(codes, kind="stable")
-        self._runs.append(
-            _Run(codes[order], np.full(len(codes), file_id, np.int32), positions[order].astype(np.int32))
-        )
+        self._runs.append(_Run(codes[order], np.concatenate(ids)[order], np.concatenate(positions)[order]))
         self._settle()
 
     def find(self, codes: np.ndarray) -> Hits:

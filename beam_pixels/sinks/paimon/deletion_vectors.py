@@ -74,10 +74,12 @@ class LiveRows:
             found[self.index.path(int(file_id))] = np.sort(positions[files == file_id]).astype(np.uint32)
         return found
 
-    def add_file(self, entry, codes: np.ndarray, positions: np.ndarray | None = None) -> None:
-        """Record a data file now live, whose rows (at ``positions``, default all) have key ``codes``."""
-        self.entries[entry.file.file_name] = entry
-        self.index.add_file(entry.file.file_name, codes, positions)
+    def add_files(self, files: list[tuple[object, np.ndarray, np.ndarray | None]]) -> None:
+        """Record data files now live: ``(entry, codes, positions)``, the rows at ``positions``
+        (None: all) having key ``codes``; the key index takes them as one run."""
+        for entry, _, _ in files:
+            self.entries[entry.file.file_name] = entry
+        self.index.add_files([(entry.file.file_name, codes, positions, None) for entry, codes, positions in files])
 
     def drop_files(self, names: list[str]) -> None:
         """Forget data files rewritten away (their rows and their deletion vectors)."""
@@ -121,12 +123,10 @@ class LiveRows:
         self.drop_files([e.file.file_name for e in deleted if e.file.file_name not in names_added])
         for name, (moved_codes, positions) in (moved or {}).items():
             self.index.forget_rows(name, moved_codes, positions)
+        self.add_files([(entry, codes[entry.file.file_name], None) for entry in added if entry.file.file_name in codes])
         for entry in added:
-            name = entry.file.file_name
-            if name in codes:
-                self.add_file(entry, codes[name])
-            else:
-                self.entries[name] = entry
+            if entry.file.file_name not in codes:
+                self.entries[entry.file.file_name] = entry
         for bucket in changed:
             self.vectors[bucket] = vectors.get(bucket, {})
             self.index_entries[bucket] = [e for e in index_adds if (private.entry_partition(e), e.bucket) == bucket]
@@ -217,8 +217,7 @@ def build(table, key_columns: list[str], snapshot, live_files) -> LiveRows:
         return entry, key_codes(rows), positions
 
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="paimon-index") as pool:
-        for entry, codes, positions in pool.map(load, entries):
-            state.add_file(entry, codes, positions)
+        state.add_files(list(pool.map(load, entries)))
     _LOG.info("%s: key index built from snapshot %s: %d keys in %d files, %.1f MB, %.2fs", table.table_path,
               state.snapshot_id, len(state.index), len(entries), state.index.nbytes / 1e6, time.monotonic() - started)
     return state
