@@ -87,6 +87,7 @@ class PixelsConfig:
     iceberg_maintenance_max_compact_mb: int
     iceberg_maintenance_max_compact_percent: int
     iceberg_maintenance_max_manifests: int
+    iceberg_maintenance_max_delete_files: int
     paimon_catalog_type: str
     paimon_warehouse: str
     paimon_table: str

@@ -11,8 +11,9 @@ One pass (:func:`run_pass`), at most once per ``iceberg.maintenance.interval.ms`
    position deletes folded away, sorted by key, and merge the manifests into one
    per content kind; or only merge manifests when there are too many. In a
    partitioned table, small files are merged only with small files of their own
-   partition (and spec), rewritten rows go to files of their partition under the
-   current spec, and the folded delete files stay one per partition. A pass
+   partition (and spec), in tiers (see :func:`_choose`), rewritten rows go to files of
+   their partition under the current spec, and the folded delete files stay one per
+   partition, at most ``max_delete_files`` of them folded a pass. A pass
    rewrites files with deletes of at most ``max_compact_percent`` of the table's data
    bytes (at least one file) and writes files of about that share of the table, so rewrites
    are spread over passes: the files a rewrite replaces stay until the snapshots
@@ -20,13 +21,15 @@ One pass (:func:`run_pass`), at most once per ``iceberg.maintenance.interval.ms`
 
 Every commit of a pass requires the table state it was planned on, so it never
 races the sink's own commits or another writer's: a conflict ends the pass and
-nothing is lost. A pass stops early once its time budget is spent. A SIGKILL at
+nothing is lost. A pass stops early once its time budget is spent. Its log line
+gives the seconds of each step (expiry, deletion, compaction). A SIGKILL at
 any point leaves files nobody references, which a later pass removes as orphans.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -54,6 +57,9 @@ _MIN_SNAPSHOTS_TO_KEEP = 1
 # The smallest data file compaction writes, and bytes of files with deletes a pass may always rewrite
 # (a tiny table is compacted whole).
 MIN_FILE_BYTES = 2**20
+# A small file is merged with smaller files of its partition only when they add up to at least
+# 1/TIER_RATIO of it (see _choose).
+TIER_RATIO = 2
 # monotonic time of the last pass per table UUID, process-wide (local runs build new writers every round).
 _LAST_PASS: dict[str, float] = {}
 _LAST_PASS_LOCK = threading.Lock()
@@ -73,6 +79,7 @@ class Settings:
     max_compact_mb: int = 256
     max_compact_percent: int = 10
     max_manifests: int = 16
+    max_delete_files: int = 2000
 
     @classmethod
     def from_config(cls, config) -> Settings:
@@ -87,6 +94,7 @@ class Settings:
             max_compact_mb=config.iceberg_maintenance_max_compact_mb,
             max_compact_percent=config.iceberg_maintenance_max_compact_percent,
             max_manifests=config.iceberg_maintenance_max_manifests,
+            max_delete_files=config.iceberg_maintenance_max_delete_files,
         )
 
 
@@ -101,10 +109,13 @@ class PassReport:
     files_written: int = 0
     manifests: int = 0
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step: expiry, deletion, compaction
     stopped: list[str] = field(default_factory=list)
 
     def summary(self, table_name: str) -> str:
-        note = f" ({'; '.join(self.stopped)})" if self.stopped else ""
+        timings = ", ".join(f"{phase} {seconds:.2f}s" for phase, seconds in self.phases.items())
+        notes = [timings] if timings else []
+        note = f" ({'; '.join(notes + self.stopped)})" if notes or self.stopped else ""
         return (
             f"maintained {table_name}: {self.snapshots_expired} snapshots expired, {self.files_deleted} files deleted "
             f"({self.bytes_reclaimed / 1e6:.1f} MB reclaimed), {self.files_compacted} files compacted into "
@@ -132,13 +143,16 @@ def run_pass(table: Table, settings: Settings, key_columns: list[str], propertie
     name = ".".join(table.name())
     reader = _ManifestReader(table)
     try:
-        expired = _expire_snapshots(table, reader, report)
+        with _timed(report, "expiry"):
+            expired = _expire_snapshots(table, reader, report)
         if time.monotonic() < deadline:
-            _delete_unreachable(table, reader, expired, settings, report, deadline)
+            with _timed(report, "deletion"):
+                _delete_unreachable(table, reader, expired, settings, report, deadline)
         else:
             report.stopped.append("time budget spent before deleting files")
         if time.monotonic() < deadline:
-            _compact(table, settings, key_columns, properties, report)
+            with _timed(report, "compaction"):
+                _compact(table, settings, key_columns, properties, report)
         else:
             report.stopped.append("time budget spent before compacting")
     finally:
@@ -150,6 +164,16 @@ def run_pass(table: Table, settings: Settings, key_columns: list[str], propertie
         Metrics.counter(_NAMESPACE, metric).inc(getattr(report, metric))
     Metrics.distribution(_NAMESPACE, "pass_ms").update(int(report.seconds * 1000))
     return report
+
+
+@contextlib.contextmanager
+def _timed(report: PassReport, phase: str):
+    """Record the seconds the body takes as ``report.phases[phase]``, even when it raises."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        report.phases[phase] = time.monotonic() - started
 
 
 class _ManifestReader:
@@ -260,12 +284,17 @@ def file_bytes(settings: Settings, table_bytes: int) -> int:
 
 
 def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Settings) -> list[DataFile]:
-    """Data files to rewrite: the small ones (under ``small_file_mb`` and under a quarter of
-    :func:`file_bytes`), smallest first, then those with at least ``deleted_percent`` of
-    their rows deleted, most deleted first. Each kind adds up to at most
+    """Data files to rewrite: those with at least ``deleted_percent`` of their rows deleted,
+    most deleted first, then small ones (under ``small_file_mb`` and under a quarter of
+    :func:`file_bytes`) merged per partition. Each kind adds up to at most
     ``max_compact_percent`` of the table's data bytes (or :data:`MIN_FILE_BYTES`; at least
-    two small files, one with deletes), all of it within ``max_compact_mb``. A small file
-    without deletes alone in its partition is left alone (nothing to merge it with)."""
+    one file with deletes, two small files), all of it within ``max_compact_mb``.
+
+    Small files are taken by partition, the partitions with most small files first, and
+    in a partition smallest first, a file only while it is at most :data:`TIER_RATIO` times
+    the smaller ones taken before it together: files of a partition that grows by small commits are merged
+    in tiers (each row rewritten a logarithmic number of times, not once per pass). A partition contributes only files it can merge: two or more, or small
+    files beside a rewritten file with deletes; a small file alone is left alone."""
     table_bytes = sum(f.file_size_in_bytes for f in data)
     small = min(settings.small_file_mb * 2**20, file_bytes(settings, table_bytes) // 4)
     most = settings.max_compact_mb * 2**20
@@ -275,25 +304,34 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
         return len(deleted.get(f.file_path, ())) / max(1, f.record_count)
 
     heavy = sorted((f for f in data if share(f) * 100 >= settings.deleted_percent), key=share, reverse=True)
-    heavy_paths = {f.file_path for f in heavy}
-    small_files = [f for f in data if f.file_path not in heavy_paths and f.file_size_in_bytes < small]
-    # A small file is worth rewriting only with another file of its partition: rows never leave it.
-    per_partition = collections.Counter(files.partition_of(f) for f in [*small_files, *heavy])
-    light = sorted((f for f in small_files if per_partition[files.partition_of(f)] > 1), key=lambda f: f.file_size_in_bytes)
     chosen, total = [], 0
-    if len(light) > 1 or (light and heavy):
-        for f in light:
-            if len(chosen) > 1 and total + f.file_size_in_bytes > min(most, share_of_table):
-                break
-            chosen.append(f)
-            total += f.file_size_in_bytes
-    rewritten = 0  # bytes of heavy files
     for f in heavy:
-        if rewritten and (rewritten + f.file_size_in_bytes > share_of_table or total + f.file_size_in_bytes > most):
+        if chosen and (total + f.file_size_in_bytes > share_of_table or total + f.file_size_in_bytes > most):
             break
         chosen.append(f)
         total += f.file_size_in_bytes
-        rewritten += f.file_size_in_bytes
+    heavy_paths = {f.file_path for f in heavy}
+    rewritten_partitions = {files.partition_of(f) for f in chosen}
+    by_partition: dict[tuple, list[DataFile]] = collections.defaultdict(list)
+    for f in data:
+        if f.file_path not in heavy_paths and f.file_size_in_bytes < small:
+            by_partition[files.partition_of(f)].append(f)
+    budget = min(most - total, share_of_table)
+    merged = 0
+    for partition, group in sorted(by_partition.items(), key=lambda item: -len(item[1])):
+        taken, taken_bytes = [], 0
+        for f in sorted(group, key=lambda f: f.file_size_in_bytes):
+            if taken and f.file_size_in_bytes > TIER_RATIO * taken_bytes:
+                break  # a larger tier: merged once the smaller files add up to half of it
+            if len(taken) > 1 and merged + taken_bytes + f.file_size_in_bytes > budget:
+                break
+            taken.append(f)
+            taken_bytes += f.file_size_in_bytes
+        if len(taken) > 1 or (taken and partition in rewritten_partitions):
+            if merged and merged + taken_bytes > budget:
+                break
+            chosen.extend(taken)
+            merged += taken_bytes
     return chosen
 
 
@@ -335,10 +373,7 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     written = files.write_data_files(table, rows, uuid.uuid4(), rows_per_file, per_core=False)
     new_files = written.files
     dropped = chosen_paths | gone
-    folded = [
-        f for f in delete_files
-        if deletes_per_partition[files.partition_of(f)] > 1 or _names_any(per_file[f.file_path], dropped)
-    ]
+    folded = _fold(delete_files, per_file, dropped, settings.max_delete_files, report)
     kept = [per_file[f.file_path] for f in folded]
     kept_rows = pa.concat_tables(kept) if kept else None
     if kept_rows is not None:
@@ -368,6 +403,29 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     report.files_compacted = len(chosen) + len(folded)
     report.files_written = len(added)
     report.manifests = len(table.current_snapshot().manifests(table.io))
+
+
+def _fold(
+    delete_files: list[DataFile], per_file: dict[str, pa.Table], dropped: set[str], most: int, report: PassReport
+) -> list[DataFile]:
+    """The delete files to fold into one per partition: every partition with a delete file naming a
+    ``dropped`` data file, then those with several delete files, most first, while these add up to
+    at most ``most`` files (a backlog is spread over passes; the pass notes what it left)."""
+    by_partition: dict[tuple, list[DataFile]] = collections.defaultdict(list)
+    for f in delete_files:
+        by_partition[files.partition_of(f)].append(f)
+    must = {p for p, group in by_partition.items() if any(_names_any(per_file[f.file_path], dropped) for f in group)}
+    folded = [f for p in must for f in by_partition[p]]
+    several = sorted((g for p, g in by_partition.items() if p not in must and len(g) > 1), key=len, reverse=True)
+    chosen = 0
+    for number, group in enumerate(several):
+        if chosen + len(group) > most:
+            left = sum(len(g) for g in several[number:])
+            report.stopped.append(f"{left} delete files of {len(several) - number} partitions left to the next pass")
+            break
+        folded.extend(group)
+        chosen += len(group)
+    return folded
 
 
 def _names_any(deletes: pa.Table, paths: set[str]) -> bool:
