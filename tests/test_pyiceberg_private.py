@@ -169,3 +169,28 @@ def test_partitioned_files_and_a_delete_file_of_an_older_spec_round_trip(tmp_pat
     expected = [i for i in range(10) if i != gone]
     assert sorted(table.scan().to_arrow().column("id").to_pylist()) == expected
     assert sorted(r["id"] for r in duckdb_rows(table.metadata_location)) == expected
+
+
+def test_a_commit_computes_the_table_metadata_a_fixed_number_of_times_however_long_the_history(tmp_path, monkeypatch):
+    """pyiceberg's ``Transaction.table_metadata`` applies the staged updates to a deep copy of the
+    whole metadata, every snapshot included, on each access; a commit must not pay that per access
+    (about twenty), or its cost grows with every snapshot the table keeps."""
+    import pyiceberg.table
+
+    catalog, table, rows = ten_rows_table(tmp_path)
+    computed = []
+    real = pyiceberg.table.update_table_metadata
+    monkeypatch.setattr(pyiceberg.table, "update_table_metadata",
+                        lambda *a, **k: computed.append(1) or real(*a, **k))
+
+    def computations_of_one_commit(batch: int) -> int:
+        (data,) = files.write_data_files(catalog.load_table("db.t"), rows, uuid.uuid4()).files
+        computed.clear()
+        commit_file_changes(catalog.load_table("db.t"), {"batch": str(batch)}, added=[data], operation=Operation.APPEND)
+        return len(computed)
+
+    early = computations_of_one_commit(1)
+    for batch in range(2, 40):
+        late = computations_of_one_commit(batch)
+    assert len(catalog.load_table("db.t").metadata.snapshots) == 39
+    assert late == early <= 3, f"{early} metadata computations in the 1st commit, {late} in the 39th"

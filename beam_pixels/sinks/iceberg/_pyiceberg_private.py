@@ -6,8 +6,10 @@ producer derived from pyiceberg's private ``_SnapshotProducer`` (its constructor
 ``_manifests``, ``_existing_manifests``, ``_deleted_entries``, ``_summary`` (replaced),
 ``_validate_concurrency``, ``new_manifest_output`` and the attributes
 ``_added_data_files``, ``_deleted_data_files``, ``_parent_snapshot_id``,
-``_snapshot_id``, ``_compression``, ``_transaction._table``) and a subclass of
-``ManifestWriterV2`` that reports ``content=deletes`` (``content``, ``_meta``).
+``_snapshot_id``, ``_compression``, ``_transaction._table``), a subclass of
+``ManifestWriterV2`` that reports ``content=deletes`` (``content``, ``_meta``) and a
+subclass of ``Transaction`` whose ``table_metadata`` is computed once per state of the
+transaction (``_table``, ``_updates``).
 
 pyiceberg internals without an underscore but not documented as API, used as
 ``append`` and ``scan`` use them: :func:`write_parquet_files` (``write_file`` over
@@ -220,6 +222,23 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
         return self._write(entries)
 
 
+class _Transaction(Transaction):
+    """pyiceberg's transaction, with ``table_metadata`` computed once per state (base metadata,
+    staged updates) instead of on every access: pyiceberg applies the staged updates and
+    deep-copies the whole metadata (every snapshot, the snapshot log) each time, and a snapshot
+    producer reads it about twenty times per commit, so each commit cost more the more snapshots
+    the table kept (0.04 s -> 1.3 s over 160 snapshots). The metadata models are frozen."""
+
+    _computed: tuple | None = None  # ((base metadata, updates), metadata)
+
+    @property
+    def table_metadata(self):
+        state = (self._table.metadata, self._updates)
+        if self._computed is None or any(a is not b for a, b in zip(self._computed[0], state)):
+            self._computed = (state, super().table_metadata)
+        return self._computed[1]
+
+
 def commit_file_changes(
     table: Table,
     properties: dict[str, str],
@@ -232,7 +251,7 @@ def commit_file_changes(
     """Commit one snapshot on ``table``'s current state that adds ``added`` (data and
     position-delete files) and removes ``removed``; returns its id. Raises pyiceberg's
     ``CommitFailedException`` when another writer committed first (given no retries)."""
-    transaction = table.transaction()
+    transaction = _Transaction(table)
     producer = _FileChanges(transaction, operation, properties, added, removed, rewrite_manifests)
     producer.commit()
     transaction.commit_transaction()
