@@ -192,13 +192,13 @@ def test_data_files_keep_a_dictionary_only_for_columns_that_repeat(tmp_path):
 
 
 def test_maintenance_runs_once_per_interval_between_commits(tmp_path):
-    writer = open_writer(tmp_path, Settings(interval_ms=200, deleted_percent=1))
+    writer = open_writer(tmp_path, Settings(interval_ms=1500, deleted_percent=1))
     stream = Stream(ORDERS)
     commit(writer, [stream.batch(stream.changes(200, inserts=1.0))])
     assert writer.maintain() is None  # the first call starts the clock
-    churn(writer, stream, 2)
+    churn(writer, stream, 2)  # well within the interval, even on a loaded machine
     assert writer.maintain() is None  # not due yet
-    time.sleep(0.25)
+    time.sleep(1.6)
     assert writer.maintain() is not None
     assert writer.maintain() is None
     assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
