@@ -48,13 +48,11 @@ def cdc_history(n_events: int, seed: int = 0) -> list[mock_data.Event]:
     return mock_data.generate_cdc(SCHEMA, n_keys=max(1, n_events // 4), n_events=n_events, seed=seed)
 
 
-def write_properties(directory: Path, sink: str, settings: dict[str, str] | None = None) -> Path:
-    """A properties file for a short local run into ``directory``/warehouse, with ``settings``
-    (property name -> value) on top; the port is left to ``--set``."""
-    props = {
+def local_run_properties(directory: Path, sink: str) -> dict[str, str]:
+    """The settings every short local test run shares: the loopback server, quick polls and
+    rounds, and warehouses under ``directory``/warehouse; no table, no port."""
+    return {
         "pixels.server.host": "127.0.0.1",
-        "source.schema": SCHEMA_SPEC,
-        "source.primary.key": "id",
         "source.poll.interval.ms": "50",
         "source.stop.after.idle.ms": "1200",
         "checkpoint.interval.ms": "1500",
@@ -62,10 +60,20 @@ def write_properties(directory: Path, sink: str, settings: dict[str, str] | None
         "iceberg.catalog.warehouse": str(directory / "warehouse" / "iceberg"),
         "paimon.catalog.warehouse": str(directory / "warehouse" / "paimon"),
     }
-    props.update(settings or {})
-    path = directory / f"{sink}.properties"
+
+
+def save_properties(path: Path, props: dict[str, str]) -> Path:
+    """Write ``props`` as a properties file at ``path``."""
     path.write_text("".join(f"{k}={v}\n" for k, v in props.items()), encoding="utf-8")
     return path
+
+
+def write_properties(directory: Path, sink: str, settings: dict[str, str] | None = None) -> Path:
+    """A properties file for a short local run of the test table into ``directory``/warehouse,
+    with ``settings`` (property name -> value) on top; the port is left to ``--set``."""
+    props = {**local_run_properties(directory, sink), "source.schema": SCHEMA_SPEC, "source.primary.key": "id"}
+    props.update(settings or {})
+    return save_properties(directory / f"{sink}.properties", props)
 
 
 def load_config(properties: Path, port: int) -> PixelsConfig:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from app_helpers import REPO, Run, free_port, run_cli_to_end
+from app_helpers import REPO, Run, free_port, local_run_properties, run_cli_to_end, save_properties
 from iceberg_helpers import duckdb_rows
 
 from beam_pixels import app
@@ -40,15 +40,10 @@ def schema_of(name: str) -> SourceSchema:
 def properties(tmp_path: Path, sink: str, port: int, **settings: str) -> Path:
     """Three tables, shared server and sink settings, a short bounded local run."""
     props = {
-        "pixels.server.host": "127.0.0.1",
+        **local_run_properties(tmp_path, sink),
         "pixels.server.port": str(port),
         "tables": ",".join(TABLES),
-        "source.poll.interval.ms": "50",
         "source.stop.after.idle.ms": "1500",
-        "checkpoint.interval.ms": "1500",
-        "sink.type": sink,
-        "iceberg.catalog.warehouse": str(tmp_path / "warehouse" / "iceberg"),
-        "paimon.catalog.warehouse": str(tmp_path / "warehouse" / "paimon"),
         "paimon.bucket": "2",
         "table.customers.iceberg.table.name": "dim_customers",
         "table.customers.paimon.table.name": "dim_customers",
@@ -57,9 +52,7 @@ def properties(tmp_path: Path, sink: str, port: int, **settings: str) -> Path:
         props[f"table.{name}.source.schema"] = spec
         props[f"table.{name}.source.primary.key"] = key
     props.update(settings)
-    path = tmp_path / f"{sink}.properties"
-    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()), encoding="utf-8")
-    return path
+    return save_properties(tmp_path / f"{sink}.properties", props)
 
 
 def history(name: str, seed: int) -> list[mock_data.Event]:

@@ -261,7 +261,7 @@ def test_soak_smoke_run_is_correct(tmp_path, sink, variant):
     assert "storage_ratio_max" in summary and summary["cycle_s_first"] >= min(c["commit_s"] for c in commits)
     assert sum(c["files_written"] for c in commits) >= 4 and "data and delete files written per stream commit" in done.stdout
     if variant:  # the clocked rows (ts, day) were checked too, in a table partitioned by them
-        assert summary["partitioned"] and "partitioned day(ts),bucket(16,id)" in (tmp_path / "soak" / "app.err").read_text()
+        assert summary["partitioned"] and "partitioned by day(ts),bucket(16,id)" in (tmp_path / "soak" / "app.err").read_text()
 
 
 @pytest.mark.parametrize("command", [["soak"], ["bench", "--soak"]])

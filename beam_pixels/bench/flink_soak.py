@@ -23,7 +23,6 @@ of the samples over the last 10% of the checkpoints, ``*_ratio`` the second over
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -38,7 +37,6 @@ from pathlib import Path
 
 from beam_pixels.bench import soak
 from beam_pixels.bench.soak_server import SoakServerProcess, StreamOptions
-from beam_pixels.bench.workdir import work_directory
 from beam_pixels.flink.rest import FlinkRest
 
 CLUSTER_SCRIPT = soak.REPO / "scripts" / "flink-local-cluster.sh"
@@ -309,31 +307,13 @@ def _write_figures(workdir: Path, samples: list[Sample], summary_: dict) -> None
     (workdir / "flink_soak.json").write_text(json.dumps({"summary": summary_, "samples": rows}, indent=1, default=str))
 
 
-def _property(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=VALUE")
-    return key.strip(), value.strip()
-
-
 def _parse_args(argv: list[str]) -> Options:
     d = Options()
-    parser = argparse.ArgumentParser(prog="beam-pixels soak --runner flink", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sink", choices=soak.SINKS, default=d.sink)
-    parser.add_argument("--preload", type=int, default=d.preload, help="keys inserted before the stream (default %(default)s)")
-    parser.add_argument("--rate", type=float, default=d.rate, help="changes per second in the busy phase (default %(default)s)")
+    parser = soak.soak_parser("beam-pixels soak --runner flink", d, "changes per second in the busy phase")
     parser.add_argument("--duration-s", type=float, default=d.duration_s, help="busy and idle phases together (default %(default)s)")
     parser.add_argument("--idle-share", type=float, default=d.idle_share, help="share of the duration without new changes (default %(default)s)")
-    parser.add_argument("--checkpoint-interval-ms", type=int, default=d.checkpoint_interval_ms)
     parser.add_argument("--parallelism", type=int, default=d.parallelism, help="Flink parallelism and poll groups (default %(default)s)")
     parser.add_argument("--sample-s", type=float, default=d.sample_s, help="seconds between checkpoint/heap samples (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--bucket-count", type=int, default=d.bucket_count)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="records per bucket per poll")
-    parser.add_argument("--property", dest="properties", action="append", default=[], type=_property, metavar="KEY=VALUE",
-                        help="set an application property (repeatable)")
-    parser.add_argument("--workdir", type=Path, help="a new or empty directory to keep everything in (default: a temporary one, removed)")
-    parser.add_argument("--drain-timeout-s", type=float, default=d.drain_timeout_s)
     args = parser.parse_args(argv)
     if not 0 <= args.idle_share < 1:
         parser.error(f"--idle-share {args.idle_share}: expected at least 0 and below 1")
@@ -341,12 +321,4 @@ def _parse_args(argv: list[str]) -> Options:
 
 
 def main(argv: list[str]) -> int:
-    options = _parse_args(argv)
-    try:
-        with work_directory(options.workdir, "beam-pixels-flink-soak-") as workdir:
-            line, _ = run(options, workdir)
-    except RuntimeError as e:  # WorkdirNotEmpty among them
-        print(f"FAILED: {e}", file=sys.stderr, flush=True)
-        return 1
-    print(line, flush=True)
-    return 0
+    return soak.run_and_print(_parse_args(argv), run, "beam-pixels-flink-soak-")

@@ -682,47 +682,58 @@ def _write_figures(workdir: Path, commits: list[CommitFigures], summary: dict) -
     (workdir / "soak.json").write_text(json.dumps({"summary": summary, "commits": rows}, indent=1))
 
 
-def _parse_args(argv: list[str] | None) -> Options:
-    d = Options()
-    parser = argparse.ArgumentParser(prog="beam-pixels soak", description=__doc__.split("\n\n")[0])
+def property_item(item: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of a ``--property`` argument, as a pair."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+def soak_parser(prog: str, defaults, rate_help: str) -> argparse.ArgumentParser:
+    """The arguments both soaks (local and Flink) take, with ``defaults`` (their Options())."""
+    d = defaults
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--sink", choices=SINKS, default=d.sink)
     parser.add_argument("--preload", type=int, default=d.preload, help="keys inserted before the stream (default %(default)s)")
-    parser.add_argument("--rate", type=float, default=d.rate, help="changes per second after the preload (default %(default)s)")
-    parser.add_argument("--commits", type=int, default=d.commits, help="stop after this many stream commits (default %(default)s; 0 = no limit)")
-    parser.add_argument("--duration-s", type=float, default=d.duration_s, help="or after this many seconds of stream (0 = no limit)")
+    parser.add_argument("--rate", type=float, default=d.rate, help=f"{rate_help} (default %(default)s)")
     parser.add_argument("--checkpoint-interval-ms", type=int, default=d.checkpoint_interval_ms)
-    parser.add_argument("--read-every", type=int, default=d.read_every, help="time a full read every K commits (0 = never)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--bucket-count", type=int, default=d.bucket_count)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="records per bucket per poll")
-    parser.add_argument("--property", dest="properties", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--property", dest="properties", action="append", default=[], type=property_item, metavar="KEY=VALUE",
                         help="set an application property, e.g. iceberg.write.mode=merge-on-read (repeatable)")
     parser.add_argument("--workdir", type=Path, help="a new or empty directory to keep everything in (default: a temporary one, removed)")
     parser.add_argument("--drain-timeout-s", type=float, default=d.drain_timeout_s)
+    return parser
+
+
+def run_and_print(options, run_soak, prefix: str) -> int:
+    """Run a soak in its work directory and print its RESULT line; 1 with the reason on failure."""
+    try:
+        with work_directory(options.workdir, prefix) as workdir:
+            line, _ = run_soak(options, workdir)
+    except RuntimeError as e:  # WorkdirNotEmpty among them
+        print(f"FAILED: {e}", file=sys.stderr, flush=True)
+        return 1
+    print(line, flush=True)
+    return 0
+
+
+def _parse_args(argv: list[str] | None) -> Options:
+    parser = soak_parser("beam-pixels soak", Options(), "changes per second after the preload")
+    d = Options()
+    parser.add_argument("--commits", type=int, default=d.commits, help="stop after this many stream commits (default %(default)s; 0 = no limit)")
+    parser.add_argument("--duration-s", type=float, default=d.duration_s, help="or after this many seconds of stream (0 = no limit)")
+    parser.add_argument("--read-every", type=int, default=d.read_every, help="time a full read every K commits (0 = never)")
     parser.add_argument("--partitioned", action="store_true",
                         help="the partitioned variant: rows carry a moving clock (ts, day) and the tables are "
                              "partitioned by it (Iceberg: day(ts),bucket(16,id); Paimon: partition keys day)")
     args = parser.parse_args(argv)
     if not args.commits and not args.duration_s:
         parser.error("give --commits or --duration-s")
-    properties = []
-    for item in args.properties:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--property {item!r}: expected KEY=VALUE")
-        properties.append((key.strip(), value.strip()))
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if hasattr(args, f.name)}
-    values["properties"] = tuple(properties)
-    return Options(**values)
+    return Options(**dict(vars(args), properties=tuple(args.properties)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = _parse_args(argv)
-    try:
-        with work_directory(options.workdir, "beam-pixels-soak-") as workdir:
-            line, _ = run(options, workdir)
-    except RuntimeError as e:  # WorkdirNotEmpty among them
-        print(f"FAILED: {e}", file=sys.stderr, flush=True)
-        return 1
-    print(line, flush=True)
-    return 0
+    return run_and_print(_parse_args(argv), run, "beam-pixels-soak-")

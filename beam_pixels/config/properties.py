@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jproperties
 
-from beam_pixels.config.validators import _invalid
+from beam_pixels.config.validators import invalid
 from beam_pixels.errors import ConfigError
 
 
@@ -62,5 +62,5 @@ def parse_override(text: str) -> tuple[str, str]:
     """Split a ``--set key=value`` argument."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise _invalid("--set", text, "key=value, e.g. --set pixels.server.port=9091", "no key=value")
+        raise invalid("--set", text, "key=value, e.g. --set pixels.server.port=9091", "no key=value")
     return key.strip(), value

@@ -15,7 +15,7 @@ from typing import Any
 
 from beam_pixels.config.keys import _PASSTHROUGH, _TABLE_PROPERTIES, JOB_WIDE, KEY_BY_NAME, KEYS, SINK_TYPES, TABLE_PREFIX
 from beam_pixels.config.properties import load_properties, parse_override
-from beam_pixels.config.validators import LOCATION_OFF, _invalid, _Rejected
+from beam_pixels.config.validators import LOCATION_OFF, invalid, Rejected
 from beam_pixels.errors import ConfigError
 from beam_pixels.schema import SchemaError, SourceSchema
 
@@ -131,8 +131,8 @@ class PixelsConfig:
             raw = props.get(key.name, key.default)
             try:
                 values[key.name] = key.parser(raw)
-            except _Rejected as e:
-                raise _invalid(key.name, raw, key.accepted, str(e)) from None
+            except Rejected as e:
+                raise invalid(key.name, raw, key.accepted, str(e)) from None
         _relate(values, props)
         fields = {KEY_BY_NAME[name].field: value for name, value in values.items()}
         return cls(**fields, properties=props, warnings=warnings)
@@ -267,7 +267,7 @@ def _unknown_key_warnings(props: Mapping[str, str]) -> list[str]:
     lowered = {name.lower(): name for name in KEY_BY_NAME}
     try:
         labels = KEY_BY_NAME["tables"].parser(props.get("tables", ""))
-    except _Rejected:
+    except Rejected:
         labels = ()  # the key's own check says what is wrong
     out = []
     for key in props:
@@ -284,7 +284,7 @@ def _relate(values: dict[str, Any], props: Mapping[str, str]) -> None:
     """Checks and derivations that involve more than one key; ``values`` is keyed by key name."""
 
     def fail(name: str, accepted: str, problem: str) -> ConfigError:
-        return _invalid(name, props.get(name, KEY_BY_NAME[name].default), accepted, problem)
+        return invalid(name, props.get(name, KEY_BY_NAME[name].default), accepted, problem)
 
     count = values["source.bucket.count"]
     buckets = values["source.buckets"] = values["source.buckets"] or tuple(range(count))

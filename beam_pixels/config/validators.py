@@ -1,7 +1,7 @@
 """Value parsers: each turns one stripped string into a typed value and says what it accepts.
 
-A parser raises :class:`_Rejected` with what is wrong; the caller (:class:`~.settings.PixelsConfig`)
-adds the key and the value (:func:`_invalid`).
+A parser raises :class:`Rejected` with what is wrong; the caller (:class:`~.settings.PixelsConfig`)
+adds the key and the value (:func:`invalid`).
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from beam_pixels.errors import ConfigError
 from beam_pixels.schema import SchemaError, SourceSchema
 
 
-def _invalid(key: str, value: str, accepted: str, problem: str = "") -> ConfigError:
+def invalid(key: str, value: str, accepted: str, problem: str = "") -> ConfigError:
     why = f" ({problem})" if problem else ""
     return ConfigError(f"{key}={value!r} is not valid{why}; accepted: {accepted}")
 
 
-class _Rejected(Exception):
+class Rejected(Exception):
     """Raised by a value parser with what is wrong; the caller adds the key and the value."""
 
 
-class _Parser(Protocol):
+class Parser(Protocol):
     accepted: str
 
     def __call__(self, text: str) -> Any: ...
@@ -38,7 +38,7 @@ _INT_RE = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True)
-class _Int:
+class Int:
     lo: int
     hi: int | None = None
 
@@ -48,15 +48,15 @@ class _Int:
 
     def __call__(self, text: str) -> int:
         if not _INT_RE.fullmatch(text):
-            raise _Rejected("not an integer")
+            raise Rejected("not an integer")
         n = int(text)
         if n < self.lo or (self.hi is not None and n > self.hi):
-            raise _Rejected("out of range")
+            raise Rejected("out of range")
         return n
 
 
 @dataclass(frozen=True)
-class _OptionalInt:
+class OptionalInt:
     lo: int
 
     @property
@@ -64,25 +64,25 @@ class _OptionalInt:
         return f"empty or an integer >= {self.lo}"
 
     def __call__(self, text: str) -> int | None:
-        return _Int(self.lo)(text) if text else None
+        return Int(self.lo)(text) if text else None
 
 
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 @dataclass(frozen=True)
-class _Bool:
+class Bool:
     accepted: str = "true, false, yes, no, 1 or 0 (any case)"
 
     def __call__(self, text: str) -> bool:
         try:
             return _BOOLEANS[text.lower()]
         except KeyError:
-            raise _Rejected("not a boolean") from None
+            raise Rejected("not a boolean") from None
 
 
 @dataclass(frozen=True)
-class _Choice:
+class Choice:
     """One of ``choices`` (any case); ``aliases`` map to a choice, ``refused`` values get a reason."""
 
     choices: tuple[str, ...]
@@ -97,20 +97,20 @@ class _Choice:
     def __call__(self, text: str) -> str:
         word = text.lower()
         if word in self.refused:
-            raise _Rejected(self.refused[word])
+            raise Rejected(self.refused[word])
         word = self.aliases.get(word, word)
         if word not in self.choices:
-            raise _Rejected("unknown choice")
+            raise Rejected("unknown choice")
         return word
 
 
 @dataclass(frozen=True)
-class _Text:
+class Text:
     accepted: str = "a non-empty string"
 
     def __call__(self, text: str) -> str:
         if not text:
-            raise _Rejected("empty")
+            raise Rejected("empty")
         return text
 
 
@@ -118,7 +118,7 @@ _PART = r"[A-Za-z0-9_-]+"
 
 
 @dataclass(frozen=True)
-class _Name:
+class Name:
     """A catalog identifier; ``qualified`` also allows one ``db.`` prefix."""
 
     qualified: bool
@@ -131,12 +131,12 @@ class _Name:
     def __call__(self, text: str) -> str:
         pattern = rf"(?:{_PART}\.)?{_PART}" if self.qualified else _PART
         if not re.fullmatch(pattern, text):
-            raise _Rejected("not a valid name")
+            raise Rejected("not a valid name")
         return text
 
 
 @dataclass(frozen=True)
-class _Names:
+class Names:
     """Comma-separated distinct names (letters, digits, '_' and '-'); empty = none."""
 
     accepted: str = "empty, or comma-separated distinct names of letters, digits, '_' and '-'"
@@ -145,10 +145,10 @@ class _Names:
         names = tuple(n.strip() for n in text.split(",")) if text.strip() else ()
         bad = next((n for n in names if not re.fullmatch(_PART, n)), None)
         if bad is not None:
-            raise _Rejected(f"{bad!r} is not a valid name")
+            raise Rejected(f"{bad!r} is not a valid name")
         twice = next((n for n in names if names.count(n) > 1), None)
         if twice is not None:
-            raise _Rejected(f"{twice!r} is named twice")
+            raise Rejected(f"{twice!r} is named twice")
         return names
 
 
@@ -158,7 +158,7 @@ def _absolute(path: str) -> str:
 
 
 @dataclass(frozen=True)
-class _ExistingFile:
+class ExistingFile:
     """An optional path of an existing file (empty = None), made absolute."""
 
     accepted: str = "the path of an existing file, or empty"
@@ -168,7 +168,7 @@ class _ExistingFile:
             return None
         path = Path(_absolute(text))
         if not path.is_file():
-            raise _Rejected("no such file")
+            raise Rejected("no such file")
         return path
 
 
@@ -178,7 +178,7 @@ _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 @dataclass(frozen=True)
-class _Warehouse:
+class Warehouse:
     accepted: str = (
         "a URI such as s3://bucket/path or file:///abs/path, or a local path "
         "(a relative path is resolved against the current directory)"
@@ -186,14 +186,14 @@ class _Warehouse:
 
     def __call__(self, text: str) -> str:
         if not text:
-            raise _Rejected("empty")
+            raise Rejected("empty")
         if _URI_RE.match(text):
             return text
         return "file://" + _absolute(text)
 
 
 @dataclass(frozen=True)
-class _OptionalLocation:
+class OptionalLocation:
     """Empty (automatic), ``off``, or a location like a warehouse."""
 
     accepted: str = "empty (automatic), off, or a directory path or URI such as s3://bucket/path"
@@ -201,11 +201,11 @@ class _OptionalLocation:
     def __call__(self, text: str) -> str:
         if not text or text.lower() == LOCATION_OFF:
             return text.lower()
-        return _Warehouse()(text)
+        return Warehouse()(text)
 
 
 @dataclass(frozen=True)
-class _Buckets:
+class Buckets:
     """Bucket numbers as lists and ranges (``0-127``, ``0,3,5-9``); empty = every bucket (an empty tuple)."""
 
     accepted: str = "bucket numbers and ranges such as 0-127 or 0,3,5-9, each bucket once, or empty for all"
@@ -215,41 +215,41 @@ class _Buckets:
         for item in filter(None, (part.strip() for part in text.split(","))):
             m = re.fullmatch(r"([0-9]+)(?:\s*-\s*([0-9]+))?", item)
             if not m:
-                raise _Rejected(f"{item!r} is not a bucket number or range")
+                raise Rejected(f"{item!r} is not a bucket number or range")
             lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
             if hi < lo:
-                raise _Rejected(f"range {item!r} runs backwards")
+                raise Rejected(f"range {item!r} runs backwards")
             buckets.extend(range(lo, hi + 1))
         duplicates = sorted({b for b in buckets if buckets.count(b) > 1})
         if duplicates:
-            raise _Rejected(f"bucket {duplicates[0]} is listed twice")
+            raise Rejected(f"bucket {duplicates[0]} is listed twice")
         return tuple(buckets)
 
 
 @dataclass(frozen=True)
-class _Schema:
+class Schema:
     accepted: str = "comma-separated name:TYPE columns, e.g. id:BIGINT,name:STRING,price:DECIMAL(10,2)"
 
     def __call__(self, text: str) -> SourceSchema:
         try:
             return SourceSchema.parse(text)
         except SchemaError as e:
-            raise _Rejected(str(e)) from None
+            raise Rejected(str(e)) from None
 
 
 @dataclass(frozen=True)
-class _Columns:
+class Columns:
     accepted: str = "comma-separated column names of source.schema, or empty for no key"
 
     def __call__(self, text: str) -> tuple[str, ...]:
         names = tuple(name.strip() for name in text.split(",")) if text else ()
         if "" in names:
-            raise _Rejected("empty column name")
+            raise Rejected("empty column name")
         return names
 
 
 @dataclass(frozen=True)
-class _PartitionSpec:
+class PartitionSpec:
     """An Iceberg partition spec such as ``day(ts),bucket(16,id)`` (empty = unpartitioned);
     its columns are checked against ``source.schema`` with the other keys."""
 
@@ -263,4 +263,4 @@ class _PartitionSpec:
         try:
             return parse_spec(text) if text else ()
         except PartitionSpecError as e:
-            raise _Rejected(str(e)) from None
+            raise Rejected(str(e)) from None

@@ -163,13 +163,13 @@ class IcebergTableWriter(TableWriter):
             return
         spec = partitioning.describe(table.spec(), table.schema())
         _LOG.info(
-            "Iceberg catalog %r (type %s): %s table %s at %s, partitioned %s",
+            "Iceberg catalog %r (type %s): %s table %s at %s, %s",
             self._catalog_name,
             self._properties.get("type", "inferred from uri"),
             action,
             self.table_name,
             table.location(),
-            spec,
+            "unpartitioned" if spec == "unpartitioned" else f"partitioned by {spec}",
         )
         configured = ",".join(str(term) for term in self._partition_terms)
         if configured and configured != spec:
