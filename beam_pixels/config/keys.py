@@ -136,7 +136,7 @@ KEYS: tuple[Key, ...] = (
         "spread over passes and the copies that retained snapshots keep stay small.", _ICEBERG),
     Key("iceberg.maintenance.max.manifests", "iceberg_maintenance_max_manifests", "16", Int(1),
         "Manifests of the current snapshot above which a pass merges them into one per content kind.", _ICEBERG),
-    Key("iceberg.maintenance.max.delete.files", "iceberg_maintenance_max_delete_files", "2000", _Int(1),
+    Key("iceberg.maintenance.max.delete.files", "iceberg_maintenance_max_delete_files", "2000", Int(1),
         "Position-delete files one pass folds at most (besides those naming files it rewrites): the partitions with "
         "most delete files first, each folded into one; the rest wait for the next pass. A merge-on-read commit "
         "writes a delete file per partition it deletes rows in, so keep this above a pass interval's worth.",
