@@ -306,3 +306,31 @@ def test_a_bulk_load_becomes_files_of_the_share_compaction_writes(tmp_path, monk
     table = open_table(properties)
     assert read_rows(table) == expected(state)
     assert_level_invariants(table)
+
+
+def test_tiering_leaves_the_run_above_the_oldest_to_drain_into_it():
+    """With every level taken, the newest runs merge among themselves, not into the big
+    run above the oldest (that would rewrite most of the bucket at once, then again when
+    it drains); a file of the oldest run past its delete ratio still takes in that run's
+    rows in the same pass, and none of the files the tiered merge takes."""
+    from types import SimpleNamespace
+
+    from beam_pixels.sinks.paimon import dv_compaction
+    from beam_pixels.sinks.paimon.compaction import CompactionOptions
+
+    def entry(name, level, rows, first, last):
+        meta = SimpleNamespace(file_name=name, level=level, row_count=rows, file_size=rows * 10,
+                               max_sequence_number=0, min_key=SimpleNamespace(values=[first]),
+                               max_key=SimpleNamespace(values=[last]))
+        return SimpleNamespace(file=meta)
+
+    deleted = {"oldest-a": 300}  # 60% of it: past any spread of a 20% threshold
+    live = SimpleNamespace(live_count=lambda name: files[name].file.row_count - deleted.get(name, 0))
+    entries = [entry("new-1", 1, 10, 0, 99), entry("new-2", 2, 10, 0, 99), entry("young", 3, 30, 0, 99),
+               entry("above-oldest", 4, 90, 0, 99), entry("oldest-a", 5, 500, 0, 49), entry("oldest-b", 5, 500, 50, 99)]
+    files = {e.file.file_name: e for e in entries}
+    rewrites = dv_compaction.pick(entries, live, CompactionOptions(trigger=5), ratio=0.2)
+    tiered, drain = rewrites
+    assert [e.file.file_name for e in tiered.inputs] == ["new-1", "new-2", "young"] and tiered.level == 3
+    assert [e.file.file_name for e in drain.inputs] == ["oldest-a"]
+    assert [e.file.file_name for e in drain.absorb_from] == ["above-oldest"]

@@ -5,15 +5,21 @@ sorted run and marks the stored rows they replace deleted (:mod:`.merge_on_read`
 :func:`pick` chooses, per bucket, what a maintenance pass rewrites:
 
 1. when every level is taken, the newest runs, tiered (the two newest, then each next
-   older run short of the oldest while it is at most twice what is merged so far),
+   older run short of the two oldest while it is at most twice what is merged so far),
    or everything when the newer runs add up to more than
-   ``compaction.max-size-amplification-percent`` of the oldest (live bytes);
+   ``compaction.max-size-amplification-percent`` of the oldest (live bytes). The run
+   just above the oldest is not merged into: it is the biggest newer run (a bulk
+   load's, or what tiering gathered), so merging into it rewrote most of the table in
+   one pass, and rule 2 then drained the new copy into the oldest run, rewriting it
+   again, while the retained snapshots kept every old copy for their time;
 2. each file of the oldest run once about ``compaction.delete-ratio-threshold`` of its
    rows are deleted (:func:`_spread`), alone, at its level. It takes in the live rows
    the newer runs hold in its key range (from its first key to the next file's), and
    marks them deleted where they were: so the newer runs drain into the oldest run a
    file at a time, instead of the whole bucket being rewritten at once (whose old copy
-   the retained snapshots would keep, doubling the table for that long);
+   the retained snapshots would keep, doubling the table for that long). It takes rows
+   from the files no other rewrite of the pass takes, so draining goes on while
+   rule 1 merges the newest runs;
 3. a file whose rows are all deleted is dropped.
 
 Newer runs are not rewritten for their deleted rows: they are drained, merged or
@@ -95,7 +101,7 @@ def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
             count = len(runs)
         else:
             count, merged = 2, runs[0].size + runs[1].size
-            while count < len(runs) - 1 and 2 * merged >= runs[count].size:
+            while count < len(runs) - 2 and 2 * merged >= runs[count].size:
                 merged += runs[count].size
                 count += 1
         unit = unit_below(runs, options.max_level, count)
@@ -109,7 +115,7 @@ def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
     if not runs or runs[-1].files[0].file.file_name in taken:
         return chosen
     oldest = sorted(runs[-1].files, key=_first_key)
-    newer = () if chosen else tuple(e for run in runs[:-1] for e in run.files)
+    newer = tuple(e for run in runs[:-1] for e in run.files if e.file.file_name not in taken)
     for number, entry in enumerate(oldest):
         rows = entry.file.row_count
         if rows and (rows - live_rows.live_count(entry.file.file_name)) >= _spread(ratio, entry.file.file_name) * rows:
