@@ -15,13 +15,14 @@ import argparse
 import logging
 import os
 import re
+import signal
 import statistics
 import sys
 import tempfile
 import threading
 import time
 
-from beam_pixels import app, source
+from beam_pixels import app
 from beam_pixels.config import PixelsConfig
 from beam_pixels.schema import SourceSchema
 from beam_pixels.testing.mock_server import MockPixelsServer
@@ -84,7 +85,8 @@ def measure(tables: int, rate: int, interval_ms: int, seconds: float, sink: str,
     properties["pixels.server.port"] = str(server.port)
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
-    timer = threading.Timer(seconds, source.request_local_stop)
+    # As Ctrl-C would: the run finishes its round, commits and ends.
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
         summary = app.run_local(PixelsConfig.from_properties(properties))
@@ -93,7 +95,6 @@ def measure(tables: int, rate: int, interval_ms: int, seconds: float, sink: str,
         stop.set()
         feeder.join()
         server.stop()
-        source.clear_local_stop()
         logging.getLogger().removeHandler(handler)
     periods = [b - a for a, b in zip(handler.ends, handler.ends[1:])]
     steady = periods[1:] or periods  # the first period carries the runner's warm-up
