@@ -28,6 +28,8 @@ from apache_beam.options.pipeline_options import (
     PortableOptions,
     StandardOptions,
 )
+from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pixels import source
 from beam_pixels.checkpoint import Checkpoint
@@ -67,12 +69,16 @@ def build_pipeline(
     drain_after: float = 0.0,
     window_ms: int | None = None,
     table: str = "",
+    round_key: str = "",
 ):
     """Add one table's job (a single-table ``config``) to ``p``; returns the PCollection of
     CommitResults. ``table`` names the table among several: its steps go under that label
     (``orders/ReadFromPixels``), so Beam metrics and the Flink UI name the table.
-    ``max_duration_ms`` and ``drain_after`` bound a local round (see :class:`~beam_pixels.source.Bounds`)."""
-    bounds = dict(start_positions=start_positions, max_duration_ms=max_duration_ms, drain_after=drain_after)
+    ``max_duration_ms`` and ``drain_after`` bound a local round (see :class:`~beam_pixels.source.Bounds`);
+    with ``round_key`` the read takes its bounds and start positions from the round planned for
+    that key when it runs (:class:`~beam_pixels.source.LocalRounds`)."""
+    bounds = dict(start_positions=start_positions, max_duration_ms=max_duration_ms, drain_after=drain_after,
+                  round_key=round_key)
     if table:
         return p | table >> _table_job(config, local_run=local_run, window_ms=window_ms, read_bounds=bounds)
     return _add_table_job(p, config, local_run, window_ms, bounds)
@@ -174,26 +180,18 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
         _LOG.info("resuming %s from batch %d, positions %s", table, summary.checkpoints[name].batch_id,
                   summary.checkpoints[name].positions)
     started = time.monotonic()
-    with _StopOnSignal() as stop:
+    with _StopOnSignal() as stop, contextlib.closing(_Rounds(pipeline_args or [])) as rounds:
         while True:
             active = {name: c for name, c in tables.items() if not progress[name].ended}
-            p = beam.Pipeline(options=PipelineOptions(pipeline_args or [], runner="FnApiRunner"))
             # The runner runs one table's steps after another's: every table polls until the round's
             # end, or later until it has drained the server, then ends (so rounds do not grow with tables).
             drain_after = time.time() + config.checkpoint_interval_ms / 1000
             for name, c in active.items():
-                build_pipeline(
-                    p,
-                    c.with_bounds(max_records=_round_record_limit(c, progress[name].records)),
-                    local_run=True,
-                    start_positions=summary.checkpoints[name].positions,
-                    max_duration_ms=config.checkpoint_interval_ms,
-                    drain_after=drain_after,
-                    table=name,
-                )
+                limit = _round_record_limit(c, progress[name].records)
+                rounds.plan(name, source.Bounds(c.stop_after_idle_ms, limit, config.checkpoint_interval_ms, drain_after),
+                            summary.checkpoints[name].positions)
             round_started = time.monotonic()
-            result = p.run()
-            result.wait_until_finish()
+            result = rounds.run(active)
             round_ms = (time.monotonic() - round_started) * 1000
             summary.rounds += 1
             for name, c in active.items():
@@ -210,6 +208,58 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
         writer.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+class _RerunnableRunner(FnApiRunner):
+    """Beam's in-process runner, keeping the last pipeline it ran in its runner API form."""
+
+    pipeline_proto: beam_runner_api_pb2.Pipeline | None = None
+
+    def run_via_runner_api(self, pipeline_proto, options):
+        self.pipeline_proto = beam_runner_api_pb2.Pipeline()
+        self.pipeline_proto.CopyFrom(pipeline_proto)
+        return super().run_via_runner_api(pipeline_proto, options)
+
+
+class _Rounds:
+    """The rounds of a local run: one pipeline with a read-and-write branch per table of the round,
+    built once and run again each round while the same tables take part. Building the branches of
+    N tables and putting them in the runner's form took about as long as their commits, each
+    round; what changes between rounds is planned before each (:class:`~beam_pixels.source.LocalRounds`)."""
+
+    def __init__(self, pipeline_args: list[str]):
+        self._run_id = uuid.uuid4().hex
+        self._tables: tuple[str, ...] = ()
+        self._planned: set[str] = set()
+        self._runner = _RerunnableRunner()
+        self._options = PipelineOptions(pipeline_args)
+
+    def _key(self, table: str) -> str:
+        return f"{self._run_id}/{table}"
+
+    def plan(self, table: str, bounds: source.Bounds, start_positions: dict[int, int]) -> None:
+        """What ``table``'s read does in the next round."""
+        source.LOCAL_ROUNDS.plan(self._key(table), bounds, start_positions)
+        self._planned.add(table)
+
+    def run(self, tables: dict[str, PixelsConfig]):
+        """Run a round of ``tables`` (each planned); returns the runner's result."""
+        if tuple(tables) == self._tables:
+            return self._runner.run_via_runner_api(self._runner.pipeline_proto, self._options)
+        p = beam.Pipeline(runner=self._runner, options=self._options)
+        for name, c in tables.items():
+            build_pipeline(p, c, local_run=True, table=name, round_key=self._key(name))
+        self._tables = tuple(tables)
+        _LOG.info("rounds of %s: the pipeline is built, and run again each round while these tables take part",
+                  ", ".join(name or "the table" for name in tables))
+        result = p.run()
+        result.wait_until_finish()
+        return result
+
+    def close(self) -> None:
+        """Drop the run's plans."""
+        for table in self._planned:
+            source.LOCAL_ROUNDS.forget(self._key(table))
 
 
 def _last_checkpoint(writer: TableWriter) -> Checkpoint:

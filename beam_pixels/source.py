@@ -76,11 +76,13 @@ def clear_local_stop() -> None:
 
 @dataclass(frozen=True)
 class PollGroup:
-    """The buckets one poller polls, and the position its next record gets."""
+    """The buckets one poller polls, and the position its next record gets (``round_key`` set:
+    the position the current round of its read starts at, see :class:`LocalRounds`)."""
 
     group_id: int
     buckets: tuple[int, ...]
     start_position: int = 0
+    round_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,48 @@ class Bounds:
         return not (self.stop_after_idle_ms or self.max_records or self.max_duration_ms or self.drain_after)
 
 
+class LocalRounds:
+    """The bounds and start positions of each read of the current local round, by round key.
+
+    A local run builds its pipeline once and runs it again each round (building and planning
+    it again cost the in-process runner about as much as a table's commit, per table): what
+    changes from round to round (where each poll group starts, the round's end, the records it
+    may take) is planned here before each run, and a read built with a ``round_key`` looks it
+    up when it starts. In this process only: a worker in another process finds no plan and fails.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._plans: dict[str, tuple[Bounds, dict[int, int]]] = {}
+
+    def plan(self, round_key: str, bounds: Bounds, start_positions: typing.Mapping[int, int]) -> None:
+        """What the read of ``round_key`` does in the next run (its ``bounds`` with a fresh ``read_id``)."""
+        with self._lock:
+            self._plans[round_key] = (bounds, dict(start_positions))
+
+    def forget(self, round_key: str) -> None:
+        with self._lock:
+            self._plans.pop(round_key, None)
+
+    def _plan(self, round_key: str) -> tuple[Bounds, dict[int, int]]:
+        with self._lock:
+            plan = self._plans.get(round_key)
+        if plan is None:
+            raise RuntimeError(
+                f"no local round is planned for read {round_key!r} in this process: a local run's rounds need "
+                "Beam's in-process runner in this process (--direct_running_mode in_memory, the default)")
+        return plan
+
+    def bounds(self, round_key: str) -> Bounds:
+        return self._plan(round_key)[0]
+
+    def start_position(self, group: PollGroup) -> int:
+        return self._plan(group.round_key)[1].get(group.group_id, 0)
+
+
+LOCAL_ROUNDS = LocalRounds()
+
+
 class _EmittedRecords:
     """Records emitted per read (``Bounds.read_id``) in this process, for ``max_records``."""
 
@@ -209,7 +253,8 @@ class _PollTracker(OffsetRestrictionTracker):
 
 class _PollRestrictionProvider(RestrictionProvider):
     def initial_restriction(self, group: PollGroup) -> OffsetRange:
-        return OffsetRange(group.start_position, OPEN_END)
+        start = LOCAL_ROUNDS.start_position(group) if group.round_key else group.start_position
+        return OffsetRange(start, OPEN_END)
 
     def create_tracker(self, restriction: OffsetRange) -> _PollTracker:
         return _PollTracker(restriction)
@@ -294,6 +339,7 @@ class _PollPixelsFn(beam.DoFn):
         bounds: Bounds,
         journal: PollJournal | None = None,
         max_call_ms: int | None = None,
+        round_key: str = "",
     ):
         self._server = server
         self._schema_name = schema_name
@@ -301,6 +347,7 @@ class _PollPixelsFn(beam.DoFn):
         self._source_table = f"{schema_name}.{table_name}"  # names the table in log lines
         self._poll_interval_s = poll_interval_ms / 1000.0
         self._bounds = bounds
+        self._round_key = round_key  # set: the bounds are the current local round's (LocalRounds)
         self._journal = journal
         self._max_call_s = math.inf if max_call_ms is None else max_call_ms / 1000.0
         self._replayed = Metrics.counter(METRICS_NAMESPACE, "records_replayed")
@@ -313,6 +360,8 @@ class _PollPixelsFn(beam.DoFn):
         self._poll_failures = Metrics.counter(METRICS_NAMESPACE, "poll_failures")
 
     def setup(self):
+        if self._round_key:
+            self._bounds = LOCAL_ROUNDS.bounds(self._round_key)
         self._client = self._server.connect(stop=_LOCAL_STOP)
         self._fetcher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixels-poll")
         # When this worker first polled for the read (max_duration_ms counts from there).
@@ -565,6 +614,8 @@ class ReadFromPixels(beam.PTransform):
     resumes position numbering, e.g. from a sink's last checkpoint. ``journal``
     (a path or URI) makes every response durable before it is emitted and
     replays what lies at or after the start positions (see :mod:`beam_pixels.journal`).
+    ``round_key`` makes a read that a local run runs again each round: its bounds and start
+    positions are the ones :data:`LOCAL_ROUNDS` holds for that key when a run starts.
     """
 
     def __init__(
@@ -583,6 +634,7 @@ class ReadFromPixels(beam.PTransform):
         bucket_count: int = DEFAULT_BUCKET_COUNT,
         start_positions: typing.Mapping[int, int] | None = None,
         journal: str | None = None,
+        round_key: str = "",
     ):
         super().__init__()
         self._journal = PollJournal(journal, str(schema)) if journal else None
@@ -591,7 +643,7 @@ class ReadFromPixels(beam.PTransform):
         self._schema_name = schema_name
         self._table_name = table_name
         self._groups = [
-            PollGroup(i, tuple(b), (start_positions or {}).get(i, 0))
+            PollGroup(i, tuple(b), (start_positions or {}).get(i, 0), round_key)
             for i, b in enumerate(partition_buckets(list(buckets), parallelism))
         ]
         self._poll_interval_ms = poll_interval_ms
@@ -599,11 +651,12 @@ class ReadFromPixels(beam.PTransform):
         self._encoding = encoding
         self._empty_as_null = empty_as_null
         self._bucket_count = bucket_count
+        self._round_key = round_key
 
     @classmethod
     def from_config(
         cls, config, *, start_positions=None, max_duration_ms: int = 0, drain_after: float = 0.0,
-        journal: str | None = None,
+        journal: str | None = None, round_key: str = "",
     ) -> "ReadFromPixels":
         """Build from a :class:`beam_pixels.config.PixelsConfig`."""
         return cls(
@@ -627,6 +680,7 @@ class ReadFromPixels(beam.PTransform):
             bucket_count=config.bucket_count,
             start_positions=start_positions,
             journal=journal,
+            round_key=round_key,
         )
 
     @property
@@ -635,13 +689,14 @@ class ReadFromPixels(beam.PTransform):
 
     def expand(self, pbegin):
         source_table = f"{self._schema_name}.{self._table_name}"
-        poller = _UnboundedPollPixelsFn if self._bounds.unbounded else _PollPixelsFn
+        poller = _PollPixelsFn if self._round_key or not self._bounds.unbounded else _UnboundedPollPixelsFn
         return (
             pbegin
             | "PollGroups" >> beam.Create(self._groups)
             | "Poll" >> beam.ParDo(
                 poller(
-                    self._server, self._schema_name, self._table_name, self._poll_interval_ms, self._bounds, self._journal
+                    self._server, self._schema_name, self._table_name, self._poll_interval_ms, self._bounds, self._journal,
+                    round_key=self._round_key,
                 )
             )
             | "Decode" >> beam.ParDo(

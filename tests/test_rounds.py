@@ -1,6 +1,7 @@
 """Local runs as bounded rounds: when a round ends, and when the run does."""
 
 import contextlib
+import logging
 import threading
 import time
 
@@ -79,3 +80,50 @@ def test_one_idle_poll_group_does_not_end_the_run_while_another_receives_records
     assert pending == 0
     assert summary.records == 600
     assert _table_ids(config) == sorted(ids)
+
+
+def test_a_run_of_several_tables_builds_its_pipeline_once_and_each_round_resumes_where_the_last_committed(
+    tmp_path, caplog
+):
+    # Rows keep arriving for several rounds, each chunk once the last one is committed; every round
+    # runs the same pipeline again, each table's read starting where its last commit ended.
+    with MockPixelsServer(SCHEMA, table_name="a", batch_size=50).start() as server:
+        tables = {"a": server, "b": server.serve_table(SCHEMA, table_name="b")}
+        config = _config(tmp_path, server.port, **{
+            "tables": "a,b",
+            "checkpoint.interval.ms": "700",
+            "source.stop.after.idle.ms": "3000",
+        })
+
+        def load(chunk):
+            for offset, table in enumerate(tables.values()):
+                table.load_rows([(i, f"n{i + offset}") for i in range(chunk * 100, chunk * 100 + 100)])
+
+        def committed(table_config):
+            with contextlib.closing(app.open_table_writer(table_config)) as writer:
+                return writer.last_checkpoint().positions.get(0, 0)
+
+        def feed():
+            for chunk in range(1, 3):
+                deadline = time.monotonic() + 120
+                while server.pending() or tables["b"].pending():  # polled: the run has opened the tables
+                    time.sleep(0.05)
+                while min(committed(c) for c in config.tables().values()) < chunk * 100:
+                    assert time.monotonic() < deadline, "no commit"
+                    time.sleep(0.1)
+                load(chunk)
+
+        load(0)
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        with caplog.at_level(logging.INFO, logger="beam_pixels.app"):
+            summary = app.run_local(config)
+        feeder.join()
+
+    built = [r for r in caplog.records if "the pipeline is built" in r.getMessage()]
+    assert summary.rounds >= 3
+    assert len(built) == 1, [r.getMessage() for r in built]
+    assert summary.records == 600
+    for name, table_config in config.tables().items():
+        assert summary.checkpoints[name].batch_id >= 3, f"{name}: {summary.checkpoints[name]}"
+        assert _table_ids(table_config) == list(range(300))
