@@ -241,12 +241,19 @@ def test_an_existing_tables_spec_evolved_by_another_engine_is_honoured(tmp_path,
     writer.close()
 
 
-def test_maintenance_compacts_within_partitions_and_keeps_a_delete_file_per_partition(tmp_path):
-    writer = open_writer(tmp_path, "bucket(4,id)", maintenance_settings=maintenance.Settings(enabled=False))
-    stream = ClockStream(EVENTS, seed=9)
-    commit(writer, [stream.batch(stream.changes(2000, inserts=1.0))])
+def churned_writer(tmp_path, spec: str, *, seed: int, rows: int, changes: int):
+    """A writer (its maintenance off) on a table partitioned by ``spec``: ``rows`` inserted, then six
+    commits of ``changes`` changes; and the stream that made them."""
+    writer = open_writer(tmp_path, spec, maintenance_settings=maintenance.Settings(enabled=False))
+    stream = ClockStream(EVENTS, seed=seed)
+    commit(writer, [stream.batch(stream.changes(rows, inserts=1.0))])
     for _ in range(6):
-        commit(writer, [stream.batch(stream.changes(300))])
+        commit(writer, [stream.batch(stream.changes(changes))])
+    return writer, stream
+
+
+def test_maintenance_compacts_within_partitions_and_keeps_a_delete_file_per_partition(tmp_path):
+    writer, stream = churned_writer(tmp_path, "bucket(4,id)", seed=9, rows=2000, changes=300)
     data, deletes = live_files(writer)
     assert len(deletes) > 4, "several delete files per partition before compaction"
     settings = maintenance.Settings(deleted_percent=5, max_compact_percent=100)
@@ -266,11 +273,7 @@ def test_maintenance_compacts_within_partitions_and_keeps_a_delete_file_per_part
 
 
 def test_a_pass_merges_whole_partitions_most_small_files_first_and_folds_a_bounded_number_of_delete_files(tmp_path, monkeypatch):
-    writer = open_writer(tmp_path, "bucket(8,id)", maintenance_settings=maintenance.Settings(enabled=False))
-    stream = ClockStream(EVENTS, seed=5)
-    commit(writer, [stream.batch(stream.changes(4000, inserts=1.0))])
-    for _ in range(6):
-        commit(writer, [stream.batch(stream.changes(200))])
+    writer, stream = churned_writer(tmp_path, "bucket(8,id)", seed=5, rows=4000, changes=200)
     before, deletes = live_files(writer)
     per_partition = {}
     for f in deletes:

@@ -721,8 +721,8 @@ def run_and_print(options, run_soak, prefix: str) -> int:
 
 
 def _parse_args(argv: list[str] | None) -> Options:
-    parser = soak_parser("beam-pixels soak", Options(), "changes per second after the preload")
     d = Options()
+    parser = soak_parser("beam-pixels soak", d, "changes per second after the preload")
     parser.add_argument("--commits", type=int, default=d.commits, help="stop after this many stream commits (default %(default)s; 0 = no limit)")
     parser.add_argument("--duration-s", type=float, default=d.duration_s, help="or after this many seconds of stream (0 = no limit)")
     parser.add_argument("--read-every", type=int, default=d.read_every, help="time a full read every K commits (0 = never)")

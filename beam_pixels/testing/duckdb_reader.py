@@ -46,6 +46,6 @@ def read_iceberg(metadata_location: str, columns: str = "*") -> pa.Table:
     """``columns`` of every row of the table snapshot ``metadata_location`` describes."""
     con = connect()
     try:
-        return con.execute(f"SELECT {columns} FROM iceberg_scan(?)", [metadata_location]).fetch_arrow_table()
+        return con.execute(f"SELECT {columns} FROM iceberg_scan(?)", [metadata_location]).to_arrow_table()
     finally:
         con.close()

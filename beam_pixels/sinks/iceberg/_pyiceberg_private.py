@@ -227,7 +227,7 @@ class _Transaction(Transaction):
     staged updates) instead of on every access: pyiceberg applies the staged updates and
     deep-copies the whole metadata (every snapshot, the snapshot log) each time, and a snapshot
     producer reads it about twenty times per commit, so each commit cost more the more snapshots
-    the table kept (0.04 s -> 1.3 s over 160 snapshots). The metadata models are frozen."""
+    the table kept (0.03 s -> 0.15 s of CPU from 2 to 160 snapshots). The metadata models are frozen."""
 
     _computed: tuple | None = None  # ((base metadata, updates), metadata)
 

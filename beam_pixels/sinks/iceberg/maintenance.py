@@ -397,8 +397,8 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
         with index.lock:
             index.forget_files(chosen_paths)
             codes = key_codes(written.rows.select(key_columns))
-            for f, (offset, length) in zip(new_files, written.slices):
-                index.add_file(f.file_path, codes[offset : offset + length], partition=files.partition_of(f))
+            index.add_files([(f.file_path, codes[offset : offset + length], None, files.partition_of(f))
+                             for f, (offset, length) in zip(new_files, written.slices)])
             index.snapshot_id = snapshot_id
     report.files_compacted = len(chosen) + len(folded)
     report.files_written = len(added)

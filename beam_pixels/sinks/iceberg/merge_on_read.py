@@ -79,8 +79,8 @@ def build_index(table: Table, key_columns: list[str]) -> KeyIndex:
         return data_file, codes, positions
 
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="iceberg-index") as pool:
-        for data_file, codes, positions in pool.map(load, [task.file for task in tasks]):
-            index.add_file(data_file.file_path, codes, positions, files.partition_of(data_file))
+        loaded = pool.map(load, [task.file for task in tasks])
+        index.add_files([(f.file_path, codes, positions, files.partition_of(f)) for f, codes, positions in loaded])
     _LOG.info("%s: key index built from snapshot %s: %d keys in %d files, %.1f MB, %.2fs",
               ".".join(table.name()), index.snapshot_id, len(index), len(tasks), index.nbytes / 1e6, time.monotonic() - started)
     return index
@@ -129,7 +129,6 @@ def commit(
             forget_index(table)
             raise
         index.forget(hits, keep)
-        for data_file, codes in zip(added, added_codes):
-            index.add_file(data_file.file_path, codes, partition=files.partition_of(data_file))
+        index.add_files([(f.file_path, codes, None, files.partition_of(f)) for f, codes in zip(added, added_codes)])
         index.snapshot_id = snapshot_id
         return snapshot_id
