@@ -3,7 +3,8 @@
 On an in-process runner (the default) the job runs as a sequence of bounded
 rounds of about ``checkpoint.interval.ms``: each round resumes each table from the
 positions it has committed, polls, and commits each table once (a job of several
-tables, ``tables=...``, has a read-and-write branch per table). (Beam's local
+tables, ``tables=...``, reads and writes them all through one set of steps, see
+:func:`build_pipeline`). (Beam's local
 runners hold windowed output until a splittable DoFn finishes, so rounds are
 how a local run commits continuously.) On a distributed runner (Flink) it
 submits one unbounded pipeline that commits once per fixed window.
@@ -164,7 +165,7 @@ class _TableProgress:
 def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> RunSummary:
     """Run as bounded rounds on the in-process runner until a bound or a signal ends it.
 
-    A round polls every table (one branch per table) for ``checkpoint.interval.ms`` and commits
+    A round polls every table (one poller over all of them) for ``checkpoint.interval.ms`` and commits
     each table on its own, from the positions that table has committed. A table that reached its
     ``source.max.records`` is left out of later rounds; the run ends when every table has reached
     it or has been idle for its ``source.stop.after.idle.ms``, or on a signal.
@@ -185,7 +186,7 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
     with _StopOnSignal() as stop, contextlib.closing(_Rounds(pipeline_args or [])) as rounds:
         while True:
             active = {name: c for name, c in tables.items() if not progress[name].ended}
-            # The runner runs one table's steps after another's: every table polls until the round's
+            # The runner runs one poll group after another: every table polls until the round's
             # end, or later until it has drained the server, then ends (so rounds do not grow with tables).
             drain_after = time.time() + config.checkpoint_interval_ms / 1000
             for name, c in active.items():
@@ -224,10 +225,10 @@ class _RerunnableRunner(FnApiRunner):
 
 
 class _Rounds:
-    """The rounds of a local run: one pipeline with a read-and-write branch per table of the round,
-    built once and run again each round while the same tables take part. Building the branches of
-    N tables and putting them in the runner's form took about as long as their commits, each
-    round; what changes between rounds is planned before each (:class:`~beam_pixels.source.LocalRounds`)."""
+    """The rounds of a local run: one pipeline reading and writing the tables of the round, built
+    once and run again each round while the same tables take part. Building a pipeline and putting
+    it in the runner's form took about as long as the tables' commits, each round; what changes
+    between rounds is planned before each (:class:`~beam_pixels.source.LocalRounds`)."""
 
     def __init__(self, pipeline_args: list[str]):
         self._run_id = uuid.uuid4().hex

@@ -1,11 +1,12 @@
-"""``ReadFromPixels``: poll a Pixels sink server without end and decode its change records.
+"""``ReadFromPixels``: poll a Pixels sink server without end and decode its change records
+(``ReadTablesFromPixels``: several tables' through the same steps).
 
 Shape::
 
-    Create(one PollGroup per group of buckets)
+    Create(one PollGroup per group of buckets, of every table)
       -> ParDo(_PollPixelsFn)   splittable, unbounded per element; emits each poll
                                 response as bytes (a wire.RawPoll), claiming its
-                                record positions
+                                record positions; a _TablePoller per table
       -> ParDo(DecodePollsFn)   bytes -> ChangeBatch (Arrow), bad records to the
                                 ``dead_letters`` output (see beam_pixels.decode)
 
@@ -142,8 +143,8 @@ class Bounds:
     ``stop_after_idle_ms`` applies to each poll group (time unreachable is not idle);
     ``max_duration_ms`` counts from the read's first call in the worker, for all its groups.
     ``drain_after`` (``time.time()``): from then on a poll group ends once the server had nothing
-    for it; the reads of one local round share it, so that a read the runner starts late (it runs
-    one table's steps after another's) still drains what waits for it, and then ends.
+    for it; the tables of one local round share it, so that a poll group the runner starts late (it
+    runs one poll group after another) still drains what waits for it, and then ends.
     ``max_records`` counts the records of all poll groups of one read together
     (in each worker process: exactly the run's total on in-process runners).
     """
