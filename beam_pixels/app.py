@@ -3,7 +3,8 @@
 On an in-process runner (the default) the job runs as a sequence of bounded
 rounds of about ``checkpoint.interval.ms``: each round resumes each table from the
 positions it has committed, polls, and commits each table once (a job of several
-tables, ``tables=...``, has a read-and-write branch per table). (Beam's local
+tables, ``tables=...``, reads and writes them all through one set of steps, see
+:func:`build_pipeline`). (Beam's local
 runners hold windowed output until a splittable DoFn finishes, so rounds are
 how a local run commits continuously.) On a distributed runner (Flink) it
 submits one unbounded pipeline that commits once per fixed window.
@@ -16,6 +17,7 @@ import logging
 import signal
 import sys
 import time
+import typing
 import uuid
 from dataclasses import dataclass, field
 
@@ -39,7 +41,8 @@ from beam_pixels.flink import job_server
 from beam_pixels.flink.rest import FINISHED_STATES, FlinkRest
 from beam_pixels.journal import TrimJournal
 from beam_pixels.sinks import sink_for
-from beam_pixels.sinks.committing import SinkConfigurationError, TableWriter
+from beam_pixels.metrics import table_namespace
+from beam_pixels.sinks.committing import SinkConfigurationError, TableWriter, WriteTables
 
 _LOG = logging.getLogger(__name__)
 
@@ -61,43 +64,43 @@ def open_table_writer(config: PixelsConfig) -> TableWriter:
 
 def build_pipeline(
     p: beam.Pipeline,
-    config: PixelsConfig,
+    tables: typing.Mapping[str, PixelsConfig],
     *,
     local_run: bool,
-    start_positions: dict[int, int] | None = None,
-    max_duration_ms: int = 0,
-    drain_after: float = 0.0,
+    start_positions: typing.Mapping[str, typing.Mapping[int, int]] | None = None,
     window_ms: int | None = None,
-    table: str = "",
-    round_key: str = "",
+    round_keys: typing.Mapping[str, str] | None = None,
 ):
-    """Add one table's job (a single-table ``config``) to ``p``; returns the PCollection of
-    CommitResults. ``table`` names the table among several: its steps go under that label
-    (``orders/ReadFromPixels``), so Beam metrics and the Flink UI name the table.
-    ``max_duration_ms`` and ``drain_after`` bound a local round (see :class:`~beam_pixels.source.Bounds`);
-    with ``round_key`` the read takes its bounds and start positions from the round planned for
-    that key when it runs (:class:`~beam_pixels.source.LocalRounds`)."""
-    bounds = dict(start_positions=start_positions, max_duration_ms=max_duration_ms, drain_after=drain_after,
-                  round_key=round_key)
-    if table:
-        return p | table >> _table_job(config, local_run=local_run, window_ms=window_ms, read_bounds=bounds)
-    return _add_table_job(p, config, local_run, window_ms, bounds)
+    """Add a job of ``tables`` to ``p``; returns the PCollection of CommitResults.
 
-
-def _add_table_job(root, config: PixelsConfig, local_run: bool, window_ms: int | None, read_bounds: dict):
-    journal = config.journal_location(local_run)
-    read = root | "ReadFromPixels" >> source.ReadFromPixels.from_config(config, journal=journal, **read_bounds)
-    _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letter_location(local_run))
-    commits = read.changes | "WriteToLakehouse" >> sink_for(config, window_ms)
-    if journal:
-        _ = commits | "TrimJournal" >> TrimJournal(journal)
+    ``tables`` maps each table's label to its single-table configuration, as
+    :meth:`PixelsConfig.tables` gives them (``{"": config}`` for a job of one table). Every table
+    goes through the same steps: one read of all of them (``ReadFromPixels``, see
+    :class:`~beam_pixels.source.ReadTablesFromPixels`) and one write (``WriteToLakehouse``,
+    :class:`~beam_pixels.sinks.committing.WriteTables`), each element carrying its table's label,
+    each table with its own server, schema, poll groups, journal, dead letters and sink, committing
+    on its own. So the steps do not grow with the tables. ``start_positions`` (label -> poll group ->
+    position) resumes each table's numbering; with a ``round_keys`` entry a table's read takes its
+    bounds and start positions from the round planned for that key when it runs
+    (:class:`~beam_pixels.source.LocalRounds`).
+    """
+    journals = {label: c.journal_location(local_run) for label, c in tables.items()}
+    reads = [
+        source.ReadFromPixels.from_config(
+            c, start_positions=(start_positions or {}).get(label), journal=journals[label],
+            round_key=(round_keys or {}).get(label, ""), table_label=label,
+        )
+        for label, c in tables.items()
+    ]
+    read = p | "ReadFromPixels" >> source.ReadTablesFromPixels(reads)
+    dead_letters = {label: c.dead_letter_location(local_run) for label, c in tables.items()}
+    _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(dead_letters)
+    writes = {label: sink_for(c, window_ms) for label, c in tables.items()}
+    commits = read.changes | "WriteToLakehouse" >> WriteTables(writes)
+    journaled = {label: journal for label, journal in journals.items() if journal}
+    if journaled:
+        _ = commits | "TrimJournal" >> TrimJournal(journaled)
     return commits
-
-
-@beam.ptransform_fn
-def _table_job(pbegin, config, *, local_run, window_ms, read_bounds):
-    """One table's read and write, as a composite step labelled by the table."""
-    return _add_table_job(pbegin, config, local_run, window_ms, read_bounds)
 
 
 @dataclass
@@ -162,7 +165,7 @@ class _TableProgress:
 def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> RunSummary:
     """Run as bounded rounds on the in-process runner until a bound or a signal ends it.
 
-    A round polls every table (one branch per table) for ``checkpoint.interval.ms`` and commits
+    A round polls every table (one poller over all of them) for ``checkpoint.interval.ms`` and commits
     each table on its own, from the positions that table has committed. A table that reached its
     ``source.max.records`` is left out of later rounds; the run ends when every table has reached
     it or has been idle for its ``source.stop.after.idle.ms``, or on a signal.
@@ -183,7 +186,7 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
     with _StopOnSignal() as stop, contextlib.closing(_Rounds(pipeline_args or [])) as rounds:
         while True:
             active = {name: c for name, c in tables.items() if not progress[name].ended}
-            # The runner runs one table's steps after another's: every table polls until the round's
+            # The runner runs one poll group after another: every table polls until the round's
             # end, or later until it has drained the server, then ends (so rounds do not grow with tables).
             drain_after = time.time() + config.checkpoint_interval_ms / 1000
             for name, c in active.items():
@@ -222,10 +225,10 @@ class _RerunnableRunner(FnApiRunner):
 
 
 class _Rounds:
-    """The rounds of a local run: one pipeline with a read-and-write branch per table of the round,
-    built once and run again each round while the same tables take part. Building the branches of
-    N tables and putting them in the runner's form took about as long as their commits, each
-    round; what changes between rounds is planned before each (:class:`~beam_pixels.source.LocalRounds`)."""
+    """The rounds of a local run: one pipeline reading and writing the tables of the round, built
+    once and run again each round while the same tables take part. Building a pipeline and putting
+    it in the runner's form took about as long as the tables' commits, each round; what changes
+    between rounds is planned before each (:class:`~beam_pixels.source.LocalRounds`)."""
 
     def __init__(self, pipeline_args: list[str]):
         self._run_id = uuid.uuid4().hex
@@ -247,8 +250,7 @@ class _Rounds:
         if tuple(tables) == self._tables:
             return self._runner.run_via_runner_api(self._runner.pipeline_proto, self._options)
         p = beam.Pipeline(runner=self._runner, options=self._options)
-        for name, c in tables.items():
-            build_pipeline(p, c, local_run=True, table=name, round_key=self._key(name))
+        build_pipeline(p, tables, local_run=True, round_keys={name: self._key(name) for name in tables})
         self._tables = tuple(tables)
         _LOG.info("rounds of %s: the pipeline is built, and run again each round while these tables take part",
                   ", ".join(name or "the table" for name in tables))
@@ -289,9 +291,10 @@ def _round_record_limit(config: PixelsConfig, records_so_far: int) -> int:
 
 
 def _counter(result, name: str, table: str = "") -> int:
-    """A ``beam_pixels.source`` counter of the run, of the steps of ``table`` alone when named."""
-    counters = result.metrics().query(MetricsFilter().with_namespace(source.METRICS_NAMESPACE).with_name(name))["counters"]
-    return sum(c.committed or c.attempted or 0 for c in counters if not table or c.key.step.startswith(f"{table}/"))
+    """A ``beam_pixels.source`` counter of the run's table labelled ``table``."""
+    namespace = table_namespace(source.METRICS_NAMESPACE, table)
+    counters = result.metrics().query(MetricsFilter().with_namespace(namespace).with_name(name))["counters"]
+    return sum(c.committed or c.attempted or 0 for c in counters)
 
 
 def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: bool = False) -> None:
@@ -312,27 +315,25 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: b
     flink_rest = _detachable(options) if detach else None
     job_server.tie_to_this_process(options)
     p = beam.Pipeline(options=options)
-    for name, c in config.tables().items():
+    tables = config.tables()
+    start_positions = {}
+    for name, c in tables.items():
         with contextlib.closing(open_table_writer(c)) as writer:
             checkpoint = writer.last_checkpoint()
+        start_positions[name] = checkpoint.positions
         _LOG.info("resuming %s from batch %d, positions %s", writer.table_name, checkpoint.batch_id, checkpoint.positions)
         if not c.journal_location(local_run=False):
             _LOG.warning("%s: no poll journal (source.journal.dir): records polled but not yet committed are lost "
                          "when a task fails or the job is cancelled", writer.table_name)
-        bounded = c.stop_after_idle_ms or c.max_records
-        build_pipeline(
-            p,
-            c,
-            local_run=False,
-            start_positions=checkpoint.positions,
-            window_ms=None if bounded else config.checkpoint_interval_ms,
-            table=name,
-        )
+    # Every table's read ends by itself: one commit each at the end; else one per interval.
+    bounded = all(c.stop_after_idle_ms or c.max_records for c in tables.values())
+    build_pipeline(p, tables, local_run=False, start_positions=start_positions,
+                   window_ms=None if bounded else config.checkpoint_interval_ms)
     with _InterruptOnSignal():
         result = p.run()
         if flink_rest is not None:
             try:
-                _detach(flink_rest, options.view_as(GoogleCloudOptions).job_name)
+                _detach(flink_rest, options.view_as(GoogleCloudOptions).job_name, list(config.tables()))
             except KeyboardInterrupt:
                 print("interrupted while waiting for the job's first poll: the job was submitted detached and "
                       f"is left running; find it at {flink_rest.url}", file=sys.stderr, flush=True)
@@ -398,8 +399,9 @@ def _detachable(options: PipelineOptions) -> FlinkRest:
     return FlinkRest(flink_master)
 
 
-def _detach(flink_rest: FlinkRest, job_name: str) -> None:
-    """Wait until the job named ``job_name`` polls the Pixels server, then say how to find it."""
+def _detach(flink_rest: FlinkRest, job_name: str, table_labels: list[str]) -> None:
+    """Wait until the job named ``job_name`` polls the Pixels server (any of its tables), then say
+    how to find it."""
     deadline = time.monotonic() + DETACH_TIMEOUT_S
     job_id = None
     while time.monotonic() < deadline:
@@ -411,7 +413,7 @@ def _detach(flink_rest: FlinkRest, job_name: str) -> None:
             if job_id is None:
                 job_id = jobs[0]["jid"]
                 _LOG.info("Flink job %s (%s) is running; waiting for its first poll", job_id, job_name)
-            if flink_rest.source_counter(job_id, "polls") > 0:
+            if flink_rest.source_counter(job_id, "polls", table_labels) > 0:
                 print(f"detached: Flink job {job_id} ({job_name}) polls; it runs on in the cluster when this run "
                       f"exits\nFlink UI: {flink_rest.job_page(job_id)}\nto stop it: curl -X PATCH "
                       f"'{flink_rest.url}/jobs/{job_id}?mode=cancel'", flush=True)

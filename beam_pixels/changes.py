@@ -68,12 +68,14 @@ class ChangeBatch:
     ``records`` follows :func:`records_schema`. ``position`` numbers records of a
     poll group consecutively across polls (and runs); it is what exactly-once
     commits remember. ``poll_time`` (seconds since the epoch) is the event time.
+    ``table_label`` names the table in a job of several (``""``: the job's only table).
     """
 
     source_table: str
     poll_group: int
     poll_time: float
     records: pa.RecordBatch
+    table_label: str = ""
 
     def __len__(self) -> int:
         return self.records.num_rows
@@ -233,24 +235,26 @@ class ChangeBatchCoder(beam.coders.Coder):
     zero bytes and compress to nearly nothing), and decoding copies no Python objects.
     """
 
-    _HEADER = struct.Struct(">qdI")  # poll_group, poll_time, length of source_table
+    _HEADER = struct.Struct(">qdII")  # poll_group, poll_time, lengths of source_table and table_label
     _COMPRESSION = "lz4" if pa.Codec.is_available("lz4") else None
 
     def encode(self, batch: ChangeBatch) -> bytes:
-        table = batch.source_table.encode("utf-8")
+        table, label = batch.source_table.encode("utf-8"), batch.table_label.encode("utf-8")
         sink = pa.BufferOutputStream()
-        sink.write(self._HEADER.pack(batch.poll_group, batch.poll_time, len(table)) + table)
+        sink.write(self._HEADER.pack(batch.poll_group, batch.poll_time, len(table), len(label)) + table + label)
         options = pa.ipc.IpcWriteOptions(compression=self._COMPRESSION)
         with pa.ipc.new_stream(sink, batch.records.schema, options=options) as writer:
             writer.write_batch(batch.records)
         return sink.getvalue().to_pybytes()
 
     def decode(self, encoded: bytes) -> ChangeBatch:
-        poll_group, poll_time, size = self._HEADER.unpack_from(encoded)
-        start = self._HEADER.size + size
-        source_table = encoded[self._HEADER.size : start].decode("utf-8")
+        poll_group, poll_time, table_size, label_size = self._HEADER.unpack_from(encoded)
+        label_start = self._HEADER.size + table_size
+        start = label_start + label_size
+        source_table = encoded[self._HEADER.size : label_start].decode("utf-8")
+        label = encoded[label_start:start].decode("utf-8")
         records = pa.ipc.open_stream(pa.py_buffer(encoded)[start:]).read_next_batch()
-        return ChangeBatch(source_table, poll_group, poll_time, records)
+        return ChangeBatch(source_table, poll_group, poll_time, records, label)
 
     def is_deterministic(self) -> bool:
         return False

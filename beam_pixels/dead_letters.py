@@ -12,10 +12,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import typing
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from beam_pixels.metrics import SOURCE, table_namespace
 from beam_pixels.storage import Location
 
 _LOG = logging.getLogger(__name__)
@@ -23,24 +25,26 @@ _LOG = logging.getLogger(__name__)
 
 class WriteDeadLetters(beam.PTransform):
     """Write each DeadLetter durably under ``location`` (outputs the paths written), or,
-    with no location, only log and count it."""
+    with no location, only log and count it. In a job of several tables ``location`` maps
+    each table's label to its location (``DeadLetter.table_label`` picks it)."""
 
-    def __init__(self, location: str | None):
+    def __init__(self, location: str | None | typing.Mapping[str, str | None]):
         super().__init__()
-        self._location = location
+        self._locations = dict(location) if isinstance(location, typing.Mapping) else {"": location}
 
     def expand(self, letters):
-        files = Location(self._location) if self._location else None
-        return letters | "WriteDeadLetter" >> beam.ParDo(_WriteDeadLetterFn(files))
+        return letters | "WriteDeadLetter" >> beam.ParDo(_WriteDeadLetterFn(self._locations))
 
 
 class _WriteDeadLetterFn(beam.DoFn):
-    def __init__(self, files: Location | None):
-        self._files = files
-        self._written = Metrics.counter("beam_pixels.source", "dead_letters_written")
+    def __init__(self, locations: typing.Mapping[str, str | None]):
+        self._files = {label: Location(location) if location else None for label, location in locations.items()}
+        self._written = {label: Metrics.counter(table_namespace(SOURCE, label), "dead_letters_written")
+                         for label in locations}
 
     def process(self, letter):
-        if self._files is None:
+        files = self._files[letter.table_label]
+        if files is None:
             _LOG.error("undecodable record of %s at poll group %d position %d: %s",
                        letter.source_table, letter.poll_group, letter.position, letter.reason)
             return
@@ -53,8 +57,8 @@ class _WriteDeadLetterFn(beam.DoFn):
             "record_base64": base64.b64encode(letter.record).decode("ascii"),
         }
         relative = f"{letter.source_table}/group-{letter.poll_group:04d}/{letter.position:020d}.json"
-        path = self._files.write(relative, json.dumps(document, indent=1).encode("utf-8"))
-        self._written.inc()
+        path = files.write(relative, json.dumps(document, indent=1).encode("utf-8"))
+        self._written[letter.table_label].inc()
         _LOG.error("undecodable record of %s at poll group %d position %d (%s) written to %s",
                    letter.source_table, letter.poll_group, letter.position, letter.reason, path)
         yield path

@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -25,11 +26,12 @@ from google.protobuf import message
 from beam_pixels.buckets import bucket_of, key_bytes, keys_of_ranges, murmur3_32_of_ranges
 from beam_pixels.changes import ChangeBatch, Op, records_schema
 from beam_pixels.codec import BINARY, DecodedImages, RowCodec
+from beam_pixels.metrics import SOURCE, table_namespace
 from beam_pixels.protocol import sink_pb2
 from beam_pixels.schema import SourceSchema
 from beam_pixels.wire import RawPoll, ScannedResponse, scan_response, split_records
 
-METRICS_NAMESPACE = "beam_pixels.source"  # decoding is part of ReadFromPixels
+METRICS_NAMESPACE = SOURCE  # decoding is part of ReadFromPixels
 DEAD_LETTERS = "dead_letters"
 CHANGES = "changes"
 
@@ -44,6 +46,7 @@ class DeadLetter:
     op: int
     record: bytes
     reason: str
+    table_label: str = ""  # the table's name in ``tables`` ("": the job's only table)
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,8 @@ class _Decoded:
     safe_path: bool
 
 
-# The main output's type: Beam then moves it with ChangeBatchCoder.
-@beam.typehints.with_output_types(ChangeBatch)
-class DecodePollsFn(beam.DoFn):
-    """Decodes a raw poll into a ChangeBatch; undecodable records become dead letters.
+class TableDecoder:
+    """Decodes one table's raw polls (for :class:`DecodePollsFn`) by its schema.
 
     The fast path reads the serialized response with numpy (:func:`~beam_pixels.wire.scan_response`,
     :meth:`RowCodec.decode_serialized_images`, :func:`~beam_pixels.buckets.murmur3_32_of_ranges`) and makes no
@@ -66,66 +67,30 @@ class DecodePollsFn(beam.DoFn):
     does not expect, an encoding protobuf's serializer would not write, a row of the
     wrong width, an unknown operation) takes the safe path, which parses it into
     protobuf messages; both give the same batches and dead letters.
-
-    Responses are decoded on a thread per core while the bundle goes on (numpy
-    and Arrow release the GIL for much of the work) and leave in arrival order,
-    each with its own timestamp and window, by the end of the bundle at the latest.
     """
 
     def __init__(
-        self, schema: SourceSchema, source_table: str, encoding: str, empty_as_null: bool, bucket_count: int
+        self, schema: SourceSchema, source_table: str, encoding: str, empty_as_null: bool, bucket_count: int,
+        table_label: str = "",
     ):
         self._schema = schema
         self._source_table = source_table
+        self._table_label = table_label
         self._bucket_count = bucket_count
         self._encoding = encoding
         self._empty_as_null = empty_as_null
-        self._decode_failures = Metrics.counter(METRICS_NAMESPACE, "decode_failures")
-        self._decoded = Metrics.counter(METRICS_NAMESPACE, "records_decoded")
-        self._safe_path = Metrics.counter(METRICS_NAMESPACE, "responses_decoded_safe_path")
+        namespace = table_namespace(METRICS_NAMESPACE, table_label)
+        self.decode_failures = Metrics.counter(namespace, "decode_failures")
+        self.decoded = Metrics.counter(namespace, "records_decoded")
+        self.safe_path = Metrics.counter(namespace, "responses_decoded_safe_path")
 
     def setup(self):
-        self._prepare()
-        self._earlier: dict[str, DecodePollsFn] = {}  # decoders of the schemas journaled responses name
-        self._threads = os.cpu_count() or 1
-        self._decoders = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="pixels-decode")
-
-    def _prepare(self):
         self._codec = RowCodec(self._schema, self._encoding, self._empty_as_null)
         self._records_schema = records_schema(self._schema)
         self._key_indexes = [self._schema.names.index(k) for k in self._schema.primary_key]
+        self._earlier: dict[str, TableDecoder] = {}  # decoders of the schemas journaled responses name
 
-    def teardown(self):
-        self._decoders.shutdown(wait=True)
-
-    def start_bundle(self):
-        # Responses being decoded, in arrival order: (future decode, timestamp, window).
-        self._in_progress: collections.deque = collections.deque()
-
-    def process(self, raw: RawPoll, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        """Start decoding ``raw``; emit, in order, the responses already decoded (up to one per
-        decoding thread stays in progress, the rest wait for :meth:`finish_bundle`)."""
-        self._in_progress.append((self._decoders.submit(self._decode, raw), timestamp, window))
-        while self._in_progress and (len(self._in_progress) > self._threads or self._in_progress[0][0].done()):
-            yield from self._emit(*self._in_progress.popleft())
-
-    def finish_bundle(self):
-        while self._in_progress:
-            yield from self._emit(*self._in_progress.popleft())
-
-    def _emit(self, decoding: concurrent.futures.Future, timestamp, window):
-        """The outputs of one decoded response, with its timestamp and window; counts them
-        (here, on the bundle's thread, where Beam metrics are recorded)."""
-        decoded = decoding.result()
-        if decoded.safe_path:
-            self._safe_path.inc()
-        self._decode_failures.inc(len(decoded.dead_letters))
-        self._decoded.inc(len(decoded.batch))
-        for letter in decoded.dead_letters:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, WindowedValue(letter, timestamp, (window,)))
-        yield WindowedValue(decoded.batch, timestamp, (window,))
-
-    def _decode(self, raw: RawPoll) -> _Decoded:
+    def decode(self, raw: RawPoll) -> _Decoded:
         """One response to its ChangeBatch and dead letters (on a decoding thread)."""
         if raw.schema:
             return self._decode_earlier(raw)
@@ -145,11 +110,13 @@ class DecodePollsFn(beam.DoFn):
             batch = batch.filter(pa.array(keep))
             letters = [
                 DeadLetter(
-                    self._source_table, raw.poll_group, int(positions[row]), int(ops[row]), record_bytes(row), str(reason)
+                    self._source_table, raw.poll_group, int(positions[row]), int(ops[row]), record_bytes(row), str(reason),
+                    self._table_label,
                 )
                 for row, reason in sorted(bad.items())
             ]
-        return _Decoded(ChangeBatch(self._source_table, raw.poll_group, raw.poll_time, batch), letters, safe_path)
+        batch = ChangeBatch(self._source_table, raw.poll_group, raw.poll_time, batch, self._table_label)
+        return _Decoded(batch, letters, safe_path)
 
     def _decode_earlier(self, raw: RawPoll) -> _Decoded:
         """A response polled under an earlier ``source.schema`` (journaled before it changed):
@@ -158,10 +125,11 @@ class DecodePollsFn(beam.DoFn):
         earlier = self._earlier.get(raw.schema)
         if earlier is None:
             schema = SourceSchema.parse(raw.schema, self._schema.primary_key)
-            earlier = DecodePollsFn(schema, self._source_table, self._encoding, self._empty_as_null, self._bucket_count)
-            earlier._prepare()
+            earlier = TableDecoder(schema, self._source_table, self._encoding, self._empty_as_null, self._bucket_count,
+                                   self._table_label)
+            earlier.setup()
             self._earlier[raw.schema] = earlier
-        decoded = earlier._decode(dataclasses.replace(raw, schema=""))
+        decoded = earlier.decode(dataclasses.replace(raw, schema=""))
         records = decoded.batch.records
         image = self._records_schema.field("after").type
         arrays = [*records.columns[:4], *(_conform_images(records.column(name), image) for name in ("before", "after"))]
@@ -249,6 +217,58 @@ class DecodePollsFn(beam.DoFn):
         else:
             buckets = np.abs(hashes.astype(np.int64)) % self._bucket_count
         return pa.array(buckets.astype(np.int32), mask=~(has_after | has_before))
+
+
+# The main output's type: Beam then moves it with ChangeBatchCoder.
+@beam.typehints.with_output_types(ChangeBatch)
+class DecodePollsFn(beam.DoFn):
+    """Decodes each raw poll into a ChangeBatch by its table's :class:`TableDecoder`
+    (``RawPoll.table_label`` picks it); undecodable records become dead letters.
+
+    Responses are decoded on a thread per core while the bundle goes on (numpy
+    and Arrow release the GIL for much of the work) and leave in arrival order,
+    each with its own timestamp and window, by the end of the bundle at the latest.
+    """
+
+    def __init__(self, tables: typing.Mapping[str, TableDecoder]):
+        self._tables = dict(tables)
+
+    def setup(self):
+        for table in self._tables.values():
+            table.setup()
+        self._threads = os.cpu_count() or 1
+        self._decoders = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="pixels-decode")
+
+    def teardown(self):
+        self._decoders.shutdown(wait=True)
+
+    def start_bundle(self):
+        # Responses being decoded, in arrival order: (table, future decode, timestamp, window).
+        self._in_progress: collections.deque = collections.deque()
+
+    def process(self, raw: RawPoll, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        """Start decoding ``raw``; emit, in order, the responses already decoded (up to one per
+        decoding thread stays in progress, the rest wait for :meth:`finish_bundle`)."""
+        table = self._tables[raw.table_label]
+        self._in_progress.append((table, self._decoders.submit(table.decode, raw), timestamp, window))
+        while self._in_progress and (len(self._in_progress) > self._threads or self._in_progress[0][1].done()):
+            yield from self._emit(*self._in_progress.popleft())
+
+    def finish_bundle(self):
+        while self._in_progress:
+            yield from self._emit(*self._in_progress.popleft())
+
+    def _emit(self, table: TableDecoder, decoding: concurrent.futures.Future, timestamp, window):
+        """The outputs of one decoded response, with its timestamp and window; counts them in its
+        table's metrics (here, on the bundle's thread, where Beam metrics are recorded)."""
+        decoded = decoding.result()
+        if decoded.safe_path:
+            table.safe_path.inc()
+        table.decode_failures.inc(len(decoded.dead_letters))
+        table.decoded.inc(len(decoded.batch))
+        for letter in decoded.dead_letters:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, WindowedValue(letter, timestamp, (window,)))
+        yield WindowedValue(decoded.batch, timestamp, (window,))
 
 
 def _conform_images(images: pa.StructArray, image_type: pa.StructType) -> pa.StructArray:

@@ -127,11 +127,19 @@ def _group_dir(group: int) -> str:
 
 
 class TrimJournal(beam.PTransform):
-    """After each commit (a ``CommitResult``), delete the journal segments it covers."""
+    """After each commit (a ``CommitResult``), delete the journal segments it covers. In a job of
+    several tables ``location`` maps each table's label to its journal (``CommitResult.table_label``
+    picks it; a table without one is left out)."""
 
-    def __init__(self, location: str):
+    def __init__(self, location: str | typing.Mapping[str, str]):
         super().__init__()
-        self._journal = PollJournal(location)
+        locations = dict(location) if isinstance(location, typing.Mapping) else {"": location}
+        self._journals = {label: PollJournal(where) for label, where in locations.items()}
 
     def expand(self, commits):
-        return commits | "TrimCommitted" >> beam.Map(lambda result, journal: journal.trim(result.positions), self._journal)
+        return commits | "TrimCommitted" >> beam.Map(_trim, self._journals)
+
+
+def _trim(result, journals: typing.Mapping[str, PollJournal]) -> int:
+    journal = journals.get(result.table_label)
+    return journal.trim(result.positions) if journal is not None else 0

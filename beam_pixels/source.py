@@ -1,11 +1,12 @@
-"""``ReadFromPixels``: poll a Pixels sink server without end and decode its change records.
+"""``ReadFromPixels``: poll a Pixels sink server without end and decode its change records
+(``ReadTablesFromPixels``: several tables' through the same steps).
 
 Shape::
 
-    Create(one PollGroup per group of buckets)
+    Create(one PollGroup per group of buckets, of every table)
       -> ParDo(_PollPixelsFn)   splittable, unbounded per element; emits each poll
                                 response as bytes (a wire.RawPoll), claiming its
-                                record positions
+                                record positions; a _TablePoller per table
       -> ParDo(DecodePollsFn)   bytes -> ChangeBatch (Arrow), bad records to the
                                 ``dead_letters`` output (see beam_pixels.decode)
 
@@ -51,8 +52,9 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from beam_pixels.buckets import DEFAULT_BUCKET_COUNT, partition_buckets
 from beam_pixels.client import Outage, PixelsClient, PixelsRetryDeadlineError, PixelsStoppedError
 from beam_pixels.codec import BINARY
-from beam_pixels.decode import CHANGES, DEAD_LETTERS, METRICS_NAMESPACE, DecodePollsFn
+from beam_pixels.decode import CHANGES, DEAD_LETTERS, METRICS_NAMESPACE, DecodePollsFn, TableDecoder
 from beam_pixels.journal import PollJournal, Segment
+from beam_pixels.metrics import table_namespace
 from beam_pixels.schema import SourceSchema
 from beam_pixels.wire import RawPoll, count_records
 
@@ -76,13 +78,14 @@ def clear_local_stop() -> None:
 
 @dataclass(frozen=True)
 class PollGroup:
-    """The buckets one poller polls, and the position its next record gets (``round_key`` set:
-    the position the current round of its read starts at, see :class:`LocalRounds`)."""
+    """The buckets one poller polls of one table, and the position its next record gets
+    (``round_key`` set: the position the current round of its read starts at, see :class:`LocalRounds`)."""
 
     group_id: int
     buckets: tuple[int, ...]
     start_position: int = 0
     round_key: str = ""
+    table_label: str = ""  # the table's name in ``tables`` ("": the job's only table)
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,8 @@ class Bounds:
     ``stop_after_idle_ms`` applies to each poll group (time unreachable is not idle);
     ``max_duration_ms`` counts from the read's first call in the worker, for all its groups.
     ``drain_after`` (``time.time()``): from then on a poll group ends once the server had nothing
-    for it; the reads of one local round share it, so that a read the runner starts late (it runs
-    one table's steps after another's) still drains what waits for it, and then ends.
+    for it; the tables of one local round share it, so that a poll group the runner starts late (it
+    runs one poll group after another) still drains what waits for it, and then ends.
     ``max_records`` counts the records of all poll groups of one read together
     (in each worker process: exactly the run's total on in-process runners).
     """
@@ -315,9 +318,8 @@ class _Response:
         return self.start + self.count
 
 
-@beam.typehints.with_output_types(RawPoll)  # moved by RawPollCoder, not pickled
-class _PollPixelsFn(beam.DoFn):
-    """Polls one poll group per element and emits each non-empty response.
+class _TablePoller:
+    """Polls the poll groups of one table for :class:`_PollPixelsFn` and emits each non-empty response.
 
     One call polls until a response comes back empty, a bound ends the group, or
     ``max_call_ms`` (None: no limit) has passed; then it checkpoints. A poll the server
@@ -327,7 +329,8 @@ class _PollPixelsFn(beam.DoFn):
     is emitted (and decoded downstream), the next poll is already on its way on a
     fetch thread, journaled there before it is handed back, so the network, the
     server and the journal's disk overlap the decoding. A call never ends with a
-    poll in flight: every response drained from the server is emitted.
+    poll in flight: every response drained from the server is emitted. Its metrics are in
+    the table's namespace (:func:`~beam_pixels.metrics.table_namespace`).
     """
 
     def __init__(
@@ -340,24 +343,27 @@ class _PollPixelsFn(beam.DoFn):
         journal: PollJournal | None = None,
         max_call_ms: int | None = None,
         round_key: str = "",
+        table_label: str = "",
     ):
         self._server = server
         self._schema_name = schema_name
         self._table_name = table_name
         self._source_table = f"{schema_name}.{table_name}"  # names the table in log lines
+        self._table_label = table_label
         self._poll_interval_s = poll_interval_ms / 1000.0
         self._bounds = bounds
         self._round_key = round_key  # set: the bounds are the current local round's (LocalRounds)
         self._journal = journal
         self._max_call_s = math.inf if max_call_ms is None else max_call_ms / 1000.0
-        self._replayed = Metrics.counter(METRICS_NAMESPACE, "records_replayed")
-        self._polls = Metrics.counter(METRICS_NAMESPACE, "polls")
-        self._empty_polls = Metrics.counter(METRICS_NAMESPACE, "empty_polls")
-        self._records = Metrics.counter(METRICS_NAMESPACE, "records")
-        self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes")
-        self._stopped_idle = Metrics.counter(METRICS_NAMESPACE, "groups_stopped_idle")
-        self._stopped_at_limit = Metrics.counter(METRICS_NAMESPACE, "groups_stopped_at_max_records")
-        self._poll_failures = Metrics.counter(METRICS_NAMESPACE, "poll_failures")
+        namespace = table_namespace(METRICS_NAMESPACE, table_label)
+        self._replayed = Metrics.counter(namespace, "records_replayed")
+        self._polls = Metrics.counter(namespace, "polls")
+        self._empty_polls = Metrics.counter(namespace, "empty_polls")
+        self._records = Metrics.counter(namespace, "records")
+        self._bytes = Metrics.counter(namespace, "bytes")
+        self._stopped_idle = Metrics.counter(namespace, "groups_stopped_idle")
+        self._stopped_at_limit = Metrics.counter(namespace, "groups_stopped_at_max_records")
+        self._poll_failures = Metrics.counter(namespace, "poll_failures")
 
     def setup(self):
         if self._round_key:
@@ -384,11 +390,8 @@ class _PollPixelsFn(beam.DoFn):
         self._fetcher.shutdown(wait=True)
         self._client.close()
 
-    def process(self, group: PollGroup, tracker=_RESTRICTION, watermark=_WATERMARK):
-        """Bounded polling: the group ends by itself, so the output is a bounded PCollection."""
-        yield from self._poll(group, tracker, watermark)
-
-    def _poll(self, group: PollGroup, tracker, watermark):
+    def poll(self, group: PollGroup, tracker, watermark):
+        """One call for ``group`` (a poll group of this table): see the class."""
         gid = group.group_id
         now = time.time()
         self._started = self._started or now
@@ -448,7 +451,8 @@ class _PollPixelsFn(beam.DoFn):
             goes_on = time.monotonic() < call_ends and self._polls_next(gid) and self._stop_reason(gid) is None
             if goes_on:  # poll on while this response is decoded downstream
                 next_response = self._fetcher.submit(self._fetch, group, response.end, give_up_at).result
-            yield TimestampedValue(RawPoll(gid, response.start, poll_time, response.payload, response.schema), poll_time)
+            raw = RawPoll(gid, response.start, poll_time, response.payload, response.schema, self._table_label)
+            yield TimestampedValue(raw, poll_time)
             if not goes_on:
                 tracker.defer_remainder()
                 return
@@ -579,16 +583,35 @@ class _PollPixelsFn(beam.DoFn):
 
 
 
-class _UnboundedPollPixelsFn(_PollPixelsFn):
-    """Polling without end: the output is an unbounded PCollection (streaming runners).
-    Each call checkpoints after at most :data:`UNBOUNDED_MAX_CALL_MS` by default."""
+@beam.typehints.with_output_types(RawPoll)  # moved by RawPollCoder, not pickled
+class _PollPixelsFn(beam.DoFn):
+    """Polls one poll group per element, of any table of the read (``PollGroup.table_label``
+    picks its :class:`_TablePoller`), and emits each non-empty response, labelled by its table.
 
-    def __init__(self, *args, max_call_ms: int | None = UNBOUNDED_MAX_CALL_MS, **kwargs):
-        super().__init__(*args, max_call_ms=max_call_ms, **kwargs)
+    Bounded polling: every group ends by itself, so the output is a bounded PCollection.
+    """
+
+    def __init__(self, tables: typing.Mapping[str, _TablePoller]):
+        self._tables = dict(tables)
+
+    def setup(self):
+        for table in self._tables.values():
+            table.setup()
+
+    def teardown(self):
+        for table in self._tables.values():
+            table.teardown()
+
+    def process(self, group: PollGroup, tracker=_RESTRICTION, watermark=_WATERMARK):
+        yield from self._tables[group.table_label].poll(group, tracker, watermark)
+
+
+class _UnboundedPollPixelsFn(_PollPixelsFn):
+    """Polling without end: the output is an unbounded PCollection (streaming runners)."""
 
     @beam.DoFn.unbounded_per_element()
     def process(self, group: PollGroup, tracker=_RESTRICTION, watermark=_WATERMARK):
-        yield from self._poll(group, tracker, watermark)
+        yield from self._tables[group.table_label].poll(group, tracker, watermark)
 
 
 def _finish(tracker) -> None:
@@ -616,6 +639,8 @@ class ReadFromPixels(beam.PTransform):
     replays what lies at or after the start positions (see :mod:`beam_pixels.journal`).
     ``round_key`` makes a read that a local run runs again each round: its bounds and start
     positions are the ones :data:`LOCAL_ROUNDS` holds for that key when a run starts.
+    ``table_label`` names the table in a job of several (:class:`ReadTablesFromPixels`): its
+    elements carry it, and its metrics' namespace ends with it.
     """
 
     def __init__(
@@ -635,6 +660,7 @@ class ReadFromPixels(beam.PTransform):
         start_positions: typing.Mapping[int, int] | None = None,
         journal: str | None = None,
         round_key: str = "",
+        table_label: str = "",
     ):
         super().__init__()
         self._journal = PollJournal(journal, str(schema)) if journal else None
@@ -643,7 +669,7 @@ class ReadFromPixels(beam.PTransform):
         self._schema_name = schema_name
         self._table_name = table_name
         self._groups = [
-            PollGroup(i, tuple(b), (start_positions or {}).get(i, 0), round_key)
+            PollGroup(i, tuple(b), (start_positions or {}).get(i, 0), round_key, table_label)
             for i, b in enumerate(partition_buckets(list(buckets), parallelism))
         ]
         self._poll_interval_ms = poll_interval_ms
@@ -652,11 +678,12 @@ class ReadFromPixels(beam.PTransform):
         self._empty_as_null = empty_as_null
         self._bucket_count = bucket_count
         self._round_key = round_key
+        self._table_label = table_label
 
     @classmethod
     def from_config(
         cls, config, *, start_positions=None, max_duration_ms: int = 0, drain_after: float = 0.0,
-        journal: str | None = None, round_key: str = "",
+        journal: str | None = None, round_key: str = "", table_label: str = "",
     ) -> "ReadFromPixels":
         """Build from a :class:`beam_pixels.config.PixelsConfig`."""
         return cls(
@@ -681,28 +708,71 @@ class ReadFromPixels(beam.PTransform):
             start_positions=start_positions,
             journal=journal,
             round_key=round_key,
+            table_label=table_label,
         )
 
     @property
     def poll_groups(self) -> list[PollGroup]:
         return list(self._groups)
 
-    def expand(self, pbegin):
-        source_table = f"{self._schema_name}.{self._table_name}"
-        poller = _PollPixelsFn if self._round_key or not self._bounds.unbounded else _UnboundedPollPixelsFn
-        return (
-            pbegin
-            | "PollGroups" >> beam.Create(self._groups)
-            | "Poll" >> beam.ParDo(
-                poller(
-                    self._server, self._schema_name, self._table_name, self._poll_interval_ms, self._bounds, self._journal,
-                    round_key=self._round_key,
-                )
-            )
-            | "Decode" >> beam.ParDo(
-                DecodePollsFn(self._schema, source_table, self._encoding, self._empty_as_null, self._bucket_count)
-            ).with_outputs(DEAD_LETTERS, main=CHANGES)
+    @property
+    def table_label(self) -> str:
+        return self._table_label
+
+    @property
+    def polls_without_end(self) -> bool:
+        """Whether this read never ends by itself (no bounds, no local round)."""
+        return not self._round_key and self._bounds.unbounded
+
+    def _poller(self, max_call_ms: int | None) -> _TablePoller:
+        return _TablePoller(
+            self._server, self._schema_name, self._table_name, self._poll_interval_ms, self._bounds, self._journal,
+            max_call_ms, self._round_key, self._table_label,
         )
+
+    def _decoder(self) -> TableDecoder:
+        source_table = f"{self._schema_name}.{self._table_name}"
+        return TableDecoder(self._schema, source_table, self._encoding, self._empty_as_null, self._bucket_count,
+                            self._table_label)
+
+    def expand(self, pbegin):
+        return _read(pbegin, [self])
+
+
+class ReadTablesFromPixels(beam.PTransform):
+    """Read the change streams of several tables (a :class:`ReadFromPixels` each, with its own
+    ``table_label``) through one set of steps, as :class:`ReadFromPixels` reads one: one poller
+    over every table's poll groups, one decoder. Each table keeps its own server, schema, poll
+    groups, bounds and journal; every element carries its table's label (``PollGroup``,
+    ``ChangeBatch`` and ``DeadLetter.table_label``), and each table's metrics are in a namespace of
+    its own (``beam_pixels.source.<label>``). So the steps, and what a runner pays per step and
+    bundle, do not grow with the tables. The output is bounded unless some table polls without end.
+    """
+
+    def __init__(self, reads: typing.Sequence[ReadFromPixels]):
+        super().__init__()
+        labels = [read.table_label for read in reads]
+        if not labels or len(set(labels)) != len(labels):
+            raise ValueError(f"ReadTablesFromPixels needs reads with distinct table labels, got {labels}")
+        self._reads = list(reads)
+
+    def expand(self, pbegin):
+        return _read(pbegin, self._reads)
+
+
+def _read(pbegin, reads: typing.Sequence[ReadFromPixels]):
+    """The steps of :class:`ReadFromPixels` and :class:`ReadTablesFromPixels`."""
+    without_end = any(read.polls_without_end for read in reads)
+    poller = _UnboundedPollPixelsFn if without_end else _PollPixelsFn
+    max_call_ms = UNBOUNDED_MAX_CALL_MS if without_end else None
+    return (
+        pbegin
+        | "PollGroups" >> beam.Create([group for read in reads for group in read.poll_groups])
+        | "Poll" >> beam.ParDo(poller({read.table_label: read._poller(max_call_ms) for read in reads}))
+        | "Decode" >> beam.ParDo(
+            DecodePollsFn({read.table_label: read._decoder() for read in reads})
+        ).with_outputs(DEAD_LETTERS, main=CHANGES)
+    )
 
 
 class ExplodeChanges(beam.PTransform):

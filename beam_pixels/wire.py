@@ -106,6 +106,7 @@ class RawPoll:
     ``schema`` is empty for a response of the pipeline's ``source.schema``; a journaled
     response polled under another one (replayed after ``source.schema`` changed) carries
     the columns it was polled under, as ``str(SourceSchema)``, so that it is decoded by them.
+    ``table_label`` names its table in a job of several (``""``: the job's only table).
     """
 
     poll_group: int
@@ -113,29 +114,35 @@ class RawPoll:
     poll_time: float
     payload: bytes
     schema: str = ""
+    table_label: str = ""
 
 
 class RawPollCoder(beam.coders.Coder):
-    """A RawPoll as a fixed header, the schema (UTF-8, usually empty) and the payload. Registered
-    for :class:`RawPoll`; its size is known without encoding (Beam samples element sizes for its metrics)."""
+    """A RawPoll as a fixed header, the schema and the table label (UTF-8, usually empty) and the
+    payload. Registered for :class:`RawPoll`; its size is known without encoding (Beam samples
+    element sizes for its metrics)."""
 
-    _HEADER = struct.Struct(">qqdI")  # poll_group, start_position, poll_time, bytes of the schema
+    # poll_group, start_position, poll_time, bytes of the schema, bytes of the table label
+    _HEADER = struct.Struct(">qqdII")
 
     def encode(self, poll: RawPoll) -> bytes:
-        schema = poll.schema.encode()
-        return self._HEADER.pack(poll.poll_group, poll.start_position, poll.poll_time, len(schema)) + schema + poll.payload
+        schema, label = poll.schema.encode(), poll.table_label.encode()
+        header = self._HEADER.pack(poll.poll_group, poll.start_position, poll.poll_time, len(schema), len(label))
+        return header + schema + label + poll.payload
 
     def decode(self, encoded: bytes) -> RawPoll:
-        poll_group, start_position, poll_time, schema_size = self._HEADER.unpack_from(encoded)
-        payload_start = self._HEADER.size + schema_size
-        schema = encoded[self._HEADER.size : payload_start].decode()
-        return RawPoll(poll_group, start_position, poll_time, encoded[payload_start:], schema)
+        poll_group, start_position, poll_time, schema_size, label_size = self._HEADER.unpack_from(encoded)
+        label_start = self._HEADER.size + schema_size
+        payload_start = label_start + label_size
+        schema = encoded[self._HEADER.size : label_start].decode()
+        label = encoded[label_start:payload_start].decode()
+        return RawPoll(poll_group, start_position, poll_time, encoded[payload_start:], schema, label)
 
     def is_deterministic(self) -> bool:
         return True
 
     def estimate_size(self, poll: RawPoll) -> int:
-        return self._HEADER.size + len(poll.schema) + len(poll.payload)
+        return self._HEADER.size + len(poll.schema) + len(poll.table_label) + len(poll.payload)
 
     def to_type_hint(self):
         return RawPoll

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         return 2
     if config.table_labels:
         print("configuration error: tables is set; this file runs one table: use beam-pixels run, or "
-              "beam_pixels.app.build_pipeline(..., table=name) once per table (docs/many-tables.md)", file=sys.stderr)
+              "beam_pixels.app.build_pipeline(p, config.tables(), ...) (docs/many-tables.md)", file=sys.stderr)
         return 2
 
     # Resume numbering where the table's last commit left off (and replay the journal from there).

@@ -10,7 +10,7 @@ from pyiceberg.catalog import load_catalog
 from beam_pixels.changes import ChangeBatch, Op, op_counts
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.schema import SourceSchema
-from beam_pixels.sinks.committing import WriteChanges, _CommitFn, _PreparedPart
+from beam_pixels.sinks.committing import WriteChanges, _PreparedPart, _TableCommitter
 from beam_pixels.sinks.iceberg import IcebergTableWriter
 
 SCHEMA = SourceSchema.parse("id:BIGINT,name:STRING", ["id"])
@@ -54,7 +54,7 @@ def _part(group, first, end):
 
 
 def test_the_committer_drops_parts_the_table_holds_and_refuses_half_committed_ones(tmp_path):
-    committer = _CommitFn(IcebergTableWriter(SCHEMA, "db.orders", _properties(tmp_path)), retries=0)
+    committer = _TableCommitter(IcebergTableWriter(SCHEMA, "db.orders", _properties(tmp_path)), retries=0)
     last = Checkpoint(4, {0: 10, 1: 5})
     fresh, covered = _part(0, 10, 20), _part(1, 0, 5)
     assert committer._not_yet_committed([fresh, covered], last) == [fresh]

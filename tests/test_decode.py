@@ -16,7 +16,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beam_pixels.buckets import bucket_of, key_bytes, murmur3_32_of_ranges
 from beam_pixels.changes import ChangeBatch, ChangeBatchCoder, concat_records
 from beam_pixels.codec import RowCodec
-from beam_pixels.decode import DEAD_LETTERS, DecodePollsFn
+from beam_pixels.decode import DEAD_LETTERS, DecodePollsFn, TableDecoder
 from beam_pixels.protocol import sink_lazy_pb2, sink_pb2
 from beam_pixels.schema import SourceSchema
 from beam_pixels.testing.encoding import encode_row
@@ -57,14 +57,15 @@ def _cdc_records(schema, n=300, seed=0):
 
 def _decode(schema, payload, *, safe: bool, **kwargs):
     """Every output of ``DecodePollsFn.process``: (batches, dead letters)."""
-    fn = DecodePollsFn(schema, "public.orders", kwargs.get("encoding", "binary"), kwargs.get("empty_as_null", False), 128)
+    table = TableDecoder(schema, "public.orders", kwargs.get("encoding", "binary"), kwargs.get("empty_as_null", False), 128)
+    fn = DecodePollsFn({"": table})
     fn.setup()
     fast_taken = []
     if safe:
-        fn._decode_fast = lambda raw: None
+        table._decode_fast = lambda raw: None
     else:
-        original = fn._decode_fast
-        fn._decode_fast = lambda raw: fast_taken.append(original(raw)) or fast_taken[-1]
+        original = table._decode_fast
+        table._decode_fast = lambda raw: fast_taken.append(original(raw)) or fast_taken[-1]
     fn.start_bundle()
     outputs = [*fn.process(RawPoll(3, 1000, 12.5, payload), Timestamp(12.5), GlobalWindow()), *fn.finish_bundle()]
     fn.teardown()
@@ -414,7 +415,7 @@ def test_change_batch_coder_estimates_size_without_encoding(monkeypatch):
 def test_responses_decoded_in_parallel_leave_in_order_with_their_timestamps_and_windows():
     schema = SourceSchema.parse("id:BIGINT, name:STRING", ["id"])
     codec = RowCodec(schema)
-    fn = DecodePollsFn(schema, "public.orders", "binary", False, 128)
+    fn = DecodePollsFn({"": TableDecoder(schema, "public.orders", "binary", False, 128)})
     fn.setup()
     fn.start_bundle()
     outputs, position = [], 0

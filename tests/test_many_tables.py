@@ -300,3 +300,25 @@ def test_a_table_whose_server_is_away_does_not_hold_the_others_commits(tmp_path,
     finally:
         away.stop()
         streams.stop()
+
+
+def test_the_steps_of_a_job_do_not_grow_with_its_tables(tmp_path):
+    """Every table goes through the same steps: a job of ten tables makes as many of the local
+    runner's stages (bundle processors, each round) as a job of three."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    def stages(count: int) -> tuple[int, list[str]]:
+        names = [f"t{i}" for i in range(count)]
+        props = {"pixels.server.port": "50051", "iceberg.catalog.warehouse": str(tmp_path / "warehouse"),
+                 "tables": ",".join(names), **{f"table.{n}.source.schema": TABLES["orders"][0] for n in names}}
+        p = beam.Pipeline(runner=FnApiRunner())
+        app.build_pipeline(p, PixelsConfig.from_properties(props).tables(), local_run=True,
+                           round_keys={n: n for n in names})  # as a local run builds it
+        proto = p.to_runner_api()
+        polls = [t.unique_name for t in proto.components.transforms.values() if t.unique_name.endswith("/Poll")]
+        return len(FnApiRunner().create_stages(proto)[1]), polls
+
+    (three, polls), (ten, _) = stages(3), stages(10)
+    assert three == ten, f"{three} stages for 3 tables, {ten} for 10"
+    assert polls == ["ReadFromPixels/Poll"]

@@ -27,6 +27,7 @@ from beam_pixels.source import (
     ServerOptions,
     _PollPixelsFn,
     _PollRestrictionProvider,
+    _TablePoller,
 )
 
 EVERY_TYPE = SourceSchema.parse(
@@ -301,7 +302,7 @@ def test_during_an_outage_each_call_ends_on_time_with_the_watermark_at_the_clock
         assert outputs == [] and residual.start == restriction.start == 40  # a failed poll claims nothing
         assert watermark.current_watermark() >= before  # so windows up to now can fire
         restriction = residual
-    assert fn._client.failed_polls >= 1
+    assert fn._tables[""]._client.failed_polls >= 1
 
     outage_watermark = watermark.current_watermark()
     server.start()  # same port, queues kept
@@ -328,7 +329,7 @@ def test_a_bounded_read_ends_at_its_max_duration_while_the_server_is_down(server
 
 
 def _poller(server, bounds, **kwargs):
-    fn = _PollPixelsFn(ServerOptions("127.0.0.1", server.port), "public", "orders", 10, bounds, **kwargs)
+    fn = _PollPixelsFn({"": _TablePoller(ServerOptions("127.0.0.1", server.port), "public", "orders", 10, bounds, **kwargs)})
     fn.setup()
     return fn
 

@@ -27,10 +27,11 @@ from apache_beam.transforms import window as beam_window
 from beam_pixels.changes import ChangeBatch, OpCounts, concat_records, op_counts
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.errors import ConfigError
+from beam_pixels.metrics import SINK, table_namespace
 from beam_pixels.schema import SourceSchema
 
 _LOG = logging.getLogger(__name__)
-METRICS_NAMESPACE = "beam_pixels.sink"
+METRICS_NAMESPACE = SINK
 
 
 DEFAULT_DATABASE = "pixels"
@@ -180,6 +181,7 @@ class CommitResult:
     skipped: int
     seconds: float
     positions: dict[int, int]
+    table_label: str = ""  # the table's name in ``tables`` ("": the job's only table)
 
     def summary(self) -> str:
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
@@ -302,110 +304,181 @@ class WriteChanges(beam.PTransform):
         """The table writer this transform commits with (e.g. to read the last checkpoint)."""
         return self._writer
 
+    @property
+    def window_ms(self) -> int | None:
+        return self._window_ms
+
+    @property
+    def commit_retries(self) -> int:
+        return self._retries
+
     def expand(self, batches):
-        if self._window_ms:
-            windowing = beam_window.FixedWindows(self._window_ms / 1000.0)
-        else:
-            windowing = beam_window.GlobalWindows()
-        table = self._writer.table_name
-        return (
-            batches
-            | "Window" >> beam.WindowInto(windowing)
-            | "KeyByPollGroup"
-            >> beam.Map(lambda batch: ((table, batch.poll_group), batch)).with_output_types(
-                typing.Tuple[typing.Tuple[str, int], ChangeBatch]  # batches keep their compact Arrow coder
-            )
-            | "GatherPerPollGroup" >> beam.GroupByKey()
-            | "WriteDataFiles" >> beam.ParDo(_PrepareFn(self._writer))
-            | "GatherPerTable" >> beam.GroupByKey()
-            | "Commit" >> beam.ParDo(_CommitFn(self._writer, self._retries))
+        return _write(batches, {"": self}, self._window_ms)
+
+
+class WriteTables(beam.PTransform):
+    """Commit the ``ChangeBatch`` es of several tables of a job, each as its own :class:`WriteChanges`
+    would (its writer, sink and commit retries), through one set of steps.
+
+    ``writes`` maps each table's label to its write; a batch's ``table_label`` picks it. Each
+    table still commits on its own, once per window, with its own batch ids and positions, exactly
+    once; its :class:`CommitResult` carries its label, and its metrics are in the namespace
+    ``beam_pixels.sink.<label>``. The tables share the steps, so what a runner pays per step and
+    bundle does not grow with them; they also share the committer, so a table whose commit is
+    retried (a catalog away, conflicts) holds back the commits after it by as long.
+    """
+
+    def __init__(self, writes: typing.Mapping[str, WriteChanges]):
+        super().__init__()
+        windows = {write.window_ms for write in writes.values()}
+        if len(windows) != 1:
+            raise ValueError(f"WriteTables needs writes of one window length, got {sorted(map(str, windows))}")
+        self._writes = dict(writes)
+        self._window_ms = windows.pop()
+
+    def expand(self, batches):
+        return _write(batches, self._writes, self._window_ms)
+
+
+def _write(batches, writes: typing.Mapping[str, WriteChanges], window_ms: int | None):
+    """The steps of :class:`WriteChanges` and :class:`WriteTables`."""
+    if window_ms:
+        windowing = beam_window.FixedWindows(window_ms / 1000.0)
+    else:
+        windowing = beam_window.GlobalWindows()
+    return (
+        batches
+        | "Window" >> beam.WindowInto(windowing)
+        | "KeyByPollGroup"
+        >> beam.Map(lambda batch: ((batch.table_label, batch.poll_group), batch)).with_output_types(
+            typing.Tuple[typing.Tuple[str, int], ChangeBatch]  # batches keep their compact Arrow coder
         )
+        | "GatherPerPollGroup" >> beam.GroupByKey()
+        | "WriteDataFiles" >> beam.ParDo(_PrepareFn({label: write.writer for label, write in writes.items()}))
+        | "GatherPerTable" >> beam.GroupByKey()
+        | "Commit" >> beam.ParDo(_CommitFn({
+            label: _TableCommitter(write.writer, write.commit_retries, label) for label, write in writes.items()
+        }))
+    )
+
+
+def _of_table(tables: typing.Mapping[str, typing.Any], label: str) -> typing.Any:
+    """What ``tables`` holds for the table labelled ``label``; an error names a table without one."""
+    found = tables.get(label)
+    if found is None:
+        raise KeyError(f"a batch of table {label!r} reached a write of the tables {sorted(tables)}; "
+                       "label each read as its write (table_label)")
+    return found
 
 
 class _PrepareFn(beam.DoFn):
-    """Writes one poll group's uncommitted changes of a window to data files."""
+    """Writes one poll group's uncommitted changes of a window to data files, by its table's writer."""
 
-    def __init__(self, writer: TableWriter):
-        self._writer = writer
-        self._skipped = Metrics.counter(METRICS_NAMESPACE, "rows_skipped_as_committed")
-        self._latency = Metrics.distribution(METRICS_NAMESPACE, "write_data_files_ms")
+    def __init__(self, writers: typing.Mapping[str, TableWriter]):
+        self._writers = dict(writers)
+        namespaces = {label: table_namespace(METRICS_NAMESPACE, label) for label in writers}
+        self._skipped = {label: Metrics.counter(ns, "rows_skipped_as_committed") for label, ns in namespaces.items()}
+        self._latency = {label: Metrics.distribution(ns, "write_data_files_ms") for label, ns in namespaces.items()}
 
     def setup(self):
-        self._writer.retrying("open the table", self._writer.open)
+        self._opened: set[str] = set()  # a table's writer opens when it first has changes here
 
     def teardown(self):
-        self._writer.close()
+        for label in self._opened:
+            self._writers[label].close()
 
     def process(self, element):
-        (table, poll_group), batches = element
+        (label, poll_group), batches = element
+        writer = _of_table(self._writers, label)
+        if label not in self._opened:
+            writer.retrying("open the table", writer.open)
+            self._opened.add(label)
         started = time.monotonic()
-        records = concat_records(batches, self._writer.schema)
-        todo = self._writer.retrying("read the last checkpoint", self._writer.last_checkpoint).uncommitted(records)
+        records = concat_records(batches, writer.schema)
+        todo = writer.retrying("read the last checkpoint", writer.last_checkpoint).uncommitted(records)
         skipped = records.num_rows - todo.num_rows
-        self._skipped.inc(skipped)
+        self._skipped[label].inc(skipped)
         positions = todo.column("position").to_numpy()
-        handle = self._writer.prepare(todo) if todo.num_rows else None
+        handle = writer.prepare(todo) if todo.num_rows else None
         first, end = (int(positions[0]), int(positions[-1]) + 1) if todo.num_rows else (0, 0)
-        self._latency.update(int((time.monotonic() - started) * 1000))
-        yield table, _PreparedPart(poll_group, first, end, op_counts(todo), skipped, handle)
+        self._latency[label].update(int((time.monotonic() - started) * 1000))
+        yield label, _PreparedPart(poll_group, first, end, op_counts(todo), skipped, handle)
 
 
 class _CommitFn(beam.DoFn):
-    """Commits one table's prepared parts of a window, once."""
+    """Commits one table's prepared parts of a window, once, by the table's :class:`_TableCommitter`."""
 
-    def __init__(self, writer: TableWriter, retries: int):
-        self._writer = writer
-        self._retries = retries
-        self._commits = Metrics.counter(METRICS_NAMESPACE, "commits")
-        self._rows = Metrics.counter(METRICS_NAMESPACE, "rows_committed")
-        self._conflicts = Metrics.counter(METRICS_NAMESPACE, "commit_conflicts")
-        self._latency = Metrics.distribution(METRICS_NAMESPACE, "commit_ms")
+    def __init__(self, committers: typing.Mapping[str, _TableCommitter]):
+        self._committers = dict(committers)
 
     def setup(self):
-        self._writer.retrying("open the table", self._writer.open)
+        self._opened: set[str] = set()
 
     def teardown(self):
-        self._writer.close()
+        for label in self._opened:
+            self._committers[label].writer.close()
 
     def process(self, element):
+        label, parts = element
+        committer = _of_table(self._committers, label)
+        if label not in self._opened:
+            committer.writer.retrying("open the table", committer.writer.open)
+            self._opened.add(label)
+        yield from committer.commit(list(parts))
+
+
+class _TableCommitter:
+    """Commits one table's prepared parts of a window: retried on conflicts, replayed parts skipped."""
+
+    def __init__(self, writer: TableWriter, retries: int, table_label: str = ""):
+        self.writer = writer
+        self._retries = retries
+        self._table_label = table_label
+        namespace = table_namespace(METRICS_NAMESPACE, table_label)
+        self._commits = Metrics.counter(namespace, "commits")
+        self._rows = Metrics.counter(namespace, "rows_committed")
+        self._conflicts = Metrics.counter(namespace, "commit_conflicts")
+        self._latency = Metrics.distribution(namespace, "commit_ms")
+
+    def commit(self, every_part: list[_PreparedPart]):
+        """Commit the parts (yields the :class:`CommitResult`, unless the table held them all)."""
         started = time.monotonic()
-        every_part = list(element[1])
         skipped = sum(part.skipped for part in every_part)
         parts = [part for part in every_part if part.rows]
         for attempt in range(self._retries + 1):
             try:
                 # Each try reads the table's last checkpoint first: a commit whose outcome was
                 # unknown (the catalog went away mid-commit) is found there if it was applied.
-                done = self._writer.retrying("commit", lambda: self._commit_once(parts))
+                done = self.writer.retrying("commit", lambda: self._commit_once(parts))
             except CommitConflict as conflict:
                 self._conflicts.inc()
                 if attempt == self._retries:
                     raise RuntimeError(
-                        f"{self._writer.table_name}: gave up after {attempt + 1} conflicting commits; "
+                        f"{self.writer.table_name}: gave up after {attempt + 1} conflicting commits; "
                         f"raise the commit retries or stop the other writer"
                     ) from conflict
                 wait = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
-                _LOG.warning("%s: commit conflict (%s); refreshing and retrying in %.2fs", self._writer.table_name, conflict, wait)
+                _LOG.warning("%s: commit conflict (%s); refreshing and retrying in %.2fs", self.writer.table_name, conflict, wait)
                 time.sleep(wait)
                 continue
             if done is None:
-                _LOG.info("%s: all %d changes already committed; nothing to do", self._writer.table_name, skipped)
+                _LOG.info("%s: all %d changes already committed; nothing to do", self.writer.table_name, skipped)
                 return
             parts, checkpoint, snapshot_id = done
             result = self._report(parts, checkpoint, snapshot_id, skipped, time.monotonic() - started)
-            self._writer.after_commit()
+            self.writer.after_commit()
             yield result
             return
 
     def _commit_once(self, parts: list[_PreparedPart]) -> tuple[list[_PreparedPart], Checkpoint, int | None] | None:
         """Commit the parts the table does not hold yet on top of its last checkpoint: those
         parts, the new checkpoint and the snapshot id; None when it holds them all."""
-        last = self._writer.last_checkpoint()
+        last = self.writer.last_checkpoint()
         parts = self._not_yet_committed(parts, last)
         if not parts:
             return None
         checkpoint = last.advance_to({part.poll_group: part.end for part in parts})
-        return parts, checkpoint, self._writer.commit_prepared([part.handle for part in parts], checkpoint)
+        return parts, checkpoint, self.writer.commit_prepared([part.handle for part in parts], checkpoint)
 
     def _not_yet_committed(self, parts: list[_PreparedPart], last: Checkpoint) -> list[_PreparedPart]:
         """Parts whose positions the table does not hold yet. A part the table already
@@ -418,7 +491,7 @@ class _CommitFn(beam.DoFn):
                 continue
             if part.first < committed:
                 raise RuntimeError(
-                    f"{self._writer.table_name}: poll group {part.poll_group} positions {part.first}..{part.end - 1} "
+                    f"{self.writer.table_name}: poll group {part.poll_group} positions {part.first}..{part.end - 1} "
                     f"were written while another commit took them up to {committed - 1}; is a second pipeline "
                     f"writing this table? Stop it; a restart resumes from the table's positions"
                 )
@@ -431,7 +504,7 @@ class _CommitFn(beam.DoFn):
         self._rows.inc(rows)
         self._latency.update(int(seconds * 1000))
         result = CommitResult(
-            table=self._writer.table_name,
+            table=self.writer.table_name,
             batch_id=checkpoint.batch_id,
             snapshot_id=snapshot_id,
             rows=rows,
@@ -441,6 +514,7 @@ class _CommitFn(beam.DoFn):
             skipped=skipped,
             seconds=seconds,
             positions=dict(checkpoint.positions),
+            table_label=self._table_label,
         )
         _LOG.info(result.summary())
         return result
