@@ -336,9 +336,10 @@ class _PrepareFn(beam.DoFn):
     def teardown(self):
         self._writer.close()
 
-    def process(self, element):
+    def process(self, element, window=beam.DoFn.WindowParam):
         (table, poll_group), batches = element
         started = time.monotonic()
+        late = _after_end(window)
         records = concat_records(batches, self._writer.schema)
         todo = self._writer.retrying("read the last checkpoint", self._writer.last_checkpoint).uncommitted(records)
         skipped = records.num_rows - todo.num_rows
@@ -346,7 +347,9 @@ class _PrepareFn(beam.DoFn):
         positions = todo.column("position").to_numpy()
         handle = self._writer.prepare(todo) if todo.num_rows else None
         first, end = (int(positions[0]), int(positions[-1]) + 1) if todo.num_rows else (0, 0)
-        self._latency.update(int((time.monotonic() - started) * 1000))
+        seconds = time.monotonic() - started
+        self._latency.update(int(seconds * 1000))
+        _LOG.info("%s: wrote %d changes of poll group %d in %.3f s%s", table, todo.num_rows, poll_group, seconds, late)
         yield table, _PreparedPart(poll_group, first, end, op_counts(todo), skipped, handle)
 
 
@@ -367,8 +370,9 @@ class _CommitFn(beam.DoFn):
     def teardown(self):
         self._writer.close()
 
-    def process(self, element):
+    def process(self, element, window=beam.DoFn.WindowParam):
         started = time.monotonic()
+        late = _after_end(window)
         every_part = list(element[1])
         skipped = sum(part.skipped for part in every_part)
         parts = [part for part in every_part if part.rows]
@@ -392,7 +396,7 @@ class _CommitFn(beam.DoFn):
                 _LOG.info("%s: all %d changes already committed; nothing to do", self._writer.table_name, skipped)
                 return
             parts, checkpoint, snapshot_id = done
-            result = self._report(parts, checkpoint, snapshot_id, skipped, time.monotonic() - started)
+            result = self._report(parts, checkpoint, snapshot_id, skipped, time.monotonic() - started, late)
             self._writer.after_commit()
             yield result
             return
@@ -425,7 +429,7 @@ class _CommitFn(beam.DoFn):
             kept.append(part)
         return kept
 
-    def _report(self, parts, checkpoint: Checkpoint, snapshot_id, skipped: int, seconds: float) -> CommitResult:
+    def _report(self, parts, checkpoint: Checkpoint, snapshot_id, skipped: int, seconds: float, late: str) -> CommitResult:
         rows = sum(part.rows for part in parts)
         self._commits.inc()
         self._rows.inc(rows)
@@ -442,5 +446,13 @@ class _CommitFn(beam.DoFn):
             seconds=seconds,
             positions=dict(checkpoint.positions),
         )
-        _LOG.info(result.summary())
+        _LOG.info(result.summary() + late)
         return result
+
+
+def _after_end(window) -> str:
+    """How long after its window's end a stage started (streaming), for the log: where
+    the time between a window's end and its commit goes. Empty for the global window."""
+    if not isinstance(window, beam_window.IntervalWindow):
+        return ""
+    return f", started {time.time() - window.end.micros / 1e6:.2f} s after the window's end"
