@@ -387,13 +387,14 @@ class _PrepareFn(beam.DoFn):
         for label in self._opened:
             self._writers[label].close()
 
-    def process(self, element):
+    def process(self, element, window=beam.DoFn.WindowParam):
         (label, poll_group), batches = element
         writer = _of_table(self._writers, label)
         if label not in self._opened:
             writer.retrying("open the table", writer.open)
             self._opened.add(label)
         started = time.monotonic()
+        late = _after_end(window)
         records = concat_records(batches, writer.schema)
         todo = writer.retrying("read the last checkpoint", writer.last_checkpoint).uncommitted(records)
         skipped = records.num_rows - todo.num_rows
@@ -401,7 +402,10 @@ class _PrepareFn(beam.DoFn):
         positions = todo.column("position").to_numpy()
         handle = writer.prepare(todo) if todo.num_rows else None
         first, end = (int(positions[0]), int(positions[-1]) + 1) if todo.num_rows else (0, 0)
-        self._latency[label].update(int((time.monotonic() - started) * 1000))
+        seconds = time.monotonic() - started
+        self._latency[label].update(int(seconds * 1000))
+        _LOG.info("%s: wrote %d changes of poll group %d in %.3f s%s", writer.table_name, todo.num_rows, poll_group,
+                  seconds, late)
         yield label, _PreparedPart(poll_group, first, end, op_counts(todo), skipped, handle)
 
 
@@ -418,13 +422,13 @@ class _CommitFn(beam.DoFn):
         for label in self._opened:
             self._committers[label].writer.close()
 
-    def process(self, element):
+    def process(self, element, window=beam.DoFn.WindowParam):
         label, parts = element
         committer = _of_table(self._committers, label)
         if label not in self._opened:
             committer.writer.retrying("open the table", committer.writer.open)
             self._opened.add(label)
-        yield from committer.commit(list(parts))
+        yield from committer.commit(list(parts), _after_end(window))
 
 
 class _TableCommitter:
@@ -440,8 +444,9 @@ class _TableCommitter:
         self._conflicts = Metrics.counter(namespace, "commit_conflicts")
         self._latency = Metrics.distribution(namespace, "commit_ms")
 
-    def commit(self, every_part: list[_PreparedPart]):
-        """Commit the parts (yields the :class:`CommitResult`, unless the table held them all)."""
+    def commit(self, every_part: list[_PreparedPart], late: str = ""):
+        """Commit the parts (yields the :class:`CommitResult`, unless the table held them all);
+        ``late`` ends the log line (how long after its window's end the commit started)."""
         started = time.monotonic()
         skipped = sum(part.skipped for part in every_part)
         parts = [part for part in every_part if part.rows]
@@ -465,7 +470,7 @@ class _TableCommitter:
                 _LOG.info("%s: all %d changes already committed; nothing to do", self.writer.table_name, skipped)
                 return
             parts, checkpoint, snapshot_id = done
-            result = self._report(parts, checkpoint, snapshot_id, skipped, time.monotonic() - started)
+            result = self._report(parts, checkpoint, snapshot_id, skipped, time.monotonic() - started, late)
             self.writer.after_commit()
             yield result
             return
@@ -498,7 +503,7 @@ class _TableCommitter:
             kept.append(part)
         return kept
 
-    def _report(self, parts, checkpoint: Checkpoint, snapshot_id, skipped: int, seconds: float) -> CommitResult:
+    def _report(self, parts, checkpoint: Checkpoint, snapshot_id, skipped: int, seconds: float, late: str) -> CommitResult:
         rows = sum(part.rows for part in parts)
         self._commits.inc()
         self._rows.inc(rows)
@@ -516,5 +521,13 @@ class _TableCommitter:
             positions=dict(checkpoint.positions),
             table_label=self._table_label,
         )
-        _LOG.info(result.summary())
+        _LOG.info(result.summary() + late)
         return result
+
+
+def _after_end(window) -> str:
+    """How long after its window's end a stage started (streaming), for the log: where
+    the time between a window's end and its commit goes. Empty for the global window."""
+    if not isinstance(window, beam_window.IntervalWindow):
+        return ""
+    return f", started {time.time() - window.end.micros / 1e6:.2f} s after the window's end"
