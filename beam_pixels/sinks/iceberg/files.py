@@ -39,6 +39,8 @@ _DELETE_SCHEMA = pa.schema(
         pa.field("pos", pa.int64(), nullable=False, metadata={b"PARQUET:field_id": str(DELETE_POS_ID).encode()}),
     ]
 )
+# The columns of a position-delete file as read (without the field ids).
+_POSITIONS = pa.schema([("file_path", pa.string()), ("pos", pa.int64())])
 # Rows below which a write is not split across cores (no small files for small commits).
 MIN_ROWS_PER_FILE = 100_000
 
@@ -181,12 +183,19 @@ def read_parquet(table: Table, path: str, columns: list[str] | None = None) -> p
         return pq.read_table(stream, columns=columns)
 
 
-def read_position_deletes(table: Table, delete_files: list[DataFile]) -> pa.Table:
+def read_delete_files(table: Table, delete_files: typing.Sequence[DataFile]) -> list[pa.Table]:
+    """The ``(file_path, pos)`` rows of each of ``delete_files``, read at once (pyarrow reads
+    Parquet without the GIL; a partitioned table has a delete file per partition per commit)."""
+    def read(delete_file: DataFile) -> pa.Table:
+        return read_parquet(table, delete_file.file_path, ["file_path", "pos"]).cast(_POSITIONS)
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="iceberg-deletes") as pool:
+        return list(pool.map(read, delete_files))
+
+
+def read_position_deletes(table: Table, delete_files: typing.Sequence[DataFile]) -> pa.Table:
     """Every ``(file_path, pos)`` of ``delete_files``."""
-    parts = [read_parquet(table, f.file_path, ["file_path", "pos"]) for f in delete_files]
-    if not parts:
-        return pa.table({"file_path": pa.array([], pa.string()), "pos": pa.array([], pa.int64())})
-    return pa.concat_tables([p.cast(pa.schema([("file_path", pa.string()), ("pos", pa.int64())])) for p in parts])
+    return pa.concat_tables([_POSITIONS.empty_table(), *read_delete_files(table, delete_files)])
 
 
 def positions_by_path(deletes: pa.Table) -> dict[str, np.ndarray]:

@@ -314,7 +314,7 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     or data files no longer in the table), with all manifests merged; or only merge
     manifests when there are many."""
     data, delete_files, report.manifests = _live_files(table)
-    per_file = {f.file_path: files.read_parquet(table, f.file_path, ["file_path", "pos"]) for f in delete_files}
+    per_file = dict(zip((f.file_path for f in delete_files), files.read_delete_files(table, delete_files)))
     all_deletes = pa.concat_tables(per_file.values()) if per_file else files.read_position_deletes(table, [])
     deleted = files.positions_by_path(all_deletes)
     chosen = _choose(data, deleted, settings)
