@@ -4,6 +4,9 @@ merge-on-read and maintenance tests (pyiceberg and DuckDB read the result)."""
 from __future__ import annotations
 
 import random
+import threading
+
+from pyiceberg.io.pyarrow import PyArrowFileIO
 
 from beam_pixels.changes import ChangeBatch, Op, concat_records
 from beam_pixels.schema import SourceSchema
@@ -16,6 +19,20 @@ REGIONAL = SourceSchema.parse("region:VARCHAR(8), id:INT, qty:INT, note:STRING",
 
 def sql_catalog(tmp_path) -> dict[str, str]:
     return {"type": "sql", "warehouse": f"file://{tmp_path}/warehouse"}
+
+
+class CountingFileIO(PyArrowFileIO):
+    """pyiceberg's file IO, counting the Avro files (manifest lists and manifests) every
+    instance opens: a catalog given ``py-io-impl=iceberg_stream.CountingFileIO`` uses it."""
+
+    avro_reads = 0
+    _lock = threading.Lock()
+
+    def new_input(self, location: str):
+        if location.endswith(".avro"):
+            with CountingFileIO._lock:
+                CountingFileIO.avro_reads += 1
+        return super().new_input(location)
 
 
 class Stream:

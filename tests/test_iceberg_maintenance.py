@@ -25,7 +25,8 @@ from beam_pixels import cli
 from beam_pixels.sinks.committing import SinkConfigurationError
 from beam_pixels.sinks.iceberg import IcebergTableWriter, WriteToIceberg, files, maintenance
 from beam_pixels.sinks.iceberg.maintenance import Settings
-from iceberg_stream import ORDERS, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
+from beam_pixels.sinks.iceberg.manifests import MANIFESTS, ManifestCache
+from iceberg_stream import ORDERS, CountingFileIO, Stream, commit, duckdb_table_rows, pyiceberg_rows, sql_catalog
 
 TABLE = "db.orders"
 # Compact anything with deletes (the whole table in one pass), merge manifests early, delete orphans at once.
@@ -202,6 +203,36 @@ def test_maintenance_runs_once_per_interval_between_commits(tmp_path):
     assert writer.maintain() is not None
     assert writer.maintain() is None
     assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
+    writer.close()
+
+
+def test_a_pass_reads_only_the_manifests_written_since_the_pass_before(tmp_path):
+    """A table that keeps every snapshot: the manifest lists and manifests a pass opens (counted
+    by the table's file IO) stay as many as the commits since the pass before bring, however
+    many snapshots pile up; they used to grow with every kept snapshot."""
+    catalog = {**sql_catalog(tmp_path), "py-io-impl": "iceberg_stream.CountingFileIO"}
+    settings = Settings(interval_ms=1, deleted_percent=1, orphan_age_ms=0)
+    writer = IcebergTableWriter(ORDERS, TABLE, catalog, maintenance_settings=settings,
+                                table_properties={"history.expire.max-snapshot-age-ms": str(24 * 3600 * 1000)})
+    writer.open()
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(300, inserts=1.0))])
+    reads = []
+    for _ in range(10):
+        churn(writer, stream, 3, changes=50)
+        writer.last_checkpoint()
+        before = CountingFileIO.avro_reads
+        writer.maintain_now()
+        reads.append(CountingFileIO.avro_reads - before)
+    assert len(writer._table.metadata.snapshots) >= 1 + 10 * 3  # and a compaction's per pass
+    assert max(reads[1:]) <= reads[1] + 3, f"manifest reads per pass: {reads}"
+    snapshots = writer._table.metadata.snapshots
+    reachable = MANIFESTS.reachable(writer._table.io, snapshots)
+    small = ManifestCache(capacity=40)  # less than the table's manifests need: it reads again, and stays bounded
+    assert small.reachable(writer._table.io, snapshots) == reachable
+    assert 0 < len(small) <= 40
+    assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
+    assert stream.sort(duckdb_table_rows(writer)) == stream.expected()
     writer.close()
 
 

@@ -109,7 +109,8 @@ def test_a_position_delete_commit_and_a_file_removal_round_trip(tmp_path):
     catalog, table, rows = ten_rows_table(tmp_path)
     (data,) = files.write_data_files(table, rows, uuid.uuid4()).files
     commit_file_changes(table, {"k": "1"}, added=[data], operation=Operation.APPEND)
-    deletes = files.write_position_deletes(table, pa.array([data.file_path] * 2), np.array([3, 7]), uuid.uuid4())
+    (deletes,) = files.write_partitioned_deletes(table, pa.array([data.file_path] * 2), np.array([7, 3]),
+                                                 {data.file_path: files.partition_of(data)})
     commit_file_changes(table, {"k": "2"}, added=[deletes], operation=Operation.OVERWRITE)
 
     table = catalog.load_table("db.t")
@@ -158,8 +159,8 @@ def test_partitioned_files_and_a_delete_file_of_an_older_spec_round_trip(tmp_pat
         update.add_field("s", IdentityTransform(), "s")
     table = catalog.load_table("db.t")
     first = written[0]
-    deletes = files.write_position_deletes(table, pa.array([first.file_path]), np.array([0]), uuid.uuid4(),
-                                           first.partition, first.spec_id)
+    (deletes,) = files.write_partitioned_deletes(table, pa.array([first.file_path]), np.array([0]),
+                                                 {first.file_path: files.partition_of(first)})
     commit_file_changes(table, {}, added=[deletes], operation=Operation.OVERWRITE)
     table = catalog.load_table("db.t")
     manifests = table.current_snapshot().manifests(table.io)

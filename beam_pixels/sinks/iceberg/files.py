@@ -10,6 +10,7 @@ only to the data files it names.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import typing
 import uuid
@@ -38,6 +39,8 @@ _DELETE_SCHEMA = pa.schema(
         pa.field("pos", pa.int64(), nullable=False, metadata={b"PARQUET:field_id": str(DELETE_POS_ID).encode()}),
     ]
 )
+# The columns of a position-delete file as read (without the field ids).
+_POSITIONS = pa.schema([("file_path", pa.string()), ("pos", pa.int64())])
 # Rows below which a write is not split across cores (no small files for small commits).
 MIN_ROWS_PER_FILE = 100_000
 
@@ -119,60 +122,54 @@ def write_data_files(
     return WrittenFiles(write_parquet_files(table, rows.schema, batches, write_uuid, keys), rows, parts)
 
 
-def write_position_deletes(
-    table: Table,
-    paths: pa.Array,
-    positions: np.ndarray,
-    write_uuid: uuid.UUID,
-    partition: Record | None = None,
-    spec_id: int | None = None,
-) -> DataFile:
-    """One position-delete file deleting row ``positions[i]`` of data file ``paths[i]``; in a
-    partitioned table all of them data files of ``partition`` under spec ``spec_id`` (default:
-    the table's current spec), as Iceberg requires of a delete file."""
-    deletes = pa.table([paths.cast(pa.string()), pa.array(positions, pa.int64())], schema=_DELETE_SCHEMA)
-    deletes = deletes.sort_by([("file_path", "ascending"), ("pos", "ascending")])
-    location = table.location_provider().new_data_location(f"delete-{write_uuid}.parquet")
-    output = table.io.new_output(location)
-    with output.create(overwrite=True) as stream:
-        pq.write_table(deletes, stream, compression="zstd")
-    bounds = pc.min_max(deletes.column("file_path"))
-    low, high = bounds["min"].as_py(), bounds["max"].as_py()
-    pos = pc.min_max(deletes.column("pos"))
-    delete_file = DataFile.from_args(
-        content=DataFileContent.POSITION_DELETES,
-        file_path=location,
-        file_format=FileFormat.PARQUET,
-        partition=partition if partition is not None else Record(),
-        record_count=deletes.num_rows,
-        file_size_in_bytes=len(output),
-        lower_bounds={DELETE_FILE_PATH_ID: to_bytes(StringType(), low), DELETE_POS_ID: to_bytes(LongType(), pos["min"].as_py())},
-        upper_bounds={DELETE_FILE_PATH_ID: to_bytes(StringType(), high), DELETE_POS_ID: to_bytes(LongType(), pos["max"].as_py())},
-        sort_order_id=None,
-        equality_ids=None,
-        key_metadata=None,
-    )
-    delete_file.spec_id = table.metadata.default_spec_id if spec_id is None else spec_id
-    return delete_file
-
-
 def write_partitioned_deletes(
     table: Table, paths: pa.Array, positions: np.ndarray, partition_of: typing.Mapping[str, tuple[int, Record]]
 ) -> list[DataFile]:
     """Position-delete files deleting row ``positions[i]`` of data file ``paths[i]``: one per
-    partition (spec id and partition tuple, ``partition_of[path]``) of those data files."""
-    encoded = paths.cast(pa.string()).dictionary_encode()
-    ids = encoded.indices.to_numpy(zero_copy_only=False)
-    groups: dict[tuple[int, Record], list[int]] = {}
-    for number, path in enumerate(encoded.dictionary.to_pylist()):
-        groups.setdefault(partition_of[path], []).append(number)
-    written = []
-    for (spec_id, partition), numbers in groups.items():
-        mine = np.flatnonzero(np.isin(ids, numbers))
-        written.append(
-            write_position_deletes(table, paths.take(pa.array(mine)), positions[mine], uuid.uuid4(), partition, spec_id)
-        )
-    return written
+    partition (spec id and partition tuple, ``partition_of[path]``) of those data files, as
+    Iceberg requires of a delete file. The rows are sorted and grouped once, and the files
+    written at once (pyarrow writes Parquet without the GIL): a commit that touches many
+    partitions writes many small files."""
+    deletes = pa.table([paths.cast(pa.string()), pa.array(positions, pa.int64())], schema=_DELETE_SCHEMA)
+    deletes = deletes.sort_by([("file_path", "ascending"), ("pos", "ascending")])
+    encoded = deletes.column("file_path").combine_chunks().dictionary_encode()
+    groups: dict[tuple[int, Record], int] = {}
+    group_of_path = np.array(
+        [groups.setdefault(partition_of[path], len(groups)) for path in encoded.dictionary.to_pylist()], np.int64
+    )
+    group_of_row = group_of_path[encoded.indices.to_numpy(zero_copy_only=False)]
+    deletes = deletes.take(pa.array(np.argsort(group_of_row, kind="stable")))  # still sorted within a group
+    ends = np.cumsum(np.bincount(group_of_row, minlength=len(groups)))
+    parts = [(int(end - count), int(count)) for end, count in zip(ends, np.diff(ends, prepend=0))]
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="iceberg-deletes") as pool:
+        return list(pool.map(lambda group, part: _write_deletes(table, deletes.slice(*part), *group), groups, parts))
+
+
+def _write_deletes(table: Table, deletes: pa.Table, spec_id: int, partition: Record) -> DataFile:
+    """One position-delete file of ``deletes`` (sorted by file path and position), all of
+    them rows of data files of ``partition`` under spec ``spec_id``."""
+    location = table.location_provider().new_data_location(f"delete-{uuid.uuid4()}.parquet")
+    output = table.io.new_output(location)
+    with output.create(overwrite=True) as stream:
+        pq.write_table(deletes, stream, compression="zstd")
+    paths, pos = deletes.column("file_path"), pc.min_max(deletes.column("pos"))
+    delete_file = DataFile.from_args(
+        content=DataFileContent.POSITION_DELETES,
+        file_path=location,
+        file_format=FileFormat.PARQUET,
+        partition=partition,
+        record_count=deletes.num_rows,
+        file_size_in_bytes=len(output),
+        lower_bounds={DELETE_FILE_PATH_ID: to_bytes(StringType(), paths[0].as_py()),
+                      DELETE_POS_ID: to_bytes(LongType(), pos["min"].as_py())},
+        upper_bounds={DELETE_FILE_PATH_ID: to_bytes(StringType(), paths[-1].as_py()),
+                      DELETE_POS_ID: to_bytes(LongType(), pos["max"].as_py())},
+        sort_order_id=None,
+        equality_ids=None,
+        key_metadata=None,
+    )
+    delete_file.spec_id = spec_id
+    return delete_file
 
 
 def partition_of(data_file: DataFile) -> tuple[int, Record]:
@@ -186,12 +183,19 @@ def read_parquet(table: Table, path: str, columns: list[str] | None = None) -> p
         return pq.read_table(stream, columns=columns)
 
 
-def read_position_deletes(table: Table, delete_files: list[DataFile]) -> pa.Table:
+def read_delete_files(table: Table, delete_files: typing.Sequence[DataFile]) -> list[pa.Table]:
+    """The ``(file_path, pos)`` rows of each of ``delete_files``, read at once (pyarrow reads
+    Parquet without the GIL; a partitioned table has a delete file per partition per commit)."""
+    def read(delete_file: DataFile) -> pa.Table:
+        return read_parquet(table, delete_file.file_path, ["file_path", "pos"]).cast(_POSITIONS)
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="iceberg-deletes") as pool:
+        return list(pool.map(read, delete_files))
+
+
+def read_position_deletes(table: Table, delete_files: typing.Sequence[DataFile]) -> pa.Table:
     """Every ``(file_path, pos)`` of ``delete_files``."""
-    parts = [read_parquet(table, f.file_path, ["file_path", "pos"]) for f in delete_files]
-    if not parts:
-        return pa.table({"file_path": pa.array([], pa.string()), "pos": pa.array([], pa.int64())})
-    return pa.concat_tables([p.cast(pa.schema([("file_path", pa.string()), ("pos", pa.int64())])) for p in parts])
+    return pa.concat_tables([_POSITIONS.empty_table(), *read_delete_files(table, delete_files)])
 
 
 def positions_by_path(deletes: pa.Table) -> dict[str, np.ndarray]:

@@ -6,7 +6,10 @@ One pass (:func:`run_pass`), at most once per ``iceberg.maintenance.interval.ms`
    (``history.expire.max-snapshot-age-ms``, ``history.expire.min-snapshots-to-keep``);
 2. delete the files only expired snapshots reached (manifest lists, manifests,
    data and delete files), and orphan files under the table location that no
-   snapshot or metadata file reaches and that are older than a safety window;
+   snapshot or metadata file reaches and that are older than a safety window
+   (what the snapshots reach comes from :mod:`~beam_pixels.sinks.iceberg.manifests`,
+   which reads each manifest list and manifest once per process, so a pass reads
+   only those written since the pass before, however many snapshots the table keeps);
 3. compact: rewrite data files that carry many deleted rows or are small, their
    position deletes folded away, sorted by key, and merge the manifests into one
    per content kind; or only merge manifests when there are too many. In a
@@ -41,12 +44,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from apache_beam.metrics import Metrics
-from pyiceberg.manifest import DataFile, DataFileContent, ManifestFile
+from pyiceberg.manifest import DataFile, DataFileContent
 from pyiceberg.table import Table
-from pyiceberg.table.snapshots import Operation, Snapshot
+from pyiceberg.table.snapshots import Operation
 
 from beam_pixels.sinks.iceberg import files, merge_on_read
 from beam_pixels.sinks.iceberg._pyiceberg_private import commit_file_changes
+from beam_pixels.sinks.iceberg.manifests import MANIFESTS
 from beam_pixels.sinks.key_index import key_codes
 
 _LOG = logging.getLogger(__name__)
@@ -141,13 +145,12 @@ def run_pass(table: Table, settings: Settings, key_columns: list[str], propertie
     deadline = started + settings.budget_ms / 1000
     report = PassReport()
     name = ".".join(table.name())
-    reader = _ManifestReader(table)
     try:
         with _timed(report, "expiry"):
-            expired = _expire_snapshots(table, reader, report)
+            expired = _expire_snapshots(table, report)
         if time.monotonic() < deadline:
             with _timed(report, "deletion"):
-                _delete_unreachable(table, reader, expired, settings, report, deadline)
+                _delete_unreachable(table, expired, settings, report, deadline)
         else:
             report.stopped.append("time budget spent before deleting files")
         if time.monotonic() < deadline:
@@ -176,38 +179,7 @@ def _timed(report: PassReport, phase: str):
         report.phases[phase] = time.monotonic() - started
 
 
-class _ManifestReader:
-    """Reads each manifest list and manifest of a table once per pass."""
-
-    def __init__(self, table: Table):
-        self._table = table
-        self._manifests: dict[str, list[ManifestFile]] = {}
-        self._entries: dict[str, list[DataFile]] = {}
-
-    def manifests(self, snapshot: Snapshot) -> list[ManifestFile]:
-        if snapshot.manifest_list not in self._manifests:
-            self._manifests[snapshot.manifest_list] = snapshot.manifests(self._table.io)
-        return self._manifests[snapshot.manifest_list]
-
-    def data_files(self, manifest: ManifestFile) -> list[DataFile]:
-        if manifest.manifest_path not in self._entries:
-            entries = manifest.fetch_manifest_entry(self._table.io, discard_deleted=True)
-            self._entries[manifest.manifest_path] = [e.data_file for e in entries]
-        return self._entries[manifest.manifest_path]
-
-    def reachable(self, snapshots: list[Snapshot]) -> dict[str, int]:
-        """Every file these snapshots reach, with its size when known (else 0)."""
-        out: dict[str, int] = {}
-        for snapshot in snapshots:
-            out[snapshot.manifest_list] = 0
-            for manifest in self.manifests(snapshot):
-                out[manifest.manifest_path] = manifest.manifest_length
-                for data_file in self.data_files(manifest):
-                    out[data_file.file_path] = data_file.file_size_in_bytes
-        return out
-
-
-def _expire_snapshots(table: Table, reader: _ManifestReader, report: PassReport) -> dict[str, int]:
+def _expire_snapshots(table: Table, report: PassReport) -> dict[str, int]:
     """Expire what the table's retention properties allow; returns the files the expired
     snapshots reached (read before they leave the metadata)."""
     props = table.metadata.properties
@@ -221,17 +193,17 @@ def _expire_snapshots(table: Table, reader: _ManifestReader, report: PassReport)
     ]
     if not doomed:
         return {}
-    reached = reader.reachable(doomed)
+    reached = MANIFESTS.reachable(table.io, doomed)
     table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in doomed]).commit()
     report.snapshots_expired = len(doomed)
     return reached
 
 
 def _delete_unreachable(
-    table: Table, reader: _ManifestReader, expired: dict[str, int], settings: Settings, report: PassReport, deadline: float
+    table: Table, expired: dict[str, int], settings: Settings, report: PassReport, deadline: float
 ) -> None:
     """Delete files only expired snapshots reached, and orphans older than the safety window."""
-    retained = reader.reachable(list(table.metadata.snapshots))
+    retained = MANIFESTS.reachable(table.io, table.metadata.snapshots)
     in_use = {table.metadata_location, *(log.metadata_file for log in table.metadata.metadata_log)}
     in_use |= {s.statistics_path for s in table.metadata.statistics}
     in_use |= {s.statistics_path for s in table.metadata.partition_statistics}
@@ -260,6 +232,7 @@ def _delete_unreachable(
             continue
         report.files_deleted += 1
         report.bytes_reclaimed += size
+    MANIFESTS.forget(doomed)
 
 
 def _live_files(table: Table) -> tuple[list[DataFile], list[DataFile], int]:
@@ -268,7 +241,7 @@ def _live_files(table: Table) -> tuple[list[DataFile], list[DataFile], int]:
     if snapshot is None:
         return [], [], 0
     data, deletes = [], []
-    manifests = snapshot.manifests(table.io)
+    manifests = MANIFESTS.manifests(table.io, snapshot)
     for manifest in manifests:
         for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
             (data if entry.data_file.content == DataFileContent.DATA else deletes).append(entry.data_file)
@@ -341,7 +314,7 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     or data files no longer in the table), with all manifests merged; or only merge
     manifests when there are many."""
     data, delete_files, report.manifests = _live_files(table)
-    per_file = {f.file_path: files.read_parquet(table, f.file_path, ["file_path", "pos"]) for f in delete_files}
+    per_file = dict(zip((f.file_path for f in delete_files), files.read_delete_files(table, delete_files)))
     all_deletes = pa.concat_tables(per_file.values()) if per_file else files.read_position_deletes(table, [])
     deleted = files.positions_by_path(all_deletes)
     chosen = _choose(data, deleted, settings)
@@ -351,7 +324,7 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
     if not chosen and not gone and max(deletes_per_partition.values(), default=0) < 2:
         if report.manifests > settings.max_manifests:
             commit_file_changes(table, properties, operation=Operation.REPLACE, rewrite_manifests=True)
-            report.manifests = len(table.current_snapshot().manifests(table.io))
+            report.manifests = len(MANIFESTS.manifests(table.io, table.current_snapshot()))
         return
     index = merge_on_read.cached_index(table) if key_columns else None
     chosen_paths = {f.file_path for f in chosen}
@@ -402,7 +375,7 @@ def _compact(table: Table, settings: Settings, key_columns: list[str], propertie
             index.snapshot_id = snapshot_id
     report.files_compacted = len(chosen) + len(folded)
     report.files_written = len(added)
-    report.manifests = len(table.current_snapshot().manifests(table.io))
+    report.manifests = len(MANIFESTS.manifests(table.io, table.current_snapshot()))
 
 
 def _fold(
