@@ -8,7 +8,9 @@ sorted file per bucket, and :func:`commit` makes them visible in one snapshot:
   deletion vector, found with :class:`~.deletion_vectors.LiveRows`; each changed
   bucket gets one new deletion-vector index file;
 - the new files become the bucket's newest sorted run, one level above the newest
-  run it holds (the oldest run sits at the top level, ``num-levels`` - 1). When level
+  run it holds (the oldest run sits at the top level, ``num-levels`` - 1), each file
+  sinking into the deepest run it can join with no file of its level or above overlapping
+  its keys (:func:`_new_file_level`: a bulk load in key order joins the oldest run). When level
   1 is taken, a ``COMPACT`` snapshot first moves the runs from level 1 up across the
   free levels above them (a change of the manifest entries only, as Paimon's compaction
   "upgrades" a file; so the next commits find level 1 free)
