@@ -157,6 +157,8 @@ def test_created_tables_get_deletion_vectors_unless_write_only_or_asked_otherwis
         "plain": None, "asked": "true", "default": "true", "classic": "false"}
     assert {n: o.get("num-levels") for n, o in options.items()} == {
         "plain": None, "asked": "12", "default": "12", "classic": None}, "more levels only with deletion vectors"
+    assert {n: o.get("compaction.delete-ratio-threshold") for n, o in options.items()} == {
+        "plain": None, "asked": "0.35", "default": "0.35", "classic": None}
 
 
 def test_deleted_share_past_the_threshold_rewrites_the_file(tmp_path):
@@ -308,8 +310,9 @@ def test_a_bulk_load_becomes_files_of_the_share_compaction_writes(tmp_path, monk
     assert_level_invariants(table)
 
 
-def test_tiering_leaves_the_run_above_the_oldest_to_drain_into_it():
-    """With every level taken, the newest runs merge among themselves, not into the big
+def test_tiering_leaves_the_run_above_the_oldest_to_drain_into_it(monkeypatch):
+    """With every level taken, the newest runs merge among themselves while each next run is no
+    bigger than what is merged so far (not "older", gathered by earlier merges), not into the big
     run above the oldest (that would rewrite most of the bucket at once, then again when
     it drains); a file of the oldest run past its delete ratio still takes in that run's
     rows in the same pass, and none of the files the tiered merge takes."""
@@ -324,13 +327,112 @@ def test_tiering_leaves_the_run_above_the_oldest_to_drain_into_it():
                                max_key=SimpleNamespace(values=[last]))
         return SimpleNamespace(file=meta)
 
+    monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 500)  # files of 500 rows: oldest-b does not join in
     deleted = {"oldest-a": 300}  # 60% of it: past any spread of a 20% threshold
     live = SimpleNamespace(live_count=lambda name: files[name].file.row_count - deleted.get(name, 0))
-    entries = [entry("new-1", 1, 10, 0, 99), entry("new-2", 2, 10, 0, 99), entry("young", 3, 30, 0, 99),
-               entry("above-oldest", 4, 90, 0, 99), entry("oldest-a", 5, 500, 0, 49), entry("oldest-b", 5, 500, 50, 99)]
+    entries = [entry("new-1", 1, 10, 0, 99), entry("new-2", 2, 10, 0, 99), entry("young", 3, 20, 0, 99),
+               entry("older", 4, 50, 0, 99),
+               entry("above-oldest", 5, 90, 0, 99), entry("oldest-a", 6, 500, 0, 49), entry("oldest-b", 6, 500, 50, 99)]
     files = {e.file.file_name: e for e in entries}
-    rewrites = dv_compaction.pick(entries, live, CompactionOptions(trigger=5), ratio=0.2)
+    rewrites = dv_compaction.pick(entries, live, CompactionOptions(trigger=6), ratio=0.2)
     tiered, drain = rewrites
     assert [e.file.file_name for e in tiered.inputs] == ["new-1", "new-2", "young"] and tiered.level == 3
     assert [e.file.file_name for e in drain.inputs] == ["oldest-a"]
-    assert [e.file.file_name for e in drain.absorb_from] == ["above-oldest"]
+    assert [e.file.file_name for e in drain.absorb_from] == ["older", "above-oldest"]
+
+
+def test_a_bulk_load_in_key_order_over_several_commits_joins_the_oldest_run(tmp_path, monkeypatch):
+    """A load that arrives in key order over several commits (a table read in key order):
+    each commit's files that overlap no file of the levels above the oldest join the oldest
+    run, so the load is one sorted run that compaction need not rewrite into itself; a file
+    that overlaps one, and the random updates after, become newer runs. Exact at every step."""
+    from beam_pixels.changes import ChangeBatch, Op, concat_records
+    from beam_pixels.sinks.paimon import dv_compaction, writer as writer_module
+
+    monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 5)
+    monkeypatch.setattr(writer_module, "MIN_FILE_ROWS", 5)
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=1, compaction_file_percent=25)
+    writer.open()
+    state = {}
+
+    def load(ids):
+        rows = [{"region": "eu", "id": i, "qty": 0, "note": "bulk"} for i in ids]
+        state.update({("eu", r["id"]): r for r in rows})
+        checkpoint = writer.last_checkpoint()
+        records = concat_records([ChangeBatch.from_changes(ORDERS, [(Op.INSERT, None, r) for r in rows], poll_group=0,
+                                                           start_position=checkpoint.next_position(0))], ORDERS)
+        writer.commit(records, checkpoint.advance(records))
+        table = open_table(properties)
+        assert read_rows(table) == expected(state)
+        assert_level_invariants(table)
+        return live_files(table, private.latest_snapshot(table))[((), 0)]
+
+    first = load(range(0, 100))
+    top = {e.file.level for e in first}
+    assert len(top) == 1
+    files = load(range(100, 200))
+    assert {e.file.level for e in files} == top and len(files) == 8, "the second part joins the oldest run"
+    files = load(range(150, 250, 2))  # half overlaps the oldest run's last file, half lies past it
+    levels = sorted({e.file.level for e in files})
+    assert levels[-1] == top.pop() and len(levels) == 2, "overlapping keys go to a newer run"
+    commit_batches(writer, state, 4, 10)  # updates, deletes and inserts across the key range
+    table = open_table(properties)
+    assert read_rows(table) == expected(state)
+    assert_level_invariants(table)
+
+
+def test_compaction_files_hold_whole_deletion_vector_containers_and_are_not_halved(tmp_path):
+    """Compaction outputs hold at least 65,536 rows (one container of a deletion vector, at most
+    8 KB however many rows are deleted) and roll into the nearest count of even parts: 1.4
+    times the limit stays one file, not two files of 0.7 that would cost a container each."""
+    from types import SimpleNamespace
+
+    from beam_pixels.changes import ChangeBatch, Op, concat_records
+    from beam_pixels.sinks.paimon import dv_compaction
+    from beam_pixels.sinks.paimon.compaction import CompactionOptions
+
+    meta = SimpleNamespace(file_name="oldest", level=5, row_count=100_000, file_size=10**6, max_sequence_number=0,
+                           min_key=SimpleNamespace(values=[0]), max_key=SimpleNamespace(values=[99_999]))
+    live = SimpleNamespace(live_count=lambda name: 40_000)  # 60% deleted: past any spread threshold
+    (drain,) = dv_compaction.pick([SimpleNamespace(file=meta)], live, CompactionOptions(trigger=5), ratio=0.2)
+    assert drain.file_rows == 65_536, "25% of 40,000 live rows would be files of 10,000"
+
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(COUNTERS, "counters", properties, bucket=1)
+    writer.open()
+    rows = [{"id": k, "qty": 0, "note": "x"} for k in range(140)]
+    checkpoint = writer.last_checkpoint()
+    records = concat_records([ChangeBatch.from_changes(COUNTERS, [(Op.INSERT, None, r) for r in rows], poll_group=0,
+                                                       start_position=checkpoint.next_position(0))], COUNTERS)
+    writer.commit(records, checkpoint.advance(records))
+    table = open_table(properties, "pixels.counters")
+    (entry,) = live_files(table, private.latest_snapshot(table))[((), 0)]
+    raw = private.read_key_values(table, entry)
+    for limit, sizes in ((100, [140]), (60, [70, 70]), (30, [28] * 5)):
+        written = private.write_compacted(table, (), 0, raw, 3, limit)
+        private.delete_written(table, (), 0, written)
+        assert [m.row_count for m in written] == sizes, limit
+
+
+def test_a_draining_file_takes_its_small_next_files_along(monkeypatch):
+    """A file of the oldest run past its delete ratio is rewritten with the next files of the
+    run while their live rows add up to at most a file's: a run that drains (an old partition
+    whose rows updates move to today) keeps fewer, fuller files instead of ever smaller ones."""
+    from types import SimpleNamespace
+
+    from beam_pixels.sinks.paimon import dv_compaction
+    from beam_pixels.sinks.paimon.compaction import CompactionOptions
+
+    monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 1200)
+
+    def entry(name, rows, first, last):
+        meta = SimpleNamespace(file_name=name, level=5, row_count=rows, file_size=rows * 10, max_sequence_number=0,
+                               min_key=SimpleNamespace(values=[first]), max_key=SimpleNamespace(values=[last]))
+        return SimpleNamespace(file=meta)
+
+    live = {"a": 400, "b": 450, "c": 300, "d": 900}  # a: 60% deleted, past any spread of 20%; b, c: 10%
+    entries = [entry("a", 1000, 0, 9), entry("b", 500, 10, 19), entry("c", 330, 20, 29), entry("d", 1000, 30, 39)]
+    (drain,) = dv_compaction.pick(entries, SimpleNamespace(live_count=live.get), CompactionOptions(trigger=5), 0.2)
+    assert [e.file.file_name for e in drain.inputs] == ["a", "b", "c"] and drain.file_rows == 1200
+    assert drain.lower is None and drain.upper == (30,), "its key range ends where the run's next file starts"

@@ -193,7 +193,7 @@ def test_maintenance_compacts_and_expires_per_partition_within_its_budget(tmp_pa
         assert read_rows(table)[0] == expected(state), f"after batch {batch}"
     assert max(r.buckets for r in reports) == 1, "a pass over its byte budget compacts one bucket"
     assert any(r.buckets_waiting for r in reports), "the rest waits for later passes"
-    assert len(compacted) >= 4, "passes compacted buckets of many partitions"
+    assert len(compacted) >= 3, "passes compacted buckets of several partitions"
     assert sum(r.snapshots_expired for r in reports) > 20
     table = open_table(properties, "pixels.events")
     on_disk = {p.name for p in Path(table.table_path).glob("day=*/bucket-*/*.parquet")}

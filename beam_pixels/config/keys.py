@@ -168,9 +168,9 @@ KEYS: tuple[Key, ...] = (
         "Input megabytes one maintenance pass compacts at most (at least one bucket; of an append table at "
         "least two files), so commits keep their interval; the rest waits for the next pass.", _PAIMON),
     Key("paimon.compaction.file-percent", "paimon_compaction_file_percent", "25", Int(1, 100),
-        "Deletion-vector tables: compaction writes files of at most this share of their bucket's live rows "
-        "(a large commit: of its rows per bucket; at least 10,000 rows), so that deleted rows are reclaimed "
-        "a file at a time.", _PAIMON),
+        "Deletion-vector tables: compaction writes files of about this share of their bucket's live rows "
+        "(at least 65,536, a deletion vector's container; a large commit: of its rows per bucket, at least "
+        "10,000), so that deleted rows are reclaimed a file at a time.", _PAIMON),
     Key("paimon.write-only", "paimon_write_only", "false", Bool(),
         "Neither compact nor expire snapshots (also when the table has write-only=true): leave both to "
         "Paimon's dedicated compaction job.", _PAIMON),
@@ -210,8 +210,9 @@ def describe() -> str:
         "(e.g. `iceberg.catalog.glue.region`, `paimon.catalog.s3.endpoint`). "
         "Every `paimon.table.options.<name>=<value>` sets the Paimon table option `<name>` on tables the "
         "connector creates (e.g. `paimon.table.options.snapshot.time-retained=1 min`). Primary-key tables "
-        "the connector creates get `deletion-vectors.enabled=true` and `num-levels=12` unless set otherwise or write-only; "
-        "their compaction honours Paimon's `compaction.delete-ratio-threshold` (0.2)."
+        "the connector creates get `deletion-vectors.enabled=true`, `num-levels=12` and "
+        "`compaction.delete-ratio-threshold=0.35` (Paimon's default: 0.2, which their compaction honours on other "
+        "tables) unless set otherwise or write-only."
     )
     out.append("")
     out.append(

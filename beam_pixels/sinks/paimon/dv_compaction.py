@@ -5,7 +5,10 @@ sorted run and marks the stored rows they replace deleted (:mod:`.merge_on_read`
 :func:`pick` chooses, per bucket, what a maintenance pass rewrites:
 
 1. when every level is taken, the newest runs, tiered (the two newest, then each next
-   older run short of the two oldest while it is at most twice what is merged so far),
+   older run short of the two oldest while it is at most what is merged so far: runs
+   merge as a binary counter counts, so a row is merged about log2(runs it outlives)
+   times, not with every merge: at "twice", the run the merges gathered joined nearly
+   every merge, rewriting the stream's recent rows again and again),
    or everything when the newer runs add up to more than
    ``compaction.max-size-amplification-percent`` of the oldest (live bytes). The run
    just above the oldest is not merged into: it is the biggest newer run (a bulk
@@ -13,7 +16,10 @@ sorted run and marks the stored rows they replace deleted (:mod:`.merge_on_read`
    one pass, and rule 2 then drained the new copy into the oldest run, rewriting it
    again, while the retained snapshots kept every old copy for their time;
 2. each file of the oldest run once about ``compaction.delete-ratio-threshold`` of its
-   rows are deleted (:func:`_spread`), alone, at its level. It takes in the live rows
+   rows are deleted (:func:`_spread`), at its level, with the next files of the run while
+   their live rows and its own add up to at most a file's (so a run that drains, e.g. a
+   partition whose rows updates move elsewhere, keeps fewer, fuller files instead of as
+   many ever smaller ones). It takes in the live rows
    the newer runs hold in its key range (from its first key to the next file's), and
    marks them deleted where they were: so the newer runs drain into the oldest run a
    file at a time, instead of the whole bucket being rewritten at once (whose old copy
@@ -45,7 +51,16 @@ from beam_pixels.sinks.paimon.options import ratio_option
 DELETE_RATIO_OPTION = "compaction.delete-ratio-threshold"
 DEFAULT_DELETE_RATIO = 0.2
 DEFAULT_FILE_PERCENT = 25
-MIN_FILE_ROWS = 10_000
+# At least the rows of one deletion-vector container: a deletion vector (a roaring bitmap)
+# holds each 65,536 positions of a file in one container, a deleted row in 2 bytes up to
+# 4,096 of them, then 8 KB; with random updates most files pass that, so a file of fewer rows
+# costs a whole container still, e.g. 2.7 bits a row at 24,000 rows against 1 at 65,536, in
+# every copy of the index the retained snapshots keep.
+MIN_FILE_ROWS = 65_536
+# A large commit's files (a bulk load's) are finer: a load in key order over several commits
+# places each file that overlaps no newer run in the oldest run (:mod:`.merge_on_read`), and
+# the finer the files, the fewer straddle where one commit's keys meet the next one's.
+MIN_LOAD_FILE_ROWS = 10_000
 
 
 def delete_ratio(options: dict[str, str]) -> float:
@@ -101,7 +116,7 @@ def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
             count = len(runs)
         else:
             count, merged = 2, runs[0].size + runs[1].size
-            while count < len(runs) - 2 and 2 * merged >= runs[count].size:
+            while count < len(runs) - 2 and merged >= runs[count].size:
                 merged += runs[count].size
                 count += 1
         unit = unit_below(runs, options.max_level, count)
@@ -116,14 +131,28 @@ def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
         return chosen
     oldest = sorted(runs[-1].files, key=_first_key)
     newer = tuple(e for run in runs[:-1] for e in run.files if e.file.file_name not in taken)
-    for number, entry in enumerate(oldest):
-        rows = entry.file.row_count
-        if rows and (rows - live_rows.live_count(entry.file.file_name)) >= _spread(ratio, entry.file.file_name) * rows:
-            lower = None if number == 0 else _first_key(entry)
-            upper = None if number + 1 == len(oldest) else _first_key(oldest[number + 1])
-            overlapping = tuple(e for e in newer if (upper is None or _first_key(e) < upper)
-                                and (lower is None or _last_key(e) >= lower))
-            chosen.append(Rewrite([entry], entry.file.level, file_rows, overlapping, lower, upper))
+    number = 0
+    while number < len(oldest):
+        entry = oldest[number]
+        rows, name = entry.file.row_count, entry.file.file_name
+        if name in taken or not rows or rows - live_rows.live_count(name) < _spread(ratio, name) * rows:
+            number += 1
+            continue
+        inputs, live = [entry], live_rows.live_count(name)
+        for following in oldest[number + 1:]:  # small next files join in, up to a file's rows
+            more = live_rows.live_count(following.file.file_name)
+            if following.file.file_name in taken or live + more > file_rows:
+                break
+            inputs.append(following)
+            live += more
+        end = number + len(inputs)
+        lower = None if number == 0 else _first_key(entry)
+        upper = None if end == len(oldest) else _first_key(oldest[end])
+        overlapping = tuple(e for e in newer if (upper is None or _first_key(e) < upper)
+                            and (lower is None or _last_key(e) >= lower))
+        chosen.append(Rewrite(inputs, entry.file.level, file_rows, overlapping, lower, upper))
+        taken.update(e.file.file_name for e in inputs)
+        number = end
     return chosen
 
 

@@ -8,7 +8,9 @@ sorted file per bucket, and :func:`commit` makes them visible in one snapshot:
   deletion vector, found with :class:`~.deletion_vectors.LiveRows`; each changed
   bucket gets one new deletion-vector index file;
 - the new files become the bucket's newest sorted run, one level above the newest
-  run it holds (the oldest run sits at the top level, ``num-levels`` - 1). When level
+  run it holds (the oldest run sits at the top level, ``num-levels`` - 1), each file
+  sinking into the deepest run it can join with no file of its level or above overlapping
+  its keys (:func:`_new_file_level`: a bulk load in key order joins the oldest run). When level
   1 is taken, a ``COMPACT`` snapshot first moves the runs from level 1 up across the
   free levels above them (a change of the manifest entries only, as Paimon's compaction
   "upgrades" a file; so the next commits find level 1 free)
@@ -76,12 +78,15 @@ def commit(table, key_columns: list[str], parts: list[PreparedFiles], checkpoint
             found = state.find(pa.concat_tables(touched) if touched else None, table)
             vectors = _vectors_after(state, found)
             by_bucket = _by_bucket(state)
+            bases = {bucket: _new_run_level(entries, max_level) for bucket, entries in by_bucket.items()}
             added = []
             for message in (m for p in parts for m in p.messages):
                 bucket = (tuple(message.partition), message.bucket)
+                entries = by_bucket.setdefault(bucket, [])
                 for meta in message.new_files:
-                    meta.level = _new_run_level(by_bucket.get(bucket, []), max_level)
+                    meta.level = _new_file_level(entries, meta, bases.get(bucket, max_level), max_level)
                     added.append(private.new_entry(table, 0, bucket[0], bucket[1], table.total_buckets, meta))
+                    entries.append(added[-1])
             changed = {state.bucket_of(name) for name in found}
             index_adds, index_deletes = state.write_index_changes(table, changed, vectors)
             snapshot = private.commit_compact(
@@ -157,6 +162,25 @@ def _new_run_level(entries: list, max_level: int) -> int:
     """The level of a bucket's new run: just above its newest run (level 1 is free), or the top."""
     levels = [e.file.level for e in entries]
     return min(levels) - 1 if levels else max_level
+
+
+def _new_file_level(entries: list, meta, base: int, max_level: int) -> int:
+    """The deepest level a new file can go to: from ``base`` (its commit's new run) down
+    across every level that holds no file overlapping its key range. Each level stays a
+    sorted run of non-overlapping files, and the levels above the file hold none of its
+    keys, so its keys' older rows all lie below it. A bulk load in key order that arrives in
+    several commits (a table read in key order) thus joins the oldest run instead of
+    stacking runs that compaction would later rewrite into it (keeping the old copies for
+    the retention)."""
+    level = base
+    while level < max_level and not any(e.file.level == level + 1 and _overlaps(e.file, meta) for e in entries):
+        level += 1
+    return level
+
+
+def _overlaps(a, b) -> bool:
+    """Whether two data files' key ranges overlap."""
+    return not (tuple(a.max_key.values) < tuple(b.min_key.values) or tuple(b.max_key.values) < tuple(a.min_key.values))
 
 
 def _vectors_after(state, found: dict) -> dict:
