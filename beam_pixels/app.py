@@ -42,7 +42,7 @@ from beam_pixels.flink.rest import FINISHED_STATES, FlinkRest
 from beam_pixels.journal import TrimJournal
 from beam_pixels.sinks import sink_for
 from beam_pixels.metrics import table_namespace
-from beam_pixels.sinks.committing import SinkConfigurationError, TableWriter, WriteTables
+from beam_pixels.sinks.committing import KEPT_WRITERS, SinkConfigurationError, TableWriter, WriteTables
 
 _LOG = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def build_pipeline(
     start_positions: typing.Mapping[str, typing.Mapping[int, int]] | None = None,
     window_ms: int | None = None,
     round_keys: typing.Mapping[str, str] | None = None,
+    keep_writers_open: str = "",
 ):
     """Add a job of ``tables`` to ``p``; returns the PCollection of CommitResults.
 
@@ -82,7 +83,8 @@ def build_pipeline(
     on its own. So the steps do not grow with the tables. ``start_positions`` (label -> poll group ->
     position) resumes each table's numbering; with a ``round_keys`` entry a table's read takes its
     bounds and start positions from the round planned for that key when it runs
-    (:class:`~beam_pixels.source.LocalRounds`).
+    (:class:`~beam_pixels.source.LocalRounds`). ``keep_writers_open`` (a local run's id) leaves the
+    tables' writers open for the next run of the pipeline (:class:`~beam_pixels.sinks.committing.KeptWriters`).
     """
     journals = {label: c.journal_location(local_run) for label, c in tables.items()}
     reads = [
@@ -96,7 +98,7 @@ def build_pipeline(
     dead_letters = {label: c.dead_letter_location(local_run) for label, c in tables.items()}
     _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(dead_letters)
     writes = {label: sink_for(c, window_ms) for label, c in tables.items()}
-    commits = read.changes | "WriteToLakehouse" >> WriteTables(writes)
+    commits = read.changes | "WriteToLakehouse" >> WriteTables(writes, keep_open=keep_writers_open)
     journaled = {label: journal for label, journal in journals.items() if journal}
     if journaled:
         _ = commits | "TrimJournal" >> TrimJournal(journaled)
@@ -250,7 +252,8 @@ class _Rounds:
         if tuple(tables) == self._tables:
             return self._runner.run_via_runner_api(self._runner.pipeline_proto, self._options)
         p = beam.Pipeline(runner=self._runner, options=self._options)
-        build_pipeline(p, tables, local_run=True, round_keys={name: self._key(name) for name in tables})
+        build_pipeline(p, tables, local_run=True, round_keys={name: self._key(name) for name in tables},
+                       keep_writers_open=self._run_id)
         self._tables = tuple(tables)
         _LOG.info("rounds of %s: the pipeline is built, and run again each round while these tables take part",
                   ", ".join(name or "the table" for name in tables))
@@ -259,9 +262,10 @@ class _Rounds:
         return result
 
     def close(self) -> None:
-        """Drop the run's plans."""
+        """Drop the run's plans and close the writers its rounds kept open."""
         for table in self._planned:
             source.LOCAL_ROUNDS.forget(self._key(table))
+        KEPT_WRITERS.close(self._run_id)
 
 
 def _last_checkpoint(writer: TableWriter) -> Checkpoint:

@@ -1,5 +1,6 @@
 """Local runs as bounded rounds: when a round ends, and when the run does."""
 
+import collections
 import contextlib
 import logging
 import threading
@@ -9,6 +10,7 @@ from beam_pixels import app
 from beam_pixels.buckets import bucket_of
 from beam_pixels.config import PixelsConfig
 from beam_pixels.schema import SourceSchema
+from beam_pixels.sinks.iceberg.writer import IcebergTableWriter
 from beam_pixels.testing.encoding import encode_value
 from beam_pixels.testing.mock_server import MockPixelsServer
 
@@ -83,7 +85,7 @@ def test_one_idle_poll_group_does_not_end_the_run_while_another_receives_records
 
 
 def test_a_run_of_several_tables_builds_its_pipeline_once_and_each_round_resumes_where_the_last_committed(
-    tmp_path, caplog
+    tmp_path, caplog, monkeypatch
 ):
     # Rows keep arriving for several rounds, each chunk once the last one is committed; every round
     # runs the same pipeline again, each table's read starting where its last commit ended.
@@ -115,6 +117,15 @@ def test_a_run_of_several_tables_builds_its_pipeline_once_and_each_round_resumes
 
         load(0)
         feeder = threading.Thread(target=feed)
+        opened_by_run = collections.Counter()  # opens of each table's writers, but the checks of feed()
+        open_table = IcebergTableWriter.open
+
+        def counted_open(writer):
+            if threading.current_thread() is not feeder:
+                opened_by_run[writer.table_name] += 1
+            return open_table(writer)
+
+        monkeypatch.setattr(IcebergTableWriter, "open", counted_open)
         feeder.start()
         with caplog.at_level(logging.INFO, logger="beam_pixels.app"):
             summary = app.run_local(config)
@@ -123,6 +134,8 @@ def test_a_run_of_several_tables_builds_its_pipeline_once_and_each_round_resumes
     built = [r for r in caplog.records if "the pipeline is built" in r.getMessage()]
     assert summary.rounds >= 3
     assert len(built) == 1, [r.getMessage() for r in built]
+    # The rounds keep the tables' writers open: one to resume from, one writing files, one committing.
+    assert opened_by_run == {"pixels.a": 3, "pixels.b": 3}, opened_by_run
     assert summary.records == 600
     for name, table_config in config.tables().items():
         assert summary.checkpoints[name].batch_id >= 3, f"{name}: {summary.checkpoints[name]}"

@@ -326,21 +326,25 @@ class WriteTables(beam.PTransform):
     ``beam_pixels.sink.<label>``. The tables share the steps, so what a runner pays per step and
     bundle does not grow with them; they also share the committer, so a table whose commit is
     retried (a catalog away, conflicts) holds back the commits after it by as long.
+
+    ``keep_open`` (a local run's id) keeps the tables' writers open in :data:`KEPT_WRITERS` when
+    the pipeline ends, for the next run of the same pipeline (a local run's next round).
     """
 
-    def __init__(self, writes: typing.Mapping[str, WriteChanges]):
+    def __init__(self, writes: typing.Mapping[str, WriteChanges], keep_open: str = ""):
         super().__init__()
         windows = {write.window_ms for write in writes.values()}
         if len(windows) != 1:
             raise ValueError(f"WriteTables needs writes of one window length, got {sorted(map(str, windows))}")
         self._writes = dict(writes)
         self._window_ms = windows.pop()
+        self._keep_open = keep_open
 
     def expand(self, batches):
-        return _write(batches, self._writes, self._window_ms)
+        return _write(batches, self._writes, self._window_ms, self._keep_open)
 
 
-def _write(batches, writes: typing.Mapping[str, WriteChanges], window_ms: int | None):
+def _write(batches, writes: typing.Mapping[str, WriteChanges], window_ms: int | None, keep_open: str = ""):
     """The steps of :class:`WriteChanges` and :class:`WriteTables`."""
     if window_ms:
         windowing = beam_window.FixedWindows(window_ms / 1000.0)
@@ -354,11 +358,11 @@ def _write(batches, writes: typing.Mapping[str, WriteChanges], window_ms: int | 
             typing.Tuple[typing.Tuple[str, int], ChangeBatch]  # batches keep their compact Arrow coder
         )
         | "GatherPerPollGroup" >> beam.GroupByKey()
-        | "WriteDataFiles" >> beam.ParDo(_PrepareFn({label: write.writer for label, write in writes.items()}))
+        | "WriteDataFiles" >> beam.ParDo(_PrepareFn({label: write.writer for label, write in writes.items()}, keep_open))
         | "GatherPerTable" >> beam.GroupByKey()
         | "Commit" >> beam.ParDo(_CommitFn({
             label: _TableCommitter(write.writer, write.commit_retries, label) for label, write in writes.items()
-        }))
+        }, keep_open))
     )
 
 
@@ -374,25 +378,22 @@ def _of_table(tables: typing.Mapping[str, typing.Any], label: str) -> typing.Any
 class _PrepareFn(beam.DoFn):
     """Writes one poll group's uncommitted changes of a window to data files, by its table's writer."""
 
-    def __init__(self, writers: typing.Mapping[str, TableWriter]):
+    def __init__(self, writers: typing.Mapping[str, TableWriter], keep_open: str = ""):
         self._writers = dict(writers)
+        self._keep_open = keep_open
         namespaces = {label: table_namespace(METRICS_NAMESPACE, label) for label in writers}
         self._skipped = {label: Metrics.counter(ns, "rows_skipped_as_committed") for label, ns in namespaces.items()}
         self._latency = {label: Metrics.distribution(ns, "write_data_files_ms") for label, ns in namespaces.items()}
 
     def setup(self):
-        self._opened: set[str] = set()  # a table's writer opens when it first has changes here
+        self._open = _OpenWriters("prepare", self._keep_open)  # a table's writer opens at its first changes
 
     def teardown(self):
-        for label in self._opened:
-            self._writers[label].close()
+        self._open.close()
 
     def process(self, element, window=beam.DoFn.WindowParam):
         (label, poll_group), batches = element
-        writer = _of_table(self._writers, label)
-        if label not in self._opened:
-            writer.retrying("open the table", writer.open)
-            self._opened.add(label)
+        writer = self._open.writer(label, _of_table(self._writers, label))
         started = time.monotonic()
         late = _after_end(window)
         records = concat_records(batches, writer.schema)
@@ -412,23 +413,86 @@ class _PrepareFn(beam.DoFn):
 class _CommitFn(beam.DoFn):
     """Commits one table's prepared parts of a window, once, by the table's :class:`_TableCommitter`."""
 
-    def __init__(self, committers: typing.Mapping[str, _TableCommitter]):
+    def __init__(self, committers: typing.Mapping[str, _TableCommitter], keep_open: str = ""):
         self._committers = dict(committers)
+        self._keep_open = keep_open
 
     def setup(self):
-        self._opened: set[str] = set()
+        self._open = _OpenWriters("commit", self._keep_open)
 
     def teardown(self):
-        for label in self._opened:
-            self._committers[label].writer.close()
+        self._open.close()
 
     def process(self, element, window=beam.DoFn.WindowParam):
         label, parts = element
         committer = _of_table(self._committers, label)
-        if label not in self._opened:
-            committer.writer.retrying("open the table", committer.writer.open)
-            self._opened.add(label)
+        committer.writer = self._open.writer(label, committer.writer)
         yield from committer.commit(list(parts), _after_end(window))
+
+
+class _OpenWriters:
+    """The table writers a DoFn instance has opened, by table label: opened at a table's first
+    element, closed at teardown, or, with ``keep_open``, taken from and left in :data:`KEPT_WRITERS`."""
+
+    def __init__(self, role: str, keep_open: str):
+        self._role = role
+        self._keep_open = keep_open
+        self._writers: dict[str, TableWriter] = {}
+
+    def writer(self, label: str, writer: TableWriter) -> TableWriter:
+        """``writer`` opened (or the one opened before it for ``label``)."""
+        opened = self._writers.get(label)
+        if opened is None:
+            if self._keep_open:
+                opened = KEPT_WRITERS.opened((self._keep_open, self._role, label), writer)
+            else:
+                opened = writer
+                writer.retrying("open the table", writer.open)
+            self._writers[label] = opened
+        return opened
+
+    def close(self) -> None:
+        if not self._keep_open:
+            for writer in self._writers.values():
+                writer.close()
+        self._writers.clear()
+
+
+class KeptWriters:
+    """Table writers kept open between the runs of one pipeline in this process.
+
+    A local run runs the same pipeline again each round; opening each table's writers again each
+    round (its catalog, its table, the schema check; for writing files and for committing) was
+    most of what a table added to a round's length. Runs of one local run share their writers
+    here, as a streaming runner's long-lived DoFns do; :meth:`close` closes a run's writers when
+    it ends.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._writers: dict[tuple[str, str, str], TableWriter] = {}
+
+    def opened(self, key: tuple[str, str, str], writer: TableWriter) -> TableWriter:
+        """The writer kept for ``key`` = (run, role, table label), or ``writer``, opened and kept."""
+        with self._lock:
+            kept = self._writers.get(key)
+        if kept is not None:
+            return kept
+        writer.retrying("open the table", writer.open)
+        with self._lock:
+            self._writers[key] = writer
+        return writer
+
+    def close(self, run: str) -> None:
+        """Close and forget the writers of ``run``."""
+        with self._lock:
+            keys = [key for key in self._writers if key[0] == run]
+            writers = [self._writers.pop(key) for key in keys]
+        for writer in writers:
+            writer.close()
+
+
+KEPT_WRITERS = KeptWriters()
 
 
 class _TableCommitter:
