@@ -337,7 +337,7 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: b
         result = p.run()
         if flink_rest is not None:
             try:
-                _detach(flink_rest, options.view_as(GoogleCloudOptions).job_name, list(config.tables()))
+                _detach(flink_rest, options.view_as(GoogleCloudOptions).job_name, list(tables))
             except KeyboardInterrupt:
                 print("interrupted while waiting for the job's first poll: the job was submitted detached and "
                       f"is left running; find it at {flink_rest.url}", file=sys.stderr, flush=True)

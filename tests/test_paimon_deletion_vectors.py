@@ -288,7 +288,7 @@ def test_a_bulk_load_becomes_files_of_the_share_compaction_writes(tmp_path, monk
     from beam_pixels.sinks.paimon import dv_compaction, writer as writer_module
 
     monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 5)
-    monkeypatch.setattr(writer_module, "MIN_FILE_ROWS", 5)
+    monkeypatch.setattr(writer_module, "MIN_LOAD_FILE_ROWS", 5)
     properties = catalog_properties(tmp_path)
     writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=1, compaction_file_percent=10)
     writer.open()
@@ -350,7 +350,7 @@ def test_a_bulk_load_in_key_order_over_several_commits_joins_the_oldest_run(tmp_
     from beam_pixels.sinks.paimon import dv_compaction, writer as writer_module
 
     monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 5)
-    monkeypatch.setattr(writer_module, "MIN_FILE_ROWS", 5)
+    monkeypatch.setattr(writer_module, "MIN_LOAD_FILE_ROWS", 5)
     properties = catalog_properties(tmp_path)
     writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=1, compaction_file_percent=25)
     writer.open()

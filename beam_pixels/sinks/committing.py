@@ -480,8 +480,10 @@ class KeptWriters:
             return kept
         writer.retrying("open the table", writer.open)
         with self._lock:
-            self._writers[key] = writer
-        return writer
+            kept = self._writers.setdefault(key, writer)
+        if kept is not writer:  # another thread opened one for this key meanwhile
+            writer.close()
+        return kept
 
     def close(self, run: str) -> None:
         """Close and forget the writers of ``run``."""

@@ -141,8 +141,7 @@ def write_partitioned_deletes(
     deletes = deletes.take(pa.array(np.argsort(group_of_row, kind="stable")))  # still sorted within a group
     ends = np.cumsum(np.bincount(group_of_row, minlength=len(groups)))
     parts = [(int(end - count), int(count)) for end, count in zip(ends, np.diff(ends, prepend=0))]
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="iceberg-deletes") as pool:
-        return list(pool.map(lambda group, part: _write_deletes(table, deletes.slice(*part), *group), groups, parts))
+    return _on_cores(lambda group, part: _write_deletes(table, deletes.slice(*part), *group), list(groups), parts)
 
 
 def _write_deletes(table: Table, deletes: pa.Table, spec_id: int, partition: Record) -> DataFile:
@@ -189,8 +188,17 @@ def read_delete_files(table: Table, delete_files: typing.Sequence[DataFile]) -> 
     def read(delete_file: DataFile) -> pa.Table:
         return read_parquet(table, delete_file.file_path, ["file_path", "pos"]).cast(_POSITIONS)
 
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="iceberg-deletes") as pool:
-        return list(pool.map(read, delete_files))
+    return _on_cores(read, list(delete_files))
+
+
+def _on_cores(function: typing.Callable, *arguments: list) -> list:
+    """``function`` over the ``arguments`` lists, on a thread per core (pyarrow reads and writes
+    Parquet without the GIL); in this thread when there is one item (an unpartitioned commit's
+    single delete file pays for no thread pool)."""
+    if len(arguments[0]) <= 1:
+        return list(map(function, *arguments))
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="iceberg-files") as pool:
+        return list(pool.map(function, *arguments))
 
 
 def read_position_deletes(table: Table, delete_files: typing.Sequence[DataFile]) -> pa.Table:

@@ -135,10 +135,11 @@ def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
     while number < len(oldest):
         entry = oldest[number]
         rows, name = entry.file.row_count, entry.file.file_name
-        if name in taken or not rows or rows - live_rows.live_count(name) < _spread(ratio, name) * rows:
+        live = live_rows.live_count(name)
+        if name in taken or not rows or rows - live < _spread(ratio, name) * rows:
             number += 1
             continue
-        inputs, live = [entry], live_rows.live_count(name)
+        inputs = [entry]
         for following in oldest[number + 1:]:  # small next files join in, up to a file's rows
             more = live_rows.live_count(following.file.file_name)
             if following.file.file_name in taken or live + more > file_rows:
