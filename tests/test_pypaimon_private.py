@@ -337,6 +337,7 @@ def test_writes_in_one_process_take_ever_higher_sequence_numbers(tmp_path, monke
     from beam_pixels.checkpoint import Checkpoint
 
     first, second = prepare(1), prepare(2)
+    assert second[0].new_files[0].min_sequence_number > first[0].new_files[0].max_sequence_number
     writer.commit_prepared([first], Checkpoint(1, {0: 1}))
     writer.commit_prepared([second], Checkpoint(2, {0: 2}))
     assert [r["qty"] for r in writer.read_table().to_pylist()] == [2]

@@ -5,16 +5,21 @@ is listed with why, and ``tests/test_pypaimon_private.py`` fails loudly when a
 pypaimon upgrade changes one of them.
 
 Write path (:class:`StreamWrite`): ``TableWrite._create_file_store_write``,
-``FileStoreWrite._create_data_writer`` / ``_prepare_commit_messages``,
-``KeyValueDataWriter._write_data_to_file`` / ``_add_system_fields`` /
-``_merge_pending_by_pk``, ``TableWrite._prepare_arrow_data``:
+``FileStoreWrite._create_data_writer`` / ``_prepare_commit_messages`` /
+``_seq_number_stats``, ``KeyValueDataWriter._write_data_to_file`` /
+``_add_system_fields`` / ``_merge_pending_by_pk``, ``TableWrite._prepare_arrow_data`` /
+``_write_precomputed_bucket``:
 
 - Correctness: pypaimon records ``delete_row_count=0`` for files holding ``-D``
   rows, so a bucket whose only file holds deletes would read them back as live
   rows. :class:`KeyValueWriter` counts them, as Java Paimon does.
 - Speed: pypaimon folds its write buffer and computes row kinds and system
   fields row by row in Python (~30k rows/s); here they run on whole columns,
-  and the buckets' files are written in parallel.
+  and the buckets' files are written in parallel. It also reads every manifest
+  of the table at each write for the buckets' highest sequence numbers
+  (:class:`_SequenceFloors` reads them once per process) and checks row by row
+  that a precomputed bucket's rows share a partition; the writer keeps each new
+  file's key columns for the key index, which would otherwise read them back.
 
 Table metadata: the options map (``options.options.to_map()``), the schema id, the
 file system (``file_io``), and Arrow/Paimon type conversion (``PyarrowFieldParser``).
