@@ -286,3 +286,63 @@ def test_key_columns_of_partitioned_data_files_are_where_pypaimon_writes_them(tm
         assert private.read_key_values(table, entry, stored).to_pylist() == [{"region": "EU", "_KEY_id": 7}]
     finally:
         writer.close()
+
+
+def test_written_keys_are_the_keys_of_the_files_as_stored(tmp_path):
+    """The key columns a write keeps per file (for the key index, instead of reading every new
+    file back) are the files' stored key columns, row for row, also for a partition key."""
+    writer = PaimonTableWriter(ORDERS, "pixels.keys", catalog_properties(tmp_path), bucket=2,
+                               partition_keys=("region",))
+    writer.open()
+    table = writer._table
+    stored = private.stored_key_columns(table, ["region", "id"])
+    rows = pa.table({"region": ["EU", "US", "EU", "US", "EU"], "id": pa.array([5, 1, 3, 2, 4], pa.int32()),
+                     "qty": pa.array(range(5), pa.int32()), "note": pa.array([None] * 5, pa.string()),
+                     "_rowkind": ["+I"] * 5}).cast(writer._write_schema)
+    write = private.StreamWrite(table, writer.commit_user)
+    write.keep_keys(stored)
+    write.limit_file_rows(1)
+    try:
+        write.write_arrow(rows)
+        messages = write.prepare_commit(1)
+        kept = write.written_keys(messages)
+    finally:
+        write.close()
+    metas = [(tuple(m.partition), m.bucket, meta) for m in messages for meta in m.new_files]
+    assert len(metas) == 5 and set(kept) == {meta.file_name for _, _, meta in metas}
+    for partition, bucket, meta in metas:
+        entry = private.new_entry(table, 0, partition, bucket, table.total_buckets, meta)
+        assert kept[meta.file_name].equals(private.read_key_values(table, entry, stored))
+
+
+def test_writes_in_one_process_take_ever_higher_sequence_numbers(tmp_path, monkeypatch):
+    """A window written while the previous one's commit is pending (a streaming runner) gets
+    higher sequence numbers than it, even if the clock stands still, so the key changed in both
+    keeps the later value; and a process's first write starts above what the table holds."""
+    writer = PaimonTableWriter(ORDERS, "pixels.seq", catalog_properties(tmp_path), bucket=1, write_only=True)
+    writer.open()
+    table = writer._table
+    monkeypatch.setattr(private.time, "time_ns", lambda: 1_000)
+
+    def prepare(qty: int) -> list:
+        rows = pa.table({"region": ["EU"], "id": pa.array([1], pa.int32()), "qty": pa.array([qty], pa.int32()),
+                         "note": pa.array([None], pa.string()), "_rowkind": ["+I"]}).cast(writer._write_schema)
+        write = private.StreamWrite(table, writer.commit_user)
+        try:
+            write.write_arrow(rows)
+            return write.prepare_commit(1)
+        finally:
+            write.close()
+
+    from beam_pixels.checkpoint import Checkpoint
+
+    first, second = prepare(1), prepare(2)
+    assert second[0].new_files[0].min_sequence_number > first[0].new_files[0].max_sequence_number
+    writer.commit_prepared([first], Checkpoint(1, {0: 1}))
+    writer.commit_prepared([second], Checkpoint(2, {0: 2}))
+    assert [r["qty"] for r in writer.read_table().to_pylist()] == [2]
+    highest = private.max_sequence_number(table)
+    assert highest > 1_000
+    monkeypatch.setattr(private, "SEQUENCE_FLOORS", private._SequenceFloors())  # a new process
+    (message,) = prepare(3)
+    assert message.new_files[0].min_sequence_number > highest

@@ -5,16 +5,21 @@ is listed with why, and ``tests/test_pypaimon_private.py`` fails loudly when a
 pypaimon upgrade changes one of them.
 
 Write path (:class:`StreamWrite`): ``TableWrite._create_file_store_write``,
-``FileStoreWrite._create_data_writer`` / ``_prepare_commit_messages``,
-``KeyValueDataWriter._write_data_to_file`` / ``_add_system_fields`` /
-``_merge_pending_by_pk``, ``TableWrite._prepare_arrow_data``:
+``FileStoreWrite._create_data_writer`` / ``_prepare_commit_messages`` /
+``_seq_number_stats``, ``KeyValueDataWriter._write_data_to_file`` /
+``_add_system_fields`` / ``_merge_pending_by_pk``, ``TableWrite._prepare_arrow_data`` /
+``_write_precomputed_bucket``:
 
 - Correctness: pypaimon records ``delete_row_count=0`` for files holding ``-D``
   rows, so a bucket whose only file holds deletes would read them back as live
   rows. :class:`KeyValueWriter` counts them, as Java Paimon does.
 - Speed: pypaimon folds its write buffer and computes row kinds and system
   fields row by row in Python (~30k rows/s); here they run on whole columns,
-  and the buckets' files are written in parallel.
+  and the buckets' files are written in parallel. It also reads every manifest
+  of the table at each write for the buckets' highest sequence numbers
+  (:class:`_SequenceFloors` reads them once per process) and checks row by row
+  that a precomputed bucket's rows share a partition; the writer keeps each new
+  file's key columns for the key index, which would otherwise read them back.
 
 Table metadata: the options map (``options.options.to_map()``), the schema id, the
 file system (``file_io``), and Arrow/Paimon type conversion (``PyarrowFieldParser``).
@@ -33,6 +38,7 @@ import array
 import concurrent.futures
 import importlib.util
 import os
+import threading
 import time
 
 import numpy as np
@@ -62,10 +68,14 @@ class KeyValueWriter(KeyValueDataWriter):
     with ``max_rows_per_file`` it writes files of about that many rows, in even parts (the
     nearest count of parts: 1.4 times as many rows stay one file, rather than two files of
     0.7; a deletion vector spends up to 8 KB on each file's every 65,536 rows, so halves
-    of files would cost twice as much of it).
+    of files would cost twice as much of it). With ``written_keys`` it keeps the key columns
+    of every file it writes, in file order (the key index takes them without reading the
+    files back).
     """
 
     max_rows_per_file: int | None = None
+    key_columns: list[str] = []
+    written_keys: dict[str, pa.Table] | None = None  # data file name -> its rows' key columns, in file order
 
     def _roll_write(self, data: pa.Table) -> None:
         limit = self.max_rows_per_file
@@ -85,7 +95,10 @@ class KeyValueWriter(KeyValueDataWriter):
         super()._write_data_to_file(data)
         if len(self.committed_files) > written:
             kinds = data.column("_VALUE_KIND").to_numpy()
-            self.committed_files[-1].delete_row_count = int(np.count_nonzero((kinds == 1) | (kinds == 3)))
+            meta = self.committed_files[-1]
+            meta.delete_row_count = int(np.count_nonzero((kinds == 1) | (kinds == 3)))
+            if self.written_keys is not None:
+                self.written_keys[meta.file_name] = data.select(self.key_columns)
 
     def _add_system_fields(self, data: pa.RecordBatch) -> pa.RecordBatch:
         """pypaimon's ``_KEY_*``, ``_SEQUENCE_NUMBER`` and ``_VALUE_KIND`` columns, built
@@ -135,27 +148,79 @@ def dictionary_columns(data: pa.Table, sample: int = 1024) -> list[str]:
             if not pa.types.is_nested(column.type) and pc.count_distinct(column).as_py() * 2 <= len(column)]
 
 
-def _sequence_floor() -> int:
-    """The lowest sequence number a write may start from: the wall clock in nanoseconds.
+class _SequenceFloors:
+    """Where a primary-key write's sequence numbers start, per table (its path).
 
     pypaimon starts a write's sequence numbers after the highest one the table's latest
-    snapshot holds. On a streaming runner the next window's data files are written while
-    the previous window's commit is still pending, so both would start from the same
-    snapshot and a key changed in both could keep its older value. Windows of one poll
-    group are written one after the other, so the clock orders them (with room for a
-    million rows per millisecond between writes).
+    snapshot holds, found by reading every manifest of the table at every write (a cost that
+    grows with the table). And on a streaming runner the next window's data files are written
+    while the previous window's commit is still pending, so both would start from the same
+    snapshot and a key changed in both could keep its older value. So here a write starts
+    above the highest number this process has handed out for the table (its windows of a
+    poll group are written one after the other) and above the table's highest when this
+    process first wrote it (read once), and no lower than the wall clock in nanoseconds,
+    which orders the writes of processes that follow each other (with room for a million
+    rows per millisecond between writes).
     """
-    return time.time_ns()
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._highest: dict[str, int] = {}
+
+    def floor(self, table) -> int:
+        """The first sequence number of a new write of ``table``, reserved."""
+        path = table.table_path
+        with self._lock:
+            known = path in self._highest
+        found = -1 if known else max_sequence_number(table)
+        with self._lock:
+            floor = max(time.time_ns(), found + 1, self._highest.get(path, -1) + 1)
+            self._highest[path] = floor
+        return floor
+
+    def used(self, table, highest: int) -> None:
+        """Record that a write of ``table`` handed out numbers up to ``highest``."""
+        with self._lock:
+            self._highest[table.table_path] = max(self._highest.get(table.table_path, -1), highest)
+
+
+SEQUENCE_FLOORS = _SequenceFloors()
+
+
+def max_sequence_number(table) -> int:
+    """The highest sequence number of any data file the table's latest snapshot lists (-1: none)."""
+    from pypaimon.manifest.manifest_file_manager import ManifestFileManager
+
+    snapshot = latest_snapshot(table)
+    if snapshot is None:
+        return -1
+    manifests = _manifest_lists()(table).read_all(snapshot)
+    entries = ManifestFileManager(table).read_entries_parallel(manifests, drop_stats=True, max_workers=4)
+    return max((e.file.max_sequence_number for e in entries), default=-1)
 
 
 class _FileStoreWrite(FileStoreWrite):
+    max_rows_per_file: int | None = None
+    key_columns: list[str] | None = None
+
+    def __init__(self, table, commit_user):
+        super().__init__(table, commit_user)
+        self.written_keys: dict[str, pa.Table] = {}
+
+    def _seq_number_stats(self, partition):
+        """Primary-key tables: none; :data:`SEQUENCE_FLOORS` sets where writes start, without
+        reading the table's manifests at every write."""
+        return {} if self.table.is_primary_key_table else super()._seq_number_stats(partition)
+
     def _create_data_writer(self, partition, bucket, options):
         writer = super()._create_data_writer(partition, bucket, options)
         if type(writer) is KeyValueDataWriter:
             writer.__class__ = KeyValueWriter
-            writer.max_rows_per_file = getattr(self, "max_rows_per_file", None)
+            writer.max_rows_per_file = self.max_rows_per_file
+            if self.key_columns is not None:
+                writer.key_columns, writer.written_keys = self.key_columns, self.written_keys
             if not hasattr(self, "_floor"):
-                self._floor = _sequence_floor()  # one per write: its buckets start alike
+                self._floor = SEQUENCE_FLOORS.floor(self.table)  # one per write: its buckets start alike
             generator = writer.sequence_generator
             generator.start = generator.current = max(generator.current, self._floor)
         return writer
@@ -170,7 +235,10 @@ class _FileStoreWrite(FileStoreWrite):
         if workers > 1:
             with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="paimon-write") as pool:
                 list(pool.map(lambda writer: writer.prepare_commit(), writers))
-        return super()._prepare_commit_messages(commit_identifier)
+        messages = super()._prepare_commit_messages(commit_identifier)
+        if writers and hasattr(self, "_floor"):
+            SEQUENCE_FLOORS.used(self.table, max(w.sequence_generator.current for w in writers))
+        return messages
 
 
 class StreamWrite(StreamTableWrite):
@@ -183,6 +251,37 @@ class StreamWrite(StreamTableWrite):
     def limit_file_rows(self, max_rows: int) -> None:
         """Write primary-key files of at most ``max_rows`` rows each (in even parts)."""
         self.file_store_write.max_rows_per_file = max_rows
+
+    def keep_keys(self, stored_key_columns: list[str]) -> None:
+        """Keep these columns (:func:`stored_key_columns`) of every primary-key file written,
+        for :meth:`written_keys`."""
+        self.file_store_write.key_columns = list(stored_key_columns)
+
+    def written_keys(self, messages: list) -> dict[str, pa.Table]:
+        """The kept key columns (:meth:`keep_keys`) of every new file of ``messages``, in file order."""
+        kept = self.file_store_write.written_keys
+        names = [meta.file_name for message in messages for meta in message.new_files]
+        missing = [name for name in names if name not in kept]
+        if missing:
+            raise RuntimeError(f"{self.table.table_path}: no key columns kept for data file {missing[0]}; "
+                               f"call keep_keys before writing")
+        return {name: kept[name] for name in names}
+
+    def _write_precomputed_bucket(self, data, bucket):
+        """pypaimon's, for fixed-bucket tables without its check, row by row in Python (a
+        second per million rows), that every row is of the first row's partition: the caller
+        (:meth:`~beam_pixels.sinks.paimon.writer.PaimonTableWriter._write`) groups rows by
+        partition and bucket."""
+        from pypaimon.table.bucket_mode import BucketMode
+
+        if self.table.bucket_mode() != BucketMode.HASH_FIXED:
+            return super()._write_precomputed_bucket(data, bucket)
+        if not 0 <= bucket < self.table.options.bucket():
+            raise ValueError(f"Bucket id must be between 0 and {self.table.options.bucket() - 1}")
+        data = self._prepare_arrow_data(data)
+        if data.num_rows:
+            (partition,) = self.row_key_extractor.extract_partitions_batch(data.slice(0, 1))
+            self._write_partition_bucket_batch(tuple(partition), bucket, data)
 
     def _prepare_arrow_data(self, data):
         """pypaimon's checks and ``rowkind.field`` filter (``pypaimon.write.row_kind.

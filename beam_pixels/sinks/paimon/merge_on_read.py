@@ -49,17 +49,12 @@ class PreparedFiles:
     touched_keys: pa.Table
 
 
-def key_codes_of(table, messages: list, key_columns: list[str]) -> dict:
-    """The key code of every row of the files in ``messages``, read back from the files."""
+def key_codes_of(written: dict[str, pa.Table]) -> dict:
+    """The key code of every row of every new data file, from its key columns as written
+    (``{file name: key columns, in file order}``)."""
     from beam_pixels.sinks.key_index import key_codes
 
-    stored = private.stored_key_columns(table, key_columns)
-    codes = {}
-    for message in messages:
-        for meta in message.new_files:
-            entry = private.new_entry(table, 0, tuple(message.partition), message.bucket, table.total_buckets, meta)
-            codes[meta.file_name] = key_codes(private.read_key_values(table, entry, stored))
-    return codes
+    return {name: key_codes(keys) for name, keys in written.items()}
 
 
 def commit(table, key_columns: list[str], parts: list[PreparedFiles], checkpoint: Checkpoint, last: Checkpoint,

@@ -391,12 +391,14 @@ class PaimonTableWriter(TableWriter):
         # their first rewrites cost that share, not the whole bucket.
         write.limit_file_rows(max(MIN_LOAD_FILE_ROWS, rows.num_rows * self.compaction_file_percent
                                   // (100 * self._table.options.bucket())))
+        write.keep_keys(private.stored_key_columns(self._table, key))
         try:
             self._write(write, rows)
             messages = write.prepare_commit(self.last_checkpoint().batch_id + 1)
+            written = write.written_keys(messages)
         finally:
             write.close()
-        return merge_on_read.PreparedFiles(messages, merge_on_read.key_codes_of(self._table, messages, key), touched)
+        return merge_on_read.PreparedFiles(messages, merge_on_read.key_codes_of(written), touched)
 
     def _refuse_null_partitions(self, rows: pa.Table) -> None:
         """Raise, before anything is written, when a row of a primary-key table has a NULL partition
