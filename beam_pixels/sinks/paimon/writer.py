@@ -68,7 +68,7 @@ from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import background, deletion_vectors, merge_on_read
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
 from beam_pixels.sinks.paimon.bucketing import bucket_ids
-from beam_pixels.sinks.paimon.dv_compaction import DEFAULT_FILE_PERCENT, MIN_LOAD_FILE_ROWS
+from beam_pixels.sinks.paimon.dv_compaction import DEFAULT_FILE_PERCENT, MIN_FILE_ROWS
 from beam_pixels.sinks.paimon.maintenance import MaintenanceOptions, PassReport, live_files, record_metrics, run_pass
 
 _LOG = logging.getLogger(__name__)
@@ -388,8 +388,9 @@ class PaimonTableWriter(TableWriter):
         touched = pa.table({k: state.touched_keys.column(k).cast(self._write_schema.field(k).type) for k in key})
         write = StreamWrite(self._table, self.commit_user)
         # A large commit (a bulk load) becomes files of the share compaction writes, so that
-        # their first rewrites cost that share, not the whole bucket.
-        write.limit_file_rows(max(MIN_LOAD_FILE_ROWS, rows.num_rows * self.compaction_file_percent
+        # their first rewrites cost that share, not the whole bucket, and of at least a
+        # deletion-vector container's rows.
+        write.limit_file_rows(max(MIN_FILE_ROWS, rows.num_rows * self.compaction_file_percent
                                   // (100 * self._table.options.bucket())))
         try:
             self._write(write, rows)
