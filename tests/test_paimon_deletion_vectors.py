@@ -156,7 +156,7 @@ def test_created_tables_get_deletion_vectors_unless_write_only_or_asked_otherwis
     assert {n: o.get("deletion-vectors.enabled") for n, o in options.items()} == {
         "plain": None, "asked": "true", "default": "true", "classic": "false"}
     assert {n: o.get("num-levels") for n, o in options.items()} == {
-        "plain": None, "asked": "12", "default": "12", "classic": None}, "more levels only with deletion vectors"
+        "plain": None, "asked": "16", "default": "16", "classic": None}, "more levels only with deletion vectors"
     assert {n: o.get("compaction.delete-ratio-threshold") for n, o in options.items()} == {
         "plain": None, "asked": "0.35", "default": "0.35", "classic": None}
 
