@@ -16,6 +16,16 @@ from test_paimon_maintenance import ORDERS, catalog_properties, commit_batches, 
 COUNTERS = SourceSchema.parse("id:BIGINT, qty:INT, note:STRING", primary_key=["id"])
 
 
+def commit_counters(writer, op, rows: list[dict]) -> None:
+    """Commit one change ``op`` of each of ``rows`` to a COUNTERS table."""
+    from beam_pixels.changes import ChangeBatch, Op, concat_records
+
+    checkpoint = writer.last_checkpoint()
+    records = concat_records([ChangeBatch.from_changes(COUNTERS, [(op, None, r) for r in rows], poll_group=0,
+                                                       start_position=checkpoint.next_position(0))], COUNTERS)
+    writer.commit(records, checkpoint.advance(records))
+
+
 def assert_level_invariants(table) -> None:
     """Every file above level 0, without -D rows; each level one sorted run of non-overlapping files."""
     for (_, bucket), entries in live_files(table, private.latest_snapshot(table)).items():
@@ -316,26 +326,17 @@ def test_a_bulk_load_is_written_in_files_of_whole_deletion_vector_containers(tmp
     costs a whole deletion-vector container (8 KB) once 1 in 16 of its rows are deleted, so
     files of 35,000 rows would cost twice the bits a row in every index copy. Exact after
     updates across the load."""
-    from beam_pixels.changes import ChangeBatch, Op, concat_records
+    from beam_pixels.changes import Op
 
     properties = catalog_properties(tmp_path)
     writer = PaimonTableWriter(COUNTERS, "counters", properties, bucket=1, compaction_file_percent=25)
     writer.open()
-    rows = [{"id": k, "qty": 0, "note": "bulk"} for k in range(140_000)]
-    checkpoint = writer.last_checkpoint()
-    records = concat_records([ChangeBatch.from_changes(COUNTERS, [(Op.INSERT, None, r) for r in rows], poll_group=0,
-                                                       start_position=checkpoint.next_position(0))], COUNTERS)
-    writer.commit(records, checkpoint.advance(records))
+    commit_counters(writer, Op.INSERT, [{"id": k, "qty": 0, "note": "bulk"} for k in range(140_000)])
     table = open_table(properties, "pixels.counters")
     files = live_files(table, private.latest_snapshot(table))[((), 0)]
     assert sorted(e.file.row_count for e in files) == [70_000, 70_000], "25% of 140,000 rows would be 35,000"
     assert len({e.file.level for e in files}) == 1, "one sorted run"
-    updates = [{"id": k, "qty": 1, "note": "updated"} for k in range(0, 140_000, 7)]
-    checkpoint = writer.last_checkpoint()
-    records = concat_records([ChangeBatch.from_changes(COUNTERS, [(Op.UPDATE, None, r) for r in updates],
-                                                       poll_group=0, start_position=checkpoint.next_position(0))],
-                             COUNTERS)
-    writer.commit(records, checkpoint.advance(records))
+    commit_counters(writer, Op.UPDATE, [{"id": k, "qty": 1, "note": "updated"} for k in range(0, 140_000, 7)])
     table = open_table(properties, "pixels.counters")
     builder = table.new_read_builder()
     got = builder.new_read().to_arrow(builder.new_scan().plan().splits())
@@ -445,7 +446,7 @@ def test_compaction_files_hold_whole_deletion_vector_containers_and_are_not_halv
     times the limit stays one file, not two files of 0.7 that would cost a container each."""
     from types import SimpleNamespace
 
-    from beam_pixels.changes import ChangeBatch, Op, concat_records
+    from beam_pixels.changes import Op
     from beam_pixels.sinks.paimon import dv_compaction
     from beam_pixels.sinks.paimon.compaction import CompactionOptions
 
@@ -458,11 +459,7 @@ def test_compaction_files_hold_whole_deletion_vector_containers_and_are_not_halv
     properties = catalog_properties(tmp_path)
     writer = PaimonTableWriter(COUNTERS, "counters", properties, bucket=1)
     writer.open()
-    rows = [{"id": k, "qty": 0, "note": "x"} for k in range(140)]
-    checkpoint = writer.last_checkpoint()
-    records = concat_records([ChangeBatch.from_changes(COUNTERS, [(Op.INSERT, None, r) for r in rows], poll_group=0,
-                                                       start_position=checkpoint.next_position(0))], COUNTERS)
-    writer.commit(records, checkpoint.advance(records))
+    commit_counters(writer, Op.INSERT, [{"id": k, "qty": 0, "note": "x"} for k in range(140)])
     table = open_table(properties, "pixels.counters")
     (entry,) = live_files(table, private.latest_snapshot(table))[((), 0)]
     raw = private.read_key_values(table, entry)
