@@ -85,8 +85,8 @@ DEFAULT_DELETION_VECTOR_TABLE_OPTIONS = {"num-levels": "16", "compaction.delete-
 """And for those with deletion vectors: 16 levels, so that a bucket holds up to 15 sorted runs before
 its newest must merge (the soak benchmark's storage fell from 2.6 to 1.9 times the live rows, median,
 with 12 against Paimon's default of 6; a model of a soak bucket under the real compaction picks (issue 22)
-has the tiered merges' retained rewrites fall from 0.23 to 0.16 of the table from 12 to 16 and rise
-again at 20; a run costs a reader one more file, well under a millisecond); files
+has the tiered merges' retained rewrites fall from 0.23 to 0.16 of the table from 12 to 16, and the
+storage rise again at 20, with more small runs and deletion vectors; a run costs a reader one more file, well under a millisecond); files
 rewritten at 35% deleted rows rather than Paimon's 20% (see :mod:`.dv_compaction`)."""
 
 # Options a primary-key table needs for exact final states: (required value, value when unset).
