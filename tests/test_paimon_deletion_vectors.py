@@ -16,6 +16,16 @@ from test_paimon_maintenance import ORDERS, catalog_properties, commit_batches, 
 COUNTERS = SourceSchema.parse("id:BIGINT, qty:INT, note:STRING", primary_key=["id"])
 
 
+def commit_counters(writer, op, rows: list[dict]) -> None:
+    """Commit one change ``op`` of each of ``rows`` to a COUNTERS table."""
+    from beam_pixels.changes import ChangeBatch, Op, concat_records
+
+    checkpoint = writer.last_checkpoint()
+    records = concat_records([ChangeBatch.from_changes(COUNTERS, [(op, None, r) for r in rows], poll_group=0,
+                                                       start_position=checkpoint.next_position(0))], COUNTERS)
+    writer.commit(records, checkpoint.advance(records))
+
+
 def assert_level_invariants(table) -> None:
     """Every file above level 0, without -D rows; each level one sorted run of non-overlapping files."""
     for (_, bucket), entries in live_files(table, private.latest_snapshot(table)).items():
@@ -156,7 +166,7 @@ def test_created_tables_get_deletion_vectors_unless_write_only_or_asked_otherwis
     assert {n: o.get("deletion-vectors.enabled") for n, o in options.items()} == {
         "plain": None, "asked": "true", "default": "true", "classic": "false"}
     assert {n: o.get("num-levels") for n, o in options.items()} == {
-        "plain": None, "asked": "12", "default": "12", "classic": None}, "more levels only with deletion vectors"
+        "plain": None, "asked": "16", "default": "16", "classic": None}, "more levels only with deletion vectors"
     assert {n: o.get("compaction.delete-ratio-threshold") for n, o in options.items()} == {
         "plain": None, "asked": "0.35", "default": "0.35", "classic": None}
 
@@ -288,7 +298,7 @@ def test_a_bulk_load_becomes_files_of_the_share_compaction_writes(tmp_path, monk
     from beam_pixels.sinks.paimon import dv_compaction, writer as writer_module
 
     monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 5)
-    monkeypatch.setattr(writer_module, "MIN_LOAD_FILE_ROWS", 5)
+    monkeypatch.setattr(writer_module, "MIN_FILE_ROWS", 5)
     properties = catalog_properties(tmp_path)
     writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=1, compaction_file_percent=10)
     writer.open()
@@ -308,6 +318,54 @@ def test_a_bulk_load_becomes_files_of_the_share_compaction_writes(tmp_path, monk
     table = open_table(properties)
     assert read_rows(table) == expected(state)
     assert_level_invariants(table)
+
+
+def test_a_bulk_load_is_written_in_files_of_whole_deletion_vector_containers(tmp_path):
+    """A bulk load whose share per file (``paimon.compaction.file-percent`` of the commit's rows
+    per bucket) is under 65,536 rows is written in files of about 65,536: a file of fewer rows
+    costs a whole deletion-vector container (8 KB) once 1 in 16 of its rows are deleted, so
+    files of 35,000 rows would cost twice the bits a row in every index copy. Exact after
+    updates across the load."""
+    from beam_pixels.changes import Op
+
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(COUNTERS, "counters", properties, bucket=1, compaction_file_percent=25)
+    writer.open()
+    commit_counters(writer, Op.INSERT, [{"id": k, "qty": 0, "note": "bulk"} for k in range(140_000)])
+    table = open_table(properties, "pixels.counters")
+    files = live_files(table, private.latest_snapshot(table))[((), 0)]
+    assert sorted(e.file.row_count for e in files) == [70_000, 70_000], "25% of 140,000 rows would be 35,000"
+    assert len({e.file.level for e in files}) == 1, "one sorted run"
+    commit_counters(writer, Op.UPDATE, [{"id": k, "qty": 1, "note": "updated"} for k in range(0, 140_000, 7)])
+    table = open_table(properties, "pixels.counters")
+    builder = table.new_read_builder()
+    got = builder.new_read().to_arrow(builder.new_scan().plan().splits())
+    assert got.num_rows == 140_000 and sorted(got.column("id").to_pylist()) == list(range(140_000))
+    assert pc.sum(got.column("qty")).as_py() == 20_000
+
+
+def test_the_run_above_the_oldest_sheds_its_deleted_rows_in_place():
+    """Tiering never takes the run just above the oldest (it drains into the oldest run), so
+    a file of it past its delete ratio is rewritten alone at its level, without its deleted
+    rows; files of the other newer runs wait for tiering, which drops theirs."""
+    from types import SimpleNamespace
+
+    from beam_pixels.sinks.paimon import dv_compaction
+    from beam_pixels.sinks.paimon.compaction import CompactionOptions
+
+    def entry(name, level, rows, first, last):
+        meta = SimpleNamespace(file_name=name, level=level, row_count=rows, file_size=rows * 10,
+                               max_sequence_number=0, min_key=SimpleNamespace(values=[first]),
+                               max_key=SimpleNamespace(values=[last]))
+        return SimpleNamespace(file=meta)
+
+    deleted = {"newer": 60, "above-oldest": 95}  # 60% and 95%: past any spread of a 20% threshold
+    entries = [entry("newer", 9, 100, 0, 999), entry("above-oldest", 10, 100, 400, 499),
+               entry("oldest-a", 11, 500, 0, 499), entry("oldest-b", 11, 500, 500, 999)]
+    live = SimpleNamespace(live_count=lambda name: 100 - deleted[name] if name in deleted else 500)
+    (rewrite,) = dv_compaction.pick(entries, live, CompactionOptions(trigger=11), ratio=0.2)
+    assert [e.file.file_name for e in rewrite.inputs] == ["above-oldest"] and rewrite.level == 10
+    assert rewrite.absorb_from == () and rewrite.lower is None and rewrite.upper is None
 
 
 def test_tiering_leaves_the_run_above_the_oldest_to_drain_into_it(monkeypatch):
@@ -350,7 +408,7 @@ def test_a_bulk_load_in_key_order_over_several_commits_joins_the_oldest_run(tmp_
     from beam_pixels.sinks.paimon import dv_compaction, writer as writer_module
 
     monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 5)
-    monkeypatch.setattr(writer_module, "MIN_LOAD_FILE_ROWS", 5)
+    monkeypatch.setattr(writer_module, "MIN_FILE_ROWS", 5)
     properties = catalog_properties(tmp_path)
     writer = PaimonTableWriter(ORDERS, "orders", properties, bucket=1, compaction_file_percent=25)
     writer.open()
@@ -388,7 +446,7 @@ def test_compaction_files_hold_whole_deletion_vector_containers_and_are_not_halv
     times the limit stays one file, not two files of 0.7 that would cost a container each."""
     from types import SimpleNamespace
 
-    from beam_pixels.changes import ChangeBatch, Op, concat_records
+    from beam_pixels.changes import Op
     from beam_pixels.sinks.paimon import dv_compaction
     from beam_pixels.sinks.paimon.compaction import CompactionOptions
 
@@ -401,11 +459,7 @@ def test_compaction_files_hold_whole_deletion_vector_containers_and_are_not_halv
     properties = catalog_properties(tmp_path)
     writer = PaimonTableWriter(COUNTERS, "counters", properties, bucket=1)
     writer.open()
-    rows = [{"id": k, "qty": 0, "note": "x"} for k in range(140)]
-    checkpoint = writer.last_checkpoint()
-    records = concat_records([ChangeBatch.from_changes(COUNTERS, [(Op.INSERT, None, r) for r in rows], poll_group=0,
-                                                       start_position=checkpoint.next_position(0))], COUNTERS)
-    writer.commit(records, checkpoint.advance(records))
+    commit_counters(writer, Op.INSERT, [{"id": k, "qty": 0, "note": "x"} for k in range(140)])
     table = open_table(properties, "pixels.counters")
     (entry,) = live_files(table, private.latest_snapshot(table))[((), 0)]
     raw = private.read_key_values(table, entry)

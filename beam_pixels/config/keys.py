@@ -210,7 +210,7 @@ def describe() -> str:
         "(e.g. `iceberg.catalog.glue.region`, `paimon.catalog.s3.endpoint`). "
         "Every `paimon.table.options.<name>=<value>` sets the Paimon table option `<name>` on tables the "
         "connector creates (e.g. `paimon.table.options.snapshot.time-retained=1 min`). Primary-key tables "
-        "the connector creates get `deletion-vectors.enabled=true`, `num-levels=12` and "
+        "the connector creates get `deletion-vectors.enabled=true`, `num-levels=16` and "
         "`compaction.delete-ratio-threshold=0.35` (Paimon's default: 0.2, which their compaction honours on other "
         "tables) unless set otherwise or write-only."
     )

@@ -26,9 +26,16 @@ sorted run and marks the stored rows they replace deleted (:mod:`.merge_on_read`
    the retained snapshots would keep, doubling the table for that long). It takes rows
    from the files no other rewrite of the pass takes, so draining goes on while
    rule 1 merges the newest runs;
-3. a file whose rows are all deleted is dropped.
+3. a file whose rows are all deleted is dropped;
+4. each file of the run just above the oldest once about the delete ratio of its rows are
+   deleted, alone, at its level. Tiering leaves that run to drain into the oldest run, and a
+   drain frees a file of it only once every key of its range has been drained: meanwhile
+   its deleted rows stayed stored, and its deletion vector (a bitmap of 8 KB per 65,536
+   rows once 1 in 16 are deleted) was copied by every commit (in the soak, the run a bulk
+   load's last commit left above the oldest held 31,000 rows, a few hundred of them live,
+   for minutes).
 
-Newer runs are not rewritten for their deleted rows: they are drained, merged or
+Other newer runs are not rewritten for their deleted rows: they are drained, merged or
 dropped. Outputs roll at a share of the bucket's live rows (``paimon.compaction.file-percent``,
 at least :data:`MIN_FILE_ROWS`), so that each of these rewrites costs that share.
 """
@@ -55,12 +62,10 @@ DEFAULT_FILE_PERCENT = 25
 # holds each 65,536 positions of a file in one container, a deleted row in 2 bytes up to
 # 4,096 of them, then 8 KB; with random updates most files pass that, so a file of fewer rows
 # costs a whole container still, e.g. 2.7 bits a row at 24,000 rows against 1 at 65,536, in
-# every copy of the index the retained snapshots keep.
+# every copy of the index the retained snapshots keep. A large commit's files (a bulk load's)
+# hold as many (:mod:`.writer`): the soak's preload, in files of 31,000 rows, cost 2.1 bits a
+# row in each of the ~35 index copies a minute of snapshots kept, 0.3 of the table's size.
 MIN_FILE_ROWS = 65_536
-# A large commit's files (a bulk load's) are finer: a load in key order over several commits
-# places each file that overlaps no newer run in the oldest run (:mod:`.merge_on_read`), and
-# the finer the files, the fewer straddle where one commit's keys meet the next one's.
-MIN_LOAD_FILE_ROWS = 10_000
 
 
 def delete_ratio(options: dict[str, str]) -> float:
@@ -127,6 +132,12 @@ def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
         if name not in taken and entry.file.row_count and not live_rows.live_count(name):
             chosen.append(Rewrite([entry], entry.file.level))
             taken.add(name)
+    if len(runs) > 1:  # tiering never takes the run above the oldest: its files shed their deleted rows here
+        for entry in runs[-2].files:
+            rows, name = entry.file.row_count, entry.file.file_name
+            if name not in taken and rows - live_rows.live_count(name) >= _spread(ratio, name) * rows:
+                chosen.append(Rewrite([entry], entry.file.level, file_rows))
+                taken.add(name)
     if not runs or runs[-1].files[0].file.file_name in taken:
         return chosen
     oldest = sorted(runs[-1].files, key=_first_key)

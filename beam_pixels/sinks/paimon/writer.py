@@ -68,7 +68,7 @@ from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import background, deletion_vectors, merge_on_read
 from beam_pixels.sinks.paimon._pypaimon_private import ROW_KINDS_SUPPORTED, StreamWrite
 from beam_pixels.sinks.paimon.bucketing import bucket_ids
-from beam_pixels.sinks.paimon.dv_compaction import DEFAULT_FILE_PERCENT, MIN_LOAD_FILE_ROWS
+from beam_pixels.sinks.paimon.dv_compaction import DEFAULT_FILE_PERCENT, MIN_FILE_ROWS
 from beam_pixels.sinks.paimon.maintenance import MaintenanceOptions, PassReport, live_files, record_metrics, run_pass
 
 _LOG = logging.getLogger(__name__)
@@ -81,10 +81,12 @@ DEFAULT_PK_TABLE_OPTIONS = {"deletion-vectors.enabled": "true"}
 """Options of the primary-key tables the connector creates unless ``paimon.table.options.*`` says otherwise
 or the table is write-only: deletion vectors, so that readers never merge sorted runs (:mod:`.merge_on_read`)."""
 
-DEFAULT_DELETION_VECTOR_TABLE_OPTIONS = {"num-levels": "12", "compaction.delete-ratio-threshold": "0.35"}
-"""And for those with deletion vectors: 12 levels, so that a bucket holds up to 11 sorted runs before
+DEFAULT_DELETION_VECTOR_TABLE_OPTIONS = {"num-levels": "16", "compaction.delete-ratio-threshold": "0.35"}
+"""And for those with deletion vectors: 16 levels, so that a bucket holds up to 15 sorted runs before
 its newest must merge (the soak benchmark's storage fell from 2.6 to 1.9 times the live rows, median,
-against Paimon's default of 6; a run costs a reader one more file, well under a millisecond); files
+with 12 against Paimon's default of 6; a model of a soak bucket under the real compaction picks (issue 22)
+has the tiered merges' retained rewrites fall from 0.23 to 0.16 of the table from 12 to 16, and the
+storage rise again at 20, with more small runs and deletion vectors; a run costs a reader one more file, well under a millisecond); files
 rewritten at 35% deleted rows rather than Paimon's 20% (see :mod:`.dv_compaction`)."""
 
 # Options a primary-key table needs for exact final states: (required value, value when unset).
@@ -388,8 +390,9 @@ class PaimonTableWriter(TableWriter):
         touched = pa.table({k: state.touched_keys.column(k).cast(self._write_schema.field(k).type) for k in key})
         write = StreamWrite(self._table, self.commit_user)
         # A large commit (a bulk load) becomes files of the share compaction writes, so that
-        # their first rewrites cost that share, not the whole bucket.
-        write.limit_file_rows(max(MIN_LOAD_FILE_ROWS, rows.num_rows * self.compaction_file_percent
+        # their first rewrites cost that share, not the whole bucket, and of at least a
+        # deletion-vector container's rows.
+        write.limit_file_rows(max(MIN_FILE_ROWS, rows.num_rows * self.compaction_file_percent
                                   // (100 * self._table.options.bucket())))
         write.keep_keys(private.stored_key_columns(self._table, key))
         try:

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""A model of one bucket of a Paimon deletion-vector table under the soak's stream, compacted
+by the connector's own :func:`beam_pixels.sinks.paimon.dv_compaction.pick`.
+
+Files are sorted key sets with a deleted mask: a commit marks the touched keys' rows deleted
+and adds the new rows as the newest run (levels freed as :mod:`.merge_on_read` frees them),
+then every rewrite the real ``pick`` chooses is carried out (a drain takes the newer runs'
+live rows in its key range). Bytes are rows times a fixed bytes-per-row; each commit keeps a
+copy of the bucket's deletion vectors (8 KB a container, 2 bytes a deleted row below 4,096).
+It prints, over the commits after the first retention window, the storage as a share of the
+live rows (current files with their deleted rows, plus the rewritten inputs of the last
+``--retained-commits``, plus that many deletion-vector copies), and how much of the retained
+rewriting was tiered merges, drains of the oldest run and other rewrites. A policy change to
+``pick`` shows here in a minute against a soak's 15; the soak remains the measure.
+
+    python scripts/paimon-dv-compaction-model.py --levels 16 --seed 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+
+from beam_pixels.sinks.paimon import dv_compaction
+from beam_pixels.sinks.paimon.compaction import CompactionOptions
+
+
+class Bucket:
+    def __init__(self, max_level: int, bytes_per_row: float):
+        self.max_level, self.bytes_per_row = max_level, bytes_per_row
+        self.files: dict[str, dict] = {}  # name -> keys (sorted), deleted mask, level
+        self.owner: dict[int, tuple[str, int]] = {}  # live key -> (file, position)
+        self.names = itertools.count()
+        self.live_rows = SimpleNamespace(live_count=lambda name: int((~self.files[name]["deleted"]).sum()))
+
+    def add(self, keys: np.ndarray, level: int) -> None:
+        name = f"f{next(self.names)}"
+        keys = np.sort(keys)
+        self.files[name] = {"keys": keys, "deleted": np.zeros(len(keys), bool), "level": level}
+        for position, key in enumerate(keys.tolist()):
+            self.owner[key] = (name, position)
+
+    def delete(self, key: int) -> None:
+        name, position = self.owner.pop(key)
+        self.files[name]["deleted"][position] = True
+
+    def entries(self) -> list:
+        return [SimpleNamespace(file=SimpleNamespace(
+            file_name=name, level=f["level"], row_count=len(f["keys"]), file_size=len(f["keys"]) * self.bytes_per_row,
+            max_sequence_number=int(name[1:]), min_key=SimpleNamespace(values=[int(f["keys"][0])]),
+            max_key=SimpleNamespace(values=[int(f["keys"][-1])]))) for name, f in self.files.items()]
+
+    def rewrite(self, rewrite) -> int:
+        """Carry ``rewrite`` out; returns the rows of its inputs (kept by retained snapshots)."""
+        parts = [self.files[e.file.file_name]["keys"][~self.files[e.file.file_name]["deleted"]] for e in rewrite.inputs]
+        for entry in rewrite.absorb_from:
+            f = self.files[entry.file.file_name]
+            take = ~f["deleted"]
+            if rewrite.lower is not None:
+                take &= f["keys"] >= rewrite.lower[0]
+            if rewrite.upper is not None:
+                take &= f["keys"] < rewrite.upper[0]
+            parts.append(f["keys"][take])
+            f["deleted"][take] = True
+        rows = sum(e.file.row_count for e in rewrite.inputs)
+        for entry in rewrite.inputs:
+            del self.files[entry.file.file_name]
+        keys = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        if len(keys):
+            count = max(1, round(len(keys) / rewrite.file_rows)) if rewrite.file_rows else 1
+            for part in np.array_split(keys, count):
+                self.add(part, rewrite.level)
+        return rows
+
+    def free_level_one(self) -> int:
+        """As :func:`merge_on_read._free_level_one`: shift the runs up, or merge levels 1 and 2."""
+        levels = {f["level"] for f in self.files.values()}
+        if 1 not in levels:
+            return 0
+        if levels >= set(range(1, self.max_level + 1)):
+            return self.rewrite(dv_compaction.Rewrite([e for e in self.entries() if e.file.level in (1, 2)], 2))
+        top = 1
+        while top + 1 in levels:
+            top += 1
+        shift = min(level for level in levels | {self.max_level + 1} if level > top) - top - 1
+        for f in self.files.values():
+            if f["level"] <= top:
+                f["level"] += shift
+        return 0
+
+    def stored_rows(self) -> int:
+        return sum(len(f["keys"]) for f in self.files.values())
+
+    def vector_bytes(self) -> int:
+        total = 0
+        for f in self.files.values():
+            positions = np.flatnonzero(f["deleted"])
+            for count in np.bincount(positions // 65_536).tolist() if len(positions) else ():
+                total += min(2 * count, 8192) if count else 0
+        return total
+
+
+def run(args) -> str:
+    rng = np.random.default_rng(args.seed)
+    bucket = Bucket(args.levels - 1, args.bytes_per_row)
+    alive = np.arange(args.keys)
+    for part in np.array_split(alive, max(1, round(args.keys / args.load_file_rows))):
+        bucket.add(part, bucket.max_level)
+    next_key = args.keys
+    options = CompactionOptions(trigger=args.levels - 1, num_levels=args.levels)
+    rewritten, totals = [], []
+    vectors = 0
+    for commit in range(args.commits):
+        inserts, updates = int(args.changes * 0.3), int(args.changes * 0.6)
+        touched = rng.choice(alive, args.changes - inserts, replace=False)
+        for key in touched.tolist():
+            bucket.delete(key)
+        new_keys = np.arange(next_key, next_key + inserts)
+        next_key += inserts
+        alive = np.concatenate([np.setdiff1d(alive, touched[updates:], assume_unique=True), new_keys])
+        kinds = {"tier": bucket.free_level_one(), "drain": 0, "other": 0}
+        levels = {f["level"] for f in bucket.files.values()}
+        bucket.add(np.concatenate([touched[:updates], new_keys]), min(levels) - 1 if levels else bucket.max_level)
+        for rewrite in dv_compaction.pick(bucket.entries(), bucket.live_rows, options, args.ratio):
+            oldest = rewrite.inputs[0].file.level == bucket.max_level
+            kind = "drain" if oldest else "tier" if len(rewrite.inputs) > 1 else "other"
+            kinds[kind] += bucket.rewrite(rewrite)
+        rewritten.append(kinds)
+        if commit >= args.retained_commits:
+            if commit % 5 == 0 or not vectors:  # counting containers is the slow part
+                vectors = bucket.vector_bytes()
+            window = sum(sum(k.values()) for k in rewritten[-args.retained_commits:])
+            live = len(alive)
+            totals.append(((bucket.stored_rows() + window) / live
+                           + vectors * args.retained_commits / (live * args.bytes_per_row),
+                           bucket.stored_rows() / live, window / live,
+                           vectors * args.retained_commits / (live * args.bytes_per_row)))
+    t = np.array(totals)
+    steady = rewritten[args.retained_commits:]
+    shares = {kind: sum(k[kind] for k in steady) * args.retained_commits / len(steady) / len(alive)
+              for kind in ("tier", "drain", "other")}
+    return (f"storage mean {t[:, 0].mean():.2f} p90 {np.percentile(t[:, 0], 90):.2f} max {t[:, 0].max():.2f}; "
+            f"current {t[:, 1].mean():.2f} retained rewrites {t[:, 2].mean():.2f} deletion vectors {t[:, 3].mean():.2f}; "
+            f"retained rewrites by kind: tiered {shares['tier']:.2f} drains {shares['drain']:.2f} "
+            f"other {shares['other']:.2f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=300_000, help="keys preloaded into the bucket")
+    parser.add_argument("--changes", type=int, default=1_100, help="changes a commit (30%% inserts, 60%% updates, 10%% deletes)")
+    parser.add_argument("--commits", type=int, default=300)
+    parser.add_argument("--levels", type=int, default=16, help="the table's num-levels")
+    parser.add_argument("--ratio", type=float, default=0.35, help="compaction.delete-ratio-threshold")
+    parser.add_argument("--load-file-rows", type=int, default=dv_compaction.MIN_FILE_ROWS, help="rows a preload file")
+    parser.add_argument("--retained-commits", type=int, default=30, help="commits the retained snapshots span")
+    parser.add_argument("--bytes-per-row", type=float, default=22.0)
+    parser.add_argument("--seed", type=int, default=1)
+    print(run(parser.parse_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
