@@ -12,7 +12,9 @@ submits one unbounded pipeline that commits once per fixed window.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -199,13 +201,14 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
             result = rounds.run(active)
             round_ms = (time.monotonic() - round_started) * 1000
             summary.rounds += 1
+            counters = _SourceCounters(result)
             for name, c in active.items():
-                records = _counter(result, "records", name)
+                records = counters.of(name, "records")
                 _LOG.debug("round %d: %s polled %d records; the round took %.0f ms", summary.rounds,
                            writers[name].table_name, records, round_ms)
                 summary.records += records
                 summary.checkpoints[name] = _last_checkpoint(writers[name])
-                _follow(progress[name], c, records, round_ms, lambda counter: _counter(result, counter, name))
+                _follow(progress[name], c, records, round_ms, functools.partial(counters.of, name))
             if stop.requested or all(t.ended or t.idle for t in progress.values()):
                 break
     for writer in writers.values():
@@ -294,11 +297,19 @@ def _round_record_limit(config: PixelsConfig, records_so_far: int) -> int:
     return min((limit for limit in limits if limit), default=0)
 
 
-def _counter(result, name: str, table: str = "") -> int:
-    """A ``beam_pixels.source`` counter of the run's table labelled ``table``."""
-    namespace = table_namespace(source.METRICS_NAMESPACE, table)
-    counters = result.metrics().query(MetricsFilter().with_namespace(namespace).with_name(name))["counters"]
-    return sum(c.committed or c.attempted or 0 for c in counters)
+class _SourceCounters:
+    """The ``beam_pixels.source`` counters of a round's tables, read from the runner's result once.
+    (The runner builds its metrics anew on each ``result.metrics()``: read for each table's counters
+    in turn, that took 0.01 s a table per round.)"""
+
+    def __init__(self, result):
+        self._values: collections.Counter[tuple[str, str]] = collections.Counter()
+        for c in result.metrics().query(MetricsFilter())["counters"]:
+            self._values[(c.key.metric.namespace, c.key.metric.name)] += c.committed or c.attempted or 0
+
+    def of(self, table: str, name: str) -> int:
+        """The counter ``name`` of the table labelled ``table``, summed over the round's steps."""
+        return self._values[(table_namespace(source.METRICS_NAMESPACE, table), name)]
 
 
 def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: bool = False) -> None:
