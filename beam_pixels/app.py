@@ -187,7 +187,7 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
         _LOG.info("resuming %s from batch %d, positions %s", table, summary.checkpoints[name].batch_id,
                   summary.checkpoints[name].positions)
     started = time.monotonic()
-    with _StopOnSignal() as stop, contextlib.closing(_Rounds(pipeline_args or [])) as rounds:
+    with _StopOnSignal() as stop, contextlib.closing(_Rounds(pipeline_args or [], writers)) as rounds:
         while True:
             active = {name: c for name, c in tables.items() if not progress[name].ended}
             # The runner runs one poll group after another: every table polls until the round's
@@ -211,9 +211,8 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
                 _follow(progress[name], c, records, round_ms, functools.partial(counters.of, name))
             if stop.requested or all(t.ended or t.idle for t in progress.values()):
                 break
-    for writer in writers.values():
-        writer.finish_maintenance()
-        writer.close()
+        for writer in writers.values():
+            writer.finish_maintenance()
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -233,10 +232,14 @@ class _Rounds:
     """The rounds of a local run: one pipeline reading and writing the tables of the round, built
     once and run again each round while the same tables take part. Building a pipeline and putting
     it in the runner's form took about as long as the tables' commits, each round; what changes
-    between rounds is planned before each (:class:`~beam_pixels.source.LocalRounds`)."""
+    between rounds is planned before each (:class:`~beam_pixels.source.LocalRounds`). The rounds
+    write and commit each table with the ``writers`` the run opened (label -> writer), and close
+    them when the run ends (:class:`~beam_pixels.sinks.committing.KeptWriters`)."""
 
-    def __init__(self, pipeline_args: list[str]):
+    def __init__(self, pipeline_args: list[str], writers: typing.Mapping[str, TableWriter]):
         self._run_id = uuid.uuid4().hex
+        for label, writer in writers.items():
+            KEPT_WRITERS.keep(self._run_id, label, writer)
         self._tables: tuple[str, ...] = ()
         self._planned: set[str] = set()
         self._runner = _RerunnableRunner()
@@ -265,7 +268,7 @@ class _Rounds:
         return result
 
     def close(self) -> None:
-        """Drop the run's plans and close the writers its rounds kept open."""
+        """Drop the run's plans and close its writers."""
         for table in self._planned:
             source.LOCAL_ROUNDS.forget(self._key(table))
         KEPT_WRITERS.close(self._run_id)
