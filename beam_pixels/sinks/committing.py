@@ -386,7 +386,7 @@ class _PrepareFn(beam.DoFn):
         self._latency = {label: Metrics.distribution(ns, "write_data_files_ms") for label, ns in namespaces.items()}
 
     def setup(self):
-        self._open = _OpenWriters("prepare", self._keep_open)  # a table's writer opens at its first changes
+        self._open = _OpenWriters(self._keep_open)  # a table's writer opens at its first changes
 
     def teardown(self):
         self._open.close()
@@ -418,7 +418,7 @@ class _CommitFn(beam.DoFn):
         self._keep_open = keep_open
 
     def setup(self):
-        self._open = _OpenWriters("commit", self._keep_open)
+        self._open = _OpenWriters(self._keep_open)
 
     def teardown(self):
         self._open.close()
@@ -434,8 +434,7 @@ class _OpenWriters:
     """The table writers a DoFn instance has opened, by table label: opened at a table's first
     element, closed at teardown, or, with ``keep_open``, taken from and left in :data:`KEPT_WRITERS`."""
 
-    def __init__(self, role: str, keep_open: str):
-        self._role = role
+    def __init__(self, keep_open: str):
         self._keep_open = keep_open
         self._writers: dict[str, TableWriter] = {}
 
@@ -444,7 +443,7 @@ class _OpenWriters:
         opened = self._writers.get(label)
         if opened is None:
             if self._keep_open:
-                opened = KEPT_WRITERS.opened((self._keep_open, self._role, label), writer)
+                opened = KEPT_WRITERS.opened(self._keep_open, label, writer)
             else:
                 opened = writer
                 writer.retrying("open the table", writer.open)
@@ -463,17 +462,24 @@ class KeptWriters:
 
     A local run runs the same pipeline again each round; opening each table's writers again each
     round (its catalog, its table, the schema check; for writing files and for committing) was
-    most of what a table added to a round's length. Runs of one local run share their writers
-    here, as a streaming runner's long-lived DoFns do; :meth:`close` closes a run's writers when
-    it ends.
+    most of what a table added to a round's length. Runs of one local run share one writer per
+    table here, as a streaming runner's long-lived DoFns keep theirs: the run's own, which it
+    opened to resume from (:meth:`keep`), writes the files and commits too, as the runner runs
+    one step after another. :meth:`close` closes a run's writers when it ends.
     """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._writers: dict[tuple[str, str, str], TableWriter] = {}
+        self._writers: dict[tuple[str, str], TableWriter] = {}
 
-    def opened(self, key: tuple[str, str, str], writer: TableWriter) -> TableWriter:
-        """The writer kept for ``key`` = (run, role, table label), or ``writer``, opened and kept."""
+    def keep(self, run: str, label: str, writer: TableWriter) -> None:
+        """Keep ``writer``, opened, for the table labelled ``label`` of ``run``; closed with the run."""
+        with self._lock:
+            self._writers[(run, label)] = writer
+
+    def opened(self, run: str, label: str, writer: TableWriter) -> TableWriter:
+        """The writer kept for the table labelled ``label`` of ``run``, or ``writer``, opened and kept."""
+        key = (run, label)
         with self._lock:
             kept = self._writers.get(key)
         if kept is not None:
