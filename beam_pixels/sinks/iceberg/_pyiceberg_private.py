@@ -111,9 +111,11 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
     older partition spec has that spec and partition.
 
     Without removals the parent's manifests are kept as they are (one new manifest
-    per content kind). With removals, or ``rewrite_manifests``, every live entry is
-    rewritten into one manifest per content kind and spec, which also bounds the
-    number of manifests.
+    per content kind). With removals, the manifests of the removed files' content kinds
+    are rewritten with the added files of those kinds, every live entry into one manifest
+    per content kind and spec, and the others kept: a commit that replaces delete files
+    rewrites the delete manifests, not the data manifests. With ``rewrite_manifests``
+    every kind is rewritten, which also bounds the number of manifests.
     """
 
     def __init__(
@@ -136,7 +138,7 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
         self._added_data_files = list(added)  # data and delete files: the summary counts both kinds
         self._deleted_data_files = set(removed)
         self._removed_paths = {f.file_path for f in removed}
-        self._rewrite = rewrite_manifests or bool(removed)
+        self._rewrite = set(ManifestContent) if rewrite_manifests else {_manifest_content(f) for f in removed}
 
     def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Summary:
         """pyiceberg's summary, with every added file counted under its own spec (pyiceberg
@@ -199,9 +201,8 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
             for data_file in self._added_data_files
         ]
         existing = self._existing_manifests()
-        if not self._rewrite:
-            return self._write(entries) + [m for m in existing if m.has_added_files() or m.has_existing_files()]
-        for manifest in existing:
+        kept = [m for m in existing if m.content not in self._rewrite and (m.has_added_files() or m.has_existing_files())]
+        for manifest in (m for m in existing if m.content in self._rewrite):
             for entry in manifest.fetch_manifest_entry(io=self._io, discard_deleted=True):
                 gone = entry.data_file.file_path in self._removed_paths
                 entries.append(
@@ -219,7 +220,7 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
         found = {e.data_file.file_path for _, e in entries if e.status == ManifestEntryStatus.DELETED}
         if missing := self._removed_paths - found:
             raise ValueError(f"files to remove are not in the table: {sorted(missing)[:3]}")
-        return self._write(entries)
+        return self._write(entries) + kept
 
 
 class _Transaction(Transaction):
