@@ -200,8 +200,8 @@ def test_a_commit_computes_the_table_metadata_a_fixed_number_of_times_however_lo
 
 def test_replacing_a_delete_file_rewrites_the_delete_manifests_and_keeps_the_data_manifests(tmp_path):
     """A commit that removes only delete files (a merge-on-read commit replacing a partition's
-    delete file) rewrites the delete manifests, with its added delete file, into one, and keeps
-    the data manifests as they were written: its cost does not grow with the data files."""
+    delete file) rewrites the delete manifest holding them, with its added delete file, into one,
+    and keeps the data manifests as they were written: its cost does not grow with the data files."""
     catalog, table, rows = ten_rows_table(tmp_path)
     for _ in range(3):
         table = catalog.load_table("db.t")

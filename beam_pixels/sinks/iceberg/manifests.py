@@ -9,7 +9,8 @@ manifests are never changed once written (a new snapshot writes new ones), so
 only those written since the one before. It is bounded: beyond :data:`CAPACITY` file
 references the least recently used are dropped (and read again when needed), and the files a
 pass deletes are dropped at once. A merge-on-read commit also takes the current snapshot's live
-delete files from it (:meth:`ManifestCache.delete_files`), held as pyiceberg ``DataFile``s.
+delete files from it (:meth:`ManifestCache.delete_files`), and the live entries of the manifests
+it rewrites, held as pyiceberg ``ManifestEntry``s.
 """
 
 from __future__ import annotations
@@ -20,22 +21,22 @@ import threading
 import typing
 
 from pyiceberg.io import FileIO
-from pyiceberg.manifest import DataFile, ManifestContent, ManifestFile
+from pyiceberg.manifest import DataFile, ManifestContent, ManifestEntry, ManifestFile
 from pyiceberg.table.snapshots import Snapshot
 
 # File references held (a manifest list's manifests, a manifest's live files, and one per list or
 # manifest), all tables together: about 100 bytes each, each file's path held once however many
 # manifests name it.
 CAPACITY = 1_000_000
-# The key prefix of a delete manifest's live files as DataFiles (beside its path's {path: size}).
+# The key prefix of a manifest's live entries (beside its path's {path: size}).
 _ENTRIES = "entries:"
 
 _T = typing.TypeVar("_T", tuple, dict)
 
 
 class ManifestCache:
-    """Manifest lists (their manifests), manifests (their live files with their sizes) and delete
-    manifests (their live delete files), by path, least recently used dropped beyond ``capacity``
+    """Manifest lists (their manifests), manifests (their live files with their sizes, or their
+    live entries), by path, least recently used dropped beyond ``capacity``
     file references."""
 
     def __init__(self, capacity: int = CAPACITY):
@@ -65,15 +66,15 @@ class ManifestCache:
 
         return self._get(manifest.manifest_path, read)
 
+    def entries(self, io: FileIO, manifest: ManifestFile) -> tuple[ManifestEntry, ...]:
+        """The live entries of ``manifest`` (a commit rewrites the manifests holding files it removes)."""
+        return self._get(_ENTRIES + manifest.manifest_path,
+                         lambda: tuple(manifest.fetch_manifest_entry(io, discard_deleted=True)))
+
     def delete_files(self, io: FileIO, snapshot: Snapshot) -> list[DataFile]:
         """The live delete files of ``snapshot`` (a commit replaces some of them)."""
-        found: list[DataFile] = []
-        for manifest in self.manifests(io, snapshot):
-            if manifest.content == ManifestContent.DELETES:
-                entries = manifest.fetch_manifest_entry
-                found += self._get(_ENTRIES + manifest.manifest_path,
-                                   lambda: tuple(e.data_file for e in entries(io, discard_deleted=True)))
-        return found
+        return [e.data_file for manifest in self.manifests(io, snapshot) if manifest.content == ManifestContent.DELETES
+                for e in self.entries(io, manifest)]
 
     def reachable(self, io: FileIO, snapshots: typing.Iterable[Snapshot]) -> dict[str, int]:
         """Every file ``snapshots`` reach (manifest lists, manifests, data and delete files), with
