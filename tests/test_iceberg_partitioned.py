@@ -6,6 +6,7 @@ restarted."""
 
 from __future__ import annotations
 
+import collections
 import datetime
 import decimal
 import logging
@@ -36,7 +37,7 @@ from beam_pixels import app
 from beam_pixels.config import PixelsConfig
 from beam_pixels.errors import ConfigError
 from beam_pixels.schema import SourceSchema
-from beam_pixels.sinks.iceberg import IcebergTableWriter, files, maintenance
+from beam_pixels.sinks.iceberg import IcebergTableWriter, files, maintenance, merge_on_read
 from beam_pixels.sinks.iceberg.partitioning import Term, describe, parse_spec, partition_rows, transform_column
 
 EVENTS = SourceSchema.parse("id:BIGINT, qty:INT, note:STRING, ts:TIMESTAMP, d:DATE", primary_key=["id"])
@@ -250,6 +251,26 @@ def churned_writer(tmp_path, spec: str, *, seed: int, rows: int, changes: int):
     for _ in range(6):
         commit(writer, [stream.batch(stream.changes(changes))])
     return writer, stream
+
+
+def test_a_commit_leaves_at_most_three_delete_files_in_each_partition_it_deletes_in(tmp_path):
+    """Each commit takes a partition's smaller recent delete files into its own (the two largest,
+    one a pass's fold, stay): readers open at most three delete files per partition, however many commits
+    since the last pass, and the table stays exact."""
+    writer, stream = churned_writer(tmp_path, "day(ts),bucket(4,id)", seed=12, rows=1500, changes=300)
+    _, deletes = live_files(writer)
+    per_partition = collections.Counter(files.partition_of(d) for d in deletes)
+    assert len(per_partition) > 4 and max(per_partition.values()) <= 3 == merge_on_read.DELETE_FILES_PER_PARTITION
+    snapshots = writer._table.snapshots()
+    assert sum(int(s.summary.additional_properties.get("removed-delete-files", 0)) for s in snapshots) > 0
+    assert by_id(pyiceberg_rows(writer)) == by_id(duckdb_rows(writer._table.metadata_location)) == by_id(stream.expected())
+
+    maintenance.run_pass(writer._table, maintenance.Settings(deleted_percent=100), ["id"], {})  # folds to one each
+    commit(writer, [stream.batch(stream.changes(300))])
+    _, deletes = live_files(writer)
+    assert max(collections.Counter(files.partition_of(d) for d in deletes).values()) == 2
+    assert by_id(pyiceberg_rows(writer)) == by_id(duckdb_rows(writer._table.metadata_location)) == by_id(stream.expected())
+    writer.close()
 
 
 def test_maintenance_compacts_within_partitions_and_keeps_a_delete_file_per_partition(tmp_path):

@@ -23,6 +23,7 @@ from pyiceberg.types import IntegerType, LongType, NestedField, StringType
 
 from beam_pixels.sinks.iceberg import files
 from beam_pixels.sinks.iceberg._pyiceberg_private import commit_file_changes, file_reader, promotable, write_parquet_files
+from beam_pixels.sinks.iceberg.manifests import MANIFESTS
 from beam_pixels.sinks.iceberg.partitioning import partition_rows
 from iceberg_helpers import duckdb_rows
 
@@ -195,3 +196,36 @@ def test_a_commit_computes_the_table_metadata_a_fixed_number_of_times_however_lo
         late = computations_of_one_commit(batch)
     assert len(catalog.load_table("db.t").metadata.snapshots) == 39
     assert late == early <= 3, f"{early} metadata computations in the 1st commit, {late} in the 39th"
+
+
+def test_replacing_a_delete_file_rewrites_the_delete_manifests_and_keeps_the_data_manifests(tmp_path):
+    """A commit that removes only delete files (a merge-on-read commit replacing a partition's
+    delete file) rewrites the delete manifest holding them, with its added delete file, into one,
+    and keeps the data manifests as they were written: its cost does not grow with the data files."""
+    catalog, table, rows = ten_rows_table(tmp_path)
+    for _ in range(3):
+        table = catalog.load_table("db.t")
+        (data,) = files.write_data_files(table, rows, uuid.uuid4()).files
+        commit_file_changes(table, {}, added=[data], operation=Operation.APPEND)
+    table = catalog.load_table("db.t")
+    (first,) = files.write_partitioned_deletes(table, pa.array([data.file_path]), np.array([3]),
+                                               {data.file_path: files.partition_of(data)})
+    commit_file_changes(table, {}, added=[first], operation=Operation.OVERWRITE)
+    table = catalog.load_table("db.t")
+    data_manifests = {m.manifest_path for m in table.current_snapshot().manifests(table.io)
+                      if m.content == ManifestContent.DATA}
+    (stored,) = MANIFESTS.delete_files(table.io, table.current_snapshot())
+    (second,) = files.write_partitioned_deletes(table, pa.array([data.file_path] * 2), np.array([3, 5]),
+                                                {data.file_path: files.partition_of(data)})
+    commit_file_changes(table, {}, added=[second], removed=[stored], operation=Operation.OVERWRITE)
+
+    table = catalog.load_table("db.t")
+    manifests = table.current_snapshot().manifests(table.io)
+    assert {m.manifest_path for m in manifests if m.content == ManifestContent.DATA} == data_manifests
+    (delete_manifest,) = [m for m in manifests if m.content == ManifestContent.DELETES]
+    assert [e.data_file.file_path for e in delete_manifest.fetch_manifest_entry(table.io, discard_deleted=True)] == [
+        second.file_path]
+    assert [f.file_path for f in MANIFESTS.delete_files(table.io, table.current_snapshot())] == [second.file_path]
+    expected = sorted([*range(10), *range(10), *(i for i in range(10) if i not in (3, 5))])
+    assert sorted(table.scan().to_arrow().column("id").to_pylist()) == expected
+    assert sorted(r["id"] for r in duckdb_rows(table.metadata_location)) == expected

@@ -44,6 +44,8 @@ from pyiceberg.table.update.snapshot import _SnapshotProducer
 from pyiceberg.typedef import EMPTY_DICT
 from pyiceberg.types import IcebergType
 
+from beam_pixels.sinks.iceberg.manifests import MANIFESTS
+
 
 def write_parquet_files(
     table: Table,
@@ -111,9 +113,12 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
     older partition spec has that spec and partition.
 
     Without removals the parent's manifests are kept as they are (one new manifest
-    per content kind). With removals, or ``rewrite_manifests``, every live entry is
-    rewritten into one manifest per content kind and spec, which also bounds the
-    number of manifests.
+    per content kind). With removals, the manifests holding removed files are rewritten,
+    with the added files, every live entry into one manifest per content kind and spec,
+    and the others kept (their live files read once per process, from
+    :data:`~beam_pixels.sinks.iceberg.manifests.MANIFESTS`): a commit that replaces the
+    delete files the commit before it added rewrites that commit's delete manifest only.
+    With ``rewrite_manifests`` every manifest is rewritten, which also bounds their number.
     """
 
     def __init__(
@@ -136,7 +141,8 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
         self._added_data_files = list(added)  # data and delete files: the summary counts both kinds
         self._deleted_data_files = set(removed)
         self._removed_paths = {f.file_path for f in removed}
-        self._rewrite = rewrite_manifests or bool(removed)
+        self._rewrite_all = rewrite_manifests
+        self._rewrite = {_manifest_content(f) for f in removed}
 
     def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Summary:
         """pyiceberg's summary, with every added file counted under its own spec (pyiceberg
@@ -184,6 +190,9 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
             written.append(writer.to_manifest_file())
         return written
 
+    def _holds_removed(self, entries: typing.Iterable[ManifestEntry]) -> bool:
+        return any(e.data_file.file_path in self._removed_paths for e in entries)
+
     def _manifests(self) -> list[ManifestFile]:
         entries = [
             (
@@ -198,11 +207,16 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
             )
             for data_file in self._added_data_files
         ]
-        existing = self._existing_manifests()
-        if not self._rewrite:
-            return self._write(entries) + [m for m in existing if m.has_added_files() or m.has_existing_files()]
-        for manifest in existing:
-            for entry in manifest.fetch_manifest_entry(io=self._io, discard_deleted=True):
+        kept, rewritten = [], []
+        for manifest in self._existing_manifests():
+            if self._rewrite_all:
+                rewritten.append((manifest, manifest.fetch_manifest_entry(io=self._io, discard_deleted=True)))
+            elif manifest.content in self._rewrite and self._holds_removed(live := MANIFESTS.entries(self._io, manifest)):
+                rewritten.append((manifest, live))
+            elif manifest.has_added_files() or manifest.has_existing_files():
+                kept.append(manifest)
+        for manifest, live in rewritten:
+            for entry in live:
                 gone = entry.data_file.file_path in self._removed_paths
                 entries.append(
                     (
@@ -219,7 +233,7 @@ class _FileChanges(_SnapshotProducer["_FileChanges"]):
         found = {e.data_file.file_path for _, e in entries if e.status == ManifestEntryStatus.DELETED}
         if missing := self._removed_paths - found:
             raise ValueError(f"files to remove are not in the table: {sorted(missing)[:3]}")
-        return self._write(entries)
+        return self._write(entries) + kept
 
 
 class _Transaction(Transaction):

@@ -5,13 +5,16 @@ that row ``i`` of a slice is at position ``i`` of its file (what the key index
 records). In a partitioned table the rows are first grouped by partition
 (:mod:`.partitioning`), and every slice lies within one partition. A position-delete file lists ``(file_path, pos)`` sorted, as the
 Iceberg spec asks, with its ``file_path`` bounds set so that readers apply it
-only to the data files it names.
+only to the data files it names. The rows of the delete files written or read are
+kept in memory, bounded (:data:`DELETE_ROWS`): commits and maintenance read them back.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import os
+import threading
 import typing
 import uuid
 from dataclasses import dataclass
@@ -43,6 +46,42 @@ _DELETE_SCHEMA = pa.schema(
 _POSITIONS = pa.schema([("file_path", pa.string()), ("pos", pa.int64())])
 # Rows below which a write is not split across cores (no small files for small commits).
 MIN_ROWS_PER_FILE = 100_000
+# Bytes of position-delete rows kept in memory (see _DeleteRows): about 12 bytes a row.
+DELETE_ROWS_CAPACITY = 64 * 2**20
+
+
+class _DeleteRows:
+    """The ``(file_path, pos)`` rows of the position-delete files this process wrote or read, by
+    path (a file never changes): a merge-on-read commit reads back the delete files it replaces,
+    and a maintenance pass every delete file. The least recently used are dropped beyond
+    ``capacity`` bytes; file paths are held dictionary-encoded."""
+
+    def __init__(self, capacity: int = DELETE_ROWS_CAPACITY):
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._held: collections.OrderedDict[str, pa.Table] = collections.OrderedDict()
+        self._bytes = 0
+
+    def get(self, path: str) -> pa.Table | None:
+        with self._lock:
+            rows = self._held.get(path)
+            if rows is not None:
+                self._held.move_to_end(path)
+        return None if rows is None else rows.cast(_POSITIONS)
+
+    def put(self, path: str, rows: pa.Table) -> None:
+        paths = rows.column("file_path").combine_chunks().dictionary_encode()
+        held = pa.table({"file_path": paths, "pos": np.array(rows.column("pos").to_numpy(), np.int64)})  # a copy
+        with self._lock:
+            if (old := self._held.pop(path, None)) is not None:
+                self._bytes -= old.nbytes
+            self._held[path] = held
+            self._bytes += held.nbytes
+            while self._bytes > self.capacity and self._held:
+                self._bytes -= self._held.popitem(last=False)[1].nbytes
+
+
+DELETE_ROWS = _DeleteRows()
 
 
 def arrow_schema(table: Table) -> pa.Schema:
@@ -151,6 +190,7 @@ def _write_deletes(table: Table, deletes: pa.Table, spec_id: int, partition: Rec
     output = table.io.new_output(location)
     with output.create(overwrite=True) as stream:
         pq.write_table(deletes, stream, compression="zstd")
+    DELETE_ROWS.put(location, deletes)
     paths, pos = deletes.column("file_path"), pc.min_max(deletes.column("pos"))
     delete_file = DataFile.from_args(
         content=DataFileContent.POSITION_DELETES,
@@ -183,10 +223,14 @@ def read_parquet(table: Table, path: str, columns: list[str] | None = None) -> p
 
 
 def read_delete_files(table: Table, delete_files: typing.Sequence[DataFile]) -> list[pa.Table]:
-    """The ``(file_path, pos)`` rows of each of ``delete_files``, read at once (pyarrow reads
-    Parquet without the GIL; a partitioned table has a delete file per partition per commit)."""
+    """The ``(file_path, pos)`` rows of each of ``delete_files``: those held in memory
+    (:data:`DELETE_ROWS`), the others read at once (pyarrow reads Parquet without the GIL; a
+    partitioned table has a delete file per partition per commit)."""
     def read(delete_file: DataFile) -> pa.Table:
-        return read_parquet(table, delete_file.file_path, ["file_path", "pos"]).cast(_POSITIONS)
+        if (rows := DELETE_ROWS.get(delete_file.file_path)) is None:
+            rows = read_parquet(table, delete_file.file_path, ["file_path", "pos"]).cast(_POSITIONS)
+            DELETE_ROWS.put(delete_file.file_path, rows)
+        return rows
 
     return _on_cores(read, list(delete_files))
 
@@ -204,6 +248,12 @@ def _on_cores(function: typing.Callable, *arguments: list) -> list:
 def read_position_deletes(table: Table, delete_files: typing.Sequence[DataFile]) -> pa.Table:
     """Every ``(file_path, pos)`` of ``delete_files``."""
     return pa.concat_tables([_POSITIONS.empty_table(), *read_delete_files(table, delete_files)])
+
+
+def position_rows(paths: pa.Array, positions: np.ndarray) -> pa.Table:
+    """``(file_path, pos)`` rows deleting row ``positions[i]`` of data file ``paths[i]``, as
+    :func:`read_delete_files` returns them."""
+    return pa.table([paths.cast(pa.string()), pa.array(positions, pa.int64())], schema=_POSITIONS)
 
 
 def positions_by_path(deletes: pa.Table) -> dict[str, np.ndarray]:

@@ -8,7 +8,9 @@ manifests are never changed once written (a new snapshot writes new ones), so
 :data:`MANIFESTS` keeps them, parsed, by path, for all tables of the process, and a pass reads
 only those written since the one before. It is bounded: beyond :data:`CAPACITY` file
 references the least recently used are dropped (and read again when needed), and the files a
-pass deletes are dropped at once.
+pass deletes are dropped at once. A merge-on-read commit also takes the current snapshot's live
+delete files from it (:meth:`ManifestCache.delete_files`), and the live entries of the manifests
+it rewrites, held as pyiceberg ``ManifestEntry``s.
 """
 
 from __future__ import annotations
@@ -19,20 +21,23 @@ import threading
 import typing
 
 from pyiceberg.io import FileIO
-from pyiceberg.manifest import ManifestFile
+from pyiceberg.manifest import DataFile, ManifestContent, ManifestEntry, ManifestFile
 from pyiceberg.table.snapshots import Snapshot
 
 # File references held (a manifest list's manifests, a manifest's live files, and one per list or
 # manifest), all tables together: about 100 bytes each, each file's path held once however many
 # manifests name it.
 CAPACITY = 1_000_000
+# The key prefix of a manifest's live entries (beside its path's {path: size}).
+_ENTRIES = "entries:"
 
 _T = typing.TypeVar("_T", tuple, dict)
 
 
 class ManifestCache:
-    """Manifest lists (their manifests) and manifests (their live files with their sizes), by path,
-    least recently used dropped beyond ``capacity`` file references."""
+    """Manifest lists (their manifests), manifests (their live files with their sizes, or their
+    live entries), by path, least recently used dropped beyond ``capacity``
+    file references."""
 
     def __init__(self, capacity: int = CAPACITY):
         self.capacity = capacity
@@ -61,6 +66,16 @@ class ManifestCache:
 
         return self._get(manifest.manifest_path, read)
 
+    def entries(self, io: FileIO, manifest: ManifestFile) -> tuple[ManifestEntry, ...]:
+        """The live entries of ``manifest`` (a commit rewrites the manifests holding files it removes)."""
+        return self._get(_ENTRIES + manifest.manifest_path,
+                         lambda: tuple(manifest.fetch_manifest_entry(io, discard_deleted=True)))
+
+    def delete_files(self, io: FileIO, snapshot: Snapshot) -> list[DataFile]:
+        """The live delete files of ``snapshot`` (a commit replaces some of them)."""
+        return [e.data_file for manifest in self.manifests(io, snapshot) if manifest.content == ManifestContent.DELETES
+                for e in self.entries(io, manifest)]
+
     def reachable(self, io: FileIO, snapshots: typing.Iterable[Snapshot]) -> dict[str, int]:
         """Every file ``snapshots`` reach (manifest lists, manifests, data and delete files), with
         its size when known (else 0)."""
@@ -77,8 +92,9 @@ class ManifestCache:
         """Drop what is held for ``paths`` (files deleted: never read again)."""
         with self._lock:
             for path in paths:
-                if (value := self._held.pop(path, None)) is not None:
-                    self._size -= self._cost(value)
+                for key in (path, _ENTRIES + path):
+                    if (value := self._held.pop(key, None)) is not None:
+                        self._size -= self._cost(value)
 
     def _get(self, path: str, read: typing.Callable[[], _T]) -> _T:
         with self._lock:
