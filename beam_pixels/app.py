@@ -187,31 +187,32 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
         _LOG.info("resuming %s from batch %d, positions %s", table, summary.checkpoints[name].batch_id,
                   summary.checkpoints[name].positions)
     started = time.monotonic()
-    with _StopOnSignal() as stop, contextlib.closing(_Rounds(pipeline_args or [], writers)) as rounds:
-        while True:
-            active = {name: c for name, c in tables.items() if not progress[name].ended}
-            # The runner runs one poll group after another: every table polls until the round's
-            # end, or later until it has drained the server, then ends (so rounds do not grow with tables).
-            drain_after = time.time() + config.checkpoint_interval_ms / 1000
-            for name, c in active.items():
-                limit = _round_record_limit(c, progress[name].records)
-                rounds.plan(name, source.Bounds(c.stop_after_idle_ms, limit, config.checkpoint_interval_ms, drain_after),
-                            summary.checkpoints[name].positions)
-            round_started = time.monotonic()
-            result = rounds.run(active)
-            round_ms = (time.monotonic() - round_started) * 1000
-            summary.rounds += 1
-            counters = _SourceCounters(result)
-            for name, c in active.items():
-                records = counters.of(name, "records")
-                _LOG.debug("round %d: %s polled %d records; the round took %.0f ms", summary.rounds,
-                           writers[name].table_name, records, round_ms)
-                summary.records += records
-                summary.checkpoints[name] = _last_checkpoint(writers[name])
-                _follow(progress[name], c, records, round_ms, functools.partial(counters.of, name))
-            if stop.requested or all(t.ended or t.idle for t in progress.values()):
-                break
-        for writer in writers.values():
+    with contextlib.closing(_Rounds(pipeline_args or [], writers)) as rounds:
+        with _StopOnSignal() as stop:
+            while True:
+                active = {name: c for name, c in tables.items() if not progress[name].ended}
+                # The runner runs one poll group after another: every table polls until the round's
+                # end, or later until it has drained the server, then ends (so rounds do not grow with tables).
+                drain_after = time.time() + config.checkpoint_interval_ms / 1000
+                for name, c in active.items():
+                    limit = _round_record_limit(c, progress[name].records)
+                    rounds.plan(name, source.Bounds(c.stop_after_idle_ms, limit, config.checkpoint_interval_ms, drain_after),
+                                summary.checkpoints[name].positions)
+                round_started = time.monotonic()
+                result = rounds.run(active)
+                round_ms = (time.monotonic() - round_started) * 1000
+                summary.rounds += 1
+                counters = _SourceCounters(result)
+                for name, c in active.items():
+                    records = counters.of(name, "records")
+                    _LOG.debug("round %d: %s polled %d records; the round took %.0f ms", summary.rounds,
+                               writers[name].table_name, records, round_ms)
+                    summary.records += records
+                    summary.checkpoints[name] = _last_checkpoint(writers[name])
+                    _follow(progress[name], c, records, round_ms, functools.partial(counters.of, name))
+                if stop.requested or all(t.ended or t.idle for t in progress.values()):
+                    break
+        for writer in writers.values():  # before the rounds close them; Ctrl-C interrupts the wait
             writer.finish_maintenance()
     summary.seconds = time.monotonic() - started
     return summary

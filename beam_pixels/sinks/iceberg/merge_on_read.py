@@ -116,8 +116,8 @@ def replaced_delete_files(table: Table, partitions: set) -> list[DataFile]:
         return []
     by_partition = collections.defaultdict(list)
     for delete_file in MANIFESTS.delete_files(table.io, snapshot):
-        if delete_file.content == DataFileContent.POSITION_DELETES and files.partition_of(delete_file) in partitions:
-            by_partition[files.partition_of(delete_file)].append(delete_file)
+        if delete_file.content == DataFileContent.POSITION_DELETES and (partition := files.partition_of(delete_file)) in partitions:
+            by_partition[partition].append(delete_file)
     keep = DELETE_FILES_PER_PARTITION - 1
     return [f for group in by_partition.values()
             for f in sorted(group, key=lambda f: f.record_count, reverse=True)[keep:]]
