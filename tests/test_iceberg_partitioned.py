@@ -18,9 +18,10 @@ from engines import feed, require, spark_rows, spark_session, with_catalog
 from iceberg_helpers import duckdb_rows
 from iceberg_stream import Stream, commit, pyiceberg_rows, sql_catalog
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
-from pyiceberg.manifest import DataFileContent
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.catalog import load_catalog
 from pyiceberg.transforms import BucketTransform, DayTransform, MonthTransform
+from pyiceberg.typedef import Record
 from pyiceberg.types import (
     BinaryType,
     DateType,
@@ -325,6 +326,37 @@ def test_a_pass_merges_whole_partitions_most_small_files_first_and_folds_a_bound
     commit(writer, [stream.batch(stream.changes(200))])  # the key index followed the rewrite
     assert by_id(pyiceberg_rows(writer)) == by_id(stream.expected())
     writer.close()
+
+
+def _data_file(name: str, partition: tuple, size: int) -> DataFile:
+    data_file = DataFile.from_args(content=DataFileContent.DATA, file_path=f"file:///t/{name}.parquet",
+                                   file_format=FileFormat.PARQUET, partition=Record(*partition), record_count=size // 30,
+                                   file_size_in_bytes=size)
+    data_file.spec_id = 0
+    return data_file
+
+
+def test_a_pass_spends_its_bytes_on_the_newest_small_files_of_every_partition_first():
+    """Today's partitions of a day(ts),bucket(4,id) table: each holds a merged tier (200 KB) and 12
+    commits' small files (10 KB each), yesterday's a few of 40 KB. A pass whose budget covers every
+    small file but not the tiers merges the small files of all partitions (files per partition down
+    from 13 to 2, yesterday's to 1), not the tiers of the partitions with most files first (which
+    left yesterday's partitions as they were)."""
+    today, yesterday = 20_001, 20_000
+    data = []
+    for bucket in range(4):
+        data.append(_data_file(f"tier-{bucket}", (today, bucket), 200_000))
+        data += [_data_file(f"commit-{bucket}-{i}", (today, bucket), 10_000) for i in range(12)]
+        data += [_data_file(f"old-{bucket}-{i}", (yesterday, bucket), 40_000) for i in range(3)]
+    small = sum(f.file_size_in_bytes for f in data if f.file_size_in_bytes < 200_000)
+    settings = maintenance.Settings(max_compact_mb=1, max_compact_percent=100)  # a budget of 1 MiB
+    assert small < 2**20 < small + 200_000
+    chosen = maintenance._choose(data, {}, settings)
+    assert sum(f.file_size_in_bytes for f in chosen) <= 2**20
+    assert {f.file_path for f in chosen} == {f.file_path for f in data if f.file_size_in_bytes < 200_000}
+    left = collections.Counter(files.partition_of(f) for f in data if f not in chosen)
+    merged = collections.Counter(files.partition_of(f) for f in chosen)
+    assert max(left[p] + (merged[p] > 0) for p in {files.partition_of(f) for f in data}) <= 2
 
 
 # --- configuration -------------------------------------------------------------------------------
