@@ -338,9 +338,10 @@ def _data_file(name: str, partition: tuple, size: int) -> DataFile:
 
 def test_a_pass_spends_its_bytes_on_the_newest_small_files_of_every_partition_first():
     """Today's partitions of a day(ts),bucket(4,id) table: each holds a merged tier (200 KB) and 12
-    commits' small files (10 KB each), yesterday's a few of 40 KB. A pass whose budget covers every
+    commits' small files (10 KB each), yesterday's a few of 40 KB and one of 15 KB (the day's last
+    commit, less than half the next: it must not keep the others from merging). A pass whose budget covers every
     small file but not the tiers merges the small files of all partitions (files per partition down
-    from 13 to 2, yesterday's to 1), not the tiers of the partitions with most files first (which
+    from 13 to 2, yesterday's from 4 to 1), not the tiers of the partitions with most files first (which
     left yesterday's partitions as they were)."""
     today, yesterday = 20_001, 20_000
     data = []
@@ -348,6 +349,7 @@ def test_a_pass_spends_its_bytes_on_the_newest_small_files_of_every_partition_fi
         data.append(_data_file(f"tier-{bucket}", (today, bucket), 200_000))
         data += [_data_file(f"commit-{bucket}-{i}", (today, bucket), 10_000) for i in range(12)]
         data += [_data_file(f"old-{bucket}-{i}", (yesterday, bucket), 40_000) for i in range(3)]
+        data.append(_data_file(f"last-{bucket}", (yesterday, bucket), 15_000))  # the day's last commit: few rows
     small = sum(f.file_size_in_bytes for f in data if f.file_size_in_bytes < 200_000)
     settings = maintenance.Settings(max_compact_mb=1, max_compact_percent=100)  # a budget of 1 MiB
     assert small < 2**20 < small + 200_000

@@ -304,10 +304,10 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
     ``max_compact_percent`` of the table's data bytes (or :data:`MIN_FILE_BYTES`; at least
     one file with deletes, two small files), all of it within ``max_compact_mb``.
 
-    A partition can merge its small files smallest first, a file only while it is at most
-    :data:`TIER_RATIO` times the smaller ones before it together: files of a partition that grows
-    by small commits are merged in tiers (each row rewritten a logarithmic number of times, not
-    once per pass). Of these, the smallest are taken first across all partitions, so that the
+    A partition can merge its smallest small files, up to the largest that is at most
+    :data:`TIER_RATIO` times the smaller ones together (:func:`_tier`): files of a partition that
+    grows by small commits are merged in tiers (each row rewritten a logarithmic number of times,
+    not once per pass). Of these, the smallest are taken first across all partitions, so that the
     pass's bytes merge as many files as they can: the commits' newest small files of every
     partition (a partitioned table's current day: a file per bucket per commit) before a
     partition's larger tier is rewritten again. A partition contributes only files it can merge:
@@ -335,14 +335,10 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
         if f.file_path not in heavy_paths and f.file_size_in_bytes < small:
             by_partition[files.partition_of(f)].append(f)
     budget = min(most - total, share_of_table)
-    eligible = []  # the files each partition can merge: its smallest, while each is at most TIER_RATIO x those before
+    eligible = []  # (partition, file) of the files each partition can merge
     for partition, group in by_partition.items():
-        prefix, prefix_bytes = [], 0
-        for f in sorted(group, key=lambda f: f.file_size_in_bytes):
-            if prefix and f.file_size_in_bytes > TIER_RATIO * prefix_bytes:
-                break  # a larger tier: merged once the smaller files add up to half of it
-            prefix.append(f)
-            prefix_bytes += f.file_size_in_bytes
+        ascending = sorted(group, key=lambda f: f.file_size_in_bytes)
+        prefix = _tier(ascending) or (ascending[:1] if partition in rewritten_partitions else [])
         if len(prefix) > 1 or (prefix and partition in rewritten_partitions):
             eligible += [(partition, f) for f in prefix]
     taken: dict[tuple, list[DataFile]] = collections.defaultdict(list)
@@ -356,6 +352,19 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
         if len(group) > 1 or partition in rewritten_partitions:
             chosen.extend(group)
     return chosen
+
+
+def _tier(ascending: list[DataFile]) -> list[DataFile]:
+    """The smallest files of a partition (``ascending`` by size) that merge into one: the longest
+    run from the smallest whose last file is at most :data:`TIER_RATIO` times the ones before it
+    together. A larger file is a tier of its own, merged once the smaller files add up to half of
+    it; a file much smaller than the next (a commit's few rows) joins the run, it does not end it."""
+    end, before = 0, 0
+    for number, f in enumerate(ascending):
+        if number and f.file_size_in_bytes <= TIER_RATIO * before:
+            end = number + 1
+        before += f.file_size_in_bytes
+    return ascending[:end]
 
 
 def _compact(table: Table, settings: Settings, key_columns: list[str], properties: dict[str, str], report: PassReport) -> None:
