@@ -361,6 +361,46 @@ def test_a_pass_spends_its_bytes_on_the_newest_small_files_of_every_partition_fi
     assert max(left[p] + (merged[p] > 0) for p in {files.partition_of(f) for f in data}) <= 2
 
 
+class DayByDayStream(ClockStream):
+    """A clock of 15 seconds a version: a commit of 1,200 changes spans about a fifth of a day, so
+    commits write into the current day's buckets, as a stream partitioned by event day does, and
+    the commit that crosses midnight writes a few rows into each."""
+
+    def _row(self, key: tuple) -> dict:
+        row = Stream._row(self, key)
+        ts = START + datetime.timedelta(seconds=15 * self.version)
+        return {**row, "ts": ts, "d": ts.date()}
+
+
+def test_passes_keep_the_files_of_each_partition_few_while_days_fill_and_reads_stay_exact_and_pruned(tmp_path):
+    """Thirty commits into the current day's four buckets (six days), a pass every three commits: no
+    partition holds more than a few data files after a pass (the day's tiers; the commits' files,
+    a day's last few rows among them, merged), DuckDB and pyiceberg read the table exactly, and a
+    filter on one day plans only that day's files."""
+    writer = open_writer(tmp_path, "day(ts),bucket(4,id)", maintenance_settings=maintenance.Settings(enabled=False))
+    stream = DayByDayStream(EVENTS, seed=21)
+    commit(writer, [stream.batch(stream.changes(3000, inserts=1.0))])
+    settings = maintenance.Settings(deleted_percent=100)  # merging small files only
+    most = []
+    for number in range(1, 31):
+        commit(writer, [stream.batch(stream.changes(1200))])
+        if number % 3 == 0:
+            maintenance.run_pass(writer._table, settings, ["id"], {})
+            data, _ = live_files(writer)
+            most.append(max(collections.Counter(files.partition_of(f) for f in data).values()))
+    days = {f.partition[0] for f in live_files(writer)[0]}
+    assert len(days) >= 4 and max(most) <= 4, (days, most)
+    assert by_id(pyiceberg_rows(writer)) == by_id(duckdb_rows(writer._table.metadata_location)) == by_id(stream.expected())
+    table = writer._table
+    day = datetime.datetime.combine(sorted(r["d"] for r in stream.expected())[len(stream.expected()) // 2], datetime.time())
+    one_day = And(GreaterThanOrEqual("ts", day.isoformat()), LessThan("ts", (day + datetime.timedelta(days=1)).isoformat()))
+    planned = list(table.scan(row_filter=one_day).plan_files())
+    assert planned and {t.file.partition[0] for t in planned} == {(day.date() - datetime.date(1970, 1, 1)).days}
+    expected = [r for r in stream.expected() if day <= r["ts"] < day + datetime.timedelta(days=1)]
+    assert by_id(table.scan(row_filter=one_day).to_arrow().to_pylist()) == by_id(expected)
+    writer.close()
+
+
 # --- configuration -------------------------------------------------------------------------------
 
 
