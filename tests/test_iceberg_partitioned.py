@@ -294,34 +294,40 @@ def test_maintenance_compacts_within_partitions_and_keeps_a_delete_file_per_part
     writer.close()
 
 
-def test_a_pass_merges_whole_partitions_most_small_files_first_and_folds_a_bounded_number_of_delete_files(tmp_path, monkeypatch):
+def test_a_pass_folds_a_bounded_number_of_delete_files_most_first_and_merges_small_files_within_its_share(tmp_path, monkeypatch):
     writer, stream = churned_writer(tmp_path, "bucket(8,id)", seed=5, rows=4000, changes=200)
     before, deletes = live_files(writer)
     per_partition = {}
     for f in deletes:
         per_partition.setdefault(files.partition_of(f), []).append(f)
     assert min(len(group) for group in per_partition.values()) > 1, "several delete files in every partition"
-    # Room for a few partitions' small files and the delete files of three partitions, no more.
-    table_bytes = sum(f.file_size_in_bytes for f in before)
+    # Room for the delete files of three partitions, no more; no data file rewritten.
     bound = sum(sorted((len(g) for g in per_partition.values()), reverse=True)[:3])
-    settings = maintenance.Settings(deleted_percent=100, max_compact_percent=30, max_delete_files=bound)
-    monkeypatch.setattr(maintenance, "MIN_FILE_BYTES", 1)  # no floor: the share applies to this small table
+    settings = maintenance.Settings(deleted_percent=100, small_file_mb=0, max_delete_files=bound)
     report = maintenance.run_pass(writer._table, settings, ["id"], {})
     after, deletes_after = live_files(writer)
-    rewritten = [f for f in before if f.file_path not in {a.file_path for a in after}]
+    assert {f.file_path for f in after} == {f.file_path for f in before}
+    folded = [f for f in deletes if f.file_path not in {d.file_path for d in deletes_after}]
+    assert 0 < len(folded) <= bound
+    assert "delete files of" in "; ".join(report.stopped), report  # the rest waits for the next pass
+    still = {d.file_path for d in deletes_after}
+    left = [p for p, group in per_partition.items() if all(f.file_path in still for f in group)]
+    assert left and max(len(per_partition[p]) for p in left) <= min(
+        len(per_partition[files.partition_of(f)]) for f in folded
+    ), "the partitions with most delete files are folded first"
+    assert by_id(pyiceberg_rows(writer)) == by_id(duckdb_rows(writer._table.metadata_location)) == by_id(stream.expected())
+
+    # Small files: merged within a partition, two or more at a time, within the pass's share.
+    table_bytes = sum(f.file_size_in_bytes for f in after)
+    monkeypatch.setattr(maintenance, "MIN_FILE_BYTES", 1)  # no floor: the share applies to this small table
+    maintenance.run_pass(writer._table, maintenance.Settings(deleted_percent=100, max_compact_percent=30), ["id"], {})
+    merged, _ = live_files(writer)
+    rewritten = [f for f in after if f.file_path not in {a.file_path for a in merged}]
     by_part = {}
     for f in rewritten:
         by_part.setdefault(files.partition_of(f), []).append(f)
     assert by_part and all(len(group) > 1 for group in by_part.values()), "a file was rewritten alone in its partition"
     assert sum(f.file_size_in_bytes for f in rewritten) <= 2 * table_bytes * 30 / 100
-    folded = [f for f in deletes if f.file_path not in {d.file_path for d in deletes_after}]
-    assert 0 < len(folded) <= bound + sum(len(per_partition[p]) for p in by_part)
-    assert "delete files of" in "; ".join(report.stopped), report  # the rest waits for the next pass
-    still = {d.file_path for d in deletes_after}
-    left = [p for p, group in per_partition.items() if all(f.file_path in still for f in group)]
-    assert left and max(len(per_partition[p]) for p in left) <= min(
-        len(per_partition[files.partition_of(f)]) for f in folded if files.partition_of(f) not in by_part
-    ), "the partitions with most delete files are folded first"
     assert by_id(pyiceberg_rows(writer)) == by_id(duckdb_rows(writer._table.metadata_location)) == by_id(stream.expected())
     commit(writer, [stream.batch(stream.changes(200))])  # the key index followed the rewrite
     assert by_id(pyiceberg_rows(writer)) == by_id(stream.expected())
