@@ -44,12 +44,12 @@ def files_on_disk(tmp_path) -> set[str]:
     return {f"file://{p}" for p in root.rglob("*") if p.is_file()}
 
 
-def referenced(writer: IcebergTableWriter) -> set[str]:
-    """Every file a retained snapshot or the metadata references."""
+def referenced(writer: IcebergTableWriter, *, current_only: bool = False) -> set[str]:
+    """Every file a retained snapshot (or only the current one) or the metadata references."""
     writer.last_checkpoint()
     table = writer._table
     out = {table.metadata_location, *(log.metadata_file for log in table.metadata.metadata_log)}
-    for snapshot in table.metadata.snapshots:
+    for snapshot in [table.current_snapshot()] if current_only else table.metadata.snapshots:
         out.add(snapshot.manifest_list)
         for manifest in snapshot.manifests(table.io):
             out.add(manifest.manifest_path)
@@ -203,6 +203,33 @@ def test_maintenance_runs_once_per_interval_between_commits(tmp_path):
     assert writer.maintain() is not None
     assert writer.maintain() is None
     assert stream.sort(pyiceberg_rows(writer)) == stream.expected()
+    writer.close()
+
+
+def test_between_passes_snapshots_past_the_retention_expire_and_their_files_go(tmp_path):
+    """A pass every hour, snapshots kept 2 s: once a snapshot has been past the retention for a
+    sixth of it, the committer's maintain() expires it and deletes the files only expired snapshots
+    reached (here the delete files commits replaced), without compacting; retained snapshots keep
+    every file and read exactly."""
+    writer = open_writer(tmp_path, Settings(interval_ms=3_600_000, deleted_percent=1),
+                         **{"history.expire.max-snapshot-age-ms": "2000", "history.expire.min-snapshots-to-keep": "2"})
+    stream = Stream(ORDERS)
+    commit(writer, [stream.batch(stream.changes(300, inserts=1.0))])
+    assert writer.maintain() is None  # the first call starts the pass clock; nothing is past the retention
+    churn(writer, stream, 6)
+    before = len(writer._table.metadata.snapshots)
+    replaced = files_on_disk(tmp_path) - referenced(writer, current_only=True)
+    time.sleep(2000 * (1 + maintenance.EXPIRY_LAG) / 1000 + 0.1)
+    report = writer.maintain()
+    assert report is not None and report.snapshots_expired == before - 2 and report.files_compacted == 0, report
+    assert report.files_deleted > 0 and "compaction" not in report.phases, report
+    on_disk, needed = files_on_disk(tmp_path), referenced(writer)
+    assert needed <= on_disk, "a retained snapshot lost a file"
+    assert not (replaced & on_disk) - needed, "replaced files outlived the snapshots reaching them"
+    assert writer.maintain() is None  # nothing past the retention any more
+    for snapshot in writer._table.metadata.snapshots:  # every retained snapshot is still readable
+        assert writer._table.scan(snapshot_id=snapshot.snapshot_id).to_arrow() is not None
+    assert stream.sort(pyiceberg_rows(writer)) == stream.sort(duckdb_table_rows(writer)) == stream.expected()
     writer.close()
 
 

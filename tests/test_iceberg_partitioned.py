@@ -18,9 +18,10 @@ from engines import feed, require, spark_rows, spark_session, with_catalog
 from iceberg_helpers import duckdb_rows
 from iceberg_stream import Stream, commit, pyiceberg_rows, sql_catalog
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
-from pyiceberg.manifest import DataFileContent
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.catalog import load_catalog
 from pyiceberg.transforms import BucketTransform, DayTransform, MonthTransform
+from pyiceberg.typedef import Record
 from pyiceberg.types import (
     BinaryType,
     DateType,
@@ -293,37 +294,116 @@ def test_maintenance_compacts_within_partitions_and_keeps_a_delete_file_per_part
     writer.close()
 
 
-def test_a_pass_merges_whole_partitions_most_small_files_first_and_folds_a_bounded_number_of_delete_files(tmp_path, monkeypatch):
+def test_a_pass_folds_a_bounded_number_of_delete_files_most_first_and_merges_small_files_within_its_share(tmp_path, monkeypatch):
     writer, stream = churned_writer(tmp_path, "bucket(8,id)", seed=5, rows=4000, changes=200)
     before, deletes = live_files(writer)
     per_partition = {}
     for f in deletes:
         per_partition.setdefault(files.partition_of(f), []).append(f)
     assert min(len(group) for group in per_partition.values()) > 1, "several delete files in every partition"
-    # Room for a few partitions' small files and the delete files of three partitions, no more.
-    table_bytes = sum(f.file_size_in_bytes for f in before)
+    # Room for the delete files of three partitions, no more; no data file rewritten.
     bound = sum(sorted((len(g) for g in per_partition.values()), reverse=True)[:3])
-    settings = maintenance.Settings(deleted_percent=100, max_compact_percent=30, max_delete_files=bound)
-    monkeypatch.setattr(maintenance, "MIN_FILE_BYTES", 1)  # no floor: the share applies to this small table
+    settings = maintenance.Settings(deleted_percent=100, small_file_mb=0, max_delete_files=bound)
     report = maintenance.run_pass(writer._table, settings, ["id"], {})
     after, deletes_after = live_files(writer)
-    rewritten = [f for f in before if f.file_path not in {a.file_path for a in after}]
+    assert {f.file_path for f in after} == {f.file_path for f in before}
+    folded = [f for f in deletes if f.file_path not in {d.file_path for d in deletes_after}]
+    assert 0 < len(folded) <= bound
+    assert "delete files of" in "; ".join(report.stopped), report  # the rest waits for the next pass
+    still = {d.file_path for d in deletes_after}
+    left = [p for p, group in per_partition.items() if all(f.file_path in still for f in group)]
+    assert left and max(len(per_partition[p]) for p in left) <= min(
+        len(per_partition[files.partition_of(f)]) for f in folded
+    ), "the partitions with most delete files are folded first"
+    assert by_id(pyiceberg_rows(writer)) == by_id(duckdb_rows(writer._table.metadata_location)) == by_id(stream.expected())
+
+    # Small files: merged within a partition, two or more at a time, within the pass's share.
+    table_bytes = sum(f.file_size_in_bytes for f in after)
+    monkeypatch.setattr(maintenance, "MIN_FILE_BYTES", 1)  # no floor: the share applies to this small table
+    maintenance.run_pass(writer._table, maintenance.Settings(deleted_percent=100, max_compact_percent=30), ["id"], {})
+    merged, _ = live_files(writer)
+    rewritten = [f for f in after if f.file_path not in {a.file_path for a in merged}]
     by_part = {}
     for f in rewritten:
         by_part.setdefault(files.partition_of(f), []).append(f)
     assert by_part and all(len(group) > 1 for group in by_part.values()), "a file was rewritten alone in its partition"
     assert sum(f.file_size_in_bytes for f in rewritten) <= 2 * table_bytes * 30 / 100
-    folded = [f for f in deletes if f.file_path not in {d.file_path for d in deletes_after}]
-    assert 0 < len(folded) <= bound + sum(len(per_partition[p]) for p in by_part)
-    assert "delete files of" in "; ".join(report.stopped), report  # the rest waits for the next pass
-    still = {d.file_path for d in deletes_after}
-    left = [p for p, group in per_partition.items() if all(f.file_path in still for f in group)]
-    assert left and max(len(per_partition[p]) for p in left) <= min(
-        len(per_partition[files.partition_of(f)]) for f in folded if files.partition_of(f) not in by_part
-    ), "the partitions with most delete files are folded first"
     assert by_id(pyiceberg_rows(writer)) == by_id(duckdb_rows(writer._table.metadata_location)) == by_id(stream.expected())
     commit(writer, [stream.batch(stream.changes(200))])  # the key index followed the rewrite
     assert by_id(pyiceberg_rows(writer)) == by_id(stream.expected())
+    writer.close()
+
+
+def _data_file(name: str, partition: tuple, size: int) -> DataFile:
+    data_file = DataFile.from_args(content=DataFileContent.DATA, file_path=f"file:///t/{name}.parquet",
+                                   file_format=FileFormat.PARQUET, partition=Record(*partition), record_count=size // 30,
+                                   file_size_in_bytes=size)
+    data_file.spec_id = 0
+    return data_file
+
+
+def test_a_pass_spends_its_bytes_on_the_newest_small_files_of_every_partition_first():
+    """Today's partitions of a day(ts),bucket(4,id) table: each holds a merged tier (200 KB) and 12
+    commits' small files (10 KB each), yesterday's a few of 40 KB and one of 15 KB (the day's last
+    commit, less than half the next: it must not keep the others from merging). A pass whose budget covers every
+    small file but not the tiers merges the small files of all partitions (files per partition down
+    from 13 to 2, yesterday's from 4 to 1), not the tiers of the partitions with most files first (which
+    left yesterday's partitions as they were)."""
+    today, yesterday = 20_001, 20_000
+    data = []
+    for bucket in range(4):
+        data.append(_data_file(f"tier-{bucket}", (today, bucket), 200_000))
+        data += [_data_file(f"commit-{bucket}-{i}", (today, bucket), 10_000) for i in range(12)]
+        data += [_data_file(f"old-{bucket}-{i}", (yesterday, bucket), 40_000) for i in range(3)]
+        data.append(_data_file(f"last-{bucket}", (yesterday, bucket), 15_000))  # the day's last commit: few rows
+    small = sum(f.file_size_in_bytes for f in data if f.file_size_in_bytes < 200_000)
+    settings = maintenance.Settings(max_compact_mb=1, max_compact_percent=100)  # a budget of 1 MiB
+    assert small < 2**20 < small + 200_000
+    chosen = maintenance._choose(data, {}, settings)
+    assert sum(f.file_size_in_bytes for f in chosen) <= 2**20
+    assert {f.file_path for f in chosen} == {f.file_path for f in data if f.file_size_in_bytes < 200_000}
+    left = collections.Counter(files.partition_of(f) for f in data if f not in chosen)
+    merged = collections.Counter(files.partition_of(f) for f in chosen)
+    assert max(left[p] + (merged[p] > 0) for p in {files.partition_of(f) for f in data}) <= 2
+
+
+class DayByDayStream(ClockStream):
+    """A clock of 15 seconds a version: a commit of 1,200 changes spans about a fifth of a day, so
+    commits write into the current day's buckets, as a stream partitioned by event day does, and
+    the commit that crosses midnight writes a few rows into each."""
+
+    def _row(self, key: tuple) -> dict:
+        row = Stream._row(self, key)
+        ts = START + datetime.timedelta(seconds=15 * self.version)
+        return {**row, "ts": ts, "d": ts.date()}
+
+
+def test_passes_keep_the_files_of_each_partition_few_while_days_fill_and_reads_stay_exact_and_pruned(tmp_path):
+    """Thirty commits into the current day's four buckets (six days), a pass every three commits: no
+    partition holds more than a few data files after a pass (the day's tiers; the commits' files,
+    a day's last few rows among them, merged), DuckDB and pyiceberg read the table exactly, and a
+    filter on one day plans only that day's files."""
+    writer = open_writer(tmp_path, "day(ts),bucket(4,id)", maintenance_settings=maintenance.Settings(enabled=False))
+    stream = DayByDayStream(EVENTS, seed=21)
+    commit(writer, [stream.batch(stream.changes(3000, inserts=1.0))])
+    settings = maintenance.Settings(deleted_percent=100)  # merging small files only
+    most = []
+    for number in range(1, 31):
+        commit(writer, [stream.batch(stream.changes(1200))])
+        if number % 3 == 0:
+            maintenance.run_pass(writer._table, settings, ["id"], {})
+            data, _ = live_files(writer)
+            most.append(max(collections.Counter(files.partition_of(f) for f in data).values()))
+    days = {f.partition[0] for f in live_files(writer)[0]}
+    assert len(days) >= 4 and max(most) <= 4, (days, most)
+    assert by_id(pyiceberg_rows(writer)) == by_id(duckdb_rows(writer._table.metadata_location)) == by_id(stream.expected())
+    table = writer._table
+    day = datetime.datetime.combine(sorted(r["d"] for r in stream.expected())[len(stream.expected()) // 2], datetime.time())
+    one_day = And(GreaterThanOrEqual("ts", day.isoformat()), LessThan("ts", (day + datetime.timedelta(days=1)).isoformat()))
+    planned = list(table.scan(row_filter=one_day).plan_files())
+    assert planned and {t.file.partition[0] for t in planned} == {(day.date() - datetime.date(1970, 1, 1)).days}
+    expected = [r for r in stream.expected() if day <= r["ts"] < day + datetime.timedelta(days=1)]
+    assert by_id(table.scan(row_filter=one_day).to_arrow().to_pylist()) == by_id(expected)
     writer.close()
 
 

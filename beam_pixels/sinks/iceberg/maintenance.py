@@ -22,6 +22,11 @@ One pass (:func:`run_pass`), at most once per ``iceberg.maintenance.interval.ms`
    are spread over passes: the files a rewrite replaces stay until the snapshots
    reaching them expire, and rewriting the whole table at once would double it.
 
+Between passes, the committer also expires snapshots and deletes the files only they reached
+(:func:`run_expiry`, no orphan search) once a snapshot has been past the retention for a sixth of
+it (:func:`expiry_due`): the files a pass or a commit replaced leave when the retention says, not
+at the second pass after (with a 60 s retention and passes every 40 s, 84 s after on average).
+
 Every commit of a pass requires the table state it was planned on, so it never
 races the sink's own commits or another writer's: a conflict ends the pass and
 nothing is lost. A pass stops early once its time budget is spent. Its log line
@@ -64,6 +69,9 @@ MIN_FILE_BYTES = 2**20
 # A small file is merged with smaller files of its partition only when they add up to at least
 # 1/TIER_RATIO of it (see _choose).
 TIER_RATIO = 2
+# Snapshots are expired between passes once some snapshot has been past the retention for this
+# share of it (see expiry_due): at 60 s, replaced files live 60-70 s, not until the second pass.
+EXPIRY_LAG = 1 / 6
 # monotonic time of the last pass per table UUID, process-wide (local runs build new writers every round).
 _LAST_PASS: dict[str, float] = {}
 _LAST_PASS_LOCK = threading.Lock()
@@ -179,18 +187,50 @@ def _timed(report: PassReport, phase: str):
         report.phases[phase] = time.monotonic() - started
 
 
+def expiry_due(table: Table, settings: Settings) -> bool:
+    """Whether snapshots should be expired now, between passes: some snapshot has been past the
+    table's retention (``history.expire.max-snapshot-age-ms``) for :data:`EXPIRY_LAG` of it. The
+    files a pass or a commit replaces are deleted once the snapshots reaching them expire; left
+    to the next pass, they stay up to a pass interval longer than the retention asks."""
+    if not settings.enabled:
+        return False
+    return bool(_expirable(table, time.time() * 1000 - _max_age_ms(table) * (1 + EXPIRY_LAG)))
+
+
+def run_expiry(table: Table, settings: Settings) -> PassReport:
+    """Expire the snapshots past the table's retention and delete the files only they reached
+    (no orphan search, no compaction): the cheap part of a pass, run when :func:`expiry_due`.
+    Logs one line."""
+    started = time.monotonic()
+    report = PassReport()
+    with _timed(report, "expiry"):
+        expired = _expire_snapshots(table, report)
+    with _timed(report, "deletion"):
+        _delete_unreachable(table, expired, settings, report, started + settings.budget_ms / 1000, orphans=False)
+    report.seconds = time.monotonic() - started
+    _LOG.info(report.summary(".".join(table.name())))
+    for metric in ("snapshots_expired", "files_deleted", "bytes_reclaimed"):
+        Metrics.counter(_NAMESPACE, metric).inc(getattr(report, metric))
+    return report
+
+
+def _max_age_ms(table: Table) -> int:
+    return int(table.metadata.properties.get("history.expire.max-snapshot-age-ms", _MAX_SNAPSHOT_AGE_MS))
+
+
+def _expirable(table: Table, older_than_ms: float) -> list:
+    """The snapshots older than ``older_than_ms`` that the table's retention lets go: not among
+    the newest ``history.expire.min-snapshots-to-keep``, not referenced by a branch or tag."""
+    keep = int(table.metadata.properties.get("history.expire.min-snapshots-to-keep", _MIN_SNAPSHOTS_TO_KEEP))
+    protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
+    newest_first = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
+    return [s for s in newest_first[keep:] if s.timestamp_ms < older_than_ms and s.snapshot_id not in protected]
+
+
 def _expire_snapshots(table: Table, report: PassReport) -> dict[str, int]:
     """Expire what the table's retention properties allow; returns the files the expired
     snapshots reached (read before they leave the metadata)."""
-    props = table.metadata.properties
-    max_age = int(props.get("history.expire.max-snapshot-age-ms", _MAX_SNAPSHOT_AGE_MS))
-    keep = int(props.get("history.expire.min-snapshots-to-keep", _MIN_SNAPSHOTS_TO_KEEP))
-    protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
-    newest_first = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
-    oldest_kept = time.time() * 1000 - max_age
-    doomed = [
-        s for s in newest_first[keep:] if s.timestamp_ms < oldest_kept and s.snapshot_id not in protected
-    ]
+    doomed = _expirable(table, time.time() * 1000 - _max_age_ms(table))
     if not doomed:
         return {}
     reached = MANIFESTS.reachable(table.io, doomed)
@@ -200,9 +240,9 @@ def _expire_snapshots(table: Table, report: PassReport) -> dict[str, int]:
 
 
 def _delete_unreachable(
-    table: Table, expired: dict[str, int], settings: Settings, report: PassReport, deadline: float
+    table: Table, expired: dict[str, int], settings: Settings, report: PassReport, deadline: float, *, orphans: bool = True
 ) -> None:
-    """Delete files only expired snapshots reached, and orphans older than the safety window."""
+    """Delete files only expired snapshots reached, and (``orphans``) orphans older than the safety window."""
     retained = MANIFESTS.reachable(table.io, table.metadata.snapshots)
     in_use = {table.metadata_location, *(log.metadata_file for log in table.metadata.metadata_log)}
     in_use |= {s.statistics_path for s in table.metadata.statistics}
@@ -211,11 +251,12 @@ def _delete_unreachable(
     fs, root = pafs.FileSystem.from_uri(table.location())
     scheme = table.location()[: len(table.location()) - len(table.location().split("://", 1)[-1])]
     oldest = time.time() - settings.orphan_age_ms / 1000
+    listing = []
     try:
-        listing = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        if orphans:
+            listing = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     except OSError as e:
         report.stopped.append(f"cannot list {table.location()}: {e}")
-        listing = []
     for info in listing:
         if info.type != pafs.FileType.File or info.mtime is None or info.mtime.timestamp() >= oldest:
             continue
@@ -263,11 +304,15 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
     ``max_compact_percent`` of the table's data bytes (or :data:`MIN_FILE_BYTES`; at least
     one file with deletes, two small files), all of it within ``max_compact_mb``.
 
-    Small files are taken by partition, the partitions with most small files first, and
-    in a partition smallest first, a file only while it is at most :data:`TIER_RATIO` times
-    the smaller ones taken before it together: files of a partition that grows by small commits are merged
-    in tiers (each row rewritten a logarithmic number of times, not once per pass). A partition contributes only files it can merge: two or more, or small
-    files beside a rewritten file with deletes; a small file alone is left alone."""
+    A partition can merge its smallest small files, up to the largest that is at most
+    :data:`TIER_RATIO` times the smaller ones together (:func:`_tier`): files of a partition that
+    grows by small commits are merged in tiers (each row rewritten a logarithmic number of times,
+    not once per pass). Of these, the smallest are taken first across all partitions, so that the
+    pass's bytes merge as many files as they can: the commits' newest small files of every
+    partition (a partitioned table's current day: a file per bucket per commit) before a
+    partition's larger tier is rewritten again. A partition contributes only files it can merge:
+    two or more, or small files beside a rewritten file with deletes; a small file alone is left
+    alone."""
     table_bytes = sum(f.file_size_in_bytes for f in data)
     small = min(settings.small_file_mb * 2**20, file_bytes(settings, table_bytes) // 4)
     most = settings.max_compact_mb * 2**20
@@ -290,22 +335,36 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
         if f.file_path not in heavy_paths and f.file_size_in_bytes < small:
             by_partition[files.partition_of(f)].append(f)
     budget = min(most - total, share_of_table)
+    eligible = []  # (partition, file) of the files each partition can merge
+    for partition, group in by_partition.items():
+        ascending = sorted(group, key=lambda f: f.file_size_in_bytes)
+        prefix = _tier(ascending) or (ascending[:1] if partition in rewritten_partitions else [])
+        if len(prefix) > 1 or (prefix and partition in rewritten_partitions):
+            eligible += [(partition, f) for f in prefix]
+    taken: dict[tuple, list[DataFile]] = collections.defaultdict(list)
     merged = 0
-    for partition, group in sorted(by_partition.items(), key=lambda item: -len(item[1])):
-        taken, taken_bytes = [], 0
-        for f in sorted(group, key=lambda f: f.file_size_in_bytes):
-            if taken and f.file_size_in_bytes > TIER_RATIO * taken_bytes:
-                break  # a larger tier: merged once the smaller files add up to half of it
-            if len(taken) > 1 and merged + taken_bytes + f.file_size_in_bytes > budget:
-                break
-            taken.append(f)
-            taken_bytes += f.file_size_in_bytes
-        if len(taken) > 1 or (taken and partition in rewritten_partitions):
-            if merged and merged + taken_bytes > budget:
-                break
-            chosen.extend(taken)
-            merged += taken_bytes
+    for partition, f in sorted(eligible, key=lambda item: item[1].file_size_in_bytes):
+        if merged + f.file_size_in_bytes > budget and any(len(group) > 1 for group in taken.values()):
+            break  # smallest first across partitions: the budget buys the most files merged per byte
+        taken[partition].append(f)
+        merged += f.file_size_in_bytes
+    for partition, group in taken.items():
+        if len(group) > 1 or partition in rewritten_partitions:
+            chosen.extend(group)
     return chosen
+
+
+def _tier(ascending: list[DataFile]) -> list[DataFile]:
+    """The smallest files of a partition (``ascending`` by size) that merge into one: the longest
+    run from the smallest whose last file is at most :data:`TIER_RATIO` times the ones before it
+    together. A larger file is a tier of its own, merged once the smaller files add up to half of
+    it; a file much smaller than the next (a commit's few rows) joins the run, it does not end it."""
+    end, before = 0, 0
+    for number, f in enumerate(ascending):
+        if number and f.file_size_in_bytes <= TIER_RATIO * before:
+            end = number + 1
+        before += f.file_size_in_bytes
+    return ascending[:end]
 
 
 def _compact(table: Table, settings: Settings, key_columns: list[str], properties: dict[str, str], report: PassReport) -> None:

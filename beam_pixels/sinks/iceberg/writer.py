@@ -259,13 +259,20 @@ class IcebergTableWriter(TableWriter):
             raise CommitConflict(f"{self.table_name}: {e}") from e
 
     def maintain(self) -> maintenance.PassReport | None:
-        """Run a maintenance pass when one is due (:mod:`~beam_pixels.sinks.iceberg.maintenance`).
-        A pass the catalog interrupts is run again once it is back; a failed pass is logged,
-        never fails the job: the next one starts afresh."""
-        if self._table is None or not maintenance.due(self._table, self._maintenance):
+        """Run a maintenance pass when one is due (:mod:`~beam_pixels.sinks.iceberg.maintenance`),
+        else expire the snapshots past the table's retention when that is due. A pass the
+        catalog interrupts is run again once it is back; a failed pass is logged, never fails
+        the job: the next one starts afresh."""
+        if self._table is None:
+            return None
+        if maintenance.due(self._table, self._maintenance):
+            what, step = "run a maintenance pass", self.maintain_now
+        elif maintenance.expiry_due(self._table, self._maintenance):
+            what, step = "expire snapshots", lambda: maintenance.run_expiry(self._table, self._maintenance)
+        else:
             return None
         try:
-            return self.retrying("run a maintenance pass", self.maintain_now)
+            return self.retrying(what, step)
         except Exception as e:  # maintenance must not stop the data
             _LOG.warning("%s: maintenance pass stopped (%s); the next pass starts afresh", self.table_name, e, exc_info=True)
             return None
