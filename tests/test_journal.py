@@ -1,12 +1,12 @@
 """The poll journal: durable segments, replay through ReadFromPixels, trimming."""
 
+import logging
 import os
 import pickle
 
 import apache_beam as beam
 
-import logging
-
+from beam_pixels import source
 from beam_pixels.journal import BackgroundTrims, PollJournal, Segment
 from beam_pixels.schema import SourceSchema
 from beam_pixels.source import Bounds, ExplodeChanges, ReadFromPixels, ServerOptions
@@ -133,6 +133,25 @@ def test_what_a_crashed_run_polled_is_replayed_before_polling_anew(tmp_path):
     assert second[:40] == first
     assert [position for position, _ in second] == list(range(60))
     assert sorted(i for _, i in second) == list(range(60))
+
+
+def test_a_local_rounds_first_poll_sent_at_setup_and_never_taken_is_replayed(tmp_path):
+    # A local round polls each group once at setup; a round that stops before the group's call
+    # leaves that response in the journal, and the next round (or run) replays it first.
+    with MockPixelsServer(SCHEMA, batch_size=5, bucket_count=1).start() as server:
+        server.load_rows([(i, f"n{i}") for i in range(12)])
+        source.LOCAL_ROUNDS.plan("test-round", Bounds(stop_after_idle_ms=300), {0: 0})
+        read = ReadFromPixels(SCHEMA, server=ServerOptions("127.0.0.1", server.port), buckets=[0],
+                              journal=str(tmp_path / "j"), round_key="test-round")
+        poller = read._poller(None)
+        poller.setup()
+        poller.teardown()  # the round ended before the group's call
+        source.LOCAL_ROUNDS.forget("test-round")
+        assert [(s.start, s.count) for s in PollJournal(str(tmp_path / "j")).segments(0)] == [(0, 5)]
+        assert server.pending() == 7
+
+        resumed = _read_all(server, str(tmp_path), start_positions={0: 0})
+    assert resumed == [(i, i) for i in range(12)]
 
 
 def test_replay_starts_at_the_committed_position(tmp_path):
