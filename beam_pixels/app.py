@@ -41,7 +41,7 @@ from beam_pixels.config import PixelsConfig
 from beam_pixels.dead_letters import WriteDeadLetters
 from beam_pixels.flink import job_server
 from beam_pixels.flink.rest import FINISHED_STATES, FlinkRest
-from beam_pixels.journal import TrimJournal
+from beam_pixels.journal import BACKGROUND_TRIMS, TrimJournal
 from beam_pixels.sinks import sink_for
 from beam_pixels.metrics import table_namespace
 from beam_pixels.sinks.committing import KEPT_WRITERS, SinkConfigurationError, TableWriter, WriteTables
@@ -73,6 +73,7 @@ def build_pipeline(
     window_ms: int | None = None,
     round_keys: typing.Mapping[str, str] | None = None,
     keep_writers_open: str = "",
+    trim_in_background: bool = False,
 ):
     """Add a job of ``tables`` to ``p``; returns the PCollection of CommitResults.
 
@@ -86,7 +87,9 @@ def build_pipeline(
     position) resumes each table's numbering; with a ``round_keys`` entry a table's read takes its
     bounds and start positions from the round planned for that key when it runs
     (:class:`~beam_pixels.source.LocalRounds`). ``keep_writers_open`` (a local run's id) leaves the
-    tables' writers open for the next run of the pipeline (:class:`~beam_pixels.sinks.committing.KeptWriters`).
+    tables' writers open for the next run of the pipeline (:class:`~beam_pixels.sinks.committing.KeptWriters`);
+    ``trim_in_background`` trims the journals after each commit on a thread of this process, which
+    the caller waits for (:data:`~beam_pixels.journal.BACKGROUND_TRIMS`).
     """
     journals = {label: c.journal_location(local_run) for label, c in tables.items()}
     reads = [
@@ -103,7 +106,7 @@ def build_pipeline(
     commits = read.changes | "WriteToLakehouse" >> WriteTables(writes, keep_open=keep_writers_open)
     journaled = {label: journal for label, journal in journals.items() if journal}
     if journaled:
-        _ = commits | "TrimJournal" >> TrimJournal(journaled)
+        _ = commits | "TrimJournal" >> TrimJournal(journaled, in_background=trim_in_background)
     return commits
 
 
@@ -214,6 +217,7 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
                     break
         for writer in writers.values():  # before the rounds close them; Ctrl-C interrupts the wait
             writer.finish_maintenance()
+        BACKGROUND_TRIMS.wait()  # the journals' last trims (the rounds trim them in the background)
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -260,7 +264,7 @@ class _Rounds:
             return self._runner.run_via_runner_api(self._runner.pipeline_proto, self._options)
         p = beam.Pipeline(runner=self._runner, options=self._options)
         build_pipeline(p, tables, local_run=True, round_keys={name: self._key(name) for name in tables},
-                       keep_writers_open=self._run_id)
+                       keep_writers_open=self._run_id, trim_in_background=True)
         self._tables = tuple(tables)
         _LOG.info("rounds of %s: the pipeline is built, and run again each round while these tables take part",
                   ", ".join(name or "the table" for name in tables))

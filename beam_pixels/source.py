@@ -344,8 +344,10 @@ class _TablePoller:
         max_call_ms: int | None = None,
         round_key: str = "",
         table_label: str = "",
+        groups: typing.Sequence[PollGroup] = (),
     ):
         self._server = server
+        self._groups = tuple(groups)  # polled first at setup in a local round (see _prefetch)
         self._schema_name = schema_name
         self._table_name = table_name
         self._source_table = f"{schema_name}.{table_name}"  # names the table in log lines
@@ -385,6 +387,30 @@ class _TablePoller:
         self._unclaimed: dict[int, _Response] = {}
         # Per poll group: the committed position the journal recorded when this worker started it.
         self._floors: dict[int, int] = {}
+        # Per poll group: its first poll of a local round, sent at setup (position, the poll).
+        self._prefetched: dict[int, tuple[int, concurrent.futures.Future]] = {}
+        if self._round_key:
+            self._prefetch()
+
+    def _prefetch(self) -> None:
+        """Send each poll group's first poll of a local round now, on this table's fetch thread.
+
+        The in-process runner calls the poll groups of a round's tables one after another, and a
+        call's first poll (and its journal append) has nothing to overlap with: 10 tables waited
+        for ten of them in turn. Sent at setup, they are on their way while the runner works on
+        the tables before. Only with a journal: a prefetched response is journaled like any other,
+        so one its call does not take (the round stopped first) is replayed by the next round or
+        run. A group that has journaled responses to replay (or a committed floor ahead of it) is
+        polled when its call comes, as before.
+        """
+        if self._journal is None or _LOCAL_STOP.is_set():
+            return
+        give_up_at = time.monotonic() + max(self._poll_interval_s, OUTAGE_CALL_MIN_MS / 1000.0)
+        for group in self._groups:
+            gid, start = group.group_id, LOCAL_ROUNDS.start_position(group)
+            if self._committed_floor(gid) > start or any(s.end > start for s in self._journal.segments(gid)):
+                continue
+            self._prefetched[gid] = (start, self._fetcher.submit(self._fetch, group, start, give_up_at))
 
     def teardown(self):
         self._fetcher.shutdown(wait=True)
@@ -467,6 +493,15 @@ class _TablePoller:
             _LOG.error("%s poll group %d resumed at position %d, not at %d: positions %d..%d polled during a "
                        "checkpoint are lost unless the journal holds them", self._source_table, gid, position, stashed.start,
                        stashed.start, stashed.end - 1)
+        prefetched = self._prefetched.pop(gid, None)
+        if prefetched is not None:
+            prefetched_at, poll = prefetched
+            response = poll.result()  # never two polls of a group at once
+            if prefetched_at == position:
+                return response
+            _LOG.error("%s poll group %d resumed at position %d, not at %d where the round began: positions "
+                       "%d..%d polled then are in the journal", self._source_table, gid, position, prefetched_at,
+                       prefetched_at, prefetched_at + response.count - 1)
         replayed = self._next_replayed(gid, position)
         if replayed is not None:
             return replayed
@@ -727,7 +762,7 @@ class ReadFromPixels(beam.PTransform):
     def _poller(self, max_call_ms: int | None) -> _TablePoller:
         return _TablePoller(
             self._server, self._schema_name, self._table_name, self._poll_interval_ms, self._bounds, self._journal,
-            max_call_ms, self._round_key, self._table_label,
+            max_call_ms, self._round_key, self._table_label, self._groups,
         )
 
     def _decoder(self) -> TableDecoder:

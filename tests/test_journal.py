@@ -1,11 +1,13 @@
 """The poll journal: durable segments, replay through ReadFromPixels, trimming."""
 
+import logging
 import os
 import pickle
 
 import apache_beam as beam
 
-from beam_pixels.journal import PollJournal, Segment
+from beam_pixels import source
+from beam_pixels.journal import BackgroundTrims, PollJournal, Segment
 from beam_pixels.schema import SourceSchema
 from beam_pixels.source import Bounds, ExplodeChanges, ReadFromPixels, ServerOptions
 from beam_pixels.testing.mock_server import MockPixelsServer
@@ -28,6 +30,44 @@ def test_segments_are_stored_listed_read_and_trimmed(tmp_path):
     assert journal.trim({0: 4, 1: 0}) == 1
     assert [(s.start, s.end) for s in journal.segments(0)] == [(3, 5)]
     assert len(journal.segments(1)) == 1
+
+
+def test_background_trims_merge_and_a_failed_one_is_done_by_the_next(tmp_path, caplog):
+    journal = PollJournal(str(tmp_path / "journal"))
+    for start in range(0, 10, 2):
+        journal.append(0, start, 2, b"x")
+    trims = BackgroundTrims()
+    trims.submit(journal, {0: 4})
+    trims.submit(journal, {0: 8})
+    trims.wait()
+    assert ([s.start for s in journal.segments(0)], journal.committed_floor(0)) == ([8], 8)
+
+    # The marker at position 10 cannot be written (a directory stands in its place): nothing is
+    # deleted before the marker is durable, the failure is logged, and the next trim does it all.
+    blocker = tmp_path / "journal" / "group-0000" / f"{10:020d}-{0:010d}.pb"
+    blocker.mkdir()
+    with caplog.at_level(logging.WARNING, logger="beam_pixels.journal"):
+        trims.submit(journal, {0: 10})
+        trims.wait()
+    assert [s.start for s in journal.segments(0)] == [8]
+    assert "trimming to positions {0: 10} failed" in caplog.text and "its next trim retries" in caplog.text
+    blocker.rmdir()
+    trims.submit(journal, {0: 10})
+    trims.wait()
+    assert (journal.segments(0), journal.committed_floor(0)) == ([], 10)
+
+
+def test_the_schema_is_written_once_per_group_not_once_per_run(tmp_path):
+    # A local run's poller is a new journal each round; it lists the group's directory before it
+    # appends, and a schema file listed there is not written again.
+    PollJournal(str(tmp_path / "j"), str(SCHEMA)).append(0, 0, 1, b"x")
+    schema_file = next((tmp_path / "j" / "group-0000").glob("*.schema"))
+    written = schema_file.stat().st_ino  # each write renames a new file into place
+    next_round = PollJournal(str(tmp_path / "j"), str(SCHEMA))
+    assert next_round.committed_floor(0) == 0
+    next_round.append(0, 1, 1, b"y")
+    assert schema_file.stat().st_ino == written
+    assert [s.schema_id for s in next_round.segments(0)] == [schema_file.stem] * 2
 
 
 def test_a_journal_travels_to_workers_by_location_only(tmp_path):
@@ -93,6 +133,25 @@ def test_what_a_crashed_run_polled_is_replayed_before_polling_anew(tmp_path):
     assert second[:40] == first
     assert [position for position, _ in second] == list(range(60))
     assert sorted(i for _, i in second) == list(range(60))
+
+
+def test_a_local_rounds_first_poll_sent_at_setup_and_never_taken_is_replayed(tmp_path):
+    # A local round polls each group once at setup; a round that stops before the group's call
+    # leaves that response in the journal, and the next round (or run) replays it first.
+    with MockPixelsServer(SCHEMA, batch_size=5, bucket_count=1).start() as server:
+        server.load_rows([(i, f"n{i}") for i in range(12)])
+        source.LOCAL_ROUNDS.plan("test-round", Bounds(stop_after_idle_ms=300), {0: 0})
+        read = ReadFromPixels(SCHEMA, server=ServerOptions("127.0.0.1", server.port), buckets=[0],
+                              journal=str(tmp_path / "j"), round_key="test-round")
+        poller = read._poller(None)
+        poller.setup()
+        poller.teardown()  # the round ended before the group's call
+        source.LOCAL_ROUNDS.forget("test-round")
+        assert [(s.start, s.count) for s in PollJournal(str(tmp_path / "j")).segments(0)] == [(0, 5)]
+        assert server.pending() == 7
+
+        resumed = _read_all(server, str(tmp_path), start_positions={0: 0})
+    assert resumed == [(i, i) for i in range(12)]
 
 
 def test_replay_starts_at_the_committed_position(tmp_path):

@@ -9,6 +9,7 @@ import time
 from beam_pixels import app
 from beam_pixels.buckets import bucket_of
 from beam_pixels.config import PixelsConfig
+from beam_pixels.journal import PollJournal
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.iceberg.writer import IcebergTableWriter
 from beam_pixels.testing.encoding import encode_value
@@ -140,3 +141,6 @@ def test_a_run_of_several_tables_builds_its_pipeline_once_and_each_round_resumes
     for name, table_config in config.tables().items():
         assert summary.checkpoints[name].batch_id >= 3, f"{name}: {summary.checkpoints[name]}"
         assert _table_ids(table_config) == list(range(300))
+        # Each commit's trim ran in the background; the run waited for the last ones.
+        journal = PollJournal(table_config.journal_location(local_run=True))
+        assert (journal.segments(0), journal.committed_floor(0)) == ([], 300), name
