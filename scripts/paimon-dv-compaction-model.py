@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""A model of one bucket of a Paimon deletion-vector table under the soak's stream, compacted
-by the connector's own :func:`beam_pixels.sinks.paimon.dv_compaction.pick`.
+"""A model of the buckets of a Paimon deletion-vector table under the soak's stream (one, or
+``--buckets`` that take the same stream, so that their merges come together as in the soak),
+compacted by the connector's own :func:`beam_pixels.sinks.paimon.dv_compaction.pick`.
 
 Files are sorted key sets with a deleted mask: a commit marks the touched keys' rows deleted
 and adds the new rows as the newest run (levels freed as :mod:`.merge_on_read` frees them),
@@ -14,6 +15,7 @@ rewriting was tiered merges, drains of the oldest run and other rewrites. A poli
 ``pick`` shows here in a minute against a soak's 15; the soak remains the measure.
 
     python scripts/paimon-dv-compaction-model.py --levels 16 --seed 3
+    python scripts/paimon-dv-compaction-model.py --buckets 4 --keys 250000 --changes 1000 --retained-commits 40
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ from beam_pixels.sinks.paimon.compaction import CompactionOptions
 
 
 class Bucket:
-    def __init__(self, max_level: int, bytes_per_row: float):
+    def __init__(self, max_level: int, bytes_per_row: float, first_name: int = 0):
         self.max_level, self.bytes_per_row = max_level, bytes_per_row
         self.files: dict[str, dict] = {}  # name -> keys (sorted), deleted mask, level
         self.owner: dict[int, tuple[str, int]] = {}  # live key -> (file, position)
-        self.names = itertools.count()
+        self.names = itertools.count(first_name)  # distinct per bucket: delete-ratio spreads hash the name
         self.live_rows = SimpleNamespace(live_count=lambda name: int((~self.files[name]["deleted"]).sum()))
 
     def add(self, keys: np.ndarray, level: int) -> None:
@@ -106,44 +108,53 @@ class Bucket:
 
 def run(args) -> str:
     rng = np.random.default_rng(args.seed)
-    bucket = Bucket(args.levels - 1, args.bytes_per_row)
-    alive = np.arange(args.keys)
-    for part in np.array_split(alive, max(1, round(args.keys / args.load_file_rows))):
-        bucket.add(part, bucket.max_level)
-    next_key = args.keys
+    buckets, alive, next_key = [], [], []
+    for number in range(args.buckets):  # bucket b holds the keys k with k % buckets == b
+        bucket = Bucket(args.levels - 1, args.bytes_per_row, number * 10_000_000)
+        keys = np.arange(args.keys) * args.buckets + number
+        for part in np.array_split(keys, max(1, round(args.keys / args.load_file_rows))):
+            bucket.add(part, bucket.max_level)
+        buckets.append(bucket)
+        alive.append(keys)
+        next_key.append(args.keys * args.buckets + number)
     options = CompactionOptions(trigger=args.levels - 1, num_levels=args.levels)
     rewritten, totals = [], []
-    vectors = 0
+    vectors = [0] * args.buckets
     for commit in range(args.commits):
-        inserts, updates = int(args.changes * 0.3), int(args.changes * 0.6)
-        touched = rng.choice(alive, args.changes - inserts, replace=False)
-        for key in touched.tolist():
-            bucket.delete(key)
-        new_keys = np.arange(next_key, next_key + inserts)
-        next_key += inserts
-        alive = np.concatenate([np.setdiff1d(alive, touched[updates:], assume_unique=True), new_keys])
-        kinds = {"tier": bucket.free_level_one(), "drain": 0, "other": 0}
-        levels = {f["level"] for f in bucket.files.values()}
-        bucket.add(np.concatenate([touched[:updates], new_keys]), min(levels) - 1 if levels else bucket.max_level)
-        for rewrite in dv_compaction.pick(bucket.entries(), bucket.live_rows, options, args.ratio):
-            oldest = rewrite.inputs[0].file.level == bucket.max_level
-            kind = "drain" if oldest else "tier" if len(rewrite.inputs) > 1 else "other"
-            kinds[kind] += bucket.rewrite(rewrite)
+        kinds = {"tier": 0, "drain": 0, "other": 0}
+        for number, bucket in enumerate(buckets):
+            inserts, updates = int(args.changes * 0.3), int(args.changes * 0.6)
+            touched = rng.choice(alive[number], args.changes - inserts, replace=False)
+            for key in touched.tolist():
+                bucket.delete(key)
+            new_keys = np.arange(next_key[number], next_key[number] + inserts * args.buckets, args.buckets)
+            next_key[number] += inserts * args.buckets
+            alive[number] = np.concatenate([np.setdiff1d(alive[number], touched[updates:], assume_unique=True),
+                                            new_keys])
+            kinds["tier"] += bucket.free_level_one()
+            levels = {f["level"] for f in bucket.files.values()}
+            bucket.add(np.concatenate([touched[:updates], new_keys]),
+                       min(levels) - 1 if levels else bucket.max_level)
+            for rewrite in dv_compaction.pick(bucket.entries(), bucket.live_rows, options, args.ratio):
+                oldest = rewrite.inputs[0].file.level == bucket.max_level
+                kind = "drain" if oldest else "tier" if len(rewrite.inputs) > 1 else "other"
+                kinds[kind] += bucket.rewrite(rewrite)
+            if commit % 5 == 0 or not vectors[number]:  # counting containers is the slow part
+                vectors[number] = bucket.vector_bytes()
         rewritten.append(kinds)
         if commit >= args.retained_commits:
-            if commit % 5 == 0 or not vectors:  # counting containers is the slow part
-                vectors = bucket.vector_bytes()
             window = sum(sum(k.values()) for k in rewritten[-args.retained_commits:])
-            live = len(alive)
-            totals.append(((bucket.stored_rows() + window) / live
-                           + vectors * args.retained_commits / (live * args.bytes_per_row),
-                           bucket.stored_rows() / live, window / live,
-                           vectors * args.retained_commits / (live * args.bytes_per_row)))
+            live = sum(len(keys) for keys in alive)
+            stored = sum(bucket.stored_rows() for bucket in buckets)
+            copies = sum(vectors) * args.retained_commits / (live * args.bytes_per_row)
+            totals.append(((stored + window) / live + copies, stored / live, window / live, copies))
     t = np.array(totals)
     steady = rewritten[args.retained_commits:]
-    shares = {kind: sum(k[kind] for k in steady) * args.retained_commits / len(steady) / len(alive)
+    live = sum(len(keys) for keys in alive)
+    shares = {kind: sum(k[kind] for k in steady) * args.retained_commits / len(steady) / live
               for kind in ("tier", "drain", "other")}
-    return (f"storage mean {t[:, 0].mean():.2f} p90 {np.percentile(t[:, 0], 90):.2f} max {t[:, 0].max():.2f}; "
+    return (f"storage mean {t[:, 0].mean():.2f} p90 {np.percentile(t[:, 0], 90):.2f} max {t[:, 0].max():.2f} "
+            f"(commit {int(t[:, 0].argmax()) + args.retained_commits}); "
             f"current {t[:, 1].mean():.2f} retained rewrites {t[:, 2].mean():.2f} deletion vectors {t[:, 3].mean():.2f}; "
             f"retained rewrites by kind: tiered {shares['tier']:.2f} drains {shares['drain']:.2f} "
             f"other {shares['other']:.2f}")
@@ -151,8 +162,11 @@ def run(args) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keys", type=int, default=300_000, help="keys preloaded into the bucket")
-    parser.add_argument("--changes", type=int, default=1_100, help="changes a commit (30%% inserts, 60%% updates, 10%% deletes)")
+    parser.add_argument("--buckets", type=int, default=1,
+                        help="buckets taking the same stream (their tiered merges come together)")
+    parser.add_argument("--keys", type=int, default=300_000, help="keys preloaded into each bucket")
+    parser.add_argument("--changes", type=int, default=1_100,
+                        help="changes a commit per bucket (30%% inserts, 60%% updates, 10%% deletes)")
     parser.add_argument("--commits", type=int, default=300)
     parser.add_argument("--levels", type=int, default=16, help="the table's num-levels")
     parser.add_argument("--ratio", type=float, default=0.35, help="compaction.delete-ratio-threshold")
