@@ -599,7 +599,17 @@ class _TableCommitter:
 
 def _after_end(window) -> str:
     """How long after its window's end a stage started (streaming), for the log: where
-    the time between a window's end and its commit goes. Empty for the global window."""
+    the time between a window's end and its commit goes; "before" for a window its poll groups
+    closed early (caught up). The window's end (local time) tells the lines of one window apart.
+    Empty for the global window."""
     if not isinstance(window, beam_window.IntervalWindow):
         return ""
-    return f", started {time.time() - window.end.micros / 1e6:.2f} s after the window's end"
+    end = window.end.micros / 1e6
+    after = time.time() - end
+    return f", started {abs(after):.2f} s {'after' if after >= 0 else 'before'} the window's end ({window_end_label(end)})"
+
+
+def window_end_label(end: float) -> str:
+    """A window's end (``time.time()`` seconds) as the log lines name it: local time to the millisecond."""
+    millis = round(end * 1000)
+    return time.strftime("%H:%M:%S", time.localtime(millis // 1000)) + f".{millis % 1000:03d}"
