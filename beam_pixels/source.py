@@ -31,7 +31,9 @@ up (an empty poll) moves its watermark to the end of the window the clock is in,
 window closes and commits right after the stream goes quiet instead of at its end; records
 polled later are stamped at that watermark or after it (in a later window, never late). The
 watermark never passes the end of the clock's window, so windows still close at most once per
-``window_ms``.
+``window_ms``. A poll the server does not answer counts as caught up too (nothing was handed
+out): what was polled before the outage, stamped up to the end of the clock's window, still
+closes and commits during it.
 """
 
 from __future__ import annotations
@@ -431,10 +433,11 @@ class _TablePoller:
                 _finish(tracker)
                 return
             except PixelsRetryDeadlineError:
-                # Not answered, so nothing was handed out or claimed. What was polled before is
-                # stamped before now, what is polled next after now: the watermark follows the clock.
+                # Not answered, so nothing was handed out or claimed: as caught up as after an empty
+                # poll. What was polled before is stamped before now (or at the end of the clock's
+                # window), what is polled next after: the watermark follows the clock.
                 self._idle_since[gid] = time.time()
-                _advance(watermark, Timestamp.now())
+                _advance(watermark, self._caught_up())
                 tracker.defer_remainder()
                 return
             finally:

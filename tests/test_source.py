@@ -281,10 +281,13 @@ def test_response_polled_during_a_runner_checkpoint_is_emitted_on_resume(server_
     assert server.pending() == 0
 
 
-def test_during_an_outage_each_call_ends_on_time_with_the_watermark_at_the_clock_and_nothing_claimed(server_for):
+@pytest.mark.parametrize("window_ms", [None, 2000])
+def test_during_an_outage_each_call_ends_on_time_with_the_watermark_at_the_clock_and_nothing_claimed(
+    server_for, window_ms
+):
     server = server_for(SMALL, batch_size=5)
     server.load_rows([(i, f"n{i}", i) for i in range(40)])
-    fn = _poller(server, Bounds(), max_call_ms=500)  # unbounded, as on Flink
+    fn = _poller(server, Bounds(), max_call_ms=500, window_ms=window_ms)  # unbounded, as on Flink
     group = PollGroup(0, tuple(range(128)))
     watermark = ManualWatermarkEstimator(Timestamp.now())
     polls, restriction = [], _PollRestrictionProvider().initial_restriction(group)
@@ -301,6 +304,8 @@ def test_during_an_outage_each_call_ends_on_time_with_the_watermark_at_the_clock
         assert time.monotonic() - started < 1.5
         assert outputs == [] and residual.start == restriction.start == 40  # a failed poll claims nothing
         assert watermark.current_watermark() >= before  # so windows up to now can fire
+        if window_ms:  # the clock's window too, as when caught up: what was stamped up to its end commits
+            assert watermark.current_watermark() >= Timestamp(micros=(before.micros // 2_000_000 + 1) * 2_000_000)
         restriction = residual
     assert fn._tables[""]._client.failed_polls >= 1
 
