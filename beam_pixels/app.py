@@ -92,7 +92,7 @@ def build_pipeline(
     reads = [
         source.ReadFromPixels.from_config(
             c, start_positions=(start_positions or {}).get(label), journal=journals[label],
-            round_key=(round_keys or {}).get(label, ""), table_label=label, window_ms=window_ms,
+            round_key=(round_keys or {}).get(label, ""), table_label=label,
         )
         for label, c in tables.items()
     ]

@@ -25,15 +25,6 @@ clock and checkpoints; the next call goes on retrying. So the windows of what wa
 polled before an outage close and commit during it. A failed poll was never
 answered: nothing was handed out, nothing is claimed, and records polled after the
 outage are stamped with a later poll time than that watermark.
-
-With ``window_ms`` (the sink's fixed windows, on streaming runners) a poll group that catches
-up (an empty poll) moves its watermark to the end of the window the clock is in, so that
-window closes and commits right after the stream goes quiet instead of at its end; records
-polled later are stamped at that watermark or after it (in a later window, never late). The
-watermark never passes the end of the clock's window, so windows still close at most once per
-``window_ms``. A poll the server does not answer counts as caught up too (nothing was handed
-out): what was polled before the outage, stamped up to the end of the clock's window, still
-closes and commits during it.
 """
 
 from __future__ import annotations
@@ -340,9 +331,6 @@ class _TablePoller:
     server and the journal's disk overlap the decoding. A call never ends with a
     poll in flight: every response drained from the server is emitted. Its metrics are in
     the table's namespace (:func:`~beam_pixels.metrics.table_namespace`).
-
-    ``window_ms`` (the sink's fixed windows): a group that catches up closes the clock's
-    window at once (:meth:`_caught_up`); see the module.
     """
 
     def __init__(
@@ -356,7 +344,6 @@ class _TablePoller:
         max_call_ms: int | None = None,
         round_key: str = "",
         table_label: str = "",
-        window_ms: int | None = None,
     ):
         self._server = server
         self._schema_name = schema_name
@@ -368,7 +355,6 @@ class _TablePoller:
         self._round_key = round_key  # set: the bounds are the current local round's (LocalRounds)
         self._journal = journal
         self._max_call_s = math.inf if max_call_ms is None else max_call_ms / 1000.0
-        self._window = Duration(micros=window_ms * 1000) if window_ms else None
         namespace = table_namespace(METRICS_NAMESPACE, table_label)
         self._replayed = Metrics.counter(namespace, "records_replayed")
         self._polls = Metrics.counter(namespace, "polls")
@@ -433,11 +419,10 @@ class _TablePoller:
                 _finish(tracker)
                 return
             except PixelsRetryDeadlineError:
-                # Not answered, so nothing was handed out or claimed: as caught up as after an empty
-                # poll. What was polled before is stamped before now (or at the end of the clock's
-                # window), what is polled next after: the watermark follows the clock.
+                # Not answered, so nothing was handed out or claimed. What was polled before is
+                # stamped before now, what is polled next after now: the watermark follows the clock.
                 self._idle_since[gid] = time.time()
-                _advance(watermark, self._caught_up())
+                _advance(watermark, Timestamp.now())
                 tracker.defer_remainder()
                 return
             finally:
@@ -450,7 +435,7 @@ class _TablePoller:
             if response.count == 0:
                 self._empty_polls.inc()
                 self._last_empty[gid] = time.monotonic()
-                _advance(watermark, self._caught_up())
+                _advance(watermark, Timestamp.now())
                 tracker.defer_remainder(Duration.of(self._poll_interval_s))
                 return
             poll_time = time.time()
@@ -462,26 +447,15 @@ class _TablePoller:
                 return
             self._records.inc(response.count)
             _EMITTED.add(self._bounds.read_id, response.count)
-            # At the poll time, or at the watermark when a catch-up moved it past the clock.
-            stamp = max(Timestamp.of(poll_time), watermark.current_watermark() or Timestamp.of(poll_time))
-            _advance(watermark, stamp)
+            _advance(watermark, Timestamp.of(poll_time))
             goes_on = time.monotonic() < call_ends and self._polls_next(gid) and self._stop_reason(gid) is None
             if goes_on:  # poll on while this response is decoded downstream
                 next_response = self._fetcher.submit(self._fetch, group, response.end, give_up_at).result
             raw = RawPoll(gid, response.start, poll_time, response.payload, response.schema, self._table_label)
-            yield TimestampedValue(raw, stamp)
+            yield TimestampedValue(raw, poll_time)
             if not goes_on:
                 tracker.defer_remainder()
                 return
-
-    def _caught_up(self) -> Timestamp:
-        """The watermark of a poll group the server had nothing for: now, or with ``window_ms`` the
-        end of the window now is in (that window can close at once; never a later one)."""
-        now = Timestamp.now()
-        if self._window is None:
-            return now
-        window_micros = self._window.micros
-        return Timestamp(micros=(now.micros // window_micros + 1) * window_micros)
 
     def _next_response(self, group: PollGroup, position: int, give_up_at: float) -> _Response:
         """The response for ``position``: a stashed or journaled one, else a new poll."""
@@ -666,9 +640,7 @@ class ReadFromPixels(beam.PTransform):
     ``round_key`` makes a read that a local run runs again each round: its bounds and start
     positions are the ones :data:`LOCAL_ROUNDS` holds for that key when a run starts.
     ``table_label`` names the table in a job of several (:class:`ReadTablesFromPixels`): its
-    elements carry it, and its metrics' namespace ends with it. ``window_ms``, the length of the
-    fixed windows the sink commits (an unbounded read's ``checkpoint.interval.ms``), lets a poll
-    group that catches up close the current window at once (see the module).
+    elements carry it, and its metrics' namespace ends with it.
     """
 
     def __init__(
@@ -689,7 +661,6 @@ class ReadFromPixels(beam.PTransform):
         journal: str | None = None,
         round_key: str = "",
         table_label: str = "",
-        window_ms: int | None = None,
     ):
         super().__init__()
         self._journal = PollJournal(journal, str(schema)) if journal else None
@@ -708,12 +679,11 @@ class ReadFromPixels(beam.PTransform):
         self._bucket_count = bucket_count
         self._round_key = round_key
         self._table_label = table_label
-        self._window_ms = window_ms
 
     @classmethod
     def from_config(
         cls, config, *, start_positions=None, max_duration_ms: int = 0, drain_after: float = 0.0,
-        journal: str | None = None, round_key: str = "", table_label: str = "", window_ms: int | None = None,
+        journal: str | None = None, round_key: str = "", table_label: str = "",
     ) -> "ReadFromPixels":
         """Build from a :class:`beam_pixels.config.PixelsConfig`."""
         return cls(
@@ -739,7 +709,6 @@ class ReadFromPixels(beam.PTransform):
             journal=journal,
             round_key=round_key,
             table_label=table_label,
-            window_ms=window_ms,
         )
 
     @property
@@ -758,7 +727,7 @@ class ReadFromPixels(beam.PTransform):
     def _poller(self, max_call_ms: int | None) -> _TablePoller:
         return _TablePoller(
             self._server, self._schema_name, self._table_name, self._poll_interval_ms, self._bounds, self._journal,
-            max_call_ms, self._round_key, self._table_label, self._window_ms,
+            max_call_ms, self._round_key, self._table_label,
         )
 
     def _decoder(self) -> TableDecoder:

@@ -31,8 +31,7 @@ from beam_pixels.source import ReadFromPixels
 def build(p: beam.Pipeline, config: PixelsConfig, *, local_run: bool, window_ms, start_positions):
     """Read the change stream from where the table left off, commit it, keep dead letters."""
     journal = config.journal_location(local_run)  # responses stored before use, replayed after a crash
-    read = p | "ReadFromPixels" >> ReadFromPixels.from_config(
-        config, start_positions=start_positions, journal=journal, window_ms=window_ms)
+    read = p | "ReadFromPixels" >> ReadFromPixels.from_config(config, start_positions=start_positions, journal=journal)
 
     # Undecodable records: written beside a local warehouse (or source.dead.letter.dir), else logged.
     _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letter_location(local_run))

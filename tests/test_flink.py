@@ -624,49 +624,6 @@ def test_what_was_handed_out_before_an_outage_is_committed_during_it(tmp_path, f
     assert_table_is_exactly_what_was_handed_out(config, server)
 
 
-@pytest.mark.parametrize("sink", ["iceberg"])
-def test_a_stream_that_goes_quiet_commits_before_its_window_ends_and_what_follows_in_the_next(
-    tmp_path, flink, feeders, submit, sink
-):
-    """The poll groups catch up (an empty poll) and close the clock's window at once: a burst's
-    changes commit seconds after the stream goes quiet, long before their 20 s window ends.
-    Changes polled after that, while the clock is still in that window, are stamped into the next
-    window (none dropped as late) and commit once the clock has reached it: one commit a window."""
-    window_s = 20.0
-    properties = streaming_properties(tmp_path, sink, checkpoint_interval_ms=int(window_s * 1000))
-    history = cdc_history(1000, seed=27)
-    feeder = feeders([]).start()  # this test loads the server itself
-    server = feeder.server
-    config = load_config(properties, server.port)
-    run, _job = submit(properties, server)
-    time.sleep(window_s - time.time() % window_s + 1.0)  # 1 s into a window of the clock
-
-    def quiet_after(events) -> float:
-        server.load_cdc(events)
-        wait_until(lambda: server.pending() == 0, 60, "the burst handed out", run)
-        return time.time()
-
-    def committed_all() -> float:
-        wait_until(lambda: last_checkpoint(config).positions == records_per_poll_group(config, server), 90,
-                   "everything handed out committed", run)
-        return time.time()
-
-    quiet = quiet_after(history[:500])
-    window_end = (quiet // window_s + 1) * window_s
-    first = committed_all()
-    print(f"a burst committed {first - quiet:.1f} s after the stream went quiet, {window_end - first:.1f} s before "
-          "its window's end")
-    assert first < window_end, f"committed {first - window_end:.1f} s after the window's end:\n{run.describe()}"
-    first_batch = last_checkpoint(config).batch_id
-
-    second_quiet = quiet_after(history[500:])
-    assert second_quiet < window_end, "the second burst was handed out after the window's end: the machine is too slow"
-    second = committed_all()
-    assert second >= window_end, "the next window committed before the clock reached it"
-    assert last_checkpoint(config).batch_id == first_batch + 1
-    assert_table_is_exactly_what_was_handed_out(config, server)
-
-
 def latest_checkpoint_state(flink, job: str) -> tuple[int, int]:
     """(id, state size in bytes) of the job's latest completed Flink checkpoint ((0, 0) before one)."""
     completed = (flink.rest(f"/jobs/{job}/checkpoints").get("latest") or {}).get("completed") or {}

@@ -281,13 +281,10 @@ def test_response_polled_during_a_runner_checkpoint_is_emitted_on_resume(server_
     assert server.pending() == 0
 
 
-@pytest.mark.parametrize("window_ms", [None, 2000])
-def test_during_an_outage_each_call_ends_on_time_with_the_watermark_at_the_clock_and_nothing_claimed(
-    server_for, window_ms
-):
+def test_during_an_outage_each_call_ends_on_time_with_the_watermark_at_the_clock_and_nothing_claimed(server_for):
     server = server_for(SMALL, batch_size=5)
     server.load_rows([(i, f"n{i}", i) for i in range(40)])
-    fn = _poller(server, Bounds(), max_call_ms=500, window_ms=window_ms)  # unbounded, as on Flink
+    fn = _poller(server, Bounds(), max_call_ms=500)  # unbounded, as on Flink
     group = PollGroup(0, tuple(range(128)))
     watermark = ManualWatermarkEstimator(Timestamp.now())
     polls, restriction = [], _PollRestrictionProvider().initial_restriction(group)
@@ -304,8 +301,6 @@ def test_during_an_outage_each_call_ends_on_time_with_the_watermark_at_the_clock
         assert time.monotonic() - started < 1.5
         assert outputs == [] and residual.start == restriction.start == 40  # a failed poll claims nothing
         assert watermark.current_watermark() >= before  # so windows up to now can fire
-        if window_ms:  # the clock's window too, as when caught up: what was stamped up to its end commits
-            assert watermark.current_watermark() >= Timestamp(micros=(before.micros // 2_000_000 + 1) * 2_000_000)
         restriction = residual
     assert fn._tables[""]._client.failed_polls >= 1
 
@@ -317,58 +312,6 @@ def test_during_an_outage_each_call_ends_on_time_with_the_watermark_at_the_clock
     fn.teardown()
     _assert_contiguous(polls, 80)  # nothing lost or repeated across the outage
     assert all(p.timestamp >= outage_watermark for p in polls if p.value.start_position >= 40)  # none late
-
-
-def test_a_caught_up_poll_group_closes_the_clocks_window_at_once_and_stamps_later_records_after_it(server_for):
-    window_ms = 3000
-    window = window_ms * 1000  # micros
-    server = server_for(SMALL, batch_size=5)
-    server.load_rows([(i, f"n{i}", i) for i in range(20)])
-    fn = _poller(server, Bounds(), max_call_ms=500, window_ms=window_ms)  # unbounded, as on Flink
-    group = PollGroup(0, tuple(range(128)))
-    # Start just after a window's start, so that the whole test runs inside one window of the clock.
-    time.sleep(window / 1e6 - time.time() % (window / 1e6) + 0.05)
-    watermark = ManualWatermarkEstimator(Timestamp.now())
-    polls, restriction = [], _PollRestrictionProvider().initial_restriction(group)
-    while server.pending() or restriction.start < 20:
-        outputs, restriction = _drive(fn, group, restriction, watermark)
-        polls.extend(outputs)
-    window_end = Timestamp(micros=(max(p.timestamp for p in polls).micros // window + 1) * window)
-    assert all(p.timestamp < window_end for p in polls)
-
-    # Caught up (an empty poll): the watermark is at the end of the clock's window, so that window
-    # closes now, a window before the clock reaches its end.
-    _drive(fn, group, restriction, watermark)
-    assert watermark.current_watermark() == window_end > Timestamp.now()
-    _drive(fn, group, restriction, watermark)  # caught up again in the same window: no further
-    assert watermark.current_watermark() == window_end
-
-    # Records polled after that are stamped at the watermark, in the next window: not late.
-    server.load_rows([(i, f"n{i}", i) for i in range(20, 40)])
-    later = []
-    while server.pending() or restriction.start < 40:
-        outputs, restriction = _drive(fn, group, restriction, watermark)
-        later.extend(outputs)
-    assert Timestamp.now() < window_end
-    assert later and all(p.timestamp == window_end for p in later)
-    assert all(p.value.poll_time < window_end.micros / 1e6 for p in later)  # polled before it, all the same
-    fn.teardown()
-    _assert_contiguous(polls + later, 40)
-
-
-def test_without_windows_a_caught_up_poll_group_moves_its_watermark_to_the_clock(server_for):
-    server = server_for(SMALL, batch_size=5)
-    server.load_rows([(i, f"n{i}", i) for i in range(10)])
-    fn = _poller(server, Bounds(), max_call_ms=500)
-    group = PollGroup(0, tuple(range(128)))
-    watermark = ManualWatermarkEstimator(Timestamp.now())
-    restriction = _PollRestrictionProvider().initial_restriction(group)
-    while server.pending() or restriction.start < 10:
-        _outputs, restriction = _drive(fn, group, restriction, watermark)
-    before = Timestamp.now()
-    _drive(fn, group, restriction, watermark)
-    assert before <= watermark.current_watermark() <= Timestamp.now()
-    fn.teardown()
 
 
 def test_a_bounded_read_ends_at_its_max_duration_while_the_server_is_down(server_for):

@@ -593,8 +593,8 @@ class _TableCommitter:
 
 def _after_end(window) -> str:
     """How long after its window's end a stage started (streaming), for the log: where
-    the time between a window's end and its commit goes; "before" for a window its poll groups
-    closed early (caught up). The window's end (local time) tells the lines of one window apart.
+    the time between a window's end and its commit goes ("before" should the watermark run ahead
+    of this worker's clock). The window's end (local time) tells the lines of one window apart.
     Empty for the global window."""
     if not isinstance(window, beam_window.IntervalWindow):
         return ""
