@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from beam_pixels.bench.throughput import KEY, SCHEMA, SCHEMA_NAME, TABLE_NAME
 from beam_pixels.bench.workdir import work_directory
 from beam_pixels.config import PixelsConfig
 from beam_pixels.schema import SourceSchema
+from beam_pixels.sinks.committing import window_end_label
 
 DEFAULT_STATE = Path.home() / ".cache" / "beam-pixels" / "flink-cluster"
 
@@ -124,10 +126,42 @@ def measure(sink: str, chunks_path: Path, rows: int, args, cluster: dict[str, st
                     run.wait(60)
                 run.kill()
             log.close()
-    print(f"{sink}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f} rows/s (polled in {polled:.1f} s, their "
-          f"window ended {window_end - server.last_records:.1f} s later, committed {committed - window_end:.1f} s "
-          "after the window's end)", flush=True)
+    print(f"{sink}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f} rows/s (polled in {polled:.1f} s, "
+          f"committed {committed - server.last_records:.1f} s after the last rows were polled; their window ended "
+          f"{window_end - server.last_records:.1f} s after them)", flush=True)
+    print(f"{sink}: {last_window_stages(workdir / f'{sink}.log', server.last_records, window_s)}", flush=True)
     return rows / seconds
+
+
+# What the write path logs per poll group's data files and per commit (see committing._after_end).
+_STAGE = re.compile(r"(?:wrote (?P<rows>\d+) changes of poll group (?P<group>\d+) in (?P<write_s>[\d.]+) s"
+                    r"|committed batch .*commit_s=(?P<commit_s>[\d.]+) ).*started (?P<offset>[\d.]+) s "
+                    r"(?P<side>after|before) the window's end \((?P<end>[\d:.]+)\)")
+
+
+def last_window_stages(log_path: Path, last_records: float, window_s: float) -> str:
+    """When the last commit's data files and the commit itself started, from the log, counted from
+    the last rows' poll (the server's clock is the workers' here), and how long each took."""
+    stages = [match for match in map(_STAGE.search, log_path.read_text(errors="replace").splitlines()) if match]
+    commits = [match for match in stages if match["commit_s"]]
+    if not commits:
+        return "no commit lines in the log"
+    label = commits[-1]["end"]
+    first_end = math.ceil(last_records / window_s) * window_s
+    ends = [first_end + k * window_s for k in range(-2, 4) if window_end_label(first_end + k * window_s) == label]
+    if not ends:
+        return f"the last commit's window ({label}) is not near the last rows' poll"
+
+    def started(match) -> float:
+        offset = float(match["offset"]) * (1 if match["side"] == "after" else -1)
+        return ends[0] + offset - last_records
+
+    writes = [match for match in stages if match["write_s"] and match["end"] == label]
+    return ("last window (ends " + label + "): "
+            + "; ".join(f"poll group {w['group']}'s {int(w['rows']):,} rows written from {started(w):+.2f} s "
+                        f"for {float(w['write_s']):.2f} s" for w in writes)
+            + f"; commit from {started(commits[-1]):+.2f} s for {float(commits[-1]['commit_s']):.2f} s "
+              "(from the last rows' poll)")
 
 
 def ceiling_rate(chunks_path: Path, rows: int, workdir: Path) -> float:

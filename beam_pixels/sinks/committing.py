@@ -204,8 +204,8 @@ class WriteOutcome:
 
 class TableWriter(abc.ABC):
     """Commits change records to one table, in two steps: :meth:`prepare` writes the data
-    files of one poll group's changes (on any worker, in parallel), :meth:`commit_prepared`
-    makes one atomic commit of every prepared part (one committer per table).
+    files of one poll group's changes, :meth:`commit_prepared` makes one atomic commit of every
+    prepared part of a window (one committer per table).
 
     Pickled to workers: hold only configuration in ``__init__`` and build catalogs and
     tables in :meth:`open`.
@@ -286,9 +286,9 @@ class WriteChanges(beam.PTransform):
     """Commit a PCollection of ``ChangeBatch`` to a table, once per window: the one write
     transform of every sink (``WriteToIceberg`` and ``WriteToPaimon`` only build its writer).
 
-    Each poll group's changes of a window are written to data files in parallel
-    (:meth:`TableWriter.prepare`); then one committer per table commits them all at
-    once. ``window_ms`` set: fixed windows of that length, one commit per window, for
+    A table's changes of a window are gathered in one place, where each poll group's are
+    written to data files (:meth:`TableWriter.prepare`) and then committed all at once, by
+    one committer per table. ``window_ms`` set: fixed windows of that length, one commit per window, for
     streaming runners that fire windows in event-time order. ``window_ms=None``: one
     commit when the (bounded) input ends. Outputs one :class:`CommitResult` per commit.
     """
@@ -345,7 +345,11 @@ class WriteTables(beam.PTransform):
 
 
 def _write(batches, writes: typing.Mapping[str, WriteChanges], window_ms: int | None, keep_open: str = ""):
-    """The steps of :class:`WriteChanges` and :class:`WriteTables`."""
+    """The steps of :class:`WriteChanges` and :class:`WriteTables`: each table's window gathered
+    once, then its poll groups' data files written and committed in the same step. (Writing the
+    poll groups' files in a step of their own, in parallel, cost a second watermark hop on
+    streaming runners, 0.5-1.4 s per window on Flink, for about 0.25 s of parallel writing:
+    docs/performance.md.)"""
     if window_ms:
         windowing = beam_window.FixedWindows(window_ms / 1000.0)
     else:
@@ -353,14 +357,12 @@ def _write(batches, writes: typing.Mapping[str, WriteChanges], window_ms: int | 
     return (
         batches
         | "Window" >> beam.WindowInto(windowing)
-        | "KeyByPollGroup"
-        >> beam.Map(lambda batch: ((batch.table_label, batch.poll_group), batch)).with_output_types(
-            typing.Tuple[typing.Tuple[str, int], ChangeBatch]  # batches keep their compact Arrow coder
+        | "KeyByTable"
+        >> beam.Map(lambda batch: (batch.table_label, batch)).with_output_types(
+            typing.Tuple[str, ChangeBatch]  # batches keep their compact Arrow coder
         )
-        | "GatherPerPollGroup" >> beam.GroupByKey()
-        | "WriteDataFiles" >> beam.ParDo(_PrepareFn({label: write.writer for label, write in writes.items()}, keep_open))
         | "GatherPerTable" >> beam.GroupByKey()
-        | "Commit" >> beam.ParDo(_CommitFn({
+        | "WriteAndCommit" >> beam.ParDo(_WriteAndCommitFn({
             label: _TableCommitter(write.writer, write.commit_retries, label) for label, write in writes.items()
         }, keep_open))
     )
@@ -375,13 +377,14 @@ def _of_table(tables: typing.Mapping[str, typing.Any], label: str) -> typing.Any
     return found
 
 
-class _PrepareFn(beam.DoFn):
-    """Writes one poll group's uncommitted changes of a window to data files, by its table's writer."""
+class _WriteAndCommitFn(beam.DoFn):
+    """One table's window: each poll group's uncommitted changes written to data files, then one
+    commit of them all by the table's :class:`_TableCommitter`."""
 
-    def __init__(self, writers: typing.Mapping[str, TableWriter], keep_open: str = ""):
-        self._writers = dict(writers)
+    def __init__(self, committers: typing.Mapping[str, _TableCommitter], keep_open: str = ""):
+        self._committers = dict(committers)
         self._keep_open = keep_open
-        namespaces = {label: table_namespace(METRICS_NAMESPACE, label) for label in writers}
+        namespaces = {label: table_namespace(METRICS_NAMESPACE, label) for label in committers}
         self._skipped = {label: Metrics.counter(ns, "rows_skipped_as_committed") for label, ns in namespaces.items()}
         self._latency = {label: Metrics.distribution(ns, "write_data_files_ms") for label, ns in namespaces.items()}
 
@@ -392,12 +395,23 @@ class _PrepareFn(beam.DoFn):
         self._open.close()
 
     def process(self, element, window=beam.DoFn.WindowParam):
-        (label, poll_group), batches = element
-        writer = self._open.writer(label, _of_table(self._writers, label))
+        label, batches = element
+        committer = _of_table(self._committers, label)
+        writer = committer.writer = self._open.writer(label, committer.writer)
+        by_group: dict[int, list[ChangeBatch]] = {}
+        for batch in batches:
+            by_group.setdefault(batch.poll_group, []).append(batch)
+        last = writer.retrying("read the last checkpoint", writer.last_checkpoint)
+        parts = [self._prepare(label, writer, group, by_group[group], last, window) for group in sorted(by_group)]
+        yield from committer.commit(parts, _after_end(window))
+
+    def _prepare(self, label: str, writer: TableWriter, poll_group: int, batches: list[ChangeBatch],
+                 last: Checkpoint, window) -> _PreparedPart:
+        """Write one poll group's changes that ``last`` does not hold to data files."""
         started = time.monotonic()
         late = _after_end(window)
         records = concat_records(batches, writer.schema)
-        todo = writer.retrying("read the last checkpoint", writer.last_checkpoint).uncommitted(records)
+        todo = last.uncommitted(records)
         skipped = records.num_rows - todo.num_rows
         self._skipped[label].inc(skipped)
         positions = todo.column("position").to_numpy()
@@ -407,27 +421,7 @@ class _PrepareFn(beam.DoFn):
         self._latency[label].update(int(seconds * 1000))
         _LOG.info("%s: wrote %d changes of poll group %d in %.3f s%s", writer.table_name, todo.num_rows, poll_group,
                   seconds, late)
-        yield label, _PreparedPart(poll_group, first, end, op_counts(todo), skipped, handle)
-
-
-class _CommitFn(beam.DoFn):
-    """Commits one table's prepared parts of a window, once, by the table's :class:`_TableCommitter`."""
-
-    def __init__(self, committers: typing.Mapping[str, _TableCommitter], keep_open: str = ""):
-        self._committers = dict(committers)
-        self._keep_open = keep_open
-
-    def setup(self):
-        self._open = _OpenWriters(self._keep_open)
-
-    def teardown(self):
-        self._open.close()
-
-    def process(self, element, window=beam.DoFn.WindowParam):
-        label, parts = element
-        committer = _of_table(self._committers, label)
-        committer.writer = self._open.writer(label, committer.writer)
-        yield from committer.commit(list(parts), _after_end(window))
+        return _PreparedPart(poll_group, first, end, op_counts(todo), skipped, handle)
 
 
 class _OpenWriters:
@@ -599,7 +593,17 @@ class _TableCommitter:
 
 def _after_end(window) -> str:
     """How long after its window's end a stage started (streaming), for the log: where
-    the time between a window's end and its commit goes. Empty for the global window."""
+    the time between a window's end and its commit goes ("before" should the watermark run ahead
+    of this worker's clock). The window's end (local time) tells the lines of one window apart.
+    Empty for the global window."""
     if not isinstance(window, beam_window.IntervalWindow):
         return ""
-    return f", started {time.time() - window.end.micros / 1e6:.2f} s after the window's end"
+    end = window.end.micros / 1e6
+    after = time.time() - end
+    return f", started {abs(after):.2f} s {'after' if after >= 0 else 'before'} the window's end ({window_end_label(end)})"
+
+
+def window_end_label(end: float) -> str:
+    """A window's end (``time.time()`` seconds) as the log lines name it: local time to the millisecond."""
+    millis = round(end * 1000)
+    return time.strftime("%H:%M:%S", time.localtime(millis // 1000)) + f".{millis % 1000:03d}"
