@@ -408,7 +408,7 @@ class _TablePoller:
         give_up_at = time.monotonic() + max(self._poll_interval_s, OUTAGE_CALL_MIN_MS / 1000.0)
         for group in self._groups:
             gid, start = group.group_id, LOCAL_ROUNDS.start_position(group)
-            if self._committed_floor(gid) > start or any(s.end > start for s in self._journal.segments(gid)):
+            if self._committed_floor(gid) > start or self._replay_queue(gid, start):
                 continue
             self._prefetched[gid] = (start, self._fetcher.submit(self._fetch, group, start, give_up_at))
 
@@ -549,10 +549,9 @@ class _TablePoller:
             self._journal.append(group.group_id, start, count, payload)
         return _Response(start, count, payload)
 
-    def _next_replayed(self, group_id: int, position: int) -> _Response | None:
-        """The next journaled response at or after ``position`` not yet emitted by this worker."""
-        if self._journal is None:
-            return None
+    def _replay_queue(self, group_id: int, position: int) -> collections.deque:
+        """The group's journaled segments at or after ``position`` still to replay: listed at
+        this worker's first look (which logs them), then taken one by one."""
         pending = self._to_replay.get(group_id)
         if pending is None:
             pending = collections.deque(s for s in self._journal.segments(group_id) if s.end > position)
@@ -566,6 +565,13 @@ class _TablePoller:
                     sum(s.count for s in pending),
                     position,
                 )
+        return pending
+
+    def _next_replayed(self, group_id: int, position: int) -> _Response | None:
+        """The next journaled response at or after ``position`` not yet emitted by this worker."""
+        if self._journal is None:
+            return None
+        pending = self._replay_queue(group_id, position)
         if not pending:
             return None
         segment = pending.popleft()

@@ -152,15 +152,8 @@ def run_pass(table: Table, settings: Settings, key_columns: list[str], propertie
     started = time.monotonic()
     deadline = started + settings.budget_ms / 1000
     report = PassReport()
-    name = ".".join(table.name())
     try:
-        with _timed(report, "expiry"):
-            expired = _expire_snapshots(table, report)
-        if time.monotonic() < deadline:
-            with _timed(report, "deletion"):
-                _delete_unreachable(table, expired, settings, report, deadline)
-        else:
-            report.stopped.append("time budget spent before deleting files")
+        _expire_and_delete(table, settings, report, deadline, orphans=True)
         if time.monotonic() < deadline:
             with _timed(report, "compaction"):
                 _compact(table, settings, key_columns, properties, report)
@@ -169,12 +162,29 @@ def run_pass(table: Table, settings: Settings, key_columns: list[str], propertie
     finally:
         with _LAST_PASS_LOCK:
             _LAST_PASS[str(table.metadata.table_uuid)] = time.monotonic()
-    report.seconds = time.monotonic() - started
-    _LOG.info(report.summary(name))
-    for metric in ("snapshots_expired", "files_deleted", "bytes_reclaimed", "files_compacted"):
-        Metrics.counter(_NAMESPACE, metric).inc(getattr(report, metric))
+    _finish(table, report, started)
     Metrics.distribution(_NAMESPACE, "pass_ms").update(int(report.seconds * 1000))
     return report
+
+
+def _expire_and_delete(table: Table, settings: Settings, report: PassReport, deadline: float, *, orphans: bool) -> None:
+    """Expire the snapshots past the retention, then (time allowing) delete the files only they
+    reached and, with ``orphans``, the orphans older than the safety window."""
+    with _timed(report, "expiry"):
+        expired = _expire_snapshots(table, report)
+    if time.monotonic() < deadline:
+        with _timed(report, "deletion"):
+            _delete_unreachable(table, expired, settings, report, deadline, orphans=orphans)
+    else:
+        report.stopped.append("time budget spent before deleting files")
+
+
+def _finish(table: Table, report: PassReport, started: float) -> None:
+    """Time the pass or expiry step, log its line and count what it did."""
+    report.seconds = time.monotonic() - started
+    _LOG.info(report.summary(".".join(table.name())))
+    for metric in ("snapshots_expired", "files_deleted", "bytes_reclaimed", "files_compacted"):
+        Metrics.counter(_NAMESPACE, metric).inc(getattr(report, metric))
 
 
 @contextlib.contextmanager
@@ -203,14 +213,8 @@ def run_expiry(table: Table, settings: Settings) -> PassReport:
     Logs one line."""
     started = time.monotonic()
     report = PassReport()
-    with _timed(report, "expiry"):
-        expired = _expire_snapshots(table, report)
-    with _timed(report, "deletion"):
-        _delete_unreachable(table, expired, settings, report, started + settings.budget_ms / 1000, orphans=False)
-    report.seconds = time.monotonic() - started
-    _LOG.info(report.summary(".".join(table.name())))
-    for metric in ("snapshots_expired", "files_deleted", "bytes_reclaimed"):
-        Metrics.counter(_NAMESPACE, metric).inc(getattr(report, metric))
+    _expire_and_delete(table, settings, report, started + settings.budget_ms / 1000, orphans=False)
+    _finish(table, report, started)
     return report
 
 
@@ -240,7 +244,7 @@ def _expire_snapshots(table: Table, report: PassReport) -> dict[str, int]:
 
 
 def _delete_unreachable(
-    table: Table, expired: dict[str, int], settings: Settings, report: PassReport, deadline: float, *, orphans: bool = True
+    table: Table, expired: dict[str, int], settings: Settings, report: PassReport, deadline: float, *, orphans: bool
 ) -> None:
     """Delete files only expired snapshots reached, and (``orphans``) orphans older than the safety window."""
     retained = MANIFESTS.reachable(table.io, table.metadata.snapshots)
