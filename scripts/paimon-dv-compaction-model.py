@@ -118,10 +118,10 @@ def run(args) -> str:
         alive.append(keys)
         next_key.append(args.keys * args.buckets + number)
     options = CompactionOptions(trigger=args.levels - 1, num_levels=args.levels)
-    rewritten, totals = [], []
+    rewritten, totals, counts = [], [], []
     vectors = [0] * args.buckets
     for commit in range(args.commits):
-        kinds = {"tier": 0, "drain": 0, "other": 0}
+        kinds = {"tier": 0, "drain": 0, "small": 0, "other": 0}
         for number, bucket in enumerate(buckets):
             inserts, updates = int(args.changes * 0.3), int(args.changes * 0.6)
             touched = rng.choice(alive[number], args.changes - inserts, replace=False)
@@ -133,11 +133,17 @@ def run(args) -> str:
                                             new_keys])
             kinds["tier"] += bucket.free_level_one()
             levels = {f["level"] for f in bucket.files.values()}
-            bucket.add(np.concatenate([touched[:updates], new_keys]),
-                       min(levels) - 1 if levels else bucket.max_level)
+            newest = min(levels) - 1 if levels else bucket.max_level
+            if args.insert_files:  # the new keys lie past every stored key: their own file sinks into the oldest run
+                bucket.add(touched[:updates], newest)
+                bucket.add(new_keys, bucket.max_level)
+            else:
+                bucket.add(np.concatenate([touched[:updates], new_keys]), newest)
             for rewrite in dv_compaction.pick(bucket.entries(), bucket.live_rows, options, args.ratio):
                 oldest = rewrite.inputs[0].file.level == bucket.max_level
-                kind = "drain" if oldest else "tier" if len(rewrite.inputs) > 1 else "other"
+                small = oldest and len(rewrite.inputs) > 1 and not rewrite.absorb_from and rewrite.lower is None \
+                    and rewrite.upper is None and all(e.file.level == bucket.max_level for e in rewrite.inputs)
+                kind = "small" if small else "drain" if oldest else "tier" if len(rewrite.inputs) > 1 else "other"
                 kinds[kind] += bucket.rewrite(rewrite)
             if commit % 5 == 0 or not vectors[number]:  # counting containers is the slow part
                 vectors[number] = bucket.vector_bytes()
@@ -148,16 +154,20 @@ def run(args) -> str:
             stored = sum(bucket.stored_rows() for bucket in buckets)
             copies = sum(vectors) * args.retained_commits / (live * args.bytes_per_row)
             totals.append(((stored + window) / live + copies, stored / live, window / live, copies))
+            counts += [(len(b.files), sum(f["level"] == b.max_level for f in b.files.values())) for b in buckets]
     t = np.array(totals)
+    c = np.array(counts)
+    files = (c[:, 0].min(), c[:, 0].max(), c[:, 0].mean(), c[:, 1].min(), c[:, 1].max())
     steady = rewritten[args.retained_commits:]
     live = sum(len(keys) for keys in alive)
     shares = {kind: sum(k[kind] for k in steady) * args.retained_commits / len(steady) / live
-              for kind in ("tier", "drain", "other")}
+              for kind in ("tier", "drain", "small", "other")}
     return (f"storage mean {t[:, 0].mean():.2f} p90 {np.percentile(t[:, 0], 90):.2f} max {t[:, 0].max():.2f} "
             f"(commit {int(t[:, 0].argmax()) + args.retained_commits}); "
             f"current {t[:, 1].mean():.2f} retained rewrites {t[:, 2].mean():.2f} deletion vectors {t[:, 3].mean():.2f}; "
             f"retained rewrites by kind: tiered {shares['tier']:.2f} drains {shares['drain']:.2f} "
-            f"other {shares['other']:.2f}")
+            f"small {shares['small']:.2f} other {shares['other']:.2f}; "
+            f"files a bucket {files[0]}-{files[1]} (mean {files[2]:.1f}), oldest run {files[3]}-{files[4]}")
 
 
 def main() -> int:
@@ -174,7 +184,13 @@ def main() -> int:
     parser.add_argument("--retained-commits", type=int, default=30, help="commits the retained snapshots span")
     parser.add_argument("--bytes-per-row", type=float, default=22.0)
     parser.add_argument("--seed", type=int, default=1)
-    print(run(parser.parse_args()))
+    parser.add_argument("--insert-files", action="store_true",
+                        help="a commit's new keys (past every stored key) as their own file, into the oldest run")
+    parser.add_argument("--small-fan-in", type=int, default=dv_compaction.SMALL_FILE_FAN_IN,
+                        help="small files of the oldest run merged this many at a time (dv_compaction rule 5)")
+    args = parser.parse_args()
+    dv_compaction.SMALL_FILE_FAN_IN = args.small_fan_in
+    print(run(args))
     return 0
 
 

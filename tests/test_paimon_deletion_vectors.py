@@ -490,3 +490,79 @@ def test_a_draining_file_takes_its_small_next_files_along(monkeypatch):
     (drain,) = dv_compaction.pick(entries, SimpleNamespace(live_count=live.get), CompactionOptions(trigger=5), 0.2)
     assert [e.file.file_name for e in drain.inputs] == ["a", "b", "c"] and drain.file_rows == 1200
     assert drain.lower is None and drain.upper == (30,), "its key range ends where the run's next file starts"
+
+
+def test_a_commits_new_keys_past_the_end_join_the_oldest_run_and_its_small_files_merge(tmp_path, monkeypatch):
+    """A stream that inserts ever higher keys beside its updates (the soak's): each commit's
+    new keys past the bucket's last key are a file of their own in the oldest run, not part
+    of the newer runs that tiered merges rewrite; the oldest run's small files merge 16 at a
+    time, so its file count stays bounded over many commits. Exact at every commit."""
+    import random
+
+    from beam_pixels.changes import ChangeBatch, Op, concat_records
+    from beam_pixels.sinks.paimon import dv_compaction, writer as writer_module
+
+    monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 100)
+    monkeypatch.setattr(writer_module, "MIN_FILE_ROWS", 100)
+    properties = catalog_properties(tmp_path)
+    writer = PaimonTableWriter(COUNTERS, "counters", properties, bucket=1)
+    writer.open()
+    live, next_key, rng = {}, 0, random.Random(7)
+    commit_counters(writer, Op.INSERT, [{"id": k, "qty": 0, "note": "load"} for k in range(2000)])
+    live.update({k: 0 for k in range(2000)})
+    next_key, top = 2000, 15  # num-levels 16
+    most = 0
+    for batch in range(1, 121):
+        new = list(range(next_key, next_key + 10))
+        next_key += 10
+        updated = rng.sample(sorted(live), 20)
+        checkpoint = writer.last_checkpoint()
+        changes = [(Op.UPDATE, {"id": k, "qty": live[k], "note": "x"}, {"id": k, "qty": batch, "note": "x"})
+                   for k in updated] + [(Op.INSERT, None, {"id": k, "qty": batch, "note": "new"}) for k in new]
+        records = concat_records([ChangeBatch.from_changes(COUNTERS, changes, poll_group=0,
+                                                           start_position=checkpoint.next_position(0))], COUNTERS)
+        writer.commit(records, checkpoint.advance(records))
+        live.update({k: batch for k in updated + new})
+        table = open_table(properties, "pixels.counters")
+        append = private.latest_snapshot(table)
+        while append.commit_kind != "APPEND":
+            append = private.snapshot_by_id(table, append.id - 1)
+        added = {tuple(private.read_key_values(table, e, ["_KEY_id"]).column(0).to_pylist()): e.file.level
+                 for e in private.delta_entries(table, append) if e.kind == 0}
+        assert added[tuple(new)] == top, f"batch {batch}: the new keys are a file of the oldest run"
+        assert len(added) == 2 and min(added.values()) < top, "the updates are the newest run"
+        builder = table.new_read_builder()
+        got = builder.new_read().to_arrow(builder.new_scan().plan().splits())
+        assert dict(zip(got.column("id").to_pylist(), got.column("qty").to_pylist())) == live, f"batch {batch}"
+        oldest = [e for e in live_files(table, private.latest_snapshot(table))[((), 0)] if e.file.level == top]
+        most = max(most, len(oldest))
+    assert most <= 25, f"the oldest run held {most} files: its small files are not merged"
+
+
+def test_small_adjacent_files_of_the_oldest_run_merge_sixteen_at_a_time(monkeypatch):
+    """Rule 5 of dv_compaction.pick: 16 adjacent files of the oldest run each under 1/16 of a
+    file's rows merge into one once the biggest is at most the others together; 15 wait, and
+    a big file among small ones is not rewritten for them."""
+    from types import SimpleNamespace
+
+    from beam_pixels.sinks.paimon import dv_compaction
+    from beam_pixels.sinks.paimon.compaction import CompactionOptions
+
+    monkeypatch.setattr(dv_compaction, "MIN_FILE_ROWS", 1600)  # small: under 100 rows
+
+    def run(sizes):
+        entries = []
+        for number, rows in enumerate(sizes):
+            meta = SimpleNamespace(file_name=f"f{number}", level=5, row_count=rows, file_size=rows * 10,
+                                   max_sequence_number=number, min_key=SimpleNamespace(values=[number * 10_000]),
+                                   max_key=SimpleNamespace(values=[number * 10_000 + rows - 1]))
+            entries.append(SimpleNamespace(file=meta))
+        live = SimpleNamespace(live_count=lambda name: sizes[int(name[1:])])  # nothing deleted
+        return [[e.file.file_name for e in r.inputs] for r in
+                dv_compaction.pick(entries, live, CompactionOptions(trigger=5), 0.2)]
+
+    assert run([5000] + [10] * 15) == []
+    assert run([5000] + [10] * 16) == [[f"f{n}" for n in range(1, 17)]]
+    assert run([5000] + [10] * 33) == [[f"f{n}" for n in range(18, 34)], [f"f{n}" for n in range(2, 18)]]
+    assert run([5000, 90] + [5] * 15) == [], "the 90-row file would be merged for 75 rows"
+    assert run([5000, 90] + [5] * 16) == [[f"f{n}" for n in range(2, 18)]]
