@@ -70,28 +70,14 @@ class KeyValueWriter(KeyValueDataWriter):
     0.7; a deletion vector spends up to 8 KB on each file's every 65,536 rows, so halves
     of files would cost twice as much of it). With ``written_keys`` it keeps the key columns
     of every file it writes, in file order (the key index takes them without reading the
-    files back). With ``split_after`` (the bucket's last stored key) the rows past it (a
-    stream's new keys) are written as files of their own, which :mod:`.merge_on_read` sinks
-    straight into the oldest sorted run.
+    files back).
     """
 
     max_rows_per_file: int | None = None
     key_columns: list[str] = []
     written_keys: dict[str, pa.Table] | None = None  # data file name -> its rows' key columns, in file order
-    split_after: tuple | None = None
 
     def _roll_write(self, data: pa.Table) -> None:
-        if self.split_after is not None:
-            from beam_pixels.sinks.paimon.compaction import keys_before  # it imports this module
-
-            before, equal = keys_before(data.select(self.trimmed_primary_keys), self.split_after)
-            kept = int(np.count_nonzero(before | equal))  # the rows are sorted by key: the rest are past it
-            if 0 < kept < data.num_rows:
-                self._roll_parts(data.slice(0, kept))
-                return self._roll_parts(data.slice(kept))
-        self._roll_parts(data)
-
-    def _roll_parts(self, data: pa.Table) -> None:
         limit = self.max_rows_per_file
         parts = max(1, round(data.num_rows / limit)) if limit else 1
         if parts == 1:
@@ -216,7 +202,6 @@ def max_sequence_number(table) -> int:
 class _FileStoreWrite(FileStoreWrite):
     max_rows_per_file: int | None = None
     key_columns: list[str] | None = None
-    last_keys: dict[tuple, tuple] = {}
 
     def __init__(self, table, commit_user):
         super().__init__(table, commit_user)
@@ -232,7 +217,6 @@ class _FileStoreWrite(FileStoreWrite):
         if type(writer) is KeyValueDataWriter:
             writer.__class__ = KeyValueWriter
             writer.max_rows_per_file = self.max_rows_per_file
-            writer.split_after = self.last_keys.get((tuple(partition), bucket))
             if self.key_columns is not None:
                 writer.key_columns, writer.written_keys = self.key_columns, self.written_keys
             if not hasattr(self, "_floor"):
@@ -267,11 +251,6 @@ class StreamWrite(StreamTableWrite):
     def limit_file_rows(self, max_rows: int) -> None:
         """Write primary-key files of at most ``max_rows`` rows each (in even parts)."""
         self.file_store_write.max_rows_per_file = max_rows
-
-    def split_past(self, last_keys: dict[tuple, tuple]) -> None:
-        """Write each bucket's rows past its last stored key (``{(partition, bucket): key}``, a
-        bucket absent: none) as files of their own (:class:`KeyValueWriter`)."""
-        self.file_store_write.last_keys = last_keys
 
     def keep_keys(self, stored_key_columns: list[str]) -> None:
         """Keep these columns (:func:`stored_key_columns`) of every primary-key file written,

@@ -162,18 +162,6 @@ def unit_below(runs: list[SortedRun], max_level: int, count: int) -> CompactUnit
     return CompactUnit(tuple(runs[:count]), output, count == len(runs))
 
 
-def keys_before(keys: pa.Table, bound: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Which rows' keys (``keys``: the key columns) sort before ``bound``, and which equal it
-    (lexicographic over the key columns, by Arrow's comparison, as the files are sorted)."""
-    before = np.zeros(keys.num_rows, bool)
-    equal = np.ones(keys.num_rows, bool)
-    for column, value in zip(keys.columns, bound):
-        scalar = pa.scalar(value, type=column.type)
-        before |= equal & pc.less(column, scalar).to_numpy(zero_copy_only=False)
-        equal &= pc.equal(column, scalar).to_numpy(zero_copy_only=False)
-    return before, equal
-
-
 def merge_runs(tables: list[pa.Table], key_columns: list[str], drop_retractions: bool) -> pa.Table:
     """Merge raw key-value tables (oldest first) into one sorted run: each key's row with
     the highest sequence number (the newer table on a tie), sequence numbers kept; with

@@ -46,9 +46,6 @@ class LiveRows:
     entries: dict[str, object] = field(default_factory=dict)  # data file name -> ADD manifest entry
     vectors: dict[tuple, dict[str, np.ndarray]] = field(default_factory=dict)  # (partition, bucket) -> file -> positions
     index_entries: dict[tuple, list] = field(default_factory=dict)  # (partition, bucket) -> DV index manifest entries
-    # (partition, bucket) -> the highest key any of its files added since the state was built held
-    # (it stays when files go): read without the lock, by :func:`last_keys`
-    last_keys: dict[tuple, tuple] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def bucket_of(self, name: str) -> tuple:
@@ -80,13 +77,8 @@ class LiveRows:
     def add_files(self, files: list[tuple[object, np.ndarray, np.ndarray | None]]) -> None:
         """Record data files now live: ``(entry, codes, positions)``, the rows at ``positions``
         (None: all) having key ``codes``; the key index takes them as one run."""
-        last_keys = dict(self.last_keys)
         for entry, _, _ in files:
             self.entries[entry.file.file_name] = entry
-            bucket, key = (private.entry_partition(entry), entry.bucket), tuple(entry.file.max_key.values)
-            if bucket not in last_keys or key > last_keys[bucket]:
-                last_keys[bucket] = key
-        self.last_keys = last_keys
         self.index.add_files([(entry.file.file_name, codes, positions, None) for entry, codes, positions in files])
 
     def drop_files(self, names: list[str]) -> None:
@@ -188,16 +180,6 @@ def live_rows(table, key_columns: list[str], live_files) -> LiveRows:
     latest = private.latest_snapshot(table)
     current = latest.id if latest else None
     return INDEXES.get(_cache_key(table), current, lambda: build(table, key_columns, latest, live_files), table.table_path)
-
-
-def last_keys(table) -> dict[tuple, tuple]:
-    """Each bucket's last stored key (``{(partition, bucket): key}``) as the cached state of
-    ``table`` last knew it, without waiting for a maintenance pass that holds its lock: none
-    before the state is built. A hint for :meth:`~._pypaimon_private.StreamWrite.split_past`:
-    where it is behind, the commit (:func:`.merge_on_read._new_file_level`) places the file by
-    the table as it is."""
-    state = INDEXES.peek(_cache_key(table))
-    return {} if state is None else state.last_keys
 
 
 def forget(table) -> None:

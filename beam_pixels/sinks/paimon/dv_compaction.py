@@ -33,14 +33,7 @@ sorted run and marks the stored rows they replace deleted (:mod:`.merge_on_read`
    its deleted rows stayed stored, and its deletion vector (a bitmap of 8 KB per 65,536
    rows once 1 in 16 are deleted) was copied by every commit (in the soak, the run a bulk
    load's last commit left above the oldest held 31,000 rows, a few hundred of them live,
-   for minutes);
-5. adjacent small files of the oldest run (under a :data:`SMALL_FILE_FAN_IN`-th of a file's
-   rows), that many at a time once the biggest is at most the others together. A commit's
-   new keys past the bucket's last key (a stream's inserts of ever higher ids) are a file of
-   their own that sinks straight into the oldest run (:mod:`.writer`, :mod:`.merge_on_read`),
-   so they are never tiered with the newer runs' updates (a third of the soak's rows): these
-   merges gather them into files of up to that share, drains and their small next files
-   into full ones.
+   for minutes).
 
 Other newer runs are not rewritten for their deleted rows: they are drained, merged or
 dropped. Outputs roll at a share of the bucket's live rows (``paimon.compaction.file-percent``,
@@ -58,9 +51,7 @@ import pyarrow.compute as pc
 
 from beam_pixels.sinks.key_index import key_codes
 from beam_pixels.sinks.paimon import _pypaimon_private as private
-from beam_pixels.sinks.paimon.compaction import (
-    CompactionOptions, SortedRun, keys_before, merge_runs, sorted_runs, unit_below,
-)
+from beam_pixels.sinks.paimon.compaction import CompactionOptions, SortedRun, merge_runs, sorted_runs, unit_below
 from beam_pixels.sinks.paimon.deletion_vectors import without_deleted
 from beam_pixels.sinks.paimon.options import ratio_option
 
@@ -75,9 +66,6 @@ DEFAULT_FILE_PERCENT = 25
 # hold as many (:mod:`.writer`): the soak's preload, in files of 31,000 rows, cost 2.1 bits a
 # row in each of the ~35 index copies a minute of snapshots kept, 0.3 of the table's size.
 MIN_FILE_ROWS = 65_536
-# Rule 5: files of the oldest run below this share of a file's rows (a commit's new keys past
-# the bucket's last key, :mod:`.merge_on_read`) merge this many at a time.
-SMALL_FILE_FAN_IN = 16
 
 
 def delete_ratio(options: dict[str, str]) -> float:
@@ -177,31 +165,7 @@ def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
         chosen.append(Rewrite(inputs, entry.file.level, file_rows, overlapping, lower, upper))
         taken.update(e.file.file_name for e in inputs)
         number = end
-    return chosen + _small_file_merges(oldest, taken, live_rows, file_rows)
-
-
-def _small_file_merges(oldest: list, taken: set, live_rows, file_rows: int) -> list[Rewrite]:
-    """Rule 5: adjacent small files of the oldest run (``oldest``, in key order), merged
-    :data:`SMALL_FILE_FAN_IN` at a time once the biggest of them is at most the others
-    together (so a row is merged about log(fan-in) of (a file's rows / a commit's) times)."""
-    small, fan_in = file_rows // SMALL_FILE_FAN_IN, SMALL_FILE_FAN_IN
-    merges, stretch = [], []
-    for entry in [*oldest, None]:
-        name = entry.file.file_name if entry is not None else None
-        if entry is not None and name not in taken and live_rows.live_count(name) < small:
-            stretch.append((entry, live_rows.live_count(name)))
-            continue
-        end = len(stretch)
-        while end >= fan_in:
-            window = stretch[end - fan_in:end]
-            sizes = [live for _, live in window]
-            if max(sizes) * 2 <= sum(sizes):
-                merges.append(Rewrite([e for e, _ in window], window[0][0].file.level, file_rows))
-                end -= fan_in
-            else:
-                end -= 1
-        stretch = []
-    return merges
+    return chosen
 
 
 def _first_key(entry) -> tuple:
@@ -278,10 +242,21 @@ def _in_range(keys: pa.Table, lower: tuple | None, upper: tuple | None) -> np.nd
     key order (Arrow's comparison, as the files are sorted); None bounds are open."""
     inside = np.ones(keys.num_rows, bool)
     if lower is not None:
-        inside &= ~keys_before(keys, lower)[0]
+        inside &= ~_before(keys, lower)
     if upper is not None:
-        inside &= keys_before(keys, upper)[0]
+        inside &= _before(keys, upper)
     return inside
+
+
+def _before(keys: pa.Table, bound: tuple) -> np.ndarray:
+    """Which rows' keys sort before ``bound`` (lexicographic over the key columns)."""
+    before = np.zeros(keys.num_rows, bool)
+    equal = np.ones(keys.num_rows, bool)
+    for column, value in zip(keys.columns, bound):
+        scalar = pa.scalar(value, type=column.type)
+        before |= equal & pc.less(column, scalar).to_numpy(zero_copy_only=False)
+        equal &= pc.equal(column, scalar).to_numpy(zero_copy_only=False)
+    return before
 
 
 def discard(table, merges: list, index_adds: list) -> None:

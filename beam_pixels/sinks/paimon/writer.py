@@ -395,10 +395,6 @@ class PaimonTableWriter(TableWriter):
         write.limit_file_rows(max(MIN_FILE_ROWS, rows.num_rows * self.compaction_file_percent
                                   // (100 * self._table.options.bucket())))
         write.keep_keys(private.stored_key_columns(self._table, key))
-        # New keys past a bucket's last key (a stream's inserts of ever higher ids) as a file of
-        # their own, which the commit sinks into the oldest run: they are not merged again with
-        # the newer runs' updates before reaching it (dv_compaction merges such small files).
-        write.split_past(deletion_vectors.last_keys(self._table))
         try:
             self._write(write, rows)
             messages = write.prepare_commit(self.last_checkpoint().batch_id + 1)
