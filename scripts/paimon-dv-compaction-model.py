@@ -262,7 +262,7 @@ def main() -> int:
                         help="a commit's new keys (past every stored key) as their own file, into the oldest run")
     parser.add_argument("--leveled", type=int, default=0,
                         help="design 2: a leveled run above the oldest, merged into over this many commits (0: none)")
-    parser.add_argument("--leveled-files", type=int, default=64, help="its files hold this share of the bucket")
+    parser.add_argument("--leveled-files", type=int, default=64, help="its files hold the bucket's live rows over this")
     parser.add_argument("--small-fan-in", type=int, default=16,
                         help="with --insert-files: small files of the oldest run merged this many at a time")
     print(run(parser.parse_args()))
