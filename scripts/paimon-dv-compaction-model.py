@@ -18,8 +18,8 @@ in a minute against a soak's 15; the soak remains the measure.
 Issue 22's two designs for the stream's rows: ``--insert-files`` writes a commit's new keys (past
 every stored key, as the soak's ids) as their own file into the oldest run, whose small files
 merge ``--small-fan-in`` at a time (tried in the sink and dropped: the soak was no better);
-``--leveled N`` (model only, tried and dropped: it rewrote the leveled run, a fifth of the table,
-every N commits) has no tiered merges but a leveled run above the oldest that the newer runs
+``--leveled N`` (model only, tried and dropped: it rewrote the leveled run, every row the oldest
+run had not yet taken in, every N commits) has no tiered merges but a leveled run above the oldest that the newer runs
 merge into a key range at a time, a round of its files every N commits.
 
     python scripts/paimon-dv-compaction-model.py --levels 16 --seed 3
