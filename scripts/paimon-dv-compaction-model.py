@@ -11,8 +11,16 @@ copy of the bucket's deletion vectors (8 KB a container, 2 bytes a deleted row b
 It prints, over the commits after the first retention window, the storage as a share of the
 live rows (current files with their deleted rows, plus the rewritten inputs of the last
 ``--retained-commits``, plus that many deletion-vector copies), and how much of the retained
-rewriting was tiered merges, drains of the oldest run and other rewrites. A policy change to
-``pick`` shows here in a minute against a soak's 15; the soak remains the measure.
+rewriting was tiered merges, drains of the oldest run, merges of its small files and other
+rewrites, and the files a bucket and its oldest run held. A policy change to ``pick`` shows here
+in a minute against a soak's 15; the soak remains the measure.
+
+Issue 22's two designs for the stream's rows: ``--insert-files`` writes a commit's new keys (past
+every stored key, as the soak's ids) as their own file into the oldest run, whose small files
+merge ``--small-fan-in`` at a time (tried in the sink and dropped: the soak was no better);
+``--leveled N`` (model only, tried and dropped: it rewrote the leveled run, every row the oldest
+run had not yet taken in, every N commits) has no tiered merges but a leveled run above the oldest that the newer runs
+merge into a key range at a time, a round of its files every N commits.
 
     python scripts/paimon-dv-compaction-model.py --levels 16 --seed 3
     python scripts/paimon-dv-compaction-model.py --buckets 4 --keys 250000 --changes 1000 --retained-commits 40
@@ -28,7 +36,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from beam_pixels.sinks.paimon import dv_compaction
-from beam_pixels.sinks.paimon.compaction import CompactionOptions
+from beam_pixels.sinks.paimon.compaction import CompactionOptions, sorted_runs
 
 
 class Bucket:
@@ -106,6 +114,65 @@ class Bucket:
         return total
 
 
+def small_file_merges(bucket: Bucket, fan_in: int) -> list:
+    """With ``--insert-files``: adjacent files of the oldest run under a ``fan_in``-th of a
+    compaction file's rows, merged ``fan_in`` at a time once the biggest of them is at most the
+    others together (so a row is merged about log(fan-in) of (a file's rows / a commit's)
+    times); without it, the oldest run's file count would grow by one a commit."""
+    entries = bucket.entries()
+    live = sum(bucket.live_rows.live_count(e.file.file_name) for e in entries)
+    file_rows = max(dv_compaction.MIN_FILE_ROWS, live * dv_compaction.DEFAULT_FILE_PERCENT // 100)
+    oldest = sorted((e for e in entries if e.file.level == bucket.max_level), key=lambda e: e.file.min_key.values[0])
+    merges, stretch = [], []
+    for entry in [*oldest, None]:
+        rows = bucket.live_rows.live_count(entry.file.file_name) if entry is not None else file_rows
+        if rows < file_rows // fan_in:
+            stretch.append((entry, rows))
+            continue
+        end = len(stretch)
+        while end >= fan_in:
+            window = stretch[end - fan_in:end]
+            if max(r for _, r in window) * 2 <= sum(r for _, r in window):
+                merges.append(dv_compaction.Rewrite([e for e, _ in window], bucket.max_level, file_rows))
+                end -= fan_in
+            else:
+                end -= 1
+        stretch = []
+    return merges
+
+
+def leveled(bucket: Bucket, cursors: list, number: int, args) -> list:
+    """Design 2 of issue 22 (model only): a leveled run just above the oldest (level max - 1)
+    that the newer runs merge into a key range at a time, ``--leveled`` commits for a round of
+    its files (so no newer run outlives that many commits); made from the newer runs when
+    there is none yet. The oldest run's drains take from it as from any newer run."""
+    runs = sorted_runs(bucket.entries())
+    live = sum(int((~f["deleted"]).sum()) for f in bucket.files.values())
+    file_rows = max(1, live // args.leveled_files)
+    level = bucket.max_level - 1
+    if len(runs) < 2:
+        return []
+    if runs[-2].level != level:
+        if len(runs) - 1 < args.leveled:
+            return []
+        return [dv_compaction.Rewrite([e for run in runs[:-1] for e in run.files], level, file_rows)]
+    newer = tuple(e for run in runs[:-2] for e in run.files)
+    if not newer:
+        return []
+    files = sorted(runs[-2].files, key=lambda e: e.file.min_key.values[0])
+    count = -(-len(files) // args.leveled)
+    rewrites = []
+    for step in range(count):
+        at = (cursors[number] + step) % len(files)
+        lower = None if at == 0 else (files[at].file.min_key.values[0],)
+        upper = None if at == len(files) - 1 else (files[at + 1].file.min_key.values[0],)
+        if any(r.lower == lower for r in rewrites):
+            break
+        rewrites.append(dv_compaction.Rewrite([files[at]], level, file_rows, newer, lower, upper))
+    cursors[number] = (cursors[number] + count) % len(files)
+    return rewrites
+
+
 def run(args) -> str:
     rng = np.random.default_rng(args.seed)
     buckets, alive, next_key = [], [], []
@@ -118,10 +185,13 @@ def run(args) -> str:
         alive.append(keys)
         next_key.append(args.keys * args.buckets + number)
     options = CompactionOptions(trigger=args.levels - 1, num_levels=args.levels)
-    rewritten, totals = [], []
+    # --leveled: no tiered merges (rule 1 never fires); the newer runs merge into the leveled run instead
+    pick_options = CompactionOptions(trigger=args.levels - 1, num_levels=10**6) if args.leveled else options
+    cursors = [0] * args.buckets
+    rewritten, totals, counts = [], [], []
     vectors = [0] * args.buckets
     for commit in range(args.commits):
-        kinds = {"tier": 0, "drain": 0, "other": 0}
+        kinds = {"tier": 0, "drain": 0, "small": 0, "level": 0, "other": 0}
         for number, bucket in enumerate(buckets):
             inserts, updates = int(args.changes * 0.3), int(args.changes * 0.6)
             touched = rng.choice(alive[number], args.changes - inserts, replace=False)
@@ -133,12 +203,22 @@ def run(args) -> str:
                                             new_keys])
             kinds["tier"] += bucket.free_level_one()
             levels = {f["level"] for f in bucket.files.values()}
-            bucket.add(np.concatenate([touched[:updates], new_keys]),
-                       min(levels) - 1 if levels else bucket.max_level)
-            for rewrite in dv_compaction.pick(bucket.entries(), bucket.live_rows, options, args.ratio):
+            newest = min(levels) - 1 if levels else bucket.max_level
+            if args.insert_files:  # the new keys lie past every stored key: their own file sinks into the oldest run
+                bucket.add(touched[:updates], newest)
+                bucket.add(new_keys, bucket.max_level)
+            else:
+                bucket.add(np.concatenate([touched[:updates], new_keys]), newest)
+            for rewrite in dv_compaction.pick(bucket.entries(), bucket.live_rows, pick_options, args.ratio):
                 oldest = rewrite.inputs[0].file.level == bucket.max_level
                 kind = "drain" if oldest else "tier" if len(rewrite.inputs) > 1 else "other"
                 kinds[kind] += bucket.rewrite(rewrite)
+            if args.insert_files:
+                for rewrite in small_file_merges(bucket, args.small_fan_in):
+                    kinds["small"] += bucket.rewrite(rewrite)
+            if args.leveled:
+                for rewrite in leveled(bucket, cursors, number, args):
+                    kinds["level"] += bucket.rewrite(rewrite)
             if commit % 5 == 0 or not vectors[number]:  # counting containers is the slow part
                 vectors[number] = bucket.vector_bytes()
         rewritten.append(kinds)
@@ -148,16 +228,20 @@ def run(args) -> str:
             stored = sum(bucket.stored_rows() for bucket in buckets)
             copies = sum(vectors) * args.retained_commits / (live * args.bytes_per_row)
             totals.append(((stored + window) / live + copies, stored / live, window / live, copies))
+            counts += [(len(b.files), sum(f["level"] == b.max_level for f in b.files.values())) for b in buckets]
     t = np.array(totals)
+    c = np.array(counts)
+    files = (c[:, 0].min(), c[:, 0].max(), c[:, 0].mean(), c[:, 1].min(), c[:, 1].max())
     steady = rewritten[args.retained_commits:]
     live = sum(len(keys) for keys in alive)
     shares = {kind: sum(k[kind] for k in steady) * args.retained_commits / len(steady) / live
-              for kind in ("tier", "drain", "other")}
+              for kind in ("tier", "drain", "small", "level", "other")}
     return (f"storage mean {t[:, 0].mean():.2f} p90 {np.percentile(t[:, 0], 90):.2f} max {t[:, 0].max():.2f} "
             f"(commit {int(t[:, 0].argmax()) + args.retained_commits}); "
             f"current {t[:, 1].mean():.2f} retained rewrites {t[:, 2].mean():.2f} deletion vectors {t[:, 3].mean():.2f}; "
             f"retained rewrites by kind: tiered {shares['tier']:.2f} drains {shares['drain']:.2f} "
-            f"other {shares['other']:.2f}")
+            f"small {shares['small']:.2f} leveled {shares['level']:.2f} other {shares['other']:.2f}; "
+            f"files a bucket {files[0]}-{files[1]} (mean {files[2]:.1f}), oldest run {files[3]}-{files[4]}")
 
 
 def main() -> int:
@@ -174,6 +258,13 @@ def main() -> int:
     parser.add_argument("--retained-commits", type=int, default=30, help="commits the retained snapshots span")
     parser.add_argument("--bytes-per-row", type=float, default=22.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--insert-files", action="store_true",
+                        help="a commit's new keys (past every stored key) as their own file, into the oldest run")
+    parser.add_argument("--leveled", type=int, default=0,
+                        help="design 2: a leveled run above the oldest, merged into over this many commits (0: none)")
+    parser.add_argument("--leveled-files", type=int, default=64, help="its files hold the bucket's live rows over this")
+    parser.add_argument("--small-fan-in", type=int, default=16,
+                        help="with --insert-files: small files of the oldest run merged this many at a time")
     print(run(parser.parse_args()))
     return 0
 
