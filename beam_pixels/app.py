@@ -211,7 +211,7 @@ def run_local(config: PixelsConfig, pipeline_args: list[str] | None = None) -> R
                     _LOG.debug("round %d: %s polled %d records; the round took %.0f ms", summary.rounds,
                                writers[name].table_name, records, round_ms)
                     summary.records += records
-                    summary.checkpoints[name] = _last_checkpoint(writers[name])
+                    summary.checkpoints[name] = rounds.checkpoint(name, summary.checkpoints[name])
                     _follow(progress[name], c, records, round_ms, functools.partial(counters.of, name))
                 if stop.requested or all(t.ended or t.idle for t in progress.values()):
                     break
@@ -271,6 +271,14 @@ class _Rounds:
         result = p.run()
         result.wait_until_finish()
         return result
+
+    def checkpoint(self, table: str, before: Checkpoint) -> Checkpoint:
+        """``table``'s checkpoint after the last round: the one its commit read or made, or ``before``
+        (its checkpoint before the round) when the round had nothing to commit for it. Not read from
+        the table again: the run is its only writer (:meth:`KeptWriters.checkpoint
+        <beam_pixels.sinks.committing.KeptWriters.checkpoint>`)."""
+        committed = KEPT_WRITERS.checkpoint(self._run_id, table)
+        return before if committed is None else committed
 
     def close(self) -> None:
         """Drop the run's plans and close its writers."""

@@ -60,3 +60,43 @@ def test_the_committer_drops_parts_the_table_holds_and_refuses_half_committed_on
     assert committer._not_yet_committed([fresh, covered], last) == [fresh]
     with pytest.raises(RuntimeError, match="poll group 1 positions 3..7"):
         committer._not_yet_committed([_part(1, 3, 8)], last)
+
+
+class _AwayMidCommit(IcebergTableWriter):
+    """Applies its first commit, then fails it as a catalog gone away would (the committer cannot
+    tell whether it was applied); counts its reads of the table's checkpoint."""
+
+    reads = 0
+    gone_away = False
+
+    def last_checkpoint(self):
+        self.reads += 1
+        return super().last_checkpoint()
+
+    def commit_prepared(self, parts, checkpoint):
+        snapshot_id = super().commit_prepared(parts, checkpoint)
+        if not self.gone_away:
+            self.gone_away = True
+            raise ConnectionError("the catalog went away mid-commit")
+        return snapshot_id
+
+
+def test_a_commit_builds_on_the_checkpoint_read_before_preparing_and_its_retry_reads_the_table_again(tmp_path):
+    writer = _AwayMidCommit(SCHEMA, "db.orders", _properties(tmp_path))
+    writer.open()
+    committer = _TableCommitter(writer, retries=0)
+    last = writer.last_checkpoint()
+    records = pa.Table.from_batches([_batch(0, range(10)).records])
+    part = _PreparedPart(0, 0, 10, op_counts(records), skipped=0, handle=writer.prepare(records))
+
+    results = list(committer.commit([part], last))
+
+    # The first try committed on ``last`` without reading the table again; the retry after the
+    # catalog came back read it and found the commit applied, so nothing was committed twice.
+    assert writer.reads == 2
+    assert results == []
+    assert committer.checkpoint == Checkpoint(1, {0: 10})
+    table = load_catalog("pixels", type="sql", uri=f"sqlite:///{tmp_path}/warehouse/catalog.db").load_table("db.orders")
+    assert len(table.snapshots()) == 1
+    assert sorted(table.scan().to_arrow().column("id").to_pylist()) == list(range(10))
+    writer.close()

@@ -440,3 +440,23 @@ def test_raw_polls_move_with_their_own_coder():
     coder = beam.coders.registry.get_coder(RawPoll)
     assert coder.decode(coder.encode(poll)) == poll
     assert coder.estimate_size(poll) == len(coder.encode(poll))
+
+
+def test_change_batch_coder_compresses_large_batches_only_and_decodes_either():
+    coder = ChangeBatchCoder()
+    small = _batches(SMALL, [(0, 0, 30)])[0]
+    large = _batches(SMALL, [(0, 0, 20_000)])[0]
+    assert small.records.nbytes < ChangeBatchCoder.COMPRESS_FROM_BYTES <= large.records.nbytes
+    # A small batch goes uncompressed (LZ4's fixed cost a batch outweighed what it saved), a large
+    # one compressed; the stream says which, so either decodes.
+    assert coder.encode(small).endswith(_ipc_stream(small.records, compression=None))
+    assert len(coder.encode(large)) < large.records.nbytes / 2
+    for batch in (small, large):
+        assert same_records(coder.decode(coder.encode(batch)).records, batch.records)
+
+
+def _ipc_stream(records, compression):
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, records.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
+        writer.write_batch(records)
+    return sink.getvalue().to_pybytes()

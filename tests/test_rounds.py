@@ -118,15 +118,22 @@ def test_a_run_of_several_tables_builds_its_pipeline_once_and_each_round_resumes
 
         load(0)
         feeder = threading.Thread(target=feed)
-        opened_by_run = collections.Counter()  # opens of each table's writers, but the checks of feed()
-        open_table = IcebergTableWriter.open
+        # Opens of each table's writers and reads of its checkpoint, but the checks of feed().
+        opened_by_run, read_by_run = collections.Counter(), collections.Counter()
+        open_table, read_checkpoint = IcebergTableWriter.open, IcebergTableWriter.last_checkpoint
 
         def counted_open(writer):
             if threading.current_thread() is not feeder:
                 opened_by_run[writer.table_name] += 1
             return open_table(writer)
 
+        def counted_read(writer):
+            if threading.current_thread() is not feeder:
+                read_by_run[writer.table_name] += 1
+            return read_checkpoint(writer)
+
         monkeypatch.setattr(IcebergTableWriter, "open", counted_open)
+        monkeypatch.setattr(IcebergTableWriter, "last_checkpoint", counted_read)
         feeder.start()
         with caplog.at_level(logging.INFO, logger="beam_pixels.app"):
             summary = app.run_local(config)
@@ -137,9 +144,15 @@ def test_a_run_of_several_tables_builds_its_pipeline_once_and_each_round_resumes
     assert len(built) == 1, [r.getMessage() for r in built]
     # The rounds write and commit each table with the writer the run opened to resume from.
     assert opened_by_run == {"pixels.a": 1, "pixels.b": 1}, opened_by_run
+    # Each table's checkpoint is read once when the run starts and once per commit (which builds on
+    # it), not again after each round: the rounds resume from what the commits read or made.
+    commits = {f"pixels.{name}": summary.checkpoints[name].batch_id for name in config.tables()}
+    assert read_by_run == {table: 1 + n for table, n in commits.items()}, (read_by_run, commits)
     assert summary.records == 600
     for name, table_config in config.tables().items():
         assert summary.checkpoints[name].batch_id >= 3, f"{name}: {summary.checkpoints[name]}"
+        with contextlib.closing(app.open_table_writer(table_config)) as writer:
+            assert summary.checkpoints[name] == writer.last_checkpoint()
         assert _table_ids(table_config) == list(range(300))
         # Each commit's trim ran in the background; the run waited for the last ones.
         journal = PollJournal(table_config.journal_location(local_run=True))

@@ -401,9 +401,12 @@ class _WriteAndCommitFn(beam.DoFn):
         by_group: dict[int, list[ChangeBatch]] = {}
         for batch in batches:
             by_group.setdefault(batch.poll_group, []).append(batch)
+        read_started = time.monotonic()
         last = writer.retrying("read the last checkpoint", writer.last_checkpoint)
+        read_s = time.monotonic() - read_started
         parts = [self._prepare(label, writer, group, by_group[group], last, window) for group in sorted(by_group)]
-        yield from committer.commit(parts, _after_end(window))
+        yield from committer.commit(parts, last, read_s, _after_end(window))
+        self._open.note_checkpoint(label, committer.checkpoint)
 
     def _prepare(self, label: str, writer: TableWriter, poll_group: int, batches: list[ChangeBatch],
                  last: Checkpoint, window) -> _PreparedPart:
@@ -444,6 +447,12 @@ class _OpenWriters:
             self._writers[label] = opened
         return opened
 
+    def note_checkpoint(self, label: str, checkpoint: Checkpoint | None) -> None:
+        """With ``keep_open``: the table labelled ``label`` holds ``checkpoint`` now (see
+        :meth:`KeptWriters.checkpoint`)."""
+        if self._keep_open and checkpoint is not None:
+            KEPT_WRITERS.note_checkpoint(self._keep_open, label, checkpoint)
+
     def close(self) -> None:
         if not self._keep_open:
             for writer in self._writers.values():
@@ -460,11 +469,16 @@ class KeptWriters:
     table here, as a streaming runner's long-lived DoFns keep theirs: the run's own, which it
     opened to resume from (:meth:`keep`), writes the files and commits too, as the runner runs
     one step after another. :meth:`close` closes a run's writers when it ends.
+
+    It also keeps each table's checkpoint as the table's committer last read or committed it
+    (:meth:`checkpoint`), for the run to resume its next round from without reading every table
+    again after each round (a catalog call and a metadata file a table).
     """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._writers: dict[tuple[str, str], TableWriter] = {}
+        self._checkpoints: dict[tuple[str, str], Checkpoint] = {}
 
     def keep(self, run: str, label: str, writer: TableWriter) -> None:
         """Keep ``writer``, opened, for the table labelled ``label`` of ``run``; closed with the run."""
@@ -485,11 +499,26 @@ class KeptWriters:
             writer.close()
         return kept
 
+    def note_checkpoint(self, run: str, label: str, checkpoint: Checkpoint) -> None:
+        """The table labelled ``label`` of ``run`` holds ``checkpoint``: its committer read or committed it."""
+        with self._lock:
+            self._checkpoints[(run, label)] = checkpoint
+
+    def checkpoint(self, run: str, label: str) -> Checkpoint | None:
+        """The checkpoint the table labelled ``label`` of ``run`` holds as its committer last read or
+        committed it (None before the run's first commit of it). It is the table's own as long as the
+        run is the table's only writer, which exactly-once asks anyway (another writer's commits
+        conflict with the run's)."""
+        with self._lock:
+            return self._checkpoints.get((run, label))
+
     def close(self, run: str) -> None:
-        """Close and forget the writers of ``run``."""
+        """Close and forget the writers (and checkpoints) of ``run``."""
         with self._lock:
             keys = [key for key in self._writers if key[0] == run]
             writers = [self._writers.pop(key) for key in keys]
+            for key in [key for key in self._checkpoints if key[0] == run]:
+                del self._checkpoints[key]
         for writer in writers:
             writer.close()
 
@@ -503,6 +532,8 @@ class _TableCommitter:
     def __init__(self, writer: TableWriter, retries: int, table_label: str = ""):
         self.writer = writer
         self._retries = retries
+        # The table's checkpoint as this committer last read or committed it (None: not yet).
+        self.checkpoint: Checkpoint | None = None
         self._table_label = table_label
         namespace = table_namespace(METRICS_NAMESPACE, table_label)
         self._commits = Metrics.counter(namespace, "commits")
@@ -510,17 +541,22 @@ class _TableCommitter:
         self._conflicts = Metrics.counter(namespace, "commit_conflicts")
         self._latency = Metrics.distribution(namespace, "commit_ms")
 
-    def commit(self, every_part: list[_PreparedPart], late: str = ""):
-        """Commit the parts (yields the :class:`CommitResult`, unless the table held them all);
-        ``late`` ends the log line (how long after its window's end the commit started)."""
-        started = time.monotonic()
+    def commit(self, every_part: list[_PreparedPart], last: Checkpoint, read_s: float = 0.0, late: str = ""):
+        """Commit the parts (yields the :class:`CommitResult`, unless the table held them all).
+        ``last`` is the checkpoint the writer read before the parts were prepared, in ``read_s``
+        seconds (counted in the commit's time); ``late`` ends the log line (how long after its
+        window's end the commit started)."""
+        started = time.monotonic() - read_s
         skipped = sum(part.skipped for part in every_part)
         parts = [part for part in every_part if part.rows]
+        # The first try commits on the table state ``last`` was read from: the writer has not read
+        # the table since, so a commit by another writer in between conflicts. Every other try reads
+        # the table's last checkpoint first: after a conflict, and after a commit whose outcome was
+        # unknown (the catalog went away mid-commit), which is found there if it was applied.
+        known = iter([last])
         for attempt in range(self._retries + 1):
             try:
-                # Each try reads the table's last checkpoint first: a commit whose outcome was
-                # unknown (the catalog went away mid-commit) is found there if it was applied.
-                done = self.writer.retrying("commit", lambda: self._commit_once(parts))
+                done = self.writer.retrying("commit", lambda: self._commit_once(parts, next(known, None)))
             except CommitConflict as conflict:
                 self._conflicts.inc()
                 if attempt == self._retries:
@@ -541,15 +577,20 @@ class _TableCommitter:
             yield result
             return
 
-    def _commit_once(self, parts: list[_PreparedPart]) -> tuple[list[_PreparedPart], Checkpoint, int | None] | None:
-        """Commit the parts the table does not hold yet on top of its last checkpoint: those
-        parts, the new checkpoint and the snapshot id; None when it holds them all."""
-        last = self.writer.last_checkpoint()
+    def _commit_once(self, parts: list[_PreparedPart], last: Checkpoint | None = None
+                     ) -> tuple[list[_PreparedPart], Checkpoint, int | None] | None:
+        """Commit the parts the table does not hold yet on top of its last checkpoint (``last``, else
+        read now): those parts, the new checkpoint and the snapshot id; None when it holds them all."""
+        if last is None:
+            last = self.writer.last_checkpoint()
+        self.checkpoint = last
         parts = self._not_yet_committed(parts, last)
         if not parts:
             return None
         checkpoint = last.advance_to({part.poll_group: part.end for part in parts})
-        return parts, checkpoint, self.writer.commit_prepared([part.handle for part in parts], checkpoint)
+        snapshot_id = self.writer.commit_prepared([part.handle for part in parts], checkpoint)
+        self.checkpoint = checkpoint
+        return parts, checkpoint, snapshot_id
 
     def _not_yet_committed(self, parts: list[_PreparedPart], last: Checkpoint) -> list[_PreparedPart]:
         """Parts whose positions the table does not hold yet. A part the table already
