@@ -39,7 +39,7 @@ from beam_pixels import source
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig
 from beam_pixels.dead_letters import WriteDeadLetters
-from beam_pixels.flink import job_server
+from beam_pixels.flink import job_server, placement
 from beam_pixels.flink.rest import FINISHED_STATES, FlinkRest
 from beam_pixels.journal import BACKGROUND_TRIMS, TrimJournal
 from beam_pixels.sinks import sink_for
@@ -74,6 +74,7 @@ def build_pipeline(
     round_keys: typing.Mapping[str, str] | None = None,
     keep_writers_open: str = "",
     trim_in_background: bool = False,
+    subtasks: placement.Subtasks | None = None,
 ):
     """Add a job of ``tables`` to ``p``; returns the PCollection of CommitResults.
 
@@ -89,17 +90,19 @@ def build_pipeline(
     (:class:`~beam_pixels.source.LocalRounds`). ``keep_writers_open`` (a local run's id) leaves the
     tables' writers open for the next run of the pipeline (:class:`~beam_pixels.sinks.committing.KeptWriters`);
     ``trim_in_background`` trims the journals after each commit on a thread of this process, which
-    the caller waits for (:data:`~beam_pixels.journal.BACKGROUND_TRIMS`).
+    the caller waits for (:data:`~beam_pixels.journal.BACKGROUND_TRIMS`). ``subtasks`` (a Flink
+    job's) gives each poll group a subtask of its own while there are enough
+    (:mod:`~beam_pixels.flink.placement`).
     """
     journals = {label: c.journal_location(local_run) for label, c in tables.items()}
     reads = [
         source.ReadFromPixels.from_config(
             c, start_positions=(start_positions or {}).get(label), journal=journals[label],
-            round_key=(round_keys or {}).get(label, ""), table_label=label,
+            round_key=(round_keys or {}).get(label, ""), table_label=label, window_ms=window_ms,
         )
         for label, c in tables.items()
     ]
-    read = p | "ReadFromPixels" >> source.ReadTablesFromPixels(reads)
+    read = p | "ReadFromPixels" >> source.ReadTablesFromPixels(reads, subtasks)
     dead_letters = {label: c.dead_letter_location(local_run) for label, c in tables.items()}
     _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(dead_letters)
     writes = {label: sink_for(c, window_ms) for label, c in tables.items()}
@@ -359,7 +362,7 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: b
     # Every table's read ends by itself: one commit each at the end; else one per interval.
     bounded = all(c.stop_after_idle_ms or c.max_records for c in tables.values())
     build_pipeline(p, tables, local_run=False, start_positions=start_positions,
-                   window_ms=None if bounded else config.checkpoint_interval_ms)
+                   window_ms=None if bounded else config.checkpoint_interval_ms, subtasks=placement.Subtasks.of(options))
     with _InterruptOnSignal():
         result = p.run()
         if flink_rest is not None:

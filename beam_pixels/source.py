@@ -25,6 +25,17 @@ clock and checkpoints; the next call goes on retrying. So the windows of what wa
 polled before an outage close and commit during it. A failed poll was never
 answered: nothing was handed out, nothing is claimed, and records polled after the
 outage are stamped with a later poll time than that watermark.
+
+A poll that finds nothing closes windows early. The group polls again a poll interval
+later at the soonest, and with the commit step's windows (``window_ms``, streaming
+runners) what it polls later is stamped no earlier than the end of the window the
+clock is in: so an empty poll moves the watermark to the later of the two, and that
+window fires at once instead of at its end (a burst's last window commits as soon as
+the server is drained). A failed poll moves it as far as the end of the window holding
+the group's latest records (at most a window past the clock's), so all that was polled
+before an outage commits during it. A record is never stamped behind the watermark.
+On Flink, whose runner keeps watermarks in whole seconds, windows of whole seconds
+close early; others at their end.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ from beam_pixels.buckets import DEFAULT_BUCKET_COUNT, partition_buckets
 from beam_pixels.client import Outage, PixelsClient, PixelsRetryDeadlineError, PixelsStoppedError
 from beam_pixels.codec import BINARY
 from beam_pixels.decode import CHANGES, DEAD_LETTERS, METRICS_NAMESPACE, DecodePollsFn, TableDecoder
+from beam_pixels.flink import placement
 from beam_pixels.journal import PollJournal, Segment
 from beam_pixels.metrics import table_namespace
 from beam_pixels.schema import SourceSchema
@@ -86,6 +98,7 @@ class PollGroup:
     start_position: int = 0
     round_key: str = ""
     table_label: str = ""  # the table's name in ``tables`` ("": the job's only table)
+    placement: int = 0  # picks the Flink subtask that polls the group (beam_pixels.flink.placement)
 
 
 @dataclass(frozen=True)
@@ -325,7 +338,8 @@ class _TablePoller:
     ``max_call_ms`` (None: no limit) has passed; then it checkpoints. A poll the server
     does not answer is retried for a poll interval at most (never past the call's end or
     the bounded read's), then the call moves the watermark to now and checkpoints, as an
-    empty poll does; failed tries count in ``poll_failures``. While a response
+    empty poll does (both move it further, see the module); failed tries count in
+    ``poll_failures``. While a response
     is emitted (and decoded downstream), the next poll is already on its way on a
     fetch thread, journaled there before it is handed back, so the network, the
     server and the journal's disk overlap the decoding. A call never ends with a
@@ -345,6 +359,7 @@ class _TablePoller:
         round_key: str = "",
         table_label: str = "",
         groups: typing.Sequence[PollGroup] = (),
+        window_ms: int | None = None,
     ):
         self._server = server
         self._groups = tuple(groups)  # polled first at setup in a local round (see _prefetch)
@@ -357,6 +372,7 @@ class _TablePoller:
         self._round_key = round_key  # set: the bounds are the current local round's (LocalRounds)
         self._journal = journal
         self._max_call_s = math.inf if max_call_ms is None else max_call_ms / 1000.0
+        self._window_s = window_ms / 1000.0 if window_ms else None  # the commit step's windows
         namespace = table_namespace(METRICS_NAMESPACE, table_label)
         self._replayed = Metrics.counter(namespace, "records_replayed")
         self._polls = Metrics.counter(namespace, "polls")
@@ -378,6 +394,8 @@ class _TablePoller:
         # up restart it: an unreachable server is not an idle one), when it last polled empty.
         self._idle_since: dict[int, float] = {}
         self._last_empty: dict[int, float] = {}
+        # Per poll group: the event time its latest response was stamped with.
+        self._latest_stamp: dict[int, float] = {}
         # The client's failed tries already counted in poll_failures.
         self._failures_counted = 0
         # Per poll group: journaled responses still to replay before polling the server.
@@ -448,7 +466,7 @@ class _TablePoller:
                 # Not answered, so nothing was handed out or claimed. What was polled before is
                 # stamped before now, what is polled next after now: the watermark follows the clock.
                 self._idle_since[gid] = time.time()
-                _advance(watermark, Timestamp.now())
+                _advance(watermark, self._watermark_after_failed_poll(gid))
                 tracker.defer_remainder()
                 return
             finally:
@@ -461,11 +479,12 @@ class _TablePoller:
             if response.count == 0:
                 self._empty_polls.inc()
                 self._last_empty[gid] = time.monotonic()
-                _advance(watermark, Timestamp.now())
+                _advance(watermark, self._watermark_after_empty_poll())
                 tracker.defer_remainder(Duration.of(self._poll_interval_s))
                 return
-            poll_time = time.time()
-            self._idle_since[gid] = poll_time
+            # Never behind the watermark (a record stamped behind it would be late, and dropped).
+            poll_time = max(time.time(), float(watermark.current_watermark() or 0))
+            self._idle_since[gid] = self._latest_stamp[gid] = poll_time
             if not tracker.try_claim(response.end - 1):
                 _LOG.warning("%s poll group %d: the runner checkpointed while positions %d..%d were being polled; "
                              "they are emitted when the group resumes", self._source_table, gid, response.start, response.end - 1)
@@ -507,6 +526,28 @@ class _TablePoller:
             return replayed
         self._wait_after_empty_poll(gid)
         return self._fetch(group, position, give_up_at)
+
+    def _watermark_after_empty_poll(self) -> Timestamp:
+        """Where an empty poll moves the group's watermark: to its next poll (the runner resumes
+        the group a poll interval later, and :meth:`_wait_after_empty_poll` waits for the rest),
+        and with windows, to the end of the window the clock is in (see the module)."""
+        now = time.time()
+        after = now + self._poll_interval_s
+        if self._window_s:
+            after = max(after, _window_end(now, self._window_s))
+        return Timestamp.of(after)
+
+    def _watermark_after_failed_poll(self, group_id: int) -> Timestamp:
+        """Where a call that gave up on an unreachable server moves the group's watermark: to the
+        clock, and with windows, to the end of the window holding the group's latest records
+        (which may be the window after the clock's, see the module), at most a window past the
+        clock's window."""
+        now = time.time()
+        if not self._window_s:
+            return Timestamp.of(now)
+        clock_window_end = _window_end(now, self._window_s)
+        latest_window_end = _window_end(self._latest_stamp.get(group_id, now), self._window_s)
+        return Timestamp.of(max(clock_window_end, min(latest_window_end, clock_window_end + self._window_s)))
 
     def _give_up_at(self, call_ends: float) -> float:
         """When a poll the server does not answer stops retrying in this call (``time.monotonic()``):
@@ -660,6 +701,12 @@ def _finish(tracker) -> None:
     tracker.try_claim(tracker.current_restriction().stop)
 
 
+def _window_end(seconds: float, window_s: float) -> float:
+    """The end of the fixed window (of ``window_s``, aligned to the epoch, as Beam's
+    ``FixedWindows``) that holds the time ``seconds``."""
+    return (math.floor(seconds / window_s) + 1) * window_s
+
+
 def _advance(watermark, timestamp: Timestamp) -> None:
     """Move the watermark forward (never back, even if the wall clock steps back)."""
     current = watermark.current_watermark()
@@ -681,7 +728,10 @@ class ReadFromPixels(beam.PTransform):
     ``round_key`` makes a read that a local run runs again each round: its bounds and start
     positions are the ones :data:`LOCAL_ROUNDS` holds for that key when a run starts.
     ``table_label`` names the table in a job of several (:class:`ReadTablesFromPixels`): its
-    elements carry it, and its metrics' namespace ends with it.
+    elements carry it, and its metrics' namespace ends with it. ``window_ms``: the length of the
+    commit step's fixed windows, which a poll that finds nothing closes early (see the module).
+    ``subtasks`` (a Flink job's): each poll group is polled by a subtask of its own while there are
+    enough (:func:`~beam_pixels.flink.placement.spread`).
     """
 
     def __init__(
@@ -702,6 +752,8 @@ class ReadFromPixels(beam.PTransform):
         journal: str | None = None,
         round_key: str = "",
         table_label: str = "",
+        window_ms: int | None = None,
+        subtasks: placement.Subtasks | None = None,
     ):
         super().__init__()
         self._journal = PollJournal(journal, str(schema)) if journal else None
@@ -720,11 +772,14 @@ class ReadFromPixels(beam.PTransform):
         self._bucket_count = bucket_count
         self._round_key = round_key
         self._table_label = table_label
+        self._window_ms = window_ms
+        self._subtasks = subtasks
 
     @classmethod
     def from_config(
         cls, config, *, start_positions=None, max_duration_ms: int = 0, drain_after: float = 0.0,
-        journal: str | None = None, round_key: str = "", table_label: str = "",
+        journal: str | None = None, round_key: str = "", table_label: str = "", window_ms: int | None = None,
+        subtasks: placement.Subtasks | None = None,
     ) -> "ReadFromPixels":
         """Build from a :class:`beam_pixels.config.PixelsConfig`."""
         return cls(
@@ -750,6 +805,8 @@ class ReadFromPixels(beam.PTransform):
             journal=journal,
             round_key=round_key,
             table_label=table_label,
+            window_ms=window_ms,
+            subtasks=subtasks,
         )
 
     @property
@@ -768,7 +825,7 @@ class ReadFromPixels(beam.PTransform):
     def _poller(self, max_call_ms: int | None) -> _TablePoller:
         return _TablePoller(
             self._server, self._schema_name, self._table_name, self._poll_interval_ms, self._bounds, self._journal,
-            max_call_ms, self._round_key, self._table_label, self._groups,
+            max_call_ms, self._round_key, self._table_label, self._groups, self._window_ms,
         )
 
     def _decoder(self) -> TableDecoder:
@@ -777,7 +834,7 @@ class ReadFromPixels(beam.PTransform):
                             self._table_label)
 
     def expand(self, pbegin):
-        return _read(pbegin, [self])
+        return _read(pbegin, [self], self._subtasks)
 
 
 class ReadTablesFromPixels(beam.PTransform):
@@ -788,27 +845,31 @@ class ReadTablesFromPixels(beam.PTransform):
     ``ChangeBatch`` and ``DeadLetter.table_label``), and each table's metrics are in a namespace of
     its own (``beam_pixels.source.<label>``). So the steps, and what a runner pays per step and
     bundle, do not grow with the tables. The output is bounded unless some table polls without end.
+    ``subtasks`` (a Flink job's): every poll group is polled by a subtask of its own while there
+    are enough (:func:`~beam_pixels.flink.placement.spread`).
     """
 
-    def __init__(self, reads: typing.Sequence[ReadFromPixels]):
+    def __init__(self, reads: typing.Sequence[ReadFromPixels], subtasks: placement.Subtasks | None = None):
         super().__init__()
         labels = [read.table_label for read in reads]
         if not labels or len(set(labels)) != len(labels):
             raise ValueError(f"ReadTablesFromPixels needs reads with distinct table labels, got {labels}")
         self._reads = list(reads)
+        self._subtasks = subtasks
 
     def expand(self, pbegin):
-        return _read(pbegin, self._reads)
+        return _read(pbegin, self._reads, self._subtasks)
 
 
-def _read(pbegin, reads: typing.Sequence[ReadFromPixels]):
+def _read(pbegin, reads: typing.Sequence[ReadFromPixels], subtasks: placement.Subtasks | None = None):
     """The steps of :class:`ReadFromPixels` and :class:`ReadTablesFromPixels`."""
     without_end = any(read.polls_without_end for read in reads)
     poller = _UnboundedPollPixelsFn if without_end else _PollPixelsFn
     max_call_ms = UNBOUNDED_MAX_CALL_MS if without_end else None
+    groups = [group for read in reads for group in read.poll_groups]
     return (
         pbegin
-        | "PollGroups" >> beam.Create([group for read in reads for group in read.poll_groups])
+        | "PollGroups" >> beam.Create(placement.spread(groups, subtasks) if subtasks else groups)
         | "Poll" >> beam.ParDo(poller({read.table_label: read._poller(max_call_ms) for read in reads}))
         | "Decode" >> beam.ParDo(
             DecodePollsFn({read.table_label: read._decoder() for read in reads})

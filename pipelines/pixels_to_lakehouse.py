@@ -18,7 +18,7 @@ import sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pixels.flink import job_server
+from beam_pixels.flink import job_server, placement
 from beam_pixels.app import IN_PROCESS_RUNNERS, open_table_writer
 from beam_pixels.cli import configure_logging
 from beam_pixels.config import ConfigError, PixelsConfig
@@ -28,10 +28,12 @@ from beam_pixels.sinks import sink_for
 from beam_pixels.source import ReadFromPixels
 
 
-def build(p: beam.Pipeline, config: PixelsConfig, *, local_run: bool, window_ms, start_positions):
+def build(p: beam.Pipeline, config: PixelsConfig, *, local_run: bool, window_ms, start_positions, subtasks=None):
     """Read the change stream from where the table left off, commit it, keep dead letters."""
     journal = config.journal_location(local_run)  # responses stored before use, replayed after a crash
-    read = p | "ReadFromPixels" >> ReadFromPixels.from_config(config, start_positions=start_positions, journal=journal)
+    # Windows close early when the server has nothing; on Flink each poll group gets a subtask of its own.
+    read = p | "ReadFromPixels" >> ReadFromPixels.from_config(config, start_positions=start_positions, journal=journal,
+                                                              window_ms=window_ms, subtasks=subtasks)
 
     # Undecodable records: written beside a local warehouse (or source.dead.letter.dir), else logged.
     _ = read.dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.dead_letter_location(local_run))
@@ -80,6 +82,7 @@ def main(argv=None) -> int:
             local_run=local_run,
             window_ms=None if bounded else config.checkpoint_interval_ms,
             start_positions=start_positions,
+            subtasks=None if local_run else placement.Subtasks.of(options),
         )
     return 0
 

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from app_helpers import (
 from beam_pixels.testing import mock_data
 from beam_pixels.buckets import partition_buckets
 from beam_pixels.config import PixelsConfig
+from beam_pixels.decode import METRICS_NAMESPACE
 from beam_pixels.flink.rest import FlinkRest
 from beam_pixels.testing.mock_server import MockPixelsServer
 
@@ -125,6 +127,18 @@ class FlinkCluster:
     def source_metric(self, job: str, name: str) -> int:
         """A ``beam_pixels.source`` counter summed over the job's subtasks (as Flink reports it)."""
         return FlinkRest(self.rest_url).source_counter(job, name)
+
+    def source_metric_per_subtask(self, job: str, name: str) -> dict[int, int]:
+        """A ``beam_pixels.source`` counter of a job of one table, per subtask of the vertex reporting it."""
+        suffix = "." + f"{METRICS_NAMESPACE}_{name}".replace(".", "_")
+        found = {}
+        for vertex in self.rest(f"/jobs/{job}")["vertices"]:
+            base = f"/jobs/{job}/vertices/{vertex['id']}/metrics"
+            ids = [m["id"] for m in self.rest(base) if m["id"].endswith(suffix)]
+            if ids:
+                for metric in self.rest(f"{base}?get={urllib.parse.quote(','.join(ids), safe='')}"):
+                    found[int(metric["id"].split(".", 1)[0])] = int(float(metric["value"]))
+        return found
 
     def taskmanager_pid(self, index: int) -> int:
         return int((self.state_dir / f"taskmanager-{index}.pid").read_text())
@@ -342,6 +356,9 @@ def test_windows_commit_while_the_source_runs_and_the_table_ends_exact(tmp_path,
     handed_out = len(feeder.server.handed_out())
     wait_until(lambda: flink.source_metric(job, "records") == handed_out, 60, f"records metric = {handed_out}")
     assert flink.source_metric(job, "polls") >= handed_out / 50 / PARALLELISM
+    # Each poll group on a subtask of its own (beam_pixels.flink.placement), not both on one.
+    per_subtask = flink.source_metric_per_subtask(job, "records")
+    assert sorted(per_subtask) == list(range(PARALLELISM)) and all(per_subtask.values()), per_subtask
 
 
 @pytest.mark.parametrize("sink", ["iceberg"])

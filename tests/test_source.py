@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from beam_pixels.changes import Op
 from beam_pixels.schema import SourceSchema
@@ -312,6 +312,68 @@ def test_during_an_outage_each_call_ends_on_time_with_the_watermark_at_the_clock
     fn.teardown()
     _assert_contiguous(polls, 80)  # nothing lost or repeated across the outage
     assert all(p.timestamp >= outage_watermark for p in polls if p.value.start_position >= 40)  # none late
+
+
+def test_an_empty_poll_moves_the_watermark_to_the_next_poll_and_no_record_is_stamped_behind_it(server_for):
+    server = server_for(SMALL, batch_size=5)
+    interval_s = 0.4
+    fn = _PollPixelsFn({"": _TablePoller(ServerOptions("127.0.0.1", server.port), "public", "orders",
+                                         int(interval_s * 1000), Bounds(), max_call_ms=500)})  # unbounded
+    fn.setup()
+    group = PollGroup(0, tuple(range(128)))
+    watermark = ManualWatermarkEstimator(Timestamp.now())
+    before = Timestamp.now()
+    outputs, restriction = _drive(fn, group, _PollRestrictionProvider().initial_restriction(group), watermark)
+    assert outputs == []
+    # Windows ending before the next poll can fire now: nothing is polled before it.
+    assert watermark.current_watermark() >= before + Duration.of(interval_s)
+    after_empty = watermark.current_watermark()
+
+    server.load_rows([(i, f"n{i}", i) for i in range(20)])
+    polls, restriction = _drive(fn, group, restriction, watermark)
+    assert Timestamp.now() >= after_empty  # the next poll waited for the interval
+    while restriction.start < 20:
+        outputs, restriction = _drive(fn, group, restriction, watermark)
+        polls.extend(outputs)
+    fn.teardown()
+    _assert_contiguous(polls, 20)
+    assert all(p.timestamp >= after_empty for p in polls)  # none late
+
+
+def test_with_windows_an_empty_poll_closes_the_clocks_window_and_an_outage_the_one_of_the_latest_records(server_for):
+    server = server_for(SMALL, batch_size=5)
+    window = beam.window.FixedWindows(2)  # the commit step's windows, as on Flink
+    fn = _PollPixelsFn({"": _TablePoller(ServerOptions("127.0.0.1", server.port), "public", "orders", 50, Bounds(),
+                                         max_call_ms=500, window_ms=2000)})
+    fn.setup()
+    group = PollGroup(0, tuple(range(128)))
+    watermark = ManualWatermarkEstimator(Timestamp.now())
+
+    def window_end(timestamp):
+        return window.assign(beam.window.WindowFn.AssignContext(timestamp))[0].end
+
+    before = Timestamp.now()
+    outputs, restriction = _drive(fn, group, _PollRestrictionProvider().initial_restriction(group), watermark)
+    assert outputs == []
+    # Nothing polled from now on goes into the window the clock is in: it can fire now, not at its end.
+    assert window_end(before) <= watermark.current_watermark() <= window_end(Timestamp.now())
+    after_empty = watermark.current_watermark()
+
+    server.load_rows([(i, f"n{i}", i) for i in range(20)])
+    polls = []
+    while restriction.start < 20:
+        outputs, restriction = _drive(fn, group, restriction, watermark)
+        polls.extend(outputs)
+    _assert_contiguous(polls, 20)
+    assert all(p.timestamp >= after_empty for p in polls)  # in a later window than the closed one: none late
+
+    server.stop()  # an outage: what was polled before it can commit during it
+    latest = max(p.timestamp for p in polls)
+    outputs, residual = _drive(fn, group, restriction, watermark)
+    assert outputs == [] and residual.start == 20
+    assert watermark.current_watermark() >= window_end(latest)
+    assert watermark.current_watermark() <= window_end(Timestamp.now()) + Duration.of(2)  # at most a window ahead
+    fn.teardown()
 
 
 def test_a_bounded_read_ends_at_its_max_duration_while_the_server_is_down(server_for):
