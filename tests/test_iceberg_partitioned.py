@@ -367,6 +367,25 @@ def test_a_pass_spends_its_bytes_on_the_newest_small_files_of_every_partition_fi
     assert max(left[p] + (merged[p] > 0) for p in {files.partition_of(f) for f in data}) <= 2
 
 
+def test_a_growing_partition_is_merged_in_tiers_that_each_rewrite_rarely():
+    """Today's bucket as passes see it: each pass finds 14 new commit files (8 KB each) beside the
+    tiers merged before. Over six passes (a day) the merges rewrite at most 1.7 times the
+    partition's bytes (a tier is merged once the smaller files add up to twice it; at once they
+    add up to half of it, the merged tier was rewritten by most passes: 2.2 times), and the
+    partition holds at most three files after a pass."""
+    settings = maintenance.Settings(max_compact_mb=1024, max_compact_percent=100)  # no budget limit
+    partition, data, rewritten, most = (20_001, 3), [], 0, 0
+    for number in range(6):
+        data += [_data_file(f"commit-{number}-{i}", partition, 8_000) for i in range(14)]
+        chosen = maintenance._choose(data, {}, settings)
+        rewritten += sum(f.file_size_in_bytes for f in chosen)
+        merged = _data_file(f"merged-{number}", partition, sum(f.file_size_in_bytes for f in chosen))
+        data = [f for f in data if f not in chosen] + [merged]
+        most = max(most, len(data))
+    assert rewritten <= 1.7 * sum(f.file_size_in_bytes for f in data), rewritten
+    assert most <= 3, most
+
+
 class DayByDayStream(ClockStream):
     """A clock of 15 seconds a version: a commit of 1,200 changes spans about a fifth of a day, so
     commits write into the current day's buckets, as a stream partitioned by event day does, and

@@ -67,8 +67,10 @@ _MIN_SNAPSHOTS_TO_KEEP = 1
 # (a tiny table is compacted whole).
 MIN_FILE_BYTES = 2**20
 # A small file is merged with smaller files of its partition only when they add up to at least
-# 1/TIER_RATIO of it (see _choose).
-TIER_RATIO = 2
+# 1/TIER_RATIO of it, twice it (see _tier): each merge at least triples a tier, so a growing
+# partition's rows are rewritten about log3 of its growth times, not log1.5 (at 2, the merged tier
+# of today's buckets was rewritten by most passes: half the bytes a pass merged).
+TIER_RATIO = 1 / 2
 # Snapshots are expired between passes once some snapshot has been past the retention for this
 # share of it (see expiry_due): at 60 s, replaced files live 60-70 s, not until the second pass.
 EXPIRY_LAG = 1 / 6
@@ -311,8 +313,8 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
     A partition can merge its smallest small files, up to the largest that is at most
     :data:`TIER_RATIO` times the smaller ones together (:func:`_tier`): files of a partition that
     grows by small commits are merged in tiers (each row rewritten a logarithmic number of times,
-    not once per pass). Of these, the smallest are taken first across all partitions, so that the
-    pass's bytes merge as many files as they can: the commits' newest small files of every
+    not once per pass; a tier at least triples at each merge). Of these, the smallest are taken
+    first across all partitions, so that the pass's bytes merge as many files as they can: the commits' newest small files of every
     partition (a partitioned table's current day: a file per bucket per commit) before a
     partition's larger tier is rewritten again. A partition contributes only files it can merge:
     two or more, or small files beside a rewritten file with deletes; a small file alone is left
@@ -361,7 +363,7 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
 def _tier(ascending: list[DataFile]) -> list[DataFile]:
     """The smallest files of a partition (``ascending`` by size) that merge into one: the longest
     run from the smallest whose last file is at most :data:`TIER_RATIO` times the ones before it
-    together. A larger file is a tier of its own, merged once the smaller files add up to half of
+    together. A larger file is a tier of its own, merged once the smaller files add up to twice
     it; a file much smaller than the next (a commit's few rows) joins the run, it does not end it."""
     end, before = 0, 0
     for number, f in enumerate(ascending):
