@@ -314,8 +314,9 @@ def _choose(data: list[DataFile], deleted: dict[str, np.ndarray], settings: Sett
     :data:`TIER_RATIO` times the smaller ones together (:func:`_tier`): files of a partition that
     grows by small commits are merged in tiers (each row rewritten a logarithmic number of times,
     not once per pass; a tier at least triples at each merge). Of these, the smallest are taken
-    first across all partitions, so that the pass's bytes merge as many files as they can: the commits' newest small files of every
-    partition (a partitioned table's current day: a file per bucket per commit) before a
+    first across all partitions, so that the pass's bytes merge as many files as they can: the
+    commits' newest small files of every partition (a partitioned table's current day: a file per
+    bucket per commit) before a
     partition's larger tier is rewritten again. A partition contributes only files it can merge:
     two or more, or small files beside a rewritten file with deletes; a small file alone is left
     alone."""
