@@ -400,9 +400,12 @@ def _generate(stream: ChangeStream, queues: _Queues, options: StreamOptions, sta
                 done.wait(0.02)
                 continue
             with lock:
+                if not stats.generating.value:  # stopped meanwhile (see stop)
+                    continue
                 queues.add(stream.preload(options.preload_slice))
                 stats.generated.value = stream.preloaded
                 stats.live.value = stream.live
+                stats.pending.value = queues.pending
             if stream.preload_done:
                 stats.preload_generated_at.value = time.time()
             continue
@@ -424,9 +427,12 @@ def _generate(stream: ChangeStream, queues: _Queues, options: StreamOptions, sta
             stats.skipped.value += n
             continue
         with lock:
+            if not stats.generating.value:  # stopped during the tick: that batch is never made
+                continue
             batch = stream.changes(n)
             queues.add(batch)
             stats.generated.value += len(batch.keys)
+            stats.pending.value = queues.pending
             stats.changes.value += len(batch.keys)
             stats.live.value = stream.live
     stats.pending.value = queues.pending
@@ -449,7 +455,11 @@ def _serve(options: StreamOptions, stats: _Stats, ready, commands) -> None:
         return payload
 
     def stop() -> None:
-        stats.generating.value = 0
+        # Under the generator's lock: once this returns, no batch is added (it checks under the
+        # lock), and the queues' count is current, so a drain that waits for it misses nothing.
+        with lock:
+            stats.generating.value = 0
+            stats.pending.value = queues.pending
 
     def dump(path: str) -> None:
         with lock:
