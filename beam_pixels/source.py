@@ -464,7 +464,8 @@ class _TablePoller:
                 return
             except PixelsRetryDeadlineError:
                 # Not answered, so nothing was handed out or claimed. What was polled before is
-                # stamped before now, what is polled next after now: the watermark follows the clock.
+                # stamped before the new watermark, what is polled next at or after it: the watermark
+                # moves at least to the clock (with windows, past the latest records' window).
                 self._idle_since[gid] = time.time()
                 _advance(watermark, self._watermark_after_failed_poll(gid))
                 tracker.defer_remainder()

@@ -111,7 +111,7 @@ def spread(groups: typing.Sequence[T], subtasks: Subtasks) -> list[T]:
     max_parallelism = subtasks.max_parallelism or default_max_parallelism(parallelism)
     placed = []
     for index, group in enumerate(groups):
-        coder = coders.registry.get_coder(type(group))
+        coder = coders.registry.get_coder(type(group))  # the groups' own type: the coder Create uses
         wanted = index % parallelism
         for placement in range(_MAX_TRIES):
             candidate = dataclasses.replace(group, placement=placement)
