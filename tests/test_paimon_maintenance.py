@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +19,7 @@ from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.paimon import PaimonTableWriter
 from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon.compaction import CompactionOptions, CompactUnit, compact_bucket, pick, sorted_runs
+from beam_pixels.sinks.paimon import maintenance
 from beam_pixels.sinks.paimon.maintenance import live_files
 
 ORDERS = SourceSchema.parse("region:STRING, id:INT, qty:INT, note:STRING", primary_key=["region", "id"])
@@ -348,6 +350,18 @@ def test_a_pass_compacts_at_most_its_budget_and_the_rest_waits(tmp_path):
     assert (second.buckets, second.buckets_waiting) == (1, 0), second.line()
     assert "compacted 1 bucket(s)" in second.line()
     assert read_rows(open_table(properties)) == expected(state)
+
+
+def test_a_bucket_left_waiting_goes_before_busier_ones_on_the_next_pass():
+    table = types.SimpleNamespace(table_path="memory://waiting-turns")
+    runs = {"busy": 5, "quiet": 3}
+    first = maintenance.longest_waiting_first(table, list(runs), lambda b: b, lambda b: -runs[b])
+    assert first == ["busy", "quiet"], "the most runs first among buckets that waited alike"
+    maintenance.note_waiting(table, set(runs), {"busy"})
+    runs["busy"] = 9  # it kept receiving commits
+    assert maintenance.longest_waiting_first(table, list(runs), lambda b: b, lambda b: -runs[b]) == ["quiet", "busy"]
+    maintenance.note_waiting(table, set(runs), {"quiet"})
+    assert maintenance.longest_waiting_first(table, list(runs), lambda b: b, lambda b: -runs[b]) == ["busy", "quiet"]
 
 
 def test_append_tables_get_snapshot_expiration(tmp_path):

@@ -1,7 +1,8 @@
 """One maintenance pass of a primary-key table, run by the committer right after its commit.
 
-A pass compacts the buckets that :func:`compaction.pick` says need it (the most
-runs first, up to ``max_bytes_per_pass`` of input, at least one bucket; every
+A pass compacts the buckets that :func:`compaction.pick` says need it (those that
+waited the most passes first, then the most runs, up to ``max_bytes_per_pass`` of
+input, at least one bucket, so none waits for ever behind busier ones; every
 bucket on the commits ``full-compaction.delta-commits`` asks for a full one), commits
 them in one atomic ``COMPACT`` snapshot, rewrites the manifests into a fresh base
 when the snapshot's manifest list holds more than ``manifest.merge-min-count`` (30)
@@ -192,6 +193,28 @@ def live_files(table, snapshot) -> dict[tuple, list]:
     return {bucket: list(entries.values()) for bucket, entries in files.items() if entries}
 
 
+# -- how many passes each due bucket has waited, per table, for the whole process ---------
+
+_WAITED: dict[str, dict[tuple, int]] = {}
+
+
+def longest_waiting_first(table, due: list, bucket_of, then) -> list:
+    """``due`` ordered by the passes its bucket (``bucket_of(item)``) has waited, the
+    longest first, then by ``then(item)``: a budget that fits fewer buckets than are due
+    serves them in turn instead of always the same busy ones."""
+    with _LIVE_LOCK:
+        waited = _WAITED.get(table.table_path, {})
+    return sorted(due, key=lambda item: (-waited.get(bucket_of(item), 0), then(item)))
+
+
+def note_waiting(table, due: set, chosen: set) -> None:
+    """Count one more pass for each bucket of ``due`` this pass did not choose."""
+    location = table.table_path
+    with _LIVE_LOCK:
+        waited = _WAITED.get(location, {})
+        _WAITED[location] = {bucket: waited.get(bucket, 0) + 1 for bucket in due - chosen}
+
+
 def run_pass(table, table_name: str, commit_user: str, checkpoint_snapshot, options: MaintenanceOptions) -> PassReport:
     """Compact, rewrite manifests when due, expire; never raises (errors go in the report).
 
@@ -238,7 +261,7 @@ def _compact(table, commit_user: str, checkpoint_snapshot, options: MaintenanceO
         unit = pick_full(runs, options.compaction) if full else pick(runs, options.compaction)
         if unit is not None:
             due.append((len(runs), partition, bucket, unit))
-    due.sort(key=lambda d: (-d[0], -d[3].size))
+    due = longest_waiting_first(table, due, lambda d: d[1:3], lambda d: (-d[0], -d[3].size))
     chosen, budget = [], options.compaction.max_bytes_per_pass
     for _, partition, bucket, unit in due:
         if chosen and unit.size > budget and not full:
@@ -246,6 +269,7 @@ def _compact(table, commit_user: str, checkpoint_snapshot, options: MaintenanceO
         chosen.append((partition, bucket, unit))
         budget -= unit.size
     report.buckets_waiting = len(due) - len(chosen)
+    note_waiting(table, {d[1:3] for d in due}, {c[:2] for c in chosen})
     manifests = len(private.manifest_list(table, latest))
     rewrite = manifests > options.manifest_merge_min_count
     if not chosen and not rewrite:
@@ -291,7 +315,8 @@ def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: Maintenan
         due = [(bucket, rewrite) for bucket, entries in buckets.items()
                for rewrite in dv_compaction.pick(entries, state, options.compaction, options.delete_ratio,
                                                  options.file_percent)]
-        due.sort(key=lambda d: sum(e.file.file_size for e in d[1].inputs))  # the cheapest first: most files per byte
+        # then the cheapest first: most files per byte
+        due = longest_waiting_first(table, due, lambda d: d[0], lambda d: sum(e.file.file_size for e in d[1].inputs))
         chosen, budget = [], options.compaction.max_bytes_per_pass
         for bucket, rewrite in due:
             size = sum(e.file.file_size for e in rewrite.inputs)
@@ -300,6 +325,7 @@ def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: Maintenan
             chosen.append((bucket, rewrite))
             budget -= size
         report.buckets_waiting = len({d[0] for d in due} - {c[0] for c in chosen})
+        note_waiting(table, {d[0] for d in due}, {c[0] for c in chosen})
         rewrite = len(private.manifest_list(table, latest)) > options.manifest_merge_min_count
         if not chosen and not rewrite:
             return
