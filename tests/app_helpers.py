@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import itertools
 import os
 import re
 import socket
@@ -208,10 +209,31 @@ def table_state(config: PixelsConfig) -> dict[tuple, tuple]:
     return state
 
 
+def final_state_of(handed_out: list) -> dict[tuple, tuple]:
+    """The final state of the changes ``handed_out`` (in delivery order), NaN made comparable."""
+    events = [(h.op, h.before, h.after) for h in handed_out]
+    return {k: mock_data.comparable(v) for k, v in mock_data.final_state(SCHEMA, events).items()}
+
+
 def expected_state(server) -> dict[tuple, tuple]:
     """The final state of everything the server handed out, NaN made comparable."""
-    events = [(h.op, h.before, h.after) for h in server.handed_out()]
-    return {k: mock_data.comparable(v) for k, v in mock_data.final_state(SCHEMA, events).items()}
+    return final_state_of(server.handed_out())
+
+
+def stored_in_flight(state: dict, handed_out: list, in_flight: list[list]) -> tuple[list, list]:
+    """Which of a killed run's unconfirmed responses (``server.unconfirmed_responses()`` after
+    the kill) the table ``state`` holds, and the records it holds: each response is stored
+    whole (journaled before the kill, replayed on restart) or lost whole in flight, which no
+    client of this protocol can prevent. Fails unless ``state`` is exactly one such outcome."""
+    for stored in itertools.product([True, False], repeat=len(in_flight)):
+        dropped = {id(h) for response, keep in zip(in_flight, stored) if not keep for h in response}
+        kept = [h for h in handed_out if id(h) not in dropped]
+        if state == final_state_of(kept):
+            return [r for r, keep in zip(in_flight, stored) if keep], kept
+    every = final_state_of(handed_out)
+    differing = sorted(k for k in every.keys() | state.keys() if every.get(k) != state.get(k))
+    raise AssertionError(f"the table is no outcome of the {len(in_flight)} responses in flight; keys differing "
+                         f"from every change applied: {differing[:20]}")
 
 
 def assert_table_is_final_state(config: PixelsConfig, server) -> None:

@@ -7,17 +7,15 @@ see docs/other-engines.md.)"""
 
 from __future__ import annotations
 
-import itertools
 import re
 import sqlite3
 import time
 
 import pytest
-from app_helpers import SCHEMA, cdc_history, free_port, last_checkpoint, load_config, run_cli_to_end, table_state, write_properties
+from app_helpers import SCHEMA, cdc_history, free_port, last_checkpoint, load_config, run_cli_to_end, stored_in_flight, table_state, write_properties
 from engines import RestCatalogServer, feed, require
 from test_app import assert_commits_account_for_everything, launch, run_args, serve  # noqa: F401 (fixtures)
 
-from beam_pixels.testing import mock_data
 
 COMMITTED = r"committed batch \d+"
 RETRY_LINE = r"catalog unavailable while trying to \w+"
@@ -57,32 +55,13 @@ def test_a_run_through_the_rest_catalog_restarts_exactly_once_and_maintains(tmp_
     second = run_cli_to_end(launch.cli(*run_args(properties, server.port)), timeout=180)
 
     config = load_config(properties, server.port)
-    stored, kept = _stored_in_flight(table_state(config), server.handed_out(), in_flight)
+    stored, kept = stored_in_flight(table_state(config), server.handed_out(), in_flight)
     # Each change committed once: the table's positions count the changes it holds.
     assert sum(last_checkpoint(config).positions.values()) == len(kept), second.describe()
     # A stored response the server never saw confirmed can only have come back from the journal.
     assert "replaying" in second.output or not stored, second.describe()
     assert re.search(r"maintained pixels\.iceberg_orders: .* [1-9]\d* files compacted", first.output + second.output), \
         first.describe() + second.describe()
-
-
-def _stored_in_flight(state: dict, handed_out: list, in_flight: list[list]) -> tuple[list, list]:
-    """Which of the killed run's unconfirmed responses the table holds, and the records it
-    holds: each response is stored whole (journaled before the kill, replayed on restart)
-    or lost whole. Fails unless ``state`` is exactly the changes of one such outcome."""
-    def expected(kept):
-        events = [(h.op, h.before, h.after) for h in kept]
-        return {k: mock_data.comparable(v) for k, v in mock_data.final_state(SCHEMA, events).items()}
-
-    for stored in itertools.product([True, False], repeat=len(in_flight)):
-        dropped = {id(h) for response, keep in zip(in_flight, stored) if not keep for h in response}
-        kept = [h for h in handed_out if id(h) not in dropped]
-        if state == expected(kept):
-            return [r for r, keep in zip(in_flight, stored) if keep], kept
-    every = expected(handed_out)
-    differing = sorted(k for k in every.keys() | state.keys() if every.get(k) != state.get(k))
-    pytest.fail(f"the table is no outcome of the {len(in_flight)} responses in flight; keys differing from "
-                f"every change applied: {differing[:20]}")
 
 
 def _streaming_run(tmp_path, serve, launch, catalog: dict[str, str], seed: int, chunk: int = 100):  # noqa: F811
