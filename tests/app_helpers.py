@@ -253,11 +253,11 @@ def last_checkpoint(config: PixelsConfig):
         return writer.last_checkpoint()
 
 
-def records_per_poll_group(config: PixelsConfig, server) -> dict[int, int]:
-    """How many handed-out records came from each poll group's buckets."""
+def records_per_poll_group(config: PixelsConfig, server, handed_out: list | None = None) -> dict[int, int]:
+    """How many handed-out records (``handed_out``, else all the server's) came from each poll group's buckets."""
     groups = partition_buckets(list(config.buckets), config.parallelism)
     group_of = {b: g for g, buckets in enumerate(groups) for b in buckets}
     counts: dict[int, int] = {}
-    for h in server.handed_out():
+    for h in server.handed_out() if handed_out is None else handed_out:
         counts[group_of[h.bucket]] = counts.get(group_of[h.bucket], 0) + 1
     return counts
