@@ -166,7 +166,8 @@ KEYS: tuple[Key, ...] = (
         "num-sorted-run.compaction-trigger; empty = the table's option, else 5).", _PAIMON),
     Key("paimon.compaction.max-mb-per-pass", "paimon_compaction_max_mb", "256", Int(1),
         "Input megabytes one maintenance pass compacts at most (at least one bucket; of an append table at "
-        "least two files), so commits keep their interval; the rest waits for the next pass.", _PAIMON),
+        "least two files), so commits keep their interval; the rest waits for the next pass, where the "
+        "buckets that waited go first.", _PAIMON),
     Key("paimon.compaction.file-percent", "paimon_compaction_file_percent", "25", Int(1, 100),
         "Deletion-vector tables: compaction writes files of about this share of their bucket's live rows "
         "(at least 65,536, a deletion vector's container; a large commit: of its rows per bucket, at least "
