@@ -12,40 +12,12 @@ import logging
 import sys
 
 from beam_pixels.config import ConfigError, PixelsConfig
+from beam_pixels.logs import configure_logging
 from beam_pixels.schema import SchemaError
 
 USER_ERROR = 2
 CATALOG_AWAY = 3
 INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
-
-
-class _DropBeamImportNoise(logging.Filter):
-    """Beam warns on import about optional Google Cloud clients this tool never uses."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("apitools not found")
-
-
-class _DropCatalogOutageTraceback(logging.Filter):
-    """Beam logs the error that ends a bundle with its traceback; a catalog away for longer than
-    sink.catalog.retry.ms ends the run with one line of its own (see :func:`_run`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return type(error).__name__ != "CatalogUnavailable"
-
-
-def configure_logging(verbose: bool = False) -> None:
-    """Readable logs: INFO from beam_pixels, warnings from everything else."""
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_DropBeamImportNoise())
-        handler.addFilter(_DropCatalogOutageTraceback())
-    logging.getLogger("beam_pixels").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -66,6 +66,7 @@ from beam_pixels.codec import BINARY
 from beam_pixels.decode import CHANGES, DEAD_LETTERS, METRICS_NAMESPACE, DecodePollsFn, TableDecoder
 from beam_pixels.flink import placement
 from beam_pixels.journal import PollJournal, Segment
+from beam_pixels.logs import worker_logging
 from beam_pixels.metrics import table_namespace
 from beam_pixels.schema import SourceSchema
 from beam_pixels.wire import RawPoll, count_records
@@ -678,6 +679,7 @@ class _PollPixelsFn(beam.DoFn):
         self._tables = dict(tables)
 
     def setup(self):
+        worker_logging()
         for table in self._tables.values():
             table.setup()
 

@@ -30,7 +30,7 @@ import threading
 import time
 
 from beam_pixels import app
-from beam_pixels.cli import configure_logging
+from beam_pixels.logs import configure_logging
 from beam_pixels.config import PixelsConfig
 from beam_pixels.schema import SourceSchema
 from beam_pixels.testing.mock_server import MockPixelsServer

@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from beam_pixels.flink import job_server, placement
 from beam_pixels.app import IN_PROCESS_RUNNERS, open_table_writer
-from beam_pixels.cli import configure_logging
+from beam_pixels.logs import configure_logging
 from beam_pixels.config import ConfigError, PixelsConfig
 from beam_pixels.dead_letters import WriteDeadLetters
 from beam_pixels.journal import TrimJournal

@@ -512,6 +512,9 @@ def test_with_the_worker_pool_the_job_outlives_its_killed_client_a_killed_taskma
     run.proc.wait(30)
     after_client = last_checkpoint(config).batch_id
     wait_until(lambda: last_checkpoint(config).batch_id >= after_client + 2, 60, "two commits after the client's kill -9")
+    # an operator following the job finds its commits in the pool's log
+    pool_log = (flink.state_dir / "log" / "workerpool.log").read_text(errors="replace")
+    assert re.search(rf"INFO beam_pixels\.\S+: committed batch {after_client + 1} ", pool_log), pool_log[-3000:]
     wait_until(lambda: flink.checkpoint_counts(job)["completed"] >= 1, 60, "a completed Flink checkpoint")
 
     taskmanager, pool = flink.taskmanager_pid(1), flink.worker_pool_pid()

@@ -27,6 +27,7 @@ from apache_beam.transforms import window as beam_window
 from beam_pixels.changes import ChangeBatch, OpCounts, concat_records, op_counts
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.errors import ConfigError
+from beam_pixels.logs import worker_logging
 from beam_pixels.metrics import SINK, table_namespace
 from beam_pixels.schema import SourceSchema
 
@@ -389,6 +390,7 @@ class _WriteAndCommitFn(beam.DoFn):
         self._latency = {label: Metrics.distribution(ns, "write_data_files_ms") for label, ns in namespaces.items()}
 
     def setup(self):
+        worker_logging()
         self._open = _OpenWriters(self._keep_open)  # a table's writer opens at its first changes
 
     def teardown(self):
