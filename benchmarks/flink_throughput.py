@@ -129,7 +129,10 @@ def measure(sink: str, chunks_path: Path, rows: int, args, cluster: dict[str, st
     print(f"{sink}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f} rows/s (polled in {polled:.1f} s, "
           f"committed {committed - server.last_records:.1f} s after the last rows were polled; their window ended "
           f"{window_end - server.last_records:.1f} s after them)", flush=True)
-    print(f"{sink}: {last_window_stages(workdir / f'{sink}.log', server.last_records, window_s)}", flush=True)
+    # LOOPBACK workers log in the run's output; the cluster's worker pool (EXTERNAL) in its own log
+    external = "EXTERNAL" in args.pipeline_args
+    worker_log = Path(args.cluster_dir) / "log" / "workerpool.log" if external else workdir / f"{sink}.log"
+    print(f"{sink}: {last_window_stages(worker_log, server.last_records, window_s)}", flush=True)
     return rows / seconds
 
 
