@@ -485,8 +485,8 @@ class _TablePoller:
                 tracker.defer_remainder(Duration.of(self._poll_interval_s))
                 return
             # Never behind the watermark (a record stamped behind it would be late, and dropped).
-            self._idle_since[gid] = now = time.time()
-            poll_time = self._latest_stamp[gid] = max(now, float(watermark.current_watermark() or 0))
+            self._idle_since[gid] = answered = time.time()
+            poll_time = self._latest_stamp[gid] = max(answered, float(watermark.current_watermark() or 0))
             if not tracker.try_claim(response.end - 1):
                 _LOG.warning("%s poll group %d: the runner checkpointed while positions %d..%d were being polled; "
                              "they are emitted when the group resumes", self._source_table, gid, response.start, response.end - 1)

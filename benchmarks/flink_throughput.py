@@ -130,7 +130,7 @@ def measure(sink: str, chunks_path: Path, rows: int, args, cluster: dict[str, st
           f"committed {committed - server.last_records:.1f} s after the last rows were polled; their window ended "
           f"{window_end - server.last_records:.1f} s after them)", flush=True)
     # LOOPBACK workers log in the run's output; the cluster's worker pool (EXTERNAL) in its own log
-    external = "EXTERNAL" in args.pipeline_args
+    external = "EXTERNAL" in " ".join(args.pipeline_args)  # --environment_type EXTERNAL, or =EXTERNAL
     worker_log = Path(args.cluster_dir) / "log" / "workerpool.log" if external else workdir / f"{sink}.log"
     print(f"{sink}: {last_window_stages(worker_log, server.last_records, window_s)}", flush=True)
     return rows / seconds

@@ -207,12 +207,13 @@ def longest_waiting_first(table, due: list, bucket_of, then) -> list:
     return sorted(due, key=lambda item: (-waited.get(bucket_of(item), 0), then(item)))
 
 
-def note_waiting(table, due: set, chosen: set) -> None:
-    """Count one more pass for each bucket of ``due`` this pass did not choose."""
+def note_waiting(table, due: set, chosen: set) -> int:
+    """Count one more pass for each bucket of ``due`` this pass did not choose; how many those are."""
     location = table.table_path
     with _LIVE_LOCK:
         waited = _WAITED.get(location, {})
         _WAITED[location] = {bucket: waited.get(bucket, 0) + 1 for bucket in due - chosen}
+        return len(_WAITED[location])
 
 
 def run_pass(table, table_name: str, commit_user: str, checkpoint_snapshot, options: MaintenanceOptions) -> PassReport:
@@ -268,8 +269,7 @@ def _compact(table, commit_user: str, checkpoint_snapshot, options: MaintenanceO
             continue
         chosen.append((partition, bucket, unit))
         budget -= unit.size
-    report.buckets_waiting = len(due) - len(chosen)
-    note_waiting(table, {d[1:3] for d in due}, {c[:2] for c in chosen})
+    report.buckets_waiting = note_waiting(table, {d[1:3] for d in due}, {c[:2] for c in chosen})
     manifests = len(private.manifest_list(table, latest))
     rewrite = manifests > options.manifest_merge_min_count
     if not chosen and not rewrite:
@@ -324,8 +324,7 @@ def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: Maintenan
                 continue
             chosen.append((bucket, rewrite))
             budget -= size
-        report.buckets_waiting = len({d[0] for d in due} - {c[0] for c in chosen})
-        note_waiting(table, {d[0] for d in due}, {c[0] for c in chosen})
+        report.buckets_waiting = note_waiting(table, {d[0] for d in due}, {c[0] for c in chosen})
         rewrite = len(private.manifest_list(table, latest)) > options.manifest_merge_min_count
         if not chosen and not rewrite:
             return
