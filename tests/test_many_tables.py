@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import re
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -299,6 +300,48 @@ def test_a_table_whose_server_is_away_does_not_hold_the_others_commits(tmp_path,
         assert_table_exact(tables["customers"], away)
     finally:
         away.stop()
+        streams.stop()
+
+
+def test_a_table_whose_catalog_is_locked_holds_the_others_only_while_its_commit_retries(tmp_path, launched):
+    """customers has a catalog of its own (the SQLite file of its own warehouse), which another
+    process holds locked mid-run: customers' commit is retried, in lines naming it; the others'
+    next commits wait for that round (a local round ends when every table has committed) and go
+    on once the lock is released; every table ends exact, each committing batch after batch."""
+    streams = Streams(seed=7, chunks=40, every_s=0.5).start()
+    customers_warehouse = tmp_path / "customers-warehouse"
+    try:
+        props = properties(tmp_path, "iceberg", streams.server.port,
+                           **{"table.customers.iceberg.catalog.warehouse": str(customers_warehouse)})
+        run = cli(launched, tmp_path, "run", "--config", str(props))
+        streams.feed_once_polled(run)
+        deadline = time.monotonic() + 120
+        while "pixels.dim_customers" not in {c.table for c in run.commits()}:
+            assert time.monotonic() < deadline and run.proc.poll() is None, run.describe()
+            time.sleep(0.05)
+
+        holder = sqlite3.connect(customers_warehouse / "catalog.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        run.wait_for(r"pixels\.dim_customers: catalog unavailable while trying to \w+ .*database is locked", timeout=60)
+        time.sleep(4)
+        orders_while_locked = sum(1 for c in run.commits() if c.table == "pixels.orders")
+        holder.execute("COMMIT")
+        holder.close()
+        run.wait_for(r"pixels\.dim_customers: catalog back after \d+ retries", timeout=60)
+        deadline = time.monotonic() + 60
+        while sum(1 for c in run.commits() if c.table == "pixels.orders") < orders_while_locked + 2:
+            assert time.monotonic() < deadline and run.proc.poll() is None, f"orders stopped committing:\n{run.describe()}"
+            time.sleep(0.05)
+        streams.wait_all_loaded()
+        run_cli_to_end(run, timeout=180)
+
+        config = PixelsConfig.load(props)
+        for name, table in config.tables().items():
+            assert_table_exact(table, streams.tables[name])
+            batches = [c.batch_id for c in run.commits() if c.table == f"pixels.{table.iceberg_table}"]
+            assert batches == list(range(1, len(batches) + 1)), (name, batches)
+        assert "unavailable" not in "".join(line for line in run.output.splitlines() if "pixels.orders" in line)
+    finally:
         streams.stop()
 
 
