@@ -100,3 +100,25 @@ def test_a_commit_builds_on_the_checkpoint_read_before_preparing_and_its_retry_r
     assert len(table.snapshots()) == 1
     assert sorted(table.scan().to_arrow().column("id").to_pylist()) == list(range(10))
     writer.close()
+
+
+def test_the_keying_step_loads_the_sinks_module_when_set_up_with_the_poller():
+    """On a fresh SDK worker (the cluster's worker pool) the steps before the grouping are set up
+    as the job starts: setting up the keying step imports the sink's module (pyiceberg's
+    writer), which the write step would otherwise import at the first window."""
+    import pickle
+    import subprocess
+    import sys
+
+    from beam_pixels.sinks.committing import _KeyByTable
+
+    step = pickle.dumps(_KeyByTable([IcebergTableWriter.__module__]))
+    probe = (
+        "import pickle, sys; step = pickle.loads(sys.stdin.buffer.read()); "
+        f"before = {IcebergTableWriter.__module__!r} in sys.modules; step.setup(); "
+        f"print(before, {IcebergTableWriter.__module__!r} in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], input=step, capture_output=True, timeout=120, check=True)
+    assert done.stdout.split() == [b"False", b"True"], done.stderr.decode()
+    batch = _batch(0, [1, 2])
+    assert list(_KeyByTable([]).process(batch)) == [("", batch)]
