@@ -1,6 +1,10 @@
 """The shared commit path: data files written per poll group, one commit per window, and
 what the committer does with parts another commit already covered."""
 
+import pickle
+import subprocess
+import sys
+
 import apache_beam as beam
 import pyarrow as pa
 import pytest
@@ -10,7 +14,7 @@ from pyiceberg.catalog import load_catalog
 from beam_pixels.changes import ChangeBatch, Op, op_counts
 from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.schema import SourceSchema
-from beam_pixels.sinks.committing import WriteChanges, _PreparedPart, _TableCommitter
+from beam_pixels.sinks.committing import WriteChanges, _KeyByTable, _PreparedPart, _TableCommitter
 from beam_pixels.sinks.iceberg import IcebergTableWriter
 
 SCHEMA = SourceSchema.parse("id:BIGINT,name:STRING", ["id"])
@@ -106,12 +110,6 @@ def test_the_keying_step_loads_the_sinks_module_when_set_up_with_the_poller():
     """On a fresh SDK worker (the cluster's worker pool) the steps before the grouping are set up
     as the job starts: setting up the keying step imports the sink's module (pyiceberg's
     writer), which the write step would otherwise import at the first window."""
-    import pickle
-    import subprocess
-    import sys
-
-    from beam_pixels.sinks.committing import _KeyByTable
-
     step = pickle.dumps(_KeyByTable([IcebergTableWriter.__module__]))
     probe = (
         "import pickle, sys; step = pickle.loads(sys.stdin.buffer.read()); "
