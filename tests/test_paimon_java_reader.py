@@ -11,6 +11,7 @@ Skipped when the reader is not installed (``scripts/paimon-java-reader.sh instal
 
 from __future__ import annotations
 
+from datetime import date, datetime, timedelta
 from datetime import time as clock
 from decimal import Decimal
 
@@ -80,6 +81,47 @@ def test_every_column_type_reads_the_same_in_java(tmp_path):
     assert rows == final_state(ALL_TYPES, first, second)
     assert rows == pypaimon_all_types(properties, "shop.items", ALL_TYPES)
     assert [(r["id"], r["code"]) for r in rows] == [(2, "AB"), (4, "AB"), (4, "CD"), (5, "AB"), (6, "AB"), (30, "AB")]
+
+
+EVENTS = SourceSchema.parse("id:BIGINT, ts:TIMESTAMP, day:DATE, note:STRING, txt:STRING, amount:DOUBLE",
+                            primary_key=["id"])
+
+
+def event_row(i: int, version: int = 0) -> dict:
+    """An EVENTS row: ``note`` 16 hex digits (one length), ``txt`` of varied lengths."""
+    return {"id": i, "ts": datetime(2024, 1, 1) + timedelta(seconds=7 * i + version),
+            "day": date(2000, 1, 1) + timedelta(days=i), "note": f"{(i * 2654435761 + version) % 2**64:016x}",
+            "txt": "x" * (i % 13) + str(version), "amount": i * 1.25 + version}
+
+
+def test_files_in_every_encoding_the_writer_picks_read_the_same_in_java(tmp_path):
+    """The writer encodes unique integers and timestamps ``DELTA_BINARY_PACKED`` and strings of
+    one length ``DELTA_LENGTH_BYTE_ARRAY`` (``parquet_encodings``); Java must read them exactly."""
+    import pyarrow.parquet as pq
+
+    properties = warehouse_properties(tmp_path)
+    writer = PaimonTableWriter(EVENTS, "shop.events", properties, bucket=2)
+    writer.open()
+    first = [(I, None, event_row(i)) for i in range(3000)]
+    second = [(U, event_row(i), event_row(i, 1)) for i in range(0, 3000, 5)]
+    second += [(D, event_row(i), None) for i in range(1, 3000, 7)]
+    commit(writer, ChangeBatch.from_changes(EVENTS, first))
+    commit(writer, ChangeBatch.from_changes(EVENTS, second, start_position=len(first)))
+
+    table = writer._table
+    encodings: dict[str, set[str]] = {}
+    for entries in live_files(table, private.latest_snapshot(table)).values():
+        for entry in entries:
+            metadata = pq.ParquetFile(private.data_file_paths(table, entry)[0]).metadata.row_group(0)
+            for i in range(metadata.num_columns):
+                encodings.setdefault(metadata.column(i).path_in_schema, set()).update(metadata.column(i).encodings)
+    assert {"id", "_KEY_id", "ts", "day", "_SEQUENCE_NUMBER"} <= {c for c, e in encodings.items()
+                                                                  if "DELTA_BINARY_PACKED" in e}
+    assert "DELTA_LENGTH_BYTE_ARRAY" in encodings["note"] and "DELTA_LENGTH_BYTE_ARRAY" not in encodings["txt"]
+
+    rows = java.read(properties["warehouse"], "shop.events").sorted_rows(["id"], EVENTS.names)
+    assert rows == final_state(EVENTS, first, second)
+    assert rows == pypaimon_all_types(properties, "shop.events", EVENTS)
 
 
 def test_compacted_and_expired_tables_read_the_same_in_java_at_every_snapshot(tmp_path, monkeypatch):

@@ -64,7 +64,9 @@ class KeyValueWriter(KeyValueDataWriter):
     pypaimon writes 0, and every Paimon reader then takes a bucket's lone
     level-0 file as raw-convertible and returns its ``-D`` rows as live rows.
     It skips the row-by-row buffer fold when the keys are already unique.
-    It dictionary-encodes only the columns that repeat (:func:`dictionary_columns`). And
+    It dictionary-encodes only the columns that repeat, picks a leaner encoding for
+    the others (:func:`parquet_encodings`) and compresses floating-point columns a level
+    harder (:func:`zstd_levels`). And
     with ``max_rows_per_file`` it writes files of about that many rows, in even parts (the
     nearest count of parts: 1.4 times as many rows stay one file, rather than two files of
     0.7; a deletion vector spends up to 8 KB on each file's every 65,536 rows, so halves
@@ -87,8 +89,16 @@ class KeyValueWriter(KeyValueDataWriter):
             super()._roll_write(data.slice(start, size))
 
     def _write_parquet_data(self, path, data):
-        self.parquet_writer_options = dict(self.parquet_writer_options, use_dictionary=dictionary_columns(data))
-        return super()._write_parquet_data(path, data)
+        dictionary, encodings = parquet_encodings(data)
+        self.parquet_writer_options = dict(self.parquet_writer_options, use_dictionary=dictionary,
+                                           column_encoding=encodings)
+        level = self.zstd_level
+        if str(self.compression).lower() == "zstd":
+            self.zstd_level = zstd_levels(data.schema, level)  # pypaimon passes it on as pyarrow's compression_level
+        try:
+            return super()._write_parquet_data(path, data)
+        finally:
+            self.zstd_level = level
 
     def _write_data_to_file(self, data: pa.Table) -> None:
         written = len(self.committed_files)
@@ -136,16 +146,52 @@ class KeyValueWriter(KeyValueDataWriter):
         return super()._merge_pending_by_pk(data)
 
 
-def dictionary_columns(data: pa.Table, sample: int = 1024) -> list[str]:
-    """The columns of a file worth a Parquet dictionary: at most half the values distinct in
-    an even sample of ``sample`` rows (counting all of them cost as much as writing the file).
-    pyarrow's default dictionary-encodes every column until the dictionary reaches 1 MB, so
-    a file of unique keys, sequence numbers or random strings stores each value twice
-    (dictionary and index): 30-45% more bytes than plain-encoded and compressed ones. Nested
-    columns get none."""
+def parquet_encodings(data: pa.Table, sample: int = 1024) -> tuple[list[str], dict[str, str]]:
+    """How each column of a file is encoded: the columns worth a Parquet dictionary, and an
+    encoding for the others, judged on an even sample of ``sample`` rows (counting all of
+    them cost as much as writing the file).
+
+    A dictionary where at most half the sampled values are distinct: pyarrow's default
+    dictionary-encodes every column until the dictionary reaches 1 MB, so a file of unique
+    keys, sequence numbers or random strings stores each value twice (dictionary and
+    index), 30-45% more bytes than plain-encoded and compressed ones. Of the others,
+    integers, dates and timestamps get ``DELTA_BINARY_PACKED`` (sorted keys and sequence
+    numbers shrink to a byte or two), and strings whose sampled values all have one
+    length ``DELTA_LENGTH_BYTE_ARRAY`` (hashes, UUIDs, codes: the lengths vanish instead
+    of breaking up the bytes); strings of varied lengths compress better plain. Paimon's
+    Java reader (1.3) refuses ``BYTE_STREAM_SPLIT`` and misreads ``DELTA_LENGTH_BYTE_ARRAY``
+    binaries of a fixed size, so floating-point numbers and binaries stay plain.
+    Nested columns keep pyarrow's defaults.
+    """
     rows = data.take(np.linspace(0, data.num_rows - 1, sample).astype(np.int64)) if data.num_rows > sample else data
-    return [name for name, column in zip(rows.column_names, rows.columns)
-            if not pa.types.is_nested(column.type) and pc.count_distinct(column).as_py() * 2 <= len(column)]
+    dictionary, encodings = [], {}
+    for name, column in zip(rows.column_names, rows.columns):
+        kind = column.type
+        if pa.types.is_nested(kind):
+            continue
+        if pc.count_distinct(column).as_py() * 2 <= len(column):
+            dictionary.append(name)
+        elif pa.types.is_integer(kind) or pa.types.is_temporal(kind) and not pa.types.is_duration(kind):
+            encodings[name] = "DELTA_BINARY_PACKED"
+        elif (pa.types.is_string(kind) or pa.types.is_large_string(kind)) \
+                and pc.count_distinct(pc.binary_length(column)).as_py() == 1:
+            encodings[name] = "DELTA_LENGTH_BYTE_ARRAY"
+    return dictionary, encodings
+
+
+FLOAT_ZSTD_LEVEL = 2
+
+
+def zstd_levels(schema: pa.Schema, level: int) -> int | dict[str, int]:
+    """The zstd level of each column: the table's (``file.compression.zstd-level``, 1 by
+    default), but at least :data:`FLOAT_ZSTD_LEVEL` for floating-point columns. At level 1
+    zstd leaves doubles that hold decimal values (prices, amounts: 12345.67) 30-40% bigger
+    than at level 2, which writes them about 15 ns a value slower; other columns gain
+    nothing from level 2, and strings lose a little."""
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    if not floats or level >= FLOAT_ZSTD_LEVEL:
+        return level
+    return {**{name: level for name in schema.names}, **{name: FLOAT_ZSTD_LEVEL for name in floats}}
 
 
 class _SequenceFloors:
