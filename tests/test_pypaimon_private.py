@@ -366,3 +366,17 @@ def test_writes_in_one_process_take_ever_higher_sequence_numbers(tmp_path, monke
     monkeypatch.setattr(private, "SEQUENCE_FLOORS", private._SequenceFloors())  # a new process
     (message,) = prepare(3)
     assert message.new_files[0].min_sequence_number > highest
+
+
+def test_strictly_increasing_orders_rows_as_arrows_sort_does():
+    """The writer skips pypaimon's sort of a bucket's rows only when this holds; a wrong True
+    would write an unsorted file (and lose the newer of two rows of one key)."""
+    ints, names = pa.array([1, 2, 2, 3]), pa.array(["b", "a", "c", "a"])
+    assert private.strictly_increasing([pa.array([1, 5, 9])]) and private.strictly_increasing([pa.array([7])])
+    assert not private.strictly_increasing([pa.array([1, 5, 5])])
+    assert not private.strictly_increasing([pa.array([1, 5, 4])])
+    assert not private.strictly_increasing([pa.array([1, None, 4])])
+    assert private.strictly_increasing([ints, names])  # (2, "a") < (2, "c")
+    assert not private.strictly_increasing([ints, pa.array(["b", "c", "a", "a"])])  # (2, "c") > (2, "a")
+    assert not private.strictly_increasing([pa.array([1, 1]), pa.array(["x", "x"])])
+    assert private.strictly_increasing([pa.array(["a", "ab", "b"])])
