@@ -2,7 +2,7 @@
 
     scripts/flink-local-cluster.sh start
     python benchmarks/flink_throughput.py [--rows 200000] [--sinks iceberg paimon] [--parallelism 2] \
-        [--workdir DIR] [-- PIPELINE_ARG...]
+        [--repeat 1] [--workdir DIR] [-- PIPELINE_ARG...]
 
 For each sink: the benchmark server (prebuilt responses, its own process, see
 :mod:`beam_pixels.bench.server`) holds ``--rows`` INSERTs; ``beam-pixels run`` submits the
@@ -13,7 +13,9 @@ hold exactly ``--rows`` distinct keys. Job submission and start-up are not timed
 same run, the single-thread ceiling of :mod:`beam_pixels.bench.throughput` (poll, decode, write
 Parquet; no framework) on the same data, since a shared machine's speed varies from run to run.
 Prints one line per measurement and a ``RESULT`` line with each sink's rate and its ratio to the
-ceiling.
+ceiling (with ``--repeat``, the medians). The job measured second on the cluster runs slower
+whichever sink it is, so to compare the sinks use ``--repeat`` (an even number): every other
+round measures them in the other order.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -184,6 +187,9 @@ def main(argv=None) -> int:
     # windows left the last one's data files to be written after polling, in one go (docs/performance.md).
     parser.add_argument("--window-ms", type=int, default=2000, help="checkpoint.interval.ms: window and checkpoint")
     parser.add_argument("--timeout-s", type=float, default=900)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure each sink this many times, the sinks' order reversed every other round; "
+                             "the RESULT line gives the medians")
     parser.add_argument("--workdir", type=Path,
                         help="a new or empty directory to keep the data, logs and tables in (default: a temporary one)")
     parser.add_argument("--cluster-dir", type=Path, default=Path(os.environ.get("FLINK_CLUSTER_DIR", DEFAULT_STATE)))
@@ -196,10 +202,18 @@ def main(argv=None) -> int:
         chunks_path = workdir / "chunks.pickle"
         save_chunks(build_chunks(SourceSchema.parse(SCHEMA, [KEY]), args.rows), chunks_path)
         ceiling = ceiling_rate(chunks_path, args.rows, workdir)
-        rates = {sink: measure(sink, chunks_path, args.rows, args, cluster, workdir) for sink in args.sinks}
+        rates: dict[str, list[float]] = {sink: [] for sink in args.sinks}
+        for round_number in range(args.repeat):
+            # The job measured second on the cluster ran up to a quarter slower whichever sink it was.
+            order = args.sinks if round_number % 2 == 0 else args.sinks[::-1]
+            directory = workdir if args.repeat == 1 else workdir / f"round-{round_number + 1}"
+            directory.mkdir(exist_ok=True)
+            for sink in order:
+                rates[sink].append(measure(sink, chunks_path, args.rows, args, cluster, directory))
+    medians = {sink: statistics.median(values) for sink, values in rates.items()}
     print(f"RESULT ceiling_rows_per_s={ceiling:.0f} "
           + " ".join(f"flink_{sink}_rows_per_s={rate:.0f} flink_{sink}_ratio={rate / ceiling:.2f}"
-                     for sink, rate in rates.items()), flush=True)
+                     for sink, rate in medians.items()), flush=True)
     return 0
 
 
