@@ -66,6 +66,27 @@ def test_vectorised_system_fields_equal_pypaimons(tmp_path):
         write.close()
 
 
+def test_write_path_hooks_keep_their_names():
+    """Every method the write path overrides still exists in pypaimon (an override of a
+    renamed method would silently stop being called), and the writer attributes
+    ``_write_parquet_data`` passes on are still set."""
+    import inspect
+
+    from pypaimon.write.file_store_write import FileStoreWrite
+    from pypaimon.write.table_write import StreamTableWrite
+    from pypaimon.write.writer.data_writer import DataWriter
+    from pypaimon.write.writer.key_value_data_writer import KeyValueDataWriter
+
+    for ours, theirs in [(private.KeyValueWriter, KeyValueDataWriter), (private._FileStoreWrite, FileStoreWrite),
+                         (private.StreamWrite, StreamTableWrite)]:
+        for name, member in vars(ours).items():
+            if inspect.isfunction(member) and name.startswith("_") and not name.startswith("__"):
+                assert callable(getattr(theirs, name, None)), f"pypaimon's {theirs.__name__} has no {name}"
+    source = inspect.getsource(DataWriter.__init__)
+    assert all(f"self.{name} =" in source for name in ("compression", "zstd_level", "parquet_writer_options"))
+    assert "zstd_level=self.zstd_level" in inspect.getsource(DataWriter._write_parquet_data)
+
+
 def test_maintenance_internals_keep_their_shape():
     """The private names, fields and signatures compaction and expiration call."""
     import dataclasses

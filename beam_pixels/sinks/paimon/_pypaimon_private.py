@@ -7,8 +7,9 @@ pypaimon upgrade changes one of them.
 Write path (:class:`StreamWrite`): ``TableWrite._create_file_store_write``,
 ``FileStoreWrite._create_data_writer`` / ``_prepare_commit_messages`` /
 ``_seq_number_stats``, ``KeyValueDataWriter._write_data_to_file`` /
-``_add_system_fields`` / ``_merge_pending_by_pk``, ``TableWrite._prepare_arrow_data`` /
-``_write_precomputed_bucket``:
+``_add_system_fields`` / ``_sort_by_primary_key`` / ``_merge_pending_by_pk`` /
+``_write_parquet_data`` (with the writer's ``compression``, ``zstd_level`` and
+``parquet_writer_options``), ``TableWrite._prepare_arrow_data`` / ``_write_precomputed_bucket``:
 
 - Correctness: pypaimon records ``delete_row_count=0`` for files holding ``-D``
   rows, so a bucket whose only file holds deletes would read them back as live
@@ -20,6 +21,8 @@ Write path (:class:`StreamWrite`): ``TableWrite._create_file_store_write``,
   (:class:`_SequenceFloors` reads them once per process) and checks row by row
   that a precomputed bucket's rows share a partition; the writer keeps each new
   file's key columns for the key index, which would otherwise read them back.
+- Size: pypaimon's Parquet options are the same for every column; here each column gets
+  its encoding and zstd level (:func:`parquet_encodings`, :func:`zstd_levels`).
 
 Table metadata: the options map (``options.options.to_map()``), the schema id, the
 file system (``file_io``), and Arrow/Paimon type conversion (``PyarrowFieldParser``).
@@ -177,10 +180,11 @@ def parquet_encodings(data: pa.Table, sample: int = 1024) -> tuple[list[str], di
     dictionary-encodes every column until the dictionary reaches 1 MB, so a file of unique
     keys, sequence numbers or random strings stores each value twice (dictionary and
     index), 30-45% more bytes than plain-encoded and compressed ones. Of the others,
-    integers, dates and timestamps get ``DELTA_BINARY_PACKED`` (sorted keys and sequence
-    numbers shrink to a byte or two), and strings whose sampled values all have one
-    length ``DELTA_LENGTH_BYTE_ARRAY`` (hashes, UUIDs, codes: the lengths vanish instead
-    of breaking up the bytes); strings of varied lengths compress better plain. Paimon's
+    integers, dates and timestamps get ``DELTA_BINARY_PACKED`` (a file's sorted keys and
+    its sequence numbers take about half a byte a row instead of one), and strings whose
+    sampled values all have one length ``DELTA_LENGTH_BYTE_ARRAY`` (hashes, UUIDs, codes:
+    the lengths vanish instead of breaking up the bytes); strings of varied lengths
+    compress better plain. Paimon's
     Java reader (1.3) refuses ``BYTE_STREAM_SPLIT`` and misreads ``DELTA_LENGTH_BYTE_ARRAY``
     binaries of a fixed size, so floating-point numbers and binaries stay plain.
     Nested columns keep pyarrow's defaults.
