@@ -22,6 +22,7 @@ from test_paimon_maintenance import ORDERS, commit_batches, expected, open_table
 from test_paimon_maintenance import read_rows as pypaimon_rows
 from test_paimon_sink import ALL_TYPES, D, I, S, U, commit, final_state, full_row, nulls_row
 from test_paimon_sink import read_rows as pypaimon_all_types
+from test_pypaimon_private import live_data_file_paths
 
 from beam_pixels.changes import ChangeBatch, Op, concat_records
 from beam_pixels.schema import SourceSchema
@@ -108,13 +109,11 @@ def test_files_in_every_encoding_the_writer_picks_read_the_same_in_java(tmp_path
     commit(writer, ChangeBatch.from_changes(EVENTS, first))
     commit(writer, ChangeBatch.from_changes(EVENTS, second, start_position=len(first)))
 
-    table = writer._table
     encodings: dict[str, set[str]] = {}
-    for entries in live_files(table, private.latest_snapshot(table)).values():
-        for entry in entries:
-            metadata = pq.ParquetFile(private.data_file_paths(table, entry)[0]).metadata.row_group(0)
-            for i in range(metadata.num_columns):
-                encodings.setdefault(metadata.column(i).path_in_schema, set()).update(metadata.column(i).encodings)
+    for path in live_data_file_paths(writer._table):
+        metadata = pq.ParquetFile(path).metadata.row_group(0)
+        for i in range(metadata.num_columns):
+            encodings.setdefault(metadata.column(i).path_in_schema, set()).update(metadata.column(i).encodings)
     assert {"id", "_KEY_id", "ts", "day", "_SEQUENCE_NUMBER"} <= {c for c, e in encodings.items()
                                                                   if "DELTA_BINARY_PACKED" in e}
     assert "DELTA_LENGTH_BYTE_ARRAY" in encodings["note"] and "DELTA_LENGTH_BYTE_ARRAY" not in encodings["txt"]

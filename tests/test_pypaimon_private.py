@@ -21,6 +21,23 @@ def catalog_properties(tmp_path) -> dict[str, str]:
     return {"type": "paimon", "warehouse": str(tmp_path / "warehouse")}
 
 
+def live_data_file_paths(table) -> list[str]:
+    """The Parquet path of every data file of the table's latest snapshot."""
+    from beam_pixels.sinks.paimon.maintenance import live_files
+
+    return [private.data_file_paths(table, entry)[0]
+            for entries in live_files(table, private.latest_snapshot(table)).values() for entry in entries]
+
+
+def commit_inserts(writer: PaimonTableWriter, rows: list[dict]) -> None:
+    """Commit ``rows`` as INSERTs, one batch, as ``WriteChanges`` does."""
+    from beam_pixels.changes import ChangeBatch, Op
+    from test_paimon_sink import commit
+
+    commit(writer, ChangeBatch.from_changes(writer.schema, [(Op.INSERT, None, r) for r in rows],
+                                            start_position=writer.last_checkpoint().next_position(0)))
+
+
 def test_vectorised_row_kinds_equal_pypaimons():
     """StreamWrite / KeyValueWriter overrides compute what pypaimon computes row by row."""
     from types import SimpleNamespace
@@ -244,23 +261,16 @@ def test_written_files_pick_dictionaries_encodings_and_zstd_levels_by_column(tmp
     import numpy as np
     import pyarrow.parquet as pq
 
-    from beam_pixels.changes import ChangeBatch, Op, concat_records
-    from beam_pixels.sinks.paimon.maintenance import live_files
     from test_paimon_maintenance import open_table
 
     schema = SourceSchema.parse("region:STRING, id:INT, code:STRING, note:STRING, price:DOUBLE", primary_key=["id"])
     writer = PaimonTableWriter(schema, "orders", catalog_properties(tmp_path), bucket=1)
     writer.open()
     prices = np.random.default_rng(7).integers(0, 10**8, 20_000) / 100
-    rows = [{"region": "eu" if i % 3 else "us", "id": i, "code": f"{i * 7919 % 10**6:06d}", "note": f"n{i}" * (i % 4),
-             "price": float(prices[i])} for i in range(20_000)]
-    checkpoint = writer.last_checkpoint()
-    records = concat_records([ChangeBatch.from_changes(schema, [(Op.INSERT, None, r) for r in rows], poll_group=0,
-                                                       start_position=checkpoint.next_position(0))], schema)
-    writer.commit(records, checkpoint.advance(records))
-    table = open_table(catalog_properties(tmp_path), "pixels.orders")
-    (entry,) = [e for entries in live_files(table, private.latest_snapshot(table)).values() for e in entries]
-    metadata = pq.ParquetFile(private.data_file_paths(table, entry)[0]).metadata.row_group(0)
+    commit_inserts(writer, [{"region": "eu" if i % 3 else "us", "id": i, "code": f"{i * 7919 % 10**6:06d}",
+                             "note": f"n{i}" * (i % 4), "price": float(prices[i])} for i in range(20_000)])
+    (path,) = live_data_file_paths(open_table(catalog_properties(tmp_path), "pixels.orders"))
+    metadata = pq.ParquetFile(path).metadata.row_group(0)
     columns = {metadata.column(i).path_in_schema: metadata.column(i) for i in range(metadata.num_columns)}
     dictionary = {name for name, c in columns.items() if any("DICTIONARY" in e for e in c.encodings)}
     assert {"region", "_VALUE_KIND"} <= dictionary and not dictionary & {"id", "_KEY_id", "_SEQUENCE_NUMBER", "note"}
@@ -422,8 +432,6 @@ def test_a_buckets_rows_in_any_key_order_are_written_sorted(tmp_path):
     import numpy as np
     import pyarrow.parquet as pq
 
-    from beam_pixels.changes import ChangeBatch, Op, concat_records
-    from beam_pixels.sinks.paimon.maintenance import live_files
     from test_paimon_maintenance import open_table
 
     ids = np.random.default_rng(3).permutation(5_000)
@@ -434,15 +442,9 @@ def test_a_buckets_rows_in_any_key_order_are_written_sorted(tmp_path):
         properties = catalog_properties(tmp_path / name)
         writer = PaimonTableWriter(schema, name, properties, bucket=2)
         writer.open()
-        rows = [{"id": int(k), "v": f"v{int(k) % 7}"} for k in keys]
-        checkpoint = writer.last_checkpoint()
-        records = concat_records([ChangeBatch.from_changes(schema, [(Op.INSERT, None, r) for r in rows], poll_group=0,
-                                                           start_position=checkpoint.next_position(0))], schema)
-        writer.commit(records, checkpoint.advance(records))
-        table = open_table(properties, f"pixels.{name}")
-        for entries in live_files(table, private.latest_snapshot(table)).values():
-            for entry in entries:
-                stored = pq.read_table(private.data_file_paths(table, entry)[0])
-                key = [(c, "ascending") for c in stored.column_names if c.startswith("_KEY_")]
-                assert stored.equals(stored.sort_by(key)), f"{name}: {entry.file.file_name} is not in key order"
+        commit_inserts(writer, [{"id": int(k), "v": f"v{int(k) % 7}"} for k in keys])
+        for path in live_data_file_paths(open_table(properties, f"pixels.{name}")):
+            stored = pq.read_table(path)
+            key = [(c, "ascending") for c in stored.column_names if c.startswith("_KEY_")]
+            assert stored.equals(stored.sort_by(key)), f"{name}: {path} is not in key order"
         assert sorted(r["id"] for r in writer.read_table().to_pylist()) == list(range(5_000)), name

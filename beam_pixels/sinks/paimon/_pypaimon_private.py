@@ -201,10 +201,9 @@ def parquet_encodings(data: pa.Table, sample: int = 1024) -> tuple[list[str], di
     its sequence numbers take about half a byte a row instead of one), and strings whose
     sampled values all have one length ``DELTA_LENGTH_BYTE_ARRAY`` (hashes, UUIDs, codes:
     the lengths vanish instead of breaking up the bytes); strings of varied lengths
-    compress better plain. Paimon's
-    Java reader (1.3) refuses ``BYTE_STREAM_SPLIT`` and misreads ``DELTA_LENGTH_BYTE_ARRAY``
-    binaries of a fixed size, so floating-point numbers and binaries stay plain.
-    Nested columns keep pyarrow's defaults.
+    compress better plain. Paimon's Java reader (1.3) refuses ``BYTE_STREAM_SPLIT`` and
+    misreads ``DELTA_LENGTH_BYTE_ARRAY`` binaries of a fixed size, so floating-point
+    numbers and binaries stay plain. Nested columns keep pyarrow's defaults.
     """
     rows = data.take(np.linspace(0, data.num_rows - 1, sample).astype(np.int64)) if data.num_rows > sample else data
     dictionary, encodings = [], {}
@@ -214,7 +213,7 @@ def parquet_encodings(data: pa.Table, sample: int = 1024) -> tuple[list[str], di
             continue
         if pc.count_distinct(column).as_py() * 2 <= len(column):
             dictionary.append(name)
-        elif pa.types.is_integer(kind) or pa.types.is_temporal(kind) and not pa.types.is_duration(kind):
+        elif pa.types.is_integer(kind) or pa.types.is_temporal(kind):
             encodings[name] = "DELTA_BINARY_PACKED"
         elif (pa.types.is_string(kind) or pa.types.is_large_string(kind)) \
                 and pc.count_distinct(pc.binary_length(column)).as_py() == 1:
