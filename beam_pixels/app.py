@@ -40,6 +40,7 @@ from beam_pixels.checkpoint import Checkpoint
 from beam_pixels.config import PixelsConfig
 from beam_pixels.dead_letters import WriteDeadLetters
 from beam_pixels.flink import job_server, placement
+from beam_pixels.flink.options import submission_options
 from beam_pixels.flink.rest import FINISHED_STATES, FlinkRest
 from beam_pixels.journal import BACKGROUND_TRIMS, TrimJournal
 from beam_pixels.sinks import sink_for
@@ -339,13 +340,7 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: b
     :mod:`beam_pixels.flink.job_server`). With ``detach`` the run returns once the job polls, leaving it
     running on the cluster (see :func:`_detach`).
     """
-    options = PipelineOptions(
-        pipeline_args,
-        streaming=True,
-        checkpointing_interval=config.checkpoint_interval_ms,
-        # Flink: a bundle left open (seen with a job's first bundle) is finished at the next checkpoint.
-        finish_bundle_before_checkpointing=True,
-    )
+    options = submission_options(pipeline_args, config.checkpoint_interval_ms)
     flink_rest = _detachable(options) if detach else None
     job_server.tie_to_this_process(options)
     p = beam.Pipeline(options=options)
@@ -381,22 +376,6 @@ def run_distributed(config: PixelsConfig, pipeline_args: list[str], *, detach: b
             with contextlib.suppress(Exception):  # the job may have ended meanwhile
                 result.cancel()
             raise
-
-
-class FlinkBundleOptions(PipelineOptions):
-    """``--max_bundle_time_mills``: Flink's job server option, declared here to give it our default.
-
-    Flink's runner finishes a bundle after at most this long (its own default: 1000 ms). A window's
-    commit waits for the watermark to pass the poller, the data-file writers and the committer, and
-    each stage passes it on when its bundle finishes: with 1 s bundles a commit came 2-4 s after its
-    window's end, with 100 ms about 1 s (``benchmarks/flink_throughput.py``, docs/performance.md).
-    """
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument(
-            "--max_bundle_time_mills", type=int, default=100,
-            help="Flink: the longest a bundle stays open, in ms (beam-pixels' default: 100; Beam's: 1000)")
 
 
 # How long ``--detach`` waits for the job to poll; its start-up (SDK workers, first bundles) takes

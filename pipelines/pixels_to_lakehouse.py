@@ -16,9 +16,10 @@ import logging
 import sys
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import StandardOptions
 
 from beam_pixels.flink import job_server, placement
+from beam_pixels.flink.options import submission_options
 from beam_pixels.app import IN_PROCESS_RUNNERS, open_table_writer
 from beam_pixels.logs import configure_logging
 from beam_pixels.config import ConfigError, PixelsConfig
@@ -66,13 +67,8 @@ def main(argv=None) -> int:
 
     # A bounded read commits once at its end; an unbounded one once per checkpoint interval.
     bounded = bool(config.stop_after_idle_ms or config.max_records)
-    # Flink: finish_bundle_before_checkpointing, or the first bundle can stay open (see README).
-    options = PipelineOptions(
-        beam_args,
-        streaming=not bounded,
-        checkpointing_interval=config.checkpoint_interval_ms,
-        finish_bundle_before_checkpointing=True,
-    )
+    # What Flink needs beside the user's options: checkpoints every interval, bundles finished at them.
+    options = submission_options(beam_args, config.checkpoint_interval_ms, streaming=not bounded)
     local_run = options.view_as(StandardOptions).runner in IN_PROCESS_RUNNERS
     job_server.tie_to_this_process(options)  # a job server FlinkRunner starts ends with this process
     with beam.Pipeline(options=options) as p:

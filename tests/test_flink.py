@@ -378,7 +378,10 @@ def test_windows_commit_while_the_source_runs_and_the_table_ends_exact(tmp_path,
     assert {v["parallelism"] for v in flink.rest(f"/jobs/{job}")["vertices"] if "Poll" in v["name"]} == {PARALLELISM}
     # Bundles of at most 100 ms (beam-pixels' default, not Flink runner's 1 s): each stage passes the
     # watermark on sooner, so a window commits sooner after its end.
-    assert flink.rest(f"/jobs/{job}/config")["execution-config"]["user-config"]["maxBundleTimeMills"] == "100"
+    execution_config = flink.rest(f"/jobs/{job}/config")["execution-config"]
+    assert execution_config["user-config"]["maxBundleTimeMills"] == "100"
+    # Chained operators hand a window's batches on without copying them (beam_pixels.flink.options).
+    assert execution_config["object-reuse-mode"] is True
 
     # The source's Beam metrics, through Flink's REST API (reported at the metric fetch interval).
     handed_out = len(feeder.server.handed_out())
@@ -423,8 +426,9 @@ def test_cancel_and_resubmit_as_the_pipeline_file_resumes_from_the_tables_positi
     flink.cancel_all()
     first_run.wait(60)
     at_cancel = last_checkpoint(config)
-    # resubmitted as the pipeline file, which must run on Flink as well
-    second_run, _ = submit(properties, feeder.server, pipeline_file=True)
+    # resubmitted as the pipeline file, which must run on Flink as well, with the same Flink options
+    second_run, second_job = submit(properties, feeder.server, pipeline_file=True)
+    assert flink.rest(f"/jobs/{second_job}/config")["execution-config"]["object-reuse-mode"] is True
 
     wait_all_committed(feeder, config, second_run, timeout=FIRST_POLL_S + 120)
     assert_table_is_exactly_what_was_handed_out(config, feeder.server)
