@@ -46,6 +46,7 @@ class LiveRows:
     entries: dict[str, object] = field(default_factory=dict)  # data file name -> ADD manifest entry
     vectors: dict[tuple, dict[str, np.ndarray]] = field(default_factory=dict)  # (partition, bucket) -> file -> positions
     index_entries: dict[tuple, list] = field(default_factory=dict)  # (partition, bucket) -> DV index manifest entries
+    rows_deleted: int = 0  # stored rows the commits since the state was built marked deleted (:mod:`.pacing`)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def bucket_of(self, name: str) -> tuple:

@@ -36,7 +36,8 @@ sorted run and marks the stored rows they replace deleted (:mod:`.merge_on_read`
    for minutes).
 
 Other newer runs are not rewritten for their deleted rows: they are drained, merged or
-dropped. Outputs roll at a share of the bucket's live rows (``paimon.compaction.file-percent``,
+dropped. Maintenance paces the rewrites of rules 2 and 4 by the table's deletions
+(:mod:`.pacing`). Outputs roll at a share of the bucket's live rows (``paimon.compaction.file-percent``,
 at least :data:`MIN_FILE_ROWS`), so that each of these rewrites costs that share.
 """
 
@@ -78,7 +79,8 @@ class Rewrite:
     """One rewrite in a bucket: ``inputs`` (whole runs, or one file) into files of ``level``
     rolled at ``file_rows``; with ``absorb_from``, the live rows those (newer) files hold
     from ``inputs``' first key (``lower``, None: unbounded) to ``upper`` (excluded; None:
-    unbounded) move in too."""
+    unbounded) move in too. ``reclaims``: a rewrite for the file's deleted rows (rules 2 and 4),
+    which maintenance paces (:mod:`.pacing`)."""
 
     inputs: list
     level: int
@@ -86,6 +88,7 @@ class Rewrite:
     absorb_from: tuple = ()
     lower: tuple | None = None
     upper: tuple | None = None
+    reclaims: bool = False
 
 
 @dataclass
@@ -136,7 +139,7 @@ def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
         for entry in runs[-2].files:
             rows, name = entry.file.row_count, entry.file.file_name
             if name not in taken and rows - live_rows.live_count(name) >= _spread(ratio, name) * rows:
-                chosen.append(Rewrite([entry], entry.file.level, file_rows))
+                chosen.append(Rewrite([entry], entry.file.level, file_rows, reclaims=True))
                 taken.add(name)
     if not runs or runs[-1].files[0].file.file_name in taken:
         return chosen
@@ -162,7 +165,7 @@ def pick(entries: list, live_rows, options: CompactionOptions, ratio: float,
         upper = None if end == len(oldest) else _first_key(oldest[end])
         overlapping = tuple(e for e in newer if (upper is None or _first_key(e) < upper)
                             and (lower is None or _last_key(e) >= lower))
-        chosen.append(Rewrite(inputs, entry.file.level, file_rows, overlapping, lower, upper))
+        chosen.append(Rewrite(inputs, entry.file.level, file_rows, overlapping, lower, upper, reclaims=True))
         taken.update(e.file.file_name for e in inputs)
         number = end
     return chosen

@@ -3,7 +3,8 @@
 A pass compacts the buckets that :func:`compaction.pick` says need it (those that
 waited the most passes first, then the most runs, up to ``max_bytes_per_pass`` of
 input, at least one bucket, so none waits for ever behind busier ones; every
-bucket on the commits ``full-compaction.delta-commits`` asks for a full one), commits
+bucket on the commits ``full-compaction.delta-commits`` asks for a full one; in deletion-vector
+tables, rewrites for deleted rows at the pace of the table's deletions, :mod:`.pacing`), commits
 them in one atomic ``COMPACT`` snapshot, rewrites the manifests into a fresh base
 when the snapshot's manifest list holds more than ``manifest.merge-min-count`` (30)
 manifests, then expires snapshots (:mod:`.expiration`). It logs one line and
@@ -34,6 +35,7 @@ from beam_pixels.sinks.paimon import _pypaimon_private as private
 from beam_pixels.sinks.paimon import append_compaction
 from beam_pixels.sinks.paimon import deletion_vectors
 from beam_pixels.sinks.paimon import dv_compaction
+from beam_pixels.sinks.paimon import pacing
 from beam_pixels.sinks.paimon.compaction import CompactionOptions, compact_bucket, pick, pick_full, sorted_runs
 from beam_pixels.sinks.paimon.dv_compaction import DEFAULT_DELETE_RATIO, DEFAULT_FILE_PERCENT, delete_ratio, discard
 from beam_pixels.sinks.paimon.expiration import RetentionOptions, expire
@@ -86,6 +88,7 @@ class PassReport:
     bytes_in: int = 0
     bytes_out: int = 0
     buckets_waiting: int = 0
+    reclaims_deferred: int = 0  # deletion-vector tables: rewrites for deleted rows left to later passes (:mod:`.pacing`)
     manifests_rewritten: bool = False
     snapshot_id: int | None = None
     refused: str = ""
@@ -119,6 +122,8 @@ class PassReport:
         )
         if self.buckets_waiting:
             compacted += f", {self.buckets_waiting} more waiting"
+        if self.reclaims_deferred:
+            compacted += f" ({self.reclaims_deferred} rewrite(s) for deleted rows paced to later passes)"
         if self.manifests_rewritten:
             compacted += ", manifests rewritten"
         if self.snapshot_id is not None:
@@ -139,6 +144,7 @@ class _Metrics:
         self.files_in = Metrics.counter(METRICS_NAMESPACE, "paimon_compaction_files_in")
         self.files_out = Metrics.counter(METRICS_NAMESPACE, "paimon_compaction_files_out")
         self.refused = Metrics.counter(METRICS_NAMESPACE, "paimon_compactions_refused")
+        self.paced = Metrics.counter(METRICS_NAMESPACE, "paimon_reclaims_deferred")
         self.expired = Metrics.counter(METRICS_NAMESPACE, "paimon_snapshots_expired")
         self.reclaimed = Metrics.counter(METRICS_NAMESPACE, "paimon_bytes_reclaimed")
         self.errors = Metrics.counter(METRICS_NAMESPACE, "paimon_maintenance_errors")
@@ -150,6 +156,7 @@ class _Metrics:
         self.files_in.inc(report.files_in)
         self.files_out.inc(report.files_out)
         self.refused.inc(bool(report.refused))
+        self.paced.inc(report.reclaims_deferred)
         self.expired.inc(report.snapshots_expired)
         self.reclaimed.inc(report.bytes_reclaimed)
         self.errors.inc(len(report.errors))
@@ -318,10 +325,17 @@ def _compact_dv(table, commit_user: str, checkpoint_snapshot, options: Maintenan
         # then the cheapest first: most files per byte
         due = longest_waiting_first(table, due, lambda d: d[0], lambda d: sum(e.file.file_size for e in d[1].inputs))
         chosen, budget = [], options.compaction.max_bytes_per_pass
+        pace = pacing.pacer(table.table_path)
+        pace.earn(state.rows_deleted, options.delete_ratio)
         for bucket, rewrite in due:
             size = sum(e.file.file_size for e in rewrite.inputs)
             if chosen and size > budget:
                 continue
+            if rewrite.reclaims:
+                if not pace.allows():
+                    report.reclaims_deferred += 1
+                    continue
+                pace.spend(sum(e.file.row_count for e in rewrite.inputs))
             chosen.append((bucket, rewrite))
             budget -= size
         report.buckets_waiting = note_waiting(table, {d[0] for d in due}, {c[0] for c in chosen})

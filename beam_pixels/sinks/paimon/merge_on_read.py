@@ -98,6 +98,7 @@ def commit(table, key_columns: list[str], parts: list[PreparedFiles], checkpoint
             raise
         codes = {name: c for part in parts for name, c in part.codes.items()}
         state.apply(snapshot.id, [], added, codes, vectors, changed, index_adds)
+        state.rows_deleted += sum(len(positions) for positions in found.values())
         return snapshot.id
 
 

@@ -268,7 +268,7 @@ class PaimonTableWriter(TableWriter):
             return None
         record_metrics(report)
         latest = private.latest_snapshot(self._table)
-        finished = not (report.buckets_waiting or report.refused or report.errors)
+        finished = not (report.buckets_waiting or report.reclaims_deferred or report.refused or report.errors)
         self._maintained_through = latest.id if latest and finished else None
         return report
 
