@@ -418,8 +418,8 @@ class _TablePoller:
         call's first poll (and its journal append) has nothing to overlap with: 10 tables waited
         for ten of them in turn. Sent at setup, they are on their way while the runner works on
         the tables before. Only with a journal: a prefetched response is journaled like any other,
-        so one its call does not take (the round stopped first) is replayed by the next round or
-        run. A group that has journaled responses to replay (or a committed floor ahead of it) is
+        so one its call does not take (the round ended by another bound first) is replayed by the
+        next round or run; a stop request (Ctrl-C) still takes it, to commit it in this round. A group that has journaled responses to replay (or a committed floor ahead of it) is
         polled when its call comes, as before.
         """
         if self._journal is None or _LOCAL_STOP.is_set():
@@ -503,6 +503,13 @@ class _TablePoller:
             if not goes_on:
                 tracker.defer_remainder()
                 return
+
+    def _polled_ahead(self, group_id: int, position: int) -> bool:
+        """Whether a response for ``position`` was polled before this call: the round's first poll,
+        sent at setup (:meth:`_prefetch`), or one stashed while the runner checkpointed."""
+        stashed = self._unclaimed.get(group_id)
+        prefetched = self._prefetched.get(group_id)
+        return (stashed is not None and stashed.start == position) or (prefetched is not None and prefetched[0] == position)
 
     def _next_response(self, group: PollGroup, position: int, give_up_at: float) -> _Response:
         """The response for ``position``: a stashed or journaled one, else a new poll."""
@@ -647,9 +654,11 @@ class _TablePoller:
         return None
 
     def _bounded_stop(self, group: PollGroup, position: int) -> bool:
-        """Whether this poll group ends now; logs and counts why."""
+        """Whether this poll group ends now; logs and counts why. A stop request waits for the
+        group's response already polled (:meth:`_polled_ahead`): the server has handed it out, and
+        the round ends with a commit of what it polled."""
         stop = self._stop_reason(group.group_id)
-        if stop is None:
+        if stop is None or (_LOCAL_STOP.is_set() and self._polled_ahead(group.group_id, position)):
             return False
         reason, counter = stop
         _LOG.info("%s poll group %d stops at position %d: %s", self._source_table, group.group_id, position, reason)

@@ -154,6 +154,44 @@ def test_a_local_rounds_first_poll_sent_at_setup_and_never_taken_is_replayed(tmp
     assert resumed == [(i, i) for i in range(12)]
 
 
+def test_a_stop_requested_after_a_rounds_first_poll_still_emits_that_poll(tmp_path):
+    # Ctrl-C ends a local round with a commit of what it polled: the first poll, sent at setup,
+    # was handed out by the server, so the group's call emits it before it stops.
+    from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+    from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
+    from apache_beam.utils.timestamp import Timestamp
+
+    with MockPixelsServer(SCHEMA, batch_size=5, bucket_count=1).start() as server:
+        server.load_rows([(i, f"n{i}") for i in range(12)])
+        source.LOCAL_ROUNDS.plan("stop-round", Bounds(stop_after_idle_ms=300), {0: 0})
+        read = ReadFromPixels(SCHEMA, server=ServerOptions("127.0.0.1", server.port), buckets=[0],
+                              journal=str(tmp_path / "j"), round_key="stop-round")
+        poller = read._poller(None)
+        group = source.PollGroup(0, (0,), round_key="stop-round")
+        provider = source._PollRestrictionProvider()
+
+        def call(restriction):
+            """One call of the group as the runner makes it: what it emits, and the rest it defers."""
+            tracker = ThreadsafeRestrictionTracker(provider.create_tracker(restriction))
+            emitted = [v.value for v in poller.poll(group, RestrictionTrackerView(tracker),
+                                                    ManualWatermarkEstimator(Timestamp.now()))]
+            deferred = tracker.deferred_status()
+            return emitted, deferred[0] if deferred else None
+
+        try:
+            poller.setup()  # the round's first poll goes out
+            source.request_local_stop()
+            emitted, rest = call(provider.initial_restriction(group))
+            assert [(raw.poll_group, raw.start_position) for raw in emitted] == [(0, 0)]
+            assert rest.start == 5, "the group resumes after what it emitted"
+            assert call(rest) == ([], None), "then it stops"
+        finally:
+            source.clear_local_stop()
+            poller.teardown()
+            source.LOCAL_ROUNDS.forget("stop-round")
+        assert server.pending() == 7, "nothing polled after the stop"
+
+
 def test_replay_starts_at_the_committed_position(tmp_path):
     with MockPixelsServer(SCHEMA, batch_size=5, bucket_count=1).start() as server:
         server.load_rows([(i, f"n{i}") for i in range(30)])
