@@ -135,15 +135,21 @@ def test_what_a_crashed_run_polled_is_replayed_before_polling_anew(tmp_path):
     assert sorted(i for _, i in second) == list(range(60))
 
 
+def _round_poller(server, tmp_path, round_key: str):
+    """The poller of a local round of bucket 0 from position 0, journaled under ``tmp_path/j``
+    (the round is planned; forget it with ``source.LOCAL_ROUNDS.forget(round_key)``)."""
+    source.LOCAL_ROUNDS.plan(round_key, Bounds(stop_after_idle_ms=300), {0: 0})
+    read = ReadFromPixels(SCHEMA, server=ServerOptions("127.0.0.1", server.port), buckets=[0],
+                          journal=str(tmp_path / "j"), round_key=round_key)
+    return read._poller(None)
+
+
 def test_a_local_rounds_first_poll_sent_at_setup_and_never_taken_is_replayed(tmp_path):
     # A local round polls each group once at setup; a round that stops before the group's call
     # leaves that response in the journal, and the next round (or run) replays it first.
     with MockPixelsServer(SCHEMA, batch_size=5, bucket_count=1).start() as server:
         server.load_rows([(i, f"n{i}") for i in range(12)])
-        source.LOCAL_ROUNDS.plan("test-round", Bounds(stop_after_idle_ms=300), {0: 0})
-        read = ReadFromPixels(SCHEMA, server=ServerOptions("127.0.0.1", server.port), buckets=[0],
-                              journal=str(tmp_path / "j"), round_key="test-round")
-        poller = read._poller(None)
+        poller = _round_poller(server, tmp_path, "test-round")
         poller.setup()
         poller.teardown()  # the round ended before the group's call
         source.LOCAL_ROUNDS.forget("test-round")
@@ -163,10 +169,7 @@ def test_a_stop_requested_after_a_rounds_first_poll_still_emits_that_poll(tmp_pa
 
     with MockPixelsServer(SCHEMA, batch_size=5, bucket_count=1).start() as server:
         server.load_rows([(i, f"n{i}") for i in range(12)])
-        source.LOCAL_ROUNDS.plan("stop-round", Bounds(stop_after_idle_ms=300), {0: 0})
-        read = ReadFromPixels(SCHEMA, server=ServerOptions("127.0.0.1", server.port), buckets=[0],
-                              journal=str(tmp_path / "j"), round_key="stop-round")
-        poller = read._poller(None)
+        poller = _round_poller(server, tmp_path, "stop-round")
         group = source.PollGroup(0, (0,), round_key="stop-round")
         provider = source._PollRestrictionProvider()
 

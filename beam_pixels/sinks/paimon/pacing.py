@@ -21,9 +21,11 @@ from __future__ import annotations
 import threading
 import time
 
+from beam_pixels.sinks.paimon.dv_compaction import MIN_FILE_ROWS
+
 PACE = 1.2
-MAX_CREDIT_ROWS = 2 * 65_536
-IDLE_ROWS_PER_S = 65_536 / 60
+MAX_CREDIT_ROWS = 2 * MIN_FILE_ROWS  # two of the smallest files compaction writes
+IDLE_ROWS_PER_S = MIN_FILE_ROWS / 60  # one such file a minute
 
 
 class ReclaimPacer:
