@@ -12,8 +12,10 @@ positions account for every row (a commit per window of ``--window-ms``). The ta
 hold exactly ``--rows`` distinct keys. Job submission and start-up are not timed. First, in the
 same run, the single-thread ceiling of :mod:`beam_pixels.bench.throughput` (poll, decode, write
 Parquet; no framework) on the same data, since a shared machine's speed varies from run to run.
-Prints one line per measurement and a ``RESULT`` line with each sink's rate and its ratio to the
-ceiling (with ``--repeat``, the medians). The job measured second on the cluster runs slower
+Per measurement it prints the rate, where the last rows' time went (polling, the rest of their
+window, the writes and the commit, from the run's log) and the TaskManagers' GC pauses while timed
+(their GC logs, see ``scripts/flink-local-cluster.sh``); then a ``RESULT`` line with each sink's
+rate and its ratio to the ceiling (with ``--repeat``, the medians). The job measured second on the cluster runs slower
 whichever sink it is, so to compare the sinks use ``--repeat`` (an even number): every other
 round measures them in the other order.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -136,6 +139,7 @@ def measure(sink: str, chunks_path: Path, rows: int, args, cluster: dict[str, st
     external = "EXTERNAL" in " ".join(args.pipeline_args)  # --environment_type EXTERNAL, or =EXTERNAL
     worker_log = Path(args.cluster_dir) / "log" / "workerpool.log" if external else workdir / f"{sink}.log"
     print(f"{sink}: {last_window_stages(worker_log, server.last_records, window_s)}", flush=True)
+    print(f"{sink}: {gc_pauses(Path(args.cluster_dir) / 'log', server.first_poll, committed)}", flush=True)
     return rows / seconds
 
 
@@ -168,6 +172,24 @@ def last_window_stages(log_path: Path, last_records: float, window_s: float) -> 
                         f"for {float(w['write_s']):.2f} s" for w in writes)
             + f"; commit from {started(commits[-1]):+.2f} s for {float(commits[-1]['commit_s']):.2f} s "
               "(from the last rows' poll)")
+
+
+# A line of the TaskManagers' GC logs (scripts/flink-local-cluster.sh): "[<ISO time>][<uptime>s] GC(n) Pause ... 12.3ms"
+_GC_PAUSE = re.compile(r"^\[(?P<time>[^\]]+)\]\[[^\]]+\] GC\(\d+\) Pause (?P<kind>\w+).* (?P<ms>[\d.]+)ms$")
+
+
+def gc_pauses(log_dir: Path, start: float, end: float) -> str:
+    """The TaskManagers' garbage-collection pauses between ``start`` and ``end`` (``time.time()``)."""
+    pauses = []
+    for path in sorted(log_dir.glob("gc-taskmanager-*.log*")):
+        for match in map(_GC_PAUSE.match, path.read_text(errors="replace").splitlines()):
+            if match and start <= datetime.datetime.fromisoformat(match["time"]).timestamp() <= end:
+                pauses.append((float(match["ms"]), match["kind"]))
+    if not pauses:
+        return "no GC pause in the TaskManagers while timed"
+    kinds = sorted({kind for _, kind in pauses})
+    return (f"GC pauses in the TaskManagers while timed: {len(pauses)} ({', '.join(kinds)}), "
+            f"{sum(ms for ms, _ in pauses):.0f} ms in all, the longest {max(ms for ms, _ in pauses):.0f} ms")
 
 
 def ceiling_rate(chunks_path: Path, rows: int, workdir: Path) -> float:

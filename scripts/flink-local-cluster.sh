@@ -158,6 +158,8 @@ taskmanager.host: 127.0.0.1
 taskmanager.bind-host: 127.0.0.1
 taskmanager.numberOfTaskSlots: $SLOTS
 taskmanager.memory.process.size: 1024m
+# each TaskManager's collections and their pauses, a line each (log/gc-taskmanager-<pid>.log)
+env.java.opts.taskmanager: -Xlog:gc:file=$STATE/log/gc-taskmanager-%p.log:time,uptime:filecount=3,filesize=10m
 # The HashMap state backend keeps state (a window's batches until it commits) on the JVM heap and
 # uses no managed memory: Flink's default (40% managed) left the tasks 26 MB of a 154 MB heap, and
 # at 1,000,000 rows GC stalled checkpoints and commits (docs/performance.md#on-flink).

@@ -414,6 +414,11 @@ def test_a_killed_taskmanager_restores_from_its_checkpoint_with_the_table_exact(
     assert_table_is_exactly_what_was_handed_out(config, feeder.server)
 
 
+def test_each_taskmanager_logs_its_garbage_collection_pauses(flink):
+    log = flink.state_dir / "log" / f"gc-taskmanager-{flink.taskmanager_pid(1)}.log"
+    wait_until(lambda: log.exists() and " Pause " in log.read_text(), 60, f"a GC pause line in {log}")
+
+
 @pytest.mark.parametrize("sink", ["paimon"])
 def test_cancel_and_resubmit_as_the_pipeline_file_resumes_from_the_tables_positions(tmp_path, flink, feeders, submit, sink):
     properties = streaming_properties(tmp_path, sink)
