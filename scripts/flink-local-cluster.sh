@@ -157,7 +157,9 @@ jobmanager.execution.failover-strategy: region
 taskmanager.host: 127.0.0.1
 taskmanager.bind-host: 127.0.0.1
 taskmanager.numberOfTaskSlots: $SLOTS
-taskmanager.memory.process.size: 1024m
+# 2 GB, a 1.3 GB heap: with 1 GB (a 384 MB heap) a window of 500,000 rows set off G1's concurrent
+# cycle in every job, and the pauses grew job after job (docs/performance.md#on-flink)
+taskmanager.memory.process.size: 2048m
 # each TaskManager's collections and their pauses, a line each (log/gc-taskmanager-<pid>.log)
 env.java.opts.taskmanager: -Xlog:gc:file=$STATE/log/gc-taskmanager-%p.log:time,uptime:filecount=3,filesize=10m
 # The HashMap state backend keeps state (a window's batches until it commits) on the JVM heap and
