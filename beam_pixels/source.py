@@ -419,8 +419,9 @@ class _TablePoller:
         for ten of them in turn. Sent at setup, they are on their way while the runner works on
         the tables before. Only with a journal: a prefetched response is journaled like any other,
         so one its call does not take (the round ended by another bound first) is replayed by the
-        next round or run; a stop request (Ctrl-C) still takes it, to commit it in this round. A group that has journaled responses to replay (or a committed floor ahead of it) is
-        polled when its call comes, as before.
+        next round or run; a stop request (Ctrl-C) still takes it, to commit it in this round. A
+        group that has journaled responses to replay (or a committed floor ahead of it) is polled
+        when its call comes, as before.
         """
         if self._journal is None or _LOCAL_STOP.is_set():
             return

@@ -15,9 +15,9 @@ Parquet; no framework) on the same data, since a shared machine's speed varies f
 Per measurement it prints the rate, where the last rows' time went (polling, the rest of their
 window, the writes and the commit, from the run's log) and the TaskManagers' GC pauses while timed
 (their GC logs, see ``scripts/flink-local-cluster.sh``); then a ``RESULT`` line with each sink's
-rate and its ratio to the ceiling (with ``--repeat``, the medians). The job measured second on the cluster runs slower
-whichever sink it is, so to compare the sinks use ``--repeat`` (an even number): every other
-round measures them in the other order.
+rate and its ratio to the ceiling (with ``--repeat``, the medians). The job measured second on the
+cluster runs slower whichever sink it is, so to compare the sinks use ``--repeat`` (an even
+number): every other round measures them in the other order.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ import os
 import pickle
 
 import apache_beam as beam
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
+from apache_beam.utils.timestamp import Timestamp
 
 from beam_pixels import source
 from beam_pixels.journal import BackgroundTrims, PollJournal, Segment
@@ -163,10 +166,6 @@ def test_a_local_rounds_first_poll_sent_at_setup_and_never_taken_is_replayed(tmp
 def test_a_stop_requested_after_a_rounds_first_poll_still_emits_that_poll(tmp_path):
     # Ctrl-C ends a local round with a commit of what it polled: the first poll, sent at setup,
     # was handed out by the server, so the group's call emits it before it stops.
-    from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-    from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
-    from apache_beam.utils.timestamp import Timestamp
-
     with MockPixelsServer(SCHEMA, batch_size=5, bucket_count=1).start() as server:
         server.load_rows([(i, f"n{i}") for i in range(12)])
         poller = _round_poller(server, tmp_path, "stop-round")
