@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from beam_pixels.bench.server import ServerProcess, build_chunks, save_chunks
 from beam_pixels.bench.throughput import KEY, SCHEMA, SCHEMA_NAME, TABLE_NAME
 from beam_pixels.bench.workdir import work_directory
 from beam_pixels.config import PixelsConfig
+from beam_pixels.flink import gc_log
 from beam_pixels.schema import SourceSchema
 from beam_pixels.sinks.committing import window_end_label
 
@@ -174,22 +174,14 @@ def last_window_stages(log_path: Path, last_records: float, window_s: float) -> 
               "(from the last rows' poll)")
 
 
-# A line of the TaskManagers' GC logs (scripts/flink-local-cluster.sh): "[<ISO time>][<uptime>s] GC(n) Pause ... 12.3ms"
-_GC_PAUSE = re.compile(r"^\[(?P<time>[^\]]+)\]\[[^\]]+\] GC\(\d+\) Pause (?P<kind>\w+).* (?P<ms>[\d.]+)ms$")
-
-
 def gc_pauses(log_dir: Path, start: float, end: float) -> str:
     """The TaskManagers' garbage-collection pauses between ``start`` and ``end`` (``time.time()``)."""
-    pauses = []
-    for path in sorted(log_dir.glob("gc-taskmanager-*.log*")):
-        for match in map(_GC_PAUSE.match, path.read_text(errors="replace").splitlines()):
-            if match and start <= datetime.datetime.fromisoformat(match["time"]).timestamp() <= end:
-                pauses.append((float(match["ms"]), match["kind"]))
-    if not pauses:
+    found = gc_log.pauses(log_dir, start, end)
+    if not found:
         return "no GC pause in the TaskManagers while timed"
-    kinds = sorted({kind for _, kind in pauses})
-    return (f"GC pauses in the TaskManagers while timed: {len(pauses)} ({', '.join(kinds)}), "
-            f"{sum(ms for ms, _ in pauses):.0f} ms in all, the longest {max(ms for ms, _ in pauses):.0f} ms")
+    kinds = sorted({p.kind for p in found})
+    return (f"GC pauses in the TaskManagers while timed: {len(found)} ({', '.join(kinds)}), "
+            f"{sum(p.ms for p in found):.0f} ms in all, the longest {max(p.ms for p in found):.0f} ms")
 
 
 def ceiling_rate(chunks_path: Path, rows: int, workdir: Path) -> float:

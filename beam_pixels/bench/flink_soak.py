@@ -8,8 +8,9 @@ warehouse. Two phases: ``--rate`` changes/s for the first ``1 - --idle-share`` o
 ``--duration-s`` (busy), then no new changes (idle: the job keeps polling an empty stream).
 Per commit it prints, as the local soak does, the commit's ``commit_s``, the table's bytes and
 files, and besides the latest completed Flink checkpoint (id and state size, from
-``GET /jobs/<id>/checkpoints``) and the TaskManagers' heap (``Status.JVM.Memory.Heap.Used``,
-summed over the TaskManagers); every ``--sample-s`` the checkpoint and heap figures are sampled
+``GET /jobs/<id>/checkpoints``) and the TaskManagers' live heap (each one's heap after its latest
+collection, from its GC log, summed: :mod:`beam_pixels.flink.gc_log`; the heap used at a moment
+swings with the garbage since the last collection, up to 14x in a 1.3 GB heap); every ``--sample-s`` the checkpoint and heap figures are sampled
 too (idle phases commit nothing). At the end, once every change handed out is committed, the
 job is cancelled and the table compared row by row with the server's expected state.
 Figures go to ``flink_soak.csv`` / ``flink_soak.json`` in the work directory; the last line::
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from beam_pixels.bench import soak
 from beam_pixels.bench.soak_server import SoakServerProcess, StreamOptions
+from beam_pixels.flink import gc_log
 from beam_pixels.flink.rest import FlinkRest
 
 CLUSTER_SCRIPT = soak.REPO / "scripts" / "flink-local-cluster.sh"
@@ -100,6 +102,7 @@ class FlinkCluster:
     """The cluster of ``scripts/flink-local-cluster.sh`` in ``state_dir``, started if not running."""
 
     def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
         self.env = dict(os.environ, FLINK_CLUSTER_DIR=str(state_dir))
         self.started_here = not (state_dir / "cluster.env").exists()
         done = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], env=self.env, capture_output=True, text=True)
@@ -109,6 +112,15 @@ class FlinkCluster:
                         if "=" in line)
         self.rest = FlinkRest(settings["FLINK_REST_URL"], timeout_s=30)
         self.job_endpoint = settings["BEAM_JOB_ENDPOINT"]
+        missing = [log for log in self._gc_logs() if not log.exists()]
+        if missing:
+            raise RuntimeError(f"no GC log {missing[0]}: the cluster in {state_dir} was started by an older "
+                               f"{CLUSTER_SCRIPT.name}; restart it ({CLUSTER_SCRIPT} stop, then start)")
+
+    def _gc_logs(self) -> list[Path]:
+        """Each running TaskManager's GC log (named by its pid)."""
+        return [self.state_dir / "log" / f"gc-taskmanager-{pid.read_text().strip()}.log"
+                for pid in sorted(self.state_dir.glob("taskmanager-*.pid"))]
 
     def jobs(self) -> set[str]:
         return {j["id"] for j in self.rest.get("/jobs")["jobs"]}
@@ -128,19 +140,16 @@ class FlinkCluster:
         completed = (self.rest.get(f"/jobs/{job}/checkpoints").get("latest") or {}).get("completed") or {}
         return int(completed.get("id", 0)), int(completed.get("state_size", 0))
 
-    def heap_used(self) -> int:
-        """Heap used, summed over the TaskManagers (those not reporting yet count 0)."""
-        total = 0
-        for tm in self.rest.get("/taskmanagers")["taskmanagers"]:
-            metric = self.rest.get(f"/taskmanagers/{tm['id']}/metrics?get=Status.JVM.Memory.Heap.Used")
-            total += int(float(metric[0]["value"])) if metric else 0
-        return total
+    def heap_live(self) -> int:
+        """The TaskManagers' live heap in bytes: each one's heap after its latest collection, summed
+        (one before its first collection counts 0)."""
+        return sum((gc_log.heap_after_latest_mb(log) or 0) * 2**20 for log in self._gc_logs())
 
     def figures(self, job: str) -> tuple[int, int, int]:
         """(checkpoint id, state bytes, heap bytes) now; zeros, which the summary leaves out, when
         the REST API does not answer (a loaded machine)."""
         try:
-            return (*self.latest_checkpoint(job), self.heap_used())
+            return (*self.latest_checkpoint(job), self.heap_live())
         except OSError as e:
             soak._say(f"flink soak: Flink's REST API did not answer ({e}); no checkpoint or heap figures this time")
             return 0, 0, 0
@@ -183,7 +192,7 @@ def result_line(sink: str, figures: dict[str, float], commits: list[Sample], cor
 
 def _describe(s: Sample) -> str:
     flink = (f"checkpoint {s.checkpoint}: state {s.state_bytes / 1024:.0f} KB, "
-             f"TaskManager heap {s.heap_bytes / 2**20:.0f} MB")
+             f"TaskManager live heap {s.heap_bytes / 2**20:.0f} MB")
     if s.commit is None:
         return f"t={s.elapsed_s:.0f}s ({s.phase}) {flink}"
     return (f"t={s.elapsed_s:.0f}s commit {s.commit} ({s.phase}) batch {s.batch_id}: {s.changes} changes, "
